@@ -1,0 +1,201 @@
+"""``params.yaml`` -> typed, frozen sections. The only module that reads the YAML.
+
+The CLI, the Prefect flows and the ``dvc.yaml`` stages all call ``load_params`` so there is one
+configuration. Unknown keys fail at load (``extra="forbid"``) so a typo never silently falls back
+to a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, field_validator
+
+DEFAULT_PARAMS_PATH = Path("params.yaml")
+
+
+class _Section(BaseModel, extra="forbid", frozen=True):
+    pass
+
+
+class DataParams(_Section):
+    """Which dataset the default job uses and how datasets are validated."""
+
+    name: str = "elpv"
+    """Dataset name: it lives in ``data/<name>`` and is tracked by ``data/<name>.dvc``."""
+    source: str = "elpv-dataset"
+    """Where ``make run`` imports it from: a folder, or ``elpv-dataset`` (the PyPI package)."""
+    format: Literal["mvtec", "visa", "btad", "elpv"] = "elpv"
+    categories: tuple[str, ...] = ()
+    """Restrict to these categories; empty means every category found."""
+    min_train_images: int = Field(10, ge=1)
+    require_masks: Literal["auto", "always", "never"] = "auto"
+    """``auto``: a category needs masks for its anomalous test images once any of them has one;
+    image-level datasets (ELPV) have none and are checked for labels only."""
+    test_every: int = Field(5, ge=2)
+    """Converters without a given split send every n-th normal image (sorted order) to test."""
+
+    @property
+    def root(self) -> Path:
+        return Path("data") / self.name
+
+
+class BackboneParams(_Section):
+    """Frozen feature extractor (see ``onenip.models.backbone``)."""
+
+    name: Literal["tf_efficientnet_lite0", "tf_efficientnet_lite2"] = "tf_efficientnet_lite0"
+    out_indices: tuple[int, ...] = (0, 1, 2, 3)
+    """timm feature stages; for lite0 these are the 16/24/40/112-channel blocks at strides 2/4/8/16."""
+    feature_stride: int = 16
+    """Every stage is resized to this stride and concatenated."""
+    input_size: int = Field(256, ge=32)
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    """TF EfficientNet-Lite weights expect inputs in [-1, 1] (timm's ``tf_efficientnet_lite*`` config);
+    ``tests/unit/test_backbone.py`` checks it by classifying real photos."""
+
+    @field_validator("out_indices")
+    @classmethod
+    def _sorted_unique(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or list(value) != sorted(set(value)):
+            msg = f"out_indices must be non-empty, sorted and unique, got {list(value)}"
+            raise ValueError(msg)
+        return value
+
+
+class ModelParams(_Section):
+    """OneNIP sizes. Defaults marked "paper" are the OneNIP reference config (onenip_config.yaml);
+    the others were chosen by measurement on 2 CPU cores (benchmarks/README.md)."""
+
+    backbone: BackboneParams = BackboneParams()
+    embed_dim: int = Field(128, ge=8)
+    """Transformer width d (paper: 256)."""
+    num_heads: int = Field(8, ge=1)
+    num_encoder_layers: int = Field(2, ge=0)
+    """paper: 4"""
+    num_decoder_layers: int = Field(2, ge=1)
+    """paper: 4"""
+    mlp_ratio: float = Field(4.0, gt=0)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    neighbor_size: int = Field(9, ge=1)
+    """Attention window (grid cells), about half the grid side (paper: 7 on a 14x14 grid)."""
+    feature_jitter_scale: float = Field(20.0, ge=0)
+    feature_jitter_prob: float = Field(1.0, ge=0, le=1)
+    refiner_dim: int = Field(128, ge=1)
+    recon_weight: float = Field(0.5, ge=0, le=1)
+    """Anomaly map = w * recon / recon_scale + (1 - w) * refiner (paper: 0.5)."""
+    smoothing_sigma: float = Field(4.0, ge=0)
+    score_pool_size: int = Field(16, ge=1)
+    """Image score = max of the map average-pooled with this window (paper: 16)."""
+    mode: Literal["unified", "per-category"] = "unified"
+    """unified: one network for all categories of a root (the paper's setting)."""
+
+
+class SynthesisParams(_Section):
+    """Anomaly synthesis for restoration and refiner training (``onenip.synthesis``)."""
+
+    methods: tuple[str, ...] = ("perlin", "cutpaste_patch", "cutpaste_scar")
+    probabilities: tuple[float, ...] | None = None
+    perlin_threshold: float = Field(0.5, gt=0, lt=1)
+    min_scale_exp: int = Field(1, ge=0)
+    max_scale_exp: int = Field(5, ge=0)
+    foreground: Literal["none", "auto"] = "none"
+    pool_size: int = Field(4, ge=1)
+    """Synthetic copies per training image whose features are cached (a fixed pool)."""
+    regenerate_every: int = Field(0, ge=0)
+    """Epochs between pool regenerations (0: never)."""
+
+
+class TrainParams(_Section):
+    seed: int = 0
+    epochs: int = Field(40, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(4e-4, gt=0)
+    """AdamW learning rate (paper: 1e-4 for 1000 epochs on GPUs)."""
+    weight_decay: float = Field(1e-4, ge=0)
+    clip_grad_norm: float = Field(0.1, gt=0)
+    """paper: 0.1"""
+    warmup_epochs: int = Field(1, ge=0)
+    dice_weight: float = Field(0.5, ge=0)
+    """paper: 0.5"""
+    holdout_fraction: float = Field(0.1, ge=0, lt=1)
+    """Training normals held out for calibration (recon scale, threshold); never test images."""
+    min_holdout: int = Field(2, ge=1)
+    device: str = "auto"
+    """auto: CUDA (with AMP) when present, else CPU."""
+    num_workers: int = Field(0, ge=0)
+    feature_batch_size: int = Field(16, ge=1)
+    cache_dir: str = ".cache/onenip"
+    """Backbone features per (image sha256, backbone, input size)."""
+    output_dir: str = "runs"
+
+
+class EvalParams(_Section):
+    threshold_quantile: float = Field(0.99, gt=0, le=1)
+    """Decision threshold = this quantile of held-out training-normal image scores."""
+    num_heatmaps: int = Field(8, ge=0)
+    """Heatmap overlays written per category."""
+    prompt_trials: int = Field(5, ge=0)
+    """Random prompts for the prompt-sensitivity report (0: skip)."""
+
+
+class Params(_Section):
+    data: DataParams = DataParams()
+    model: ModelParams = ModelParams()
+    synthesis: SynthesisParams = SynthesisParams()
+    train: TrainParams = TrainParams()
+    eval: EvalParams = EvalParams()
+
+
+class ConfigError(ValueError):
+    """``params.yaml`` is missing, not YAML, or does not match the schema."""
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS_PATH, overrides: dict[str, Any] | None = None) -> Params:
+    """Read ``params.yaml`` into ``Params``; ``overrides`` are merged on top (nested dicts)."""
+    path = Path(path)
+    if not path.is_file():
+        msg = f"Params file not found: {path}"
+        raise ConfigError(msg)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        msg = f"Params file {path} is not valid YAML: {error}"
+        raise ConfigError(msg) from error
+    if not isinstance(raw, dict):
+        msg = f"Params file {path} must hold a mapping of sections, got {type(raw).__name__}"
+        raise ConfigError(msg)
+    if overrides:
+        raw = _deep_merge(raw, overrides)
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        msg = f"Params file {path} is invalid:\n{error}"
+        raise ConfigError(msg) from error
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def flatten_params(params: Params) -> dict[str, Any]:
+    """Dotted keys mirroring params.yaml (for MLflow params and DVC)."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else key, item)
+        else:
+            flat[prefix] = list(value) if isinstance(value, tuple) else value
+
+    walk("", params.model_dump(mode="json"))
+    return flat

@@ -1,0 +1,25 @@
+"""Shared test setup: thread caps before torch loads, the real-data location, markers."""
+
+from __future__ import annotations
+
+import os
+
+# Two cores: more threads than that only oversubscribe. Set before torch is imported; never use
+# torch.set_num_threads (it breaks batched linalg.inv with this torch build).
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("MKL_NUM_THREADS", "2")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+INDUSTRIAL_ROOT = REPO_ROOT.parent / "shared" / "datasets" / "industrial"
+
+
+@pytest.fixture(scope="session")
+def industrial_root() -> Path:
+    """``../shared/datasets/industrial`` (real MVTec-layout data); skips the test when absent."""
+    if not (INDUSTRIAL_ROOT / "bottle" / "train" / "good").is_dir():
+        pytest.skip(f"real data not found at {INDUSTRIAL_ROOT} (integration test skipped)")
+    return INDUSTRIAL_ROOT
