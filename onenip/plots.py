@@ -1,0 +1,64 @@
+"""ROC and precision-recall plots of ``onenip.metrics`` curves, written as PNG.
+
+Uses matplotlib's Agg canvas directly (no pyplot), so it works headless and leaves no global figure state.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from onenip.metrics import PrCurve, RocCurve
+
+
+def plot_curves(
+    path: str | Path,
+    image_roc: RocCurve,
+    image_pr: PrCurve,
+    pixel_roc: RocCurve | None = None,
+    pixel_pr: PrCurve | None = None,
+    *,
+    title: str = "",
+    dpi: int = 100,
+) -> Path:
+    """Write ROC (left) and PR (right) curves, image level and, when given, pixel level, to a PNG.
+
+    Legends carry the area of each curve (AUROC; AP as sklearn's step-wise sum). Returns ``path``.
+
+    Example::
+
+        from onenip.metrics import pr_curve_points, roc_curve_points
+        plot_curves("curves.png", roc_curve_points(scores, labels), pr_curve_points(scores, labels))
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        msg = f"Expected a .png path for the curves plot, got {path}"
+        raise ValueError(msg)
+    if (pixel_roc is None) != (pixel_pr is None):
+        msg = "Pass both pixel_roc and pixel_pr, or neither"
+        raise ValueError(msg)
+    figure = Figure(figsize=(10, 4.5), dpi=dpi)
+    FigureCanvasAgg(figure)
+    roc_axes, pr_axes = figure.subplots(1, 2)
+
+    levels = [("image", image_roc, image_pr)]
+    if pixel_roc is not None and pixel_pr is not None:
+        levels.append(("pixel", pixel_roc, pixel_pr))
+    for level, roc, pr in levels:
+        roc_axes.plot(roc.fpr, roc.tpr, label=f"{level} (AUROC {roc.auc():.3f})")
+        pr_axes.step(pr.recall, pr.precision, where="post", label=f"{level} (AP {pr.average_precision():.3f})")
+
+    roc_axes.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    roc_axes.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC", xlim=(0, 1), ylim=(0, 1.02))
+    pr_axes.set(xlabel="recall", ylabel="precision", title="Precision-recall", xlim=(0, 1), ylim=(0, 1.02))
+    for axes in (roc_axes, pr_axes):
+        axes.legend(loc="lower right" if axes is roc_axes else "lower left")
+        axes.grid(alpha=0.3)
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png")
+    return path
