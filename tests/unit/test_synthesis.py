@@ -1,0 +1,375 @@
+"""Tests for ``onenip.synthesis``: masks, reproducibility, foreground restriction, preview PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from onenip.synthesis import (
+    METHODS,
+    PROCEDURAL_TEXTURES,
+    AnomalySynthesizer,
+    SynthesisError,
+    SynthesisResult,
+    colour_jitter,
+    estimate_foreground,
+    make_preview_grid,
+    perlin_noise,
+    preview_grid_size,
+    procedural_texture,
+    read_image_tensor,
+)
+
+DATASETS = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "industrial"
+
+
+def textured_image(size: int, seed: int = 0) -> torch.Tensor:
+    """A smooth colour gradient plus mild noise: every pixel differs from its neighbours a little."""
+    generator = torch.Generator().manual_seed(seed)
+    ys, xs = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
+    base = torch.stack([0.2 + 0.6 * ys, 0.3 + 0.4 * xs, 0.5 + 0.2 * (ys - xs)])
+    return (base + 0.05 * torch.rand(3, size, size, generator=generator)).clamp(0, 1)
+
+
+def object_on_background(size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A textured disk (the object) on a plain grey background with faint noise; returns (image, disk)."""
+    generator = torch.Generator().manual_seed(seed)
+    ys, xs = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+    disk = (ys - size * 0.5) ** 2 + (xs - size * 0.55) ** 2 < (size * 0.28) ** 2
+    image = torch.full((3, size, size), 0.15) + 0.01 * torch.rand(3, size, size, generator=generator)
+    obj = torch.stack(
+        [0.7 + 0.2 * torch.sin(xs / 3), 0.5 + 0.2 * torch.cos(ys / 4), torch.full_like(xs, 0.3)]
+    )
+    image = torch.where(disk, obj, image).clamp(0, 1)
+    return image, disk
+
+
+def required_area(synth: AnomalySynthesizer, size: int) -> int:
+    return max(synth.min_mask_pixels, int(np.ceil(synth.min_mask_fraction * size * size)))
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize(("size", "num_seeds"), [(64, 25), (256, 4)])
+def test_anomalous_results_always_have_a_mask(method: str, size: int, num_seeds: int) -> None:
+    image = textured_image(size)
+    synth = AnomalySynthesizer(methods=(method,))
+    for seed in range(num_seeds):
+        result = synth(image, torch.Generator().manual_seed(seed))
+        assert isinstance(result, SynthesisResult)
+        assert bool(result.is_anomalous)
+        assert result.method in (method, "fallback")
+        assert result.image.shape == (3, size, size) and result.image.dtype == image.dtype
+        assert result.mask.shape == (1, size, size) and result.mask.dtype == image.dtype
+        assert set(result.mask.unique().tolist()) <= {0.0, 1.0}
+        assert result.mask.sum().item() >= required_area(synth, size), f"seed {seed}"
+        assert result.image.min().item() >= 0.0 and result.image.max().item() <= 1.0
+        # The image changed visibly inside the mask (min_change) ...
+        changed = (result.image - image).abs().mean(0)[result.mask[0].bool()].mean().item()
+        assert changed >= synth.min_change
+        # ... and not at all outside it.
+        outside = ~result.mask[0].bool()
+        assert torch.equal(result.image[:, outside], image[:, outside])
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_same_seed_is_bitwise_reproducible_and_seeds_differ(method: str) -> None:
+    image = textured_image(64)
+    synth = AnomalySynthesizer(methods=(method,))
+    first = synth(image, torch.Generator().manual_seed(7))
+    again = AnomalySynthesizer(methods=(method,))(image, 7)  # int seed, fresh instance
+    assert torch.equal(first.image, again.image)
+    assert torch.equal(first.mask, again.mask)
+    others = [synth(image, torch.Generator().manual_seed(seed)) for seed in (8, 9)]
+    assert any(not torch.equal(first.mask, other.mask) for other in others)
+    assert all(not torch.equal(first.image, other.image) for other in others)
+
+
+def test_constructor_seed_gives_a_reproducible_sequence() -> None:
+    image = textured_image(64)
+    a, b = AnomalySynthesizer(seed=3), AnomalySynthesizer(seed=3)
+    for _ in range(4):
+        ra, rb = a(image), b(image)
+        assert torch.equal(ra.image, rb.image) and torch.equal(ra.mask, rb.mask)
+    assert not torch.equal(a(image).image, AnomalySynthesizer(seed=4)(image).image)
+
+
+def test_no_global_rng_use() -> None:
+    image = textured_image(64)
+    torch.manual_seed(0)
+    expected = torch.rand(5)
+    torch.manual_seed(0)
+    AnomalySynthesizer()(image, 1)
+    assert torch.equal(torch.rand(5), expected)
+
+
+def test_method_choice_follows_probabilities() -> None:
+    image = textured_image(64)
+    synth = AnomalySynthesizer(probabilities=(0.0, 1.0, 0.0))
+    generator = torch.Generator().manual_seed(0)
+    assert {synth(image, generator).method for _ in range(10)} == {"cutpaste_patch"}
+    mixed = AnomalySynthesizer()
+    assert {mixed(image, generator).method for _ in range(30)} >= set(METHODS)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_explicit_foreground_mask_is_respected(method: str) -> None:
+    image, disk = object_on_background(64)
+    synth = AnomalySynthesizer(methods=(method,))
+    for seed in range(15):
+        result = synth(image, seed, foreground_mask=disk)
+        mask = result.mask[0].bool()
+        assert mask.any()
+        assert not (mask & ~disk).any(), f"seed {seed}: mask leaves the foreground"
+        assert torch.equal(result.image[:, ~disk], image[:, ~disk])
+
+
+def test_foreground_callable_is_respected() -> None:
+    image, _ = object_on_background(64)
+    calls: list[tuple[int, ...]] = []
+
+    def left_half(img: torch.Tensor) -> torch.Tensor:
+        calls.append(tuple(img.shape))
+        mask = torch.zeros(img.shape[1:], dtype=torch.bool)
+        mask[:, : img.shape[2] // 2] = True
+        return mask
+
+    synth = AnomalySynthesizer(foreground=left_half)
+    for seed in range(10):
+        mask = synth(image, seed).mask[0].bool()
+        assert mask.any() and not mask[:, 32:].any()
+    assert calls and calls[0] == (3, 64, 64)
+
+
+def test_estimate_foreground_finds_the_object() -> None:
+    image, disk = object_on_background(96)
+    foreground = estimate_foreground(image)
+    assert foreground.shape == (1, 96, 96) and foreground.dtype == torch.bool
+    iou = (foreground[0] & disk).sum() / (foreground[0] | disk).sum()
+    assert iou.item() > 0.9
+
+
+def test_estimate_foreground_is_whole_image_without_a_clear_object() -> None:
+    flat = torch.full((3, 48, 48), 0.4)
+    assert estimate_foreground(flat).all()
+    noise = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0))
+    assert estimate_foreground(noise).all()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_auto_foreground_keeps_anomalies_on_the_object(method: str) -> None:
+    image, _ = object_on_background(64, seed=1)
+    foreground = estimate_foreground(image)[0]
+    synth = AnomalySynthesizer(methods=(method,), foreground="auto")
+    for seed in range(10):
+        mask = synth(image, seed).mask[0].bool()
+        assert mask.any() and not (mask & ~foreground).any()
+
+
+def test_fallback_when_no_candidate_fits() -> None:
+    image = textured_image(64)
+    # Threshold above the noise maximum: every Perlin candidate is empty.
+    synth = AnomalySynthesizer(methods=("perlin",), perlin_threshold=0.999, max_tries=2)
+    for seed in range(5):
+        result = synth(image, seed)
+        assert result.method == "fallback" and bool(result.is_anomalous)
+        assert result.mask.sum().item() >= required_area(synth, 64)
+        outside = ~result.mask[0].bool()
+        assert torch.equal(result.image[:, outside], image[:, outside])
+
+
+def test_tiny_foreground_still_gives_a_mask_inside_it() -> None:
+    image = textured_image(64)
+    foreground = torch.zeros(64, 64, dtype=torch.bool)
+    foreground[10:12, 40:43] = True  # 6 pixels, fewer than min_mask_pixels
+    for method in METHODS:
+        synth = AnomalySynthesizer(methods=(method,), max_tries=3)
+        for seed in range(5):
+            mask = synth(image, seed, foreground_mask=foreground).mask[0].bool()
+            # The minimum area is capped at the foreground area, so the mask is all of it.
+            assert torch.equal(mask, foreground), f"{method}, seed {seed}"
+
+
+def test_plain_image_never_returns_an_invisible_anomaly() -> None:
+    # CutPaste on a black image cannot change anything (jitter keeps black black); the fallback
+    # must still change the pixels.
+    flat = torch.zeros(3, 32, 32)
+    result = AnomalySynthesizer(methods=("cutpaste_patch",), max_tries=3)(flat, 0)
+    mask = result.mask[0].bool()
+    assert result.method == "fallback" and mask.any()
+    assert (result.image - flat).abs().mean(0)[mask].mean().item() >= 0.01
+
+
+def test_anomaly_probability_zero_returns_normal_samples() -> None:
+    image = textured_image(64)
+    result = AnomalySynthesizer(anomaly_probability=0.0)(image, 0)
+    assert not bool(result.is_anomalous) and result.method == "none"
+    assert result.mask.sum().item() == 0 and torch.equal(result.image, image)
+    half = AnomalySynthesizer(anomaly_probability=0.5, seed=0)
+    labels = [bool(half(image).is_anomalous) for _ in range(40)]
+    assert 5 < sum(labels) < 35
+
+
+def test_batch_matches_sequential_calls() -> None:
+    images = torch.stack([textured_image(64, seed) for seed in range(3)])
+    synth = AnomalySynthesizer()
+    batch = synth.synthesize_batch(images, torch.Generator().manual_seed(5))
+    assert batch.image.shape == (3, 3, 64, 64) and batch.mask.shape == (3, 1, 64, 64)
+    assert batch.is_anomalous.shape == (3,) and batch.is_anomalous.all()
+    assert len(batch.method) == 3
+    generator = torch.Generator().manual_seed(5)
+    for i in range(3):
+        single = synth(images[i], generator)
+        assert torch.equal(single.image, batch.image[i]) and torch.equal(single.mask, batch.mask[i])
+    via_call = synth(images, 5)  # a 4-D input is routed to synthesize_batch
+    assert torch.equal(via_call.image, batch.image)
+
+
+def test_texture_images_from_tensors_and_paths(tmp_path: Path) -> None:
+    other = torch.zeros(3, 40, 50)
+    other[0] = 1.0  # pure red "other category", nothing like the test image
+    path = tmp_path / "other.png"
+    Image.fromarray(np.full((30, 30, 3), (0, 0, 255), dtype=np.uint8)).save(path)
+    synth = AnomalySynthesizer(
+        methods=("perlin",),
+        texture_images=[other, path],
+        texture_image_probability=1.0,
+        texture_jitter=0.0,
+        texture_opacity=(1.0, 1.0),
+    )
+    image = torch.full((3, 64, 64), 0.5)
+    colours = set()
+    for seed in range(12):
+        result = synth(image, seed)
+        if result.method != "perlin":
+            continue
+        inside = result.image[:, result.mask[0].bool()]
+        colours.add(tuple(inside.mean(1).round(decimals=2).tolist()))
+    assert colours == {(1.0, 0.0, 0.0), (0.0, 0.0, 1.0)}
+
+
+def test_procedural_textures_are_valid_and_varied() -> None:
+    generator = torch.Generator().manual_seed(0)
+    for kind in PROCEDURAL_TEXTURES:
+        texture = procedural_texture(kind, 48, 80, generator=generator)
+        assert texture.shape == (3, 48, 80)
+        assert texture.min().item() >= 0.0 and texture.max().item() <= 1.0
+        assert texture.std().item() > 0.01, kind
+    with pytest.raises(SynthesisError, match="Unknown texture kind"):
+        procedural_texture("plaid", 8, 8, generator=generator)
+
+
+def test_perlin_noise_range_scale_and_rotation() -> None:
+    noise = perlin_noise(128, 96, (4, 8), generator=torch.Generator().manual_seed(0))
+    assert noise.shape == (128, 96)
+    assert noise.abs().max().item() <= 1.0 + 1e-5 and noise.std().item() > 0.1
+    rotated = perlin_noise(128, 96, (4, 8), generator=torch.Generator().manual_seed(0), angle=45)
+    assert not torch.allclose(noise, rotated)
+    # More cells -> higher frequency -> larger differences between neighbouring pixels.
+    fine = perlin_noise(128, 128, (16, 16), generator=torch.Generator().manual_seed(0))
+    coarse = perlin_noise(128, 128, (2, 2), generator=torch.Generator().manual_seed(0))
+    assert fine.diff(dim=1).abs().mean() > 3 * coarse.diff(dim=1).abs().mean()
+
+
+def test_colour_jitter_stays_in_range_and_zero_is_identity() -> None:
+    image = textured_image(32)
+    generator = torch.Generator().manual_seed(0)
+    assert torch.equal(colour_jitter(image, 0.0, generator), image)
+    jittered = colour_jitter(image, 0.5, generator)
+    assert jittered.min().item() >= 0 and jittered.max().item() <= 1
+    assert not torch.allclose(jittered, image)
+
+
+def test_non_square_images() -> None:
+    image = torch.rand(3, 40, 120, generator=torch.Generator().manual_seed(0))
+    for method in METHODS:
+        result = AnomalySynthesizer(methods=(method,))(image, 0)
+        assert result.mask.shape == (1, 40, 120) and result.mask.sum().item() > 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"methods": ("perlin", "draem")}, "methods"),
+        ({"methods": ()}, "methods"),
+        ({"probabilities": (1.0, 1.0)}, "probabilities"),
+        ({"probabilities": (0.0, 0.0, 0.0)}, "probabilities"),
+        ({"min_scale_exp": 4, "max_scale_exp": 2}, "scale_exp"),
+        ({"texture_opacity": (0.8, 0.2)}, "texture_opacity"),
+        ({"foreground": "object"}, "foreground"),
+        ({"max_tries": 0}, "max_tries"),
+        ({"anomaly_probability": 1.5}, "anomaly_probability"),
+        ({"texture_images": [torch.zeros(4, 8, 8)]}, r"texture_images\[0\]"),
+    ],
+)
+def test_invalid_settings_raise_clear_errors(kwargs: dict, match: str) -> None:
+    with pytest.raises(SynthesisError, match=match):
+        AnomalySynthesizer(**kwargs)
+
+
+def test_invalid_inputs_raise_clear_errors() -> None:
+    synth = AnomalySynthesizer()
+    with pytest.raises(SynthesisError, match=r"\(3, H, W\)"):
+        synth(torch.rand(1, 32, 32), 0)
+    with pytest.raises(SynthesisError, match=r"\[0, 1\]"):
+        synth(torch.rand(3, 32, 32) * 2, 0)
+    with pytest.raises(SynthesisError, match="float"):
+        synth(torch.zeros(3, 32, 32, dtype=torch.uint8), 0)
+    with pytest.raises(SynthesisError, match="empty"):
+        synth(torch.rand(3, 32, 32), 0, foreground_mask=torch.zeros(32, 32, dtype=torch.bool))
+    with pytest.raises(SynthesisError, match="generator"):
+        synth(torch.rand(3, 32, 32), "seed")  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_follows_the_input_device() -> None:
+    image = textured_image(64).cuda()
+    for method in METHODS:
+        result = AnomalySynthesizer(methods=(method,), foreground="auto")(image, 0)
+        assert result.image.device == image.device and result.mask.device == image.device
+        assert result.mask.sum().item() > 0
+
+
+def test_preview_grid_png(tmp_path: Path) -> None:
+    images: list[torch.Tensor | Path] = [textured_image(64, 0), object_on_background(48)[0]]
+    path = tmp_path / "grid_input.png"
+    Image.fromarray(np.full((40, 80, 3), 128, dtype=np.uint8)).save(path)
+    images.append(path)
+    target = tmp_path / "sub" / "preview.png"
+    out = make_preview_grid(images, AnomalySynthesizer(), seed=0, path=target, tile_size=64)
+    assert out == target
+    with Image.open(out) as png:
+        png.load()
+        assert png.format == "PNG" and png.mode == "RGB"
+        # 2 columns x 2 rows of groups; a group is 3 tiles + 2 pads wide, a caption + a tile high.
+        expected = (2 * 4 + 2 * (3 * 64 + 8) + 12, 2 * 4 + 2 * (16 + 64) + 12)
+        assert png.size == preview_grid_size(3, 2, 64) == expected
+        pixels = np.asarray(png)
+    # The mask overlay paints pure red somewhere.
+    assert ((pixels[..., 0] == 255) & (pixels[..., 1] == 0) & (pixels[..., 2] == 0)).any()
+    again = make_preview_grid(images, AnomalySynthesizer(), seed=0, path=tmp_path / "again.png", tile_size=64)
+    with Image.open(again) as png2:
+        assert np.array_equal(np.asarray(png2), pixels)
+
+
+@pytest.mark.integration
+def test_real_bottle_image() -> None:
+    folder = DATASETS / "bottle" / "train" / "good"
+    paths = sorted(folder.glob("*.png"))[:2] if folder.is_dir() else []
+    if not paths:
+        pytest.skip(f"real data not found at {folder}")
+    image = read_image_tensor(paths[0])
+    assert image.shape[0] == 3 and image.min() >= 0 and image.max() <= 1
+    foreground = estimate_foreground(image)[0]
+    assert 0.3 < foreground.float().mean().item() < 0.9  # the bottle, not the whole picture
+    for method in METHODS:
+        synth = AnomalySynthesizer(methods=(method,), foreground="auto")
+        for seed in range(3):
+            result = synth(image, seed)
+            mask = result.mask[0].bool()
+            assert mask.sum().item() >= required_area(synth, image.shape[1])
+            assert not (mask & ~foreground).any()
+            assert torch.equal(result.image[:, ~mask], image[:, ~mask])
