@@ -1,0 +1,185 @@
+"""Evaluate a trained detector on the test split: metrics, curves, heatmap overlays, predictions.
+
+Maps are produced at the model's input size and resized to each ground-truth mask's own resolution
+before any pixel metric (``onenip.metrics.resize_maps_to_masks``). Categories without masks get
+image metrics only.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from onenip.data.manifest import DatasetError, read_image
+from onenip.data.transforms import load_mask
+from onenip.features import FeatureCache
+from onenip.metrics import (
+    compute_metrics,
+    pixel_pr_curve_points,
+    pixel_roc_curve_points,
+    pr_curve_points,
+    resize_maps_to_masks,
+    roc_curve_points,
+)
+from onenip.models.detector import OneNIPDetector
+from onenip.plots import plot_curves
+
+
+@dataclass
+class CategoryEvaluation:
+    category: str
+    metrics: dict[str, float]
+    predictions: pd.DataFrame
+    """image_path, defect_type, label_index, pred_score, pred_label, threshold."""
+    has_masks: bool
+    seconds: float
+
+
+@torch.no_grad()
+def predict_features(
+    detector: OneNIPDetector, features: torch.Tensor, category: str, batch_size: int = 16,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(N, C, h, w) features -> (scores (N,), anomaly maps (N, S, S)) with the category's prompt."""
+    detector.eval()
+    device = detector.prompt_features.device
+    k = detector.category_index(category)
+    scores, maps = [], []
+    for start in range(0, features.shape[0], batch_size):
+        batch = features[start : start + batch_size].to(device)
+        out = detector.forward_features(batch, torch.full((batch.shape[0],), k, dtype=torch.long))
+        scores.append(out.pred_score.float().cpu())
+        maps.append(out.anomaly_map[:, 0].float().cpu())
+    return torch.cat(scores).numpy(), torch.cat(maps).numpy()
+
+
+def _overlay(image: Image.Image, anomaly_map: np.ndarray, vmax: float, mask: np.ndarray | None) -> Image.Image:
+    """Image | heatmap overlay, with the ground-truth outline in green where a mask exists."""
+    from matplotlib import colormaps
+
+    heat = np.clip(anomaly_map / max(vmax, 1e-8), 0, 1)
+    colours = (colormaps["jet"](heat)[..., :3] * 255).astype(np.uint8)
+    base = np.asarray(image.convert("RGB"), dtype=np.float32)
+    blended = (0.55 * base + 0.45 * colours).astype(np.uint8)
+    if mask is not None and mask.any():
+        from scipy import ndimage
+
+        edge = mask & ~ndimage.binary_erosion(mask, iterations=2)
+        blended[edge] = (0, 255, 0)
+    return Image.fromarray(np.concatenate([np.asarray(image.convert("RGB")), blended], axis=1))
+
+
+def write_heatmaps(
+    rows: pd.DataFrame, maps: Sequence[np.ndarray], masks: Sequence[np.ndarray | None], folder: Path, count: int, vmax: float,
+) -> list[Path]:
+    """Overlays for up to ``count`` images: the highest-scoring anomalous and normal ones first."""
+    folder.mkdir(parents=True, exist_ok=True)
+    order = rows.reset_index(drop=True).sort_values(["label_index", "pred_score"], ascending=False).index.tolist()
+    anomalous = [i for i in order if rows.iloc[i]["label_index"] == 1]
+    normal = [i for i in order if rows.iloc[i]["label_index"] == 0]
+    chosen = (anomalous[: (count + 1) // 2] + normal[: count // 2])[:count]
+    written = []
+    for i in chosen:
+        row = rows.iloc[i]
+        image = read_image(row["image_path"])
+        anomaly_map = maps[i]
+        if anomaly_map.shape != (image.height, image.width):
+            anomaly_map = resize_maps_to_masks(anomaly_map[None], (image.height, image.width))[0]
+        mask = masks[i]
+        name = f"{row['defect_type']}_{Path(row['image_path']).stem}_score{row['pred_score']:.3f}.png"
+        path = folder / name
+        _overlay(image, anomaly_map, vmax, None if mask is None else mask.astype(bool)).save(path)
+        written.append(path)
+    return written
+
+
+def evaluate_category(
+    detector: OneNIPDetector,
+    manifest: pd.DataFrame,
+    category: str,
+    cache: FeatureCache,
+    output_dir: str | Path | None = None,
+    *,
+    num_heatmaps: int = 8,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> CategoryEvaluation:
+    """Metrics of one category's test split; writes metrics.json, curves.png, heatmaps/ when asked."""
+    started = time.perf_counter()
+    test = manifest[(manifest["category"] == category) & (manifest["split"] == "test")].reset_index(drop=True)
+    if test.empty:
+        msg = f"Category {category!r} has no test images"
+        raise DatasetError(msg)
+    features = cache.get(test["image_path"].tolist(), test["sha256"].tolist(), batch_size=batch_size, progress=progress)
+    scores, maps = predict_features(detector, features, category, batch_size)
+    labels = test["label_index"].to_numpy().astype(int)
+    k = detector.category_index(category)
+    threshold = float(detector.score_threshold[k])
+    predictions = test[["image_path", "category", "defect_type", "label_index"]].copy()
+    predictions["pred_score"] = scores
+    predictions["threshold"] = threshold
+    predictions["pred_label"] = (scores > threshold).astype(int)
+
+    has_masks = bool(test.loc[test["label_index"] == 1, "mask_path"].notna().any())
+    masks: list[np.ndarray | None] = [None] * len(test)
+    resized: list[np.ndarray] = []
+    if has_masks:
+        for i, row in test.iterrows():
+            if isinstance(row["mask_path"], str):
+                masks[i] = load_mask(row["mask_path"])[0].numpy() > 0
+            else:
+                masks[i] = np.zeros((int(row["height"]), int(row["width"])), dtype=bool)
+        resized = resize_maps_to_masks(maps, [m.shape for m in masks])  # type: ignore[union-attr]
+        if isinstance(resized, np.ndarray):
+            resized = list(resized)
+    metrics = compute_metrics(scores, labels, resized if has_masks else None, masks if has_masks else None)
+    metrics["num_test_images"] = float(len(test))
+
+    if output_dir is not None:
+        folder = Path(output_dir) / category
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        predictions.to_csv(folder / "predictions.csv", index=False)
+        plot_curves(
+            folder / "curves.png",
+            roc_curve_points(scores, labels),
+            pr_curve_points(scores, labels),
+            pixel_roc_curve_points(resized, masks) if has_masks else None,
+            pixel_pr_curve_points(resized, masks) if has_masks else None,
+            title=f"{category}: image AUROC {metrics['image_AUROC']:.3f}",
+        )
+        if num_heatmaps:
+            vmax = float(np.quantile(np.stack([m.max() for m in maps]), 0.9))
+            write_heatmaps(predictions, resized if has_masks else list(maps), masks, folder / "heatmaps", num_heatmaps, vmax)
+    return CategoryEvaluation(category, metrics, predictions, has_masks, time.perf_counter() - started)
+
+
+def evaluate(
+    detector: OneNIPDetector,
+    manifest: pd.DataFrame,
+    cache: FeatureCache,
+    output_dir: str | Path | None = None,
+    categories: Sequence[str] | None = None,
+    *,
+    num_heatmaps: int = 8,
+    progress: bool = True,
+) -> dict[str, CategoryEvaluation]:
+    """Evaluate every category the detector knows (or ``categories``)."""
+    results = {}
+    for category in categories or detector.categories:
+        results[category] = evaluate_category(
+            detector, manifest, category, cache, output_dir, num_heatmaps=num_heatmaps, progress=progress,
+        )
+    if output_dir is not None:
+        summary = {c: r.metrics for c, r in results.items()}
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(output_dir) / "metrics.json").write_text(json.dumps(summary, indent=2))
+    return results
