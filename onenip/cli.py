@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from onenip.config import DEFAULT_PARAMS_PATH, ConfigError, load_params
+from onenip.config import DEFAULT_PARAMS_PATH, ConfigError, Params, load_params
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="OneNIP industrial anomaly detection.")
 data_app = typer.Typer(no_args_is_help=True, help="Import, validate and summarise datasets.")
@@ -33,14 +33,23 @@ def _user_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from onenip.data.manifest import DatasetError
         from onenip.data.versioning import DVCError
+        from onenip.models.detector import ModelLoadError
+        from onenip.synthesis import SynthesisError
 
         try:
             return func(*args, **kwargs)
-        except (DatasetError, ConfigError, DVCError) as error:
+        except (DatasetError, ConfigError, DVCError, ModelLoadError, SynthesisError) as error:
             err_console.print(f"[bold red]Error:[/] {error}", highlight=False, markup=True, soft_wrap=True)
             raise typer.Exit(code=1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _load(params: Path) -> Params:
+    """params.yaml as given; only the default path may be absent (then the built-in defaults apply)."""
+    if params == DEFAULT_PARAMS_PATH and not params.exists():
+        return Params()
+    return load_params(params)
 
 
 def _print_frame(frame: Any, title: str) -> None:
@@ -70,15 +79,15 @@ def data_add(
     """Convert SOURCE into data/NAME, validate it, track it with DVC and print its data version."""
     from onenip.data.versioning import import_dataset
 
-    cfg = load_params(params).data if params.exists() else None
+    cfg = _load(params).data
     result = import_dataset(
         source,
         name,
         fmt,
         project_root=Path.cwd(),
-        min_train_images=cfg.min_train_images if cfg else 10,
-        require_masks=cfg.require_masks if cfg else "auto",
-        test_every=cfg.test_every if cfg else 5,
+        min_train_images=cfg.min_train_images,
+        require_masks=cfg.require_masks,
+        test_every=cfg.test_every,
     )
     console.print(str(result.conversion))
     console.print(f"Validation passed: {result.validation.num_images} images, {result.validation.num_categories} categories")
@@ -96,12 +105,12 @@ def data_validate(
     """Validate a dataset; exit 1 and list every failed expectation with its files."""
     from onenip.data.validate import validate_dataset
 
-    cfg = load_params(params).data if params.exists() else None
+    cfg = _load(params).data
     result = validate_dataset(
         root,
         categories=categories or None,
-        min_train_images=cfg.min_train_images if cfg else 10,
-        require_masks=cfg.require_masks if cfg else "auto",
+        min_train_images=cfg.min_train_images,
+        require_masks=cfg.require_masks,
     )
     if report is not None:
         report.parent.mkdir(parents=True, exist_ok=True)
@@ -139,6 +148,114 @@ def run_default_job(params: ParamsOption = DEFAULT_PARAMS_PATH) -> None:
         f"Validation passed ({result.validation.num_images} images). "
         f"data/{cfg.name} is DVC-tracked, data version [bold]{result.data_version}[/]",
     )
+
+
+def _manifest_for(data: Path, categories: list[str] | None) -> Any:
+    from onenip.data.manifest import make_manifest
+
+    return make_manifest(data, categories or None)
+
+
+def _print_metrics(metrics: dict[str, dict[str, float]], title: str) -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame(metrics).T.reset_index(names="category")
+    for column in frame.columns[1:]:
+        frame[column] = frame[column].map(lambda v: f"{v:.4f}" if isinstance(v, float) and v < 2 else f"{v:g}")
+    _print_frame(frame, title)
+
+
+CategoriesOption = Annotated[list[str] | None, typer.Option("--category", "--categories", help="Only these categories (repeat).")]
+
+
+@app.command("train")
+@_user_errors
+def train(
+    data: Annotated[Path, typer.Option("--data", help="Dataset root in MVTec AD layout.")],
+    categories: CategoriesOption = None,
+    mode: Annotated[str | None, typer.Option("--mode", help="unified | per-category (default: params.yaml).")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Run folder: <out>/<unified|category>/model.")] = Path("runs/train"),
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Override train.epochs.")] = None,
+    evaluate_after: Annotated[bool, typer.Option("--evaluate/--no-evaluate", help="Evaluate on the test split.")] = True,
+    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the last checkpoint.")] = True,
+    params: ParamsOption = DEFAULT_PARAMS_PATH,
+) -> None:
+    """Train OneNIP on the normal training images; optionally evaluate on the test split."""
+    from onenip.training import train_models
+
+    cfg = _load(params)
+    if epochs:
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": epochs})})
+    manifest = _manifest_for(data, categories)
+    results = train_models(manifest, cfg, out, mode=mode, resume=resume)
+    for name, result in results.items():
+        console.print(f"{name}: model saved to {result.output_dir / 'model'} ({result.train_seconds / 60:.1f} min training)")
+    if evaluate_after:
+        from onenip.evaluation import evaluate as evaluate_detector
+        from onenip.features import FeatureCache
+
+        metrics = {}
+        for name, result in results.items():
+            cache = FeatureCache(cfg.train.cache_dir, result.detector.feature_extractor, cfg.model.backbone)
+            evaluation = evaluate_detector(result.detector, manifest, cache, out / name / "eval", num_heatmaps=cfg.eval.num_heatmaps)
+            metrics.update({category: e.metrics for category, e in evaluation.items()})
+        _print_metrics(metrics, f"Test metrics ({out})")
+
+
+@app.command("evaluate")
+@_user_errors
+def evaluate(
+    model: Annotated[Path, typer.Option("--model", help="A saved model folder (model.safetensors + onenip.json).")],
+    data: Annotated[Path, typer.Option("--data", help="Dataset root in MVTec AD layout.")],
+    categories: CategoriesOption = None,
+    out: Annotated[Path, typer.Option("--out", help="Writes metrics.json, <category>/curves.png, heatmaps/.")] = Path("runs/eval"),
+    params: ParamsOption = DEFAULT_PARAMS_PATH,
+) -> None:
+    """Evaluate a saved model: metrics JSON, ROC/PR curve PNGs and heatmap overlays."""
+    from onenip.evaluation import evaluate as evaluate_detector
+    from onenip.features import FeatureCache
+    from onenip.models.detector import OneNIPDetector
+    from onenip.training import resolve_device
+
+    cfg = _load(params)
+    detector = OneNIPDetector.load(model, map_location=resolve_device(cfg.train.device))
+    unknown = sorted(set(categories or []) - set(detector.categories))
+    if unknown:
+        from onenip.data.manifest import DatasetError
+
+        msg = f"Model {model} was not trained on categories {unknown}; it knows {detector.categories}"
+        raise DatasetError(msg)
+    manifest = _manifest_for(data, categories or detector.categories)
+    cache = FeatureCache(cfg.train.cache_dir, detector.feature_extractor, detector.cfg.backbone)
+    results = evaluate_detector(
+        detector, manifest, cache, out, categories or None, num_heatmaps=cfg.eval.num_heatmaps,
+    )
+    _print_metrics({c: r.metrics for c, r in results.items()}, f"Test metrics ({model})")
+    console.print(f"Wrote {out / 'metrics.json'} and per-category curves and heatmaps under {out}")
+
+
+@app.command("synthesize")
+@_user_errors
+def synthesize(
+    data: Annotated[Path, typer.Option("--data", help="Dataset root in MVTec AD layout.")],
+    category: Annotated[str, typer.Option("--category", help="Category whose training images to use.")],
+    count: Annotated[int, typer.Option("--count", min=1, help="Number of source images.")] = 8,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    out: Annotated[Path, typer.Option("--out", help="Preview PNG to write.")] = Path("runs/synthesis_preview.png"),
+    params: ParamsOption = DEFAULT_PARAMS_PATH,
+) -> None:
+    """Write a preview grid (original | synthetic anomaly | mask) for a person to look at."""
+    from onenip.data.transforms import load_image
+    from onenip.synthesis import make_preview_grid
+    from onenip.training import build_synthesizer
+
+    cfg = _load(params)
+    manifest = _manifest_for(data, [category])
+    train = manifest[(manifest["split"] == "train") & (manifest["label_index"] == 0)]
+    paths = train["image_path"].iloc[:: max(1, len(train) // count)].iloc[:count].tolist()
+    images = [load_image(path, cfg.model.backbone.input_size) for path in paths]
+    path = make_preview_grid(images, build_synthesizer(cfg.synthesis), seed, out)
+    console.print(f"Wrote {path} ({len(images)} images of {category})")
 
 
 def main() -> None:  # pragma: no cover - console entry point

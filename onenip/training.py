@@ -507,3 +507,34 @@ def calibrate(detector: OneNIPDetector, data: TrainingData, threshold_quantile: 
             out = detector.model(selected[start : start + 16].to(device), prompt, detector.recon_scale[k])
             scores.append(out.pred_score.cpu())
         detector.score_threshold[k] = float(torch.quantile(torch.cat(scores), threshold_quantile))
+
+
+def train_models(
+    manifest: pd.DataFrame,
+    params: Params,
+    output_dir: str | Path,
+    categories: Sequence[str] | None = None,
+    *,
+    mode: str | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    on_epoch_end: Callable[[str, int, dict[str, float]], None] | None = None,
+) -> dict[str, TrainResult]:
+    """Train in ``unified`` mode (one network, folder ``output_dir/unified``) or ``per-category``
+    (one network per category, ``output_dir/<category>``). Returns results keyed by that folder name."""
+    mode = mode or params.model.mode
+    categories = sorted(categories or manifest["category"].unique().tolist())
+    if mode == "unified":
+        groups = {"unified": categories}
+    elif mode == "per-category":
+        groups = {category: [category] for category in categories}
+    else:
+        msg = f"Unknown mode {mode!r}: use unified or per-category"
+        raise ValueError(msg)
+    results = {}
+    for name, group in groups.items():
+        callback = None if on_epoch_end is None else (lambda epoch, record, _n=name: on_epoch_end(_n, epoch, record))
+        results[name] = train_onenip(
+            manifest, params, Path(output_dir) / name, group, resume=resume, progress=progress, on_epoch_end=callback,
+        )
+    return results
