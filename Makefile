@@ -4,9 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.onenip-installed
 EXTRAS ?= test
-# Threads for torch/numpy on a small machine (torch.set_num_threads breaks batched linalg.inv here).
-export OMP_NUM_THREADS ?= 2
-export MKL_NUM_THREADS ?= 2
+# Threads for torch/numpy of the main job (torch.set_num_threads breaks batched linalg.inv here);
+# the test suite sets its own (tests/conftest.py).
+THREADS ?= 2
 
 .PHONY: setup run test bench clean-venv
 
@@ -18,14 +18,14 @@ $(STAMP): pyproject.toml constraints.txt
 setup: $(STAMP)
 
 run: setup
-	$(VENV)/bin/onenip run
+	OMP_NUM_THREADS=$(THREADS) MKL_NUM_THREADS=$(THREADS) $(VENV)/bin/onenip run
 
 test: setup
 	$(PY) -m pytest
 
-bench:
-	$(MAKE) setup EXTRAS=test,bench
-	$(PY) benchmarks/run_benchmark.py
+bench: setup
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,bench]'
+	OMP_NUM_THREADS=$(THREADS) MKL_NUM_THREADS=$(THREADS) $(PY) benchmarks/run_benchmark.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -183,3 +183,44 @@ def evaluate(
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         (Path(output_dir) / "metrics.json").write_text(json.dumps(summary, indent=2))
     return results
+
+
+@torch.no_grad()
+def prompt_sensitivity(
+    detector: OneNIPDetector,
+    manifest: pd.DataFrame,
+    category: str,
+    cache: FeatureCache,
+    trials: int = 5,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Image AUROC with ``trials`` random training normals as the prompt instead of the stored one.
+
+    Returns mean and std over the trials and the AUROC of the stored prompt, so the report shows how
+    much the choice of the ONE normal image matters. The stored prompt is restored afterwards.
+    """
+    from onenip.metrics import image_auroc
+
+    k = detector.category_index(category)
+    rows = manifest[manifest["category"] == category]
+    train = rows[(rows["split"] == "train") & (rows["label_index"] == 0)].reset_index(drop=True)
+    test = rows[rows["split"] == "test"].reset_index(drop=True)
+    labels = test["label_index"].to_numpy()
+    test_features = cache.get(test["image_path"].tolist(), test["sha256"].tolist(), progress=False)
+    stored = detector.prompt_features[k].clone()
+    baseline = image_auroc(predict_features(detector, test_features, category)[0], labels)
+    choices = np.random.default_rng(seed).choice(len(train), size=min(trials, len(train)), replace=False)
+    prompts = cache.get(train["image_path"].iloc[choices].tolist(), train["sha256"].iloc[choices].tolist(), progress=False)
+    aurocs = []
+    try:
+        for prompt in prompts:
+            detector.prompt_features[k] = prompt.to(detector.prompt_features.device)
+            aurocs.append(image_auroc(predict_features(detector, test_features, category)[0], labels))
+    finally:
+        detector.prompt_features[k] = stored
+    return {
+        "prompt_image_AUROC_mean": float(np.mean(aurocs)),
+        "prompt_image_AUROC_std": float(np.std(aurocs)),
+        "prompt_trials": float(len(aurocs)),
+        "stored_prompt_image_AUROC": float(baseline),
+    }

@@ -436,8 +436,8 @@ def train_onenip(
             prompts = data.fit_features[prompt_idx].to(device)
             autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext()
             with autocast:
-                out = model(inputs, prompts)
-                losses = onenip_loss(out.recon_features.float(), targets, out.refiner_logits.float(), all_masks, cfg.dice_weight)
+                recon, refiner_logits = model.reconstruct_and_refine(inputs, prompts)
+                losses = onenip_loss(recon.float(), targets, refiner_logits.float(), all_masks, cfg.dice_weight)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(losses.total).backward()

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 
-# Two cores: more threads than that only oversubscribe. Set before torch is imported; never use
-# torch.set_num_threads (it breaks batched linalg.inv with this torch build).
-os.environ.setdefault("OMP_NUM_THREADS", "2")
-os.environ.setdefault("MKL_NUM_THREADS", "2")
+# One intra-op thread: test tensors are small, and with two threads a second busy process on a
+# 2-core machine makes every op wait on spinning threads (measured: BatchNorm 24x slower). Set before
+# torch is imported; never use torch.set_num_threads (it breaks batched linalg.inv with this build).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 from pathlib import Path  # noqa: E402
 

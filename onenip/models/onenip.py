@@ -70,6 +70,39 @@ def neighbor_mask(feature_size: tuple[int, int], neighbor_size: tuple[int, int])
     return ~(near_rows & near_cols)
 
 
+class Attention(nn.Module):
+    """Multi-head attention on ``F.scaled_dot_product_attention`` with a precomputed additive mask.
+
+    Same maths as ``nn.MultiheadAttention``; calling SDPA directly skips its per-call mask checks and
+    merges, and with ``attn_dropout=0`` lets CPU and CUDA use their fused kernels. Dropout on the
+    attention weights materialises every (tokens x tokens) matrix and cost a quarter of a training
+    step on CPU, so it is off by default (dropout stays on the residual and MLP paths).
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, attn_dropout: float = 0.0) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.q_proj = nn.Linear(embed_dim, embed_dim)
+        self.k_proj = nn.Linear(embed_dim, embed_dim)
+        self.v_proj = nn.Linear(embed_dim, embed_dim)
+        self.out_proj = nn.Linear(embed_dim, embed_dim)
+        self.attn_dropout = attn_dropout
+
+    def _heads(self, x: Tensor) -> Tensor:
+        b, n, d = x.shape
+        return x.view(b, n, self.num_heads, d // self.num_heads).transpose(1, 2)
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, attn_bias: Tensor | None = None) -> Tensor:
+        """(B, N, d) each -> (B, N, d); ``attn_bias`` (N, N) is added to the logits (-inf = blocked)."""
+        q, k, v = self._heads(self.q_proj(query)), self._heads(self.k_proj(key)), self._heads(self.v_proj(value))
+        if attn_bias is not None:
+            attn_bias = attn_bias.to(q.dtype)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_bias, dropout_p=self.attn_dropout if self.training else 0.0,
+        )
+        return self.out_proj(out.transpose(1, 2).reshape(query.shape))
+
+
 class LearnedPositionEmbedding2d(nn.Module):
     """Row and column embeddings, each ``embed_dim // 2`` wide, concatenated per grid cell."""
 
@@ -93,10 +126,12 @@ class LearnedPositionEmbedding2d(nn.Module):
 class EncoderLayer(nn.Module):
     """Post-norm self-attention layer (DETR/UniAD style) with a masked neighbourhood."""
 
-    def __init__(self, embed_dim: int, num_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.1) -> None:
+    def __init__(
+        self, embed_dim: int, num_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.1, attn_dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         hidden = int(embed_dim * mlp_ratio)
-        self.self_attn = nn.MultiheadAttention(embed_dim, num_heads, dropout=dropout, batch_first=True)
+        self.self_attn = Attention(embed_dim, num_heads, attn_dropout)
         self.norm1 = nn.LayerNorm(embed_dim)
         self.mlp = nn.Sequential(
             nn.Linear(embed_dim, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, embed_dim),
@@ -107,7 +142,7 @@ class EncoderLayer(nn.Module):
 
     def forward(self, tokens: Tensor, pos: Tensor, attn_mask: Tensor | None) -> Tensor:
         q = k = tokens + pos
-        attended = self.self_attn(q, k, tokens, attn_mask=attn_mask, need_weights=False)[0]
+        attended = self.self_attn(q, k, tokens, attn_mask)
         tokens = self.norm1(tokens + self.drop1(attended))
         return self.norm2(tokens + self.drop2(self.mlp(tokens)))
 
@@ -120,16 +155,18 @@ class TwoWayDecoderLayer(nn.Module):
     prompt->image attention sees prompt-aligned keys.
     """
 
-    def __init__(self, embed_dim: int, num_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.1) -> None:
+    def __init__(
+        self, embed_dim: int, num_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.1, attn_dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         hidden = int(embed_dim * mlp_ratio)
-        self.prompt_to_image = nn.MultiheadAttention(embed_dim, num_heads, dropout=dropout, batch_first=True)
+        self.prompt_to_image = Attention(embed_dim, num_heads, attn_dropout)
         self.norm1 = nn.LayerNorm(embed_dim)
         self.mlp = nn.Sequential(
             nn.Linear(embed_dim, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, embed_dim),
         )
         self.norm2 = nn.LayerNorm(embed_dim)
-        self.image_to_prompt = nn.MultiheadAttention(embed_dim, num_heads, dropout=dropout, batch_first=True)
+        self.image_to_prompt = Attention(embed_dim, num_heads, attn_dropout)
         self.norm3 = nn.LayerNorm(embed_dim)
         self.drop1 = nn.Dropout(dropout)
         self.drop2 = nn.Dropout(dropout)
@@ -137,12 +174,12 @@ class TwoWayDecoderLayer(nn.Module):
 
     def forward(self, prompt: Tensor, image: Tensor, pos: Tensor, attn_mask: Tensor | None) -> tuple[Tensor, Tensor]:
         # (1) prompt tokens attend to the query image: q = prompt + pos, k = image + pos, v = image.
-        attended = self.prompt_to_image(prompt + pos, image + pos, image, attn_mask=attn_mask, need_weights=False)[0]
+        attended = self.prompt_to_image(prompt + pos, image + pos, image, attn_mask)
         prompt = self.norm1(prompt + self.drop1(attended))
         # (2) MLP on the prompt tokens.
         prompt = self.norm2(prompt + self.drop2(self.mlp(prompt)))
         # (3) image tokens attend to the prompt tokens and are updated.
-        attended = self.image_to_prompt(image + pos, prompt + pos, prompt, attn_mask=attn_mask, need_weights=False)[0]
+        attended = self.image_to_prompt(image + pos, prompt + pos, prompt, attn_mask)
         image = self.norm3(image + self.drop3(attended))
         return prompt, image
 
@@ -158,7 +195,8 @@ class OneNIP(nn.Module):
         num_heads: attention heads.
         num_encoder_layers / num_decoder_layers: depths (paper: 4 and 4).
         mlp_ratio: FFN width as a multiple of d (paper: 4).
-        dropout: dropout in attention and FFN (paper: 0.1).
+        dropout: dropout on the residual and FFN paths (paper: 0.1).
+        attn_dropout: dropout on attention weights (paper: 0.1; 0 by default, see ``Attention``).
         neighbor_size: attention window in grid cells (paper: 7x7 on a 14x14 grid, about half the side).
         feature_jitter_scale / feature_jitter_prob: UniAD feature jitter during training (paper: 20, 1.0).
         refiner_dim: channels of the refiner blocks (paper: 128).
@@ -178,6 +216,7 @@ class OneNIP(nn.Module):
         num_decoder_layers: int = 4,
         mlp_ratio: float = 4.0,
         dropout: float = 0.1,
+        attn_dropout: float = 0.0,
         neighbor_size: tuple[int, int] = (9, 9),
         feature_jitter_scale: float = 20.0,
         feature_jitter_prob: float = 1.0,
@@ -205,18 +244,19 @@ class OneNIP(nn.Module):
         self.input_proj = nn.Linear(in_features, embed_dim)
         self.pos_embed = LearnedPositionEmbedding2d(self.feature_size, embed_dim)
         self.encoder = nn.ModuleList(
-            EncoderLayer(embed_dim, num_heads, mlp_ratio, dropout) for _ in range(num_encoder_layers)
+            EncoderLayer(embed_dim, num_heads, mlp_ratio, dropout, attn_dropout) for _ in range(num_encoder_layers)
         )
         self.decoder = nn.ModuleList(
-            TwoWayDecoderLayer(embed_dim, num_heads, mlp_ratio, dropout) for _ in range(num_decoder_layers)
+            TwoWayDecoderLayer(embed_dim, num_heads, mlp_ratio, dropout, attn_dropout) for _ in range(num_decoder_layers)
         )
-        self.final_prompt_to_image = nn.MultiheadAttention(embed_dim, num_heads, dropout=dropout, batch_first=True)
+        self.final_prompt_to_image = Attention(embed_dim, num_heads, attn_dropout)
         self.final_drop = nn.Dropout(dropout)
         self.final_norm = nn.LayerNorm(embed_dim)
         self.output_proj = nn.Linear(embed_dim, in_features)
         self.refiner = Refiner(in_features, refiner_dim)
 
-        self.register_buffer("attn_mask", neighbor_mask(self.feature_size, tuple(neighbor_size)), persistent=False)
+        blocked = neighbor_mask(self.feature_size, tuple(neighbor_size))
+        self.register_buffer("attn_mask", torch.zeros(blocked.shape).masked_fill(blocked, float("-inf")), persistent=False)
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:
@@ -257,9 +297,7 @@ class OneNIP(nn.Module):
         mask = self.attn_mask
         for layer in self.decoder:
             prompt_tokens, image_tokens = layer(prompt_tokens, image_tokens, pos, mask)
-        attended = self.final_prompt_to_image(
-            prompt_tokens + pos, image_tokens + pos, image_tokens, attn_mask=mask, need_weights=False,
-        )[0]
+        attended = self.final_prompt_to_image(prompt_tokens + pos, image_tokens + pos, image_tokens, mask)
         prompt_tokens = self.final_norm(prompt_tokens + self.final_drop(attended))
         recon = self.output_proj(prompt_tokens)
         h, w = self.feature_size
@@ -282,6 +320,16 @@ class OneNIP(nn.Module):
             prompt_tokens = prompt_tokens.repeat(batch // num_prompts, 1, 1)
         return self.decode(prompt_tokens, image_tokens)
 
+    def reconstruct_and_refine(self, query_features: Tensor, prompt_features: Tensor) -> tuple[Tensor, Tensor]:
+        """What the losses need: reconstructed features (B, C, h, w) and refiner logits (B, 1, H, W).
+
+        Training calls this instead of ``forward``, which also builds the smoothed anomaly maps and
+        image scores that no loss uses.
+        """
+        recon = self.reconstruct(query_features, prompt_features)
+        logits = self.refiner((recon - query_features).abs())
+        return recon, F.interpolate(logits, size=self.image_size, mode="bilinear", align_corners=False)
+
     # -- maps and scores --------------------------------------------------------------------------
     def forward(self, query_features: Tensor, prompt_features: Tensor, recon_scale: Tensor | float = 1.0) -> OneNIPOutput:
         """Reconstruct the query features and score them.
@@ -293,11 +341,8 @@ class OneNIP(nn.Module):
             recon_scale: scalar or (B,) scale of the reconstruction error on held-out training normals
                 (see ``blend``); 1.0 before calibration.
         """
-        recon = self.reconstruct(query_features, prompt_features)
+        recon, refiner_logits = self.reconstruct_and_refine(query_features, prompt_features)
         residual = recon - query_features
-        refiner_logits = F.interpolate(
-            self.refiner(residual.abs()), size=self.image_size, mode="bilinear", align_corners=False,
-        )
         refined_map = refiner_logits.sigmoid()
         recon_map = F.interpolate(
             residual.pow(2).sum(dim=1, keepdim=True).sqrt(), size=self.image_size, mode="bilinear", align_corners=False,
