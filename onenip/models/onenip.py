@@ -123,6 +123,14 @@ class LearnedPositionEmbedding2d(nn.Module):
         return torch.cat([cols, rows], dim=-1).reshape(h * w, -1)
 
 
+def feed_forward(embed_dim: int, mlp_ratio: float, dropout: float) -> nn.Sequential:
+    """Linear -> ReLU -> Dropout -> Linear, hidden width ``mlp_ratio * embed_dim`` (paper: 4d)."""
+    hidden = int(embed_dim * mlp_ratio)
+    return nn.Sequential(
+        nn.Linear(embed_dim, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, embed_dim),
+    )
+
+
 class EncoderLayer(nn.Module):
     """Post-norm self-attention layer (DETR/UniAD style) with a masked neighbourhood."""
 
@@ -130,12 +138,9 @@ class EncoderLayer(nn.Module):
         self, embed_dim: int, num_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.1, attn_dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        hidden = int(embed_dim * mlp_ratio)
         self.self_attn = Attention(embed_dim, num_heads, attn_dropout)
         self.norm1 = nn.LayerNorm(embed_dim)
-        self.mlp = nn.Sequential(
-            nn.Linear(embed_dim, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, embed_dim),
-        )
+        self.mlp = feed_forward(embed_dim, mlp_ratio, dropout)
         self.norm2 = nn.LayerNorm(embed_dim)
         self.drop1 = nn.Dropout(dropout)
         self.drop2 = nn.Dropout(dropout)
@@ -159,12 +164,9 @@ class TwoWayDecoderLayer(nn.Module):
         self, embed_dim: int, num_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.1, attn_dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        hidden = int(embed_dim * mlp_ratio)
         self.prompt_to_image = Attention(embed_dim, num_heads, attn_dropout)
         self.norm1 = nn.LayerNorm(embed_dim)
-        self.mlp = nn.Sequential(
-            nn.Linear(embed_dim, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, embed_dim),
-        )
+        self.mlp = feed_forward(embed_dim, mlp_ratio, dropout)
         self.norm2 = nn.LayerNorm(embed_dim)
         self.image_to_prompt = Attention(embed_dim, num_heads, attn_dropout)
         self.norm3 = nn.LayerNorm(embed_dim)

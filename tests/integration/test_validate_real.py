@@ -2,25 +2,24 @@
 
 The copy holds one category per fault (12 train images of its own, 3 ``test/good``, 3 ``test/broken_large``
 with masks), so one validation run covers every fault and shows that the other categories (and the other
-expectations in the faulty one) still pass. The full bottle, kolektor and magnetic_tile trees are
+expectations in the faulty one) still pass. The planters are the unit tests' (``tests.helpers.faults``),
+with subtler damage where real images are large. The full bottle, kolektor and magnetic_tile trees are
 validated as they are.
 """
 
 from __future__ import annotations
 
 import filecmp
-import hashlib
 import shutil
 import time
-from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import NamedTuple
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from onenip.data.validate import DataValidationError, ValidationResult, validate_dataset
+from onenip.data.validate import DataValidationError, validate_dataset
+from tests.helpers import faults
+from tests.helpers.faults import NO_LEAKAGE, Planter, PlantedTree, plant_and_validate
 
 DATA_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "industrial"
 BOTTLE = DATA_ROOT / "bottle"
@@ -34,17 +33,19 @@ pytestmark = [
     ),
 ]
 
-DECODABLE = "expect_column_values_to_be_in_set(decodable)"
-TRAIN_NORMAL = "expect_column_values_to_be_in_set(label_index where split == 'train')"
-MASK_PRESENT = "expect_column_values_to_not_be_null(mask_path where mask_required)"
-MASK_READABLE = "expect_column_values_to_be_in_set(mask_readable)"
-MASK_SIZE = "expect_column_values_to_be_in_set(mask_size_matches)"
-MASK_BINARY = "expect_column_values_to_be_in_set(mask_binary)"
-NORMAL_NO_MASK = "expect_column_values_to_be_null(mask_path where label_index == 0)"
-NO_LEAKAGE = "expect_column_values_to_be_in_set(leaks_across_splits)"
-MIN_TRAIN = "expect_column_values_to_be_between(num_train_normal)"
-TEST_NORMAL = "expect_column_values_to_be_between(num_test_normal)"
-TEST_ANOMALOUS = "expect_column_values_to_be_between(num_test_anomalous)"
+# Real images are hundreds of kilobytes: damage that leaves most of a file in place is the harder case.
+REAL_IMAGE_PLANTERS: dict[str, Planter] = {
+    "truncated_png": partial(faults.plant_truncated_png, cut_bytes=4000),  # most of the pixels are still there
+    "truncated_jpeg": partial(faults.plant_truncated_jpeg, cut_bytes=2000),
+    "unreadable_mask": partial(faults.plant_unreadable_mask, keep_bytes=100),  # a PNG header, no pixels
+    "mask_wrong_size": partial(faults.plant_mask_wrong_size, scale=0.5),
+    "mask_not_binary": partial(faults.plant_mask_not_binary, bilinear=True),
+    "too_few_train": partial(faults.plant_too_few_train, keep=6),
+}
+# Fault name -> (planter, expectation): the shared registry with the real-image planters swapped in.
+FAULTS: dict[str, tuple[Planter, str]] = {
+    name: (REAL_IMAGE_PLANTERS.get(name, plant), expectation) for name, (plant, expectation) in faults.FAULTS.items()
+}
 
 
 def _copy_bottle_subset(category_dir: Path, train_offset: int) -> None:
@@ -63,157 +64,13 @@ def _copy_bottle_subset(category_dir: Path, train_offset: int) -> None:
         shutil.copyfile(source, target)
 
 
-def _train(category_dir: Path) -> list[Path]:
-    return sorted((category_dir / "train" / "good").glob("*.png"))
-
-
-def _anomalous(category_dir: Path) -> tuple[Path, Path]:
-    image = sorted((category_dir / "test" / DEFECT).glob("*.png"))[0]
-    return image, category_dir / "ground_truth" / DEFECT / f"{image.stem}_mask.png"
-
-
-def _zero_byte(d: Path) -> list[Path]:
-    _train(d)[0].write_bytes(b"")
-    return _train(d)[:1]
-
-
-def _garbage(d: Path) -> list[Path]:
-    victim = d / "train" / "good" / "zz_garbage.png"
-    victim.write_bytes(np.random.default_rng(0).integers(0, 256, 8192, dtype=np.uint8).tobytes())
-    return [victim]
-
-
-def _truncated_png(d: Path) -> list[Path]:
-    victim, _ = _anomalous(d)
-    victim.write_bytes(victim.read_bytes()[:-4000])  # most of the pixels are still there
-    return [victim]
-
-
-def _truncated_jpeg(d: Path) -> list[Path]:
-    victim = d / "train" / "good" / "zz_truncated.jpg"
-    with Image.open(_train(d)[0]) as image:
-        image.convert("RGB").save(victim, quality=95)
-    victim.write_bytes(victim.read_bytes()[:-2000])
-    return [victim]
-
-
-def _anomalous_in_train(d: Path) -> list[Path]:
-    source, _ = _anomalous(d)
-    victim = d / "train" / DEFECT / "zz_defect.png"
-    victim.parent.mkdir()
-    with Image.open(source) as image:
-        image.transpose(Image.Transpose.FLIP_TOP_BOTTOM).save(victim)
-    return [victim]
-
-
-def _missing_mask(d: Path) -> list[Path]:
-    victim, mask = _anomalous(d)
-    mask.unlink()
-    return [victim]
-
-
-def _unreadable_mask(d: Path) -> list[Path]:
-    victim, mask = _anomalous(d)
-    mask.write_bytes(mask.read_bytes()[:100])
-    return [victim]
-
-
-def _mask_wrong_size(d: Path) -> list[Path]:
-    victim, mask = _anomalous(d)
-    with Image.open(mask) as image:
-        image.load()
-    image.resize((image.width // 2, image.height // 2), Image.Resampling.NEAREST).save(mask)
-    return [victim]
-
-
-def _mask_not_binary(d: Path) -> list[Path]:
-    victim, mask = _anomalous(d)
-    with Image.open(mask) as image:
-        image.load()
-    # Bilinear up/down sampling leaves grey edges: the classic way a mask stops being binary.
-    image.resize((image.width // 3, image.height // 3), Image.Resampling.BILINEAR).resize(
-        image.size, Image.Resampling.BILINEAR
-    ).save(mask)
-    return [victim]
-
-
-def _normal_with_mask(d: Path) -> list[Path]:
-    victim = sorted((d / "test" / "good").glob("*.png"))[0]
-    with Image.open(victim) as image:
-        size = image.size
-    mask = d / "ground_truth" / "good" / f"{victim.stem}_mask.png"
-    mask.parent.mkdir()
-    Image.new("L", size, 0).save(mask)
-    return [victim]
-
-
-def _leak(d: Path) -> list[Path]:
-    source = _train(d)[0]
-    copy = d / "test" / "good" / "zz_leaked.png"
-    shutil.copyfile(source, copy)
-    return [source, copy]
-
-
-def _too_few_train(d: Path) -> list[Path]:
-    for path in _train(d)[6:]:
-        path.unlink()
-    return []
-
-
-def _no_anomalous_test(d: Path) -> list[Path]:
-    shutil.rmtree(d / "test" / DEFECT)
-    shutil.rmtree(d / "ground_truth")
-    return []
-
-
-def _no_normal_test(d: Path) -> list[Path]:
-    shutil.rmtree(d / "test" / "good")
-    return []
-
-
-FAULTS: dict[str, tuple[Callable[[Path], list[Path]], str]] = {
-    "zero_byte_image": (_zero_byte, DECODABLE),
-    "garbage_bytes_image": (_garbage, DECODABLE),
-    "truncated_png": (_truncated_png, DECODABLE),
-    "truncated_jpeg": (_truncated_jpeg, DECODABLE),
-    "anomalous_train_image": (_anomalous_in_train, TRAIN_NORMAL),
-    "missing_mask": (_missing_mask, MASK_PRESENT),
-    "unreadable_mask": (_unreadable_mask, MASK_READABLE),
-    "mask_wrong_size": (_mask_wrong_size, MASK_SIZE),
-    "mask_not_binary": (_mask_not_binary, MASK_BINARY),
-    "normal_test_with_mask": (_normal_with_mask, NORMAL_NO_MASK),
-    "train_test_leak": (_leak, NO_LEAKAGE),
-    "too_few_train": (_too_few_train, MIN_TRAIN),
-    "test_without_anomalous": (_no_anomalous_test, TEST_ANOMALOUS),
-    "test_without_normal": (_no_normal_test, TEST_NORMAL),
-}
-
-
-def _hashes(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
-
-
-class Planted(NamedTuple):
-    root: Path
-    offending: dict[str, list[Path]]
-    result: ValidationResult
-    unchanged: bool
-
-
 @pytest.fixture(scope="module")
-def planted(tmp_path_factory: pytest.TempPathFactory) -> Planted:
+def planted(tmp_path_factory: pytest.TempPathFactory) -> PlantedTree:
     root = tmp_path_factory.mktemp("bottle_faults")
     names = ["clean", *FAULTS]
     for index, name in enumerate(names):
         _copy_bottle_subset(root / name, train_offset=index * NUM_TRAIN)
-    offending = {name: plant(root / name) for name, (plant, _) in FAULTS.items()}
-    before = _hashes(root)
-    result = validate_dataset(root, progress=False)
-    return Planted(root, offending, result, unchanged=_hashes(root) == before)
+    return plant_and_validate(root, {name: plant for name, (plant, _) in FAULTS.items()})
 
 
 def test_clean_copy_of_bottle_passes(tmp_path: Path) -> None:
@@ -224,7 +81,7 @@ def test_clean_copy_of_bottle_passes(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("fault", list(FAULTS))
-def test_planted_fault_in_real_images_is_reported(planted: Planted, fault: str) -> None:
+def test_planted_fault_in_real_images_is_reported(planted: PlantedTree, fault: str) -> None:
     offending, result = planted.offending, planted.result
     expectation = FAULTS[fault][1]
 
@@ -238,7 +95,7 @@ def test_planted_fault_in_real_images_is_reported(planted: Planted, fault: str) 
         assert issue.observed
 
 
-def test_untouched_category_passes_and_files_are_unchanged(planted: Planted) -> None:
+def test_untouched_category_passes_and_files_are_unchanged(planted: PlantedTree) -> None:
     result = planted.result
     assert planted.unchanged  # validation only reads
     assert not [issue for issue in result.issues if issue.category == "clean"]

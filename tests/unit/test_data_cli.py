@@ -13,9 +13,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from onenip.cli import app
-from onenip.data.manifest import file_sha256
 from onenip.data.validate import DataValidationError
 from onenip.data.versioning import import_dataset, read_data_version
+from tests.helpers.faults import tree_hashes
 from tests.helpers.trees import make_mvtec_tree
 
 runner = CliRunner()
@@ -38,17 +38,13 @@ def source(tmp_path: Path) -> Path:
     return make_mvtec_tree(tmp_path / "source", categories=("widget",), n_train=12, n_test_good=3, n_test_bad=3)
 
 
-def _tree_hashes(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): file_sha256(p) for p in sorted(root.rglob("*")) if p.is_file()}
-
-
 def test_add_is_reproducible_and_tracks_changes(project: Path, source: Path) -> None:
-    before = _tree_hashes(source)
+    before = tree_hashes(source)
     first = import_dataset(source, "widgets", "mvtec", project)
     assert first.data_version.endswith(".dir")
     assert (project / "data" / "widgets.dvc").is_file()
     assert read_data_version(project / "data" / "widgets.dvc") == first.data_version
-    assert _tree_hashes(source) == before  # the source is never modified
+    assert tree_hashes(source) == before  # the source is never modified
 
     again = import_dataset(source, "widgets", "mvtec", project)
     assert again.data_version == first.data_version
@@ -62,12 +58,12 @@ def test_add_is_reproducible_and_tracks_changes(project: Path, source: Path) -> 
 
 def test_failed_validation_keeps_previous_version(project: Path, source: Path) -> None:
     first = import_dataset(source, "widgets", "mvtec", project)
-    kept = _tree_hashes(project / "data" / "widgets")
+    kept = tree_hashes(project / "data" / "widgets")
     broken = next((source / "widget" / "train" / "good").glob("*.png"))
     broken.write_bytes(broken.read_bytes()[:40])  # truncated PNG
     with pytest.raises(DataValidationError, match=broken.name):
         import_dataset(source, "widgets", "mvtec", project)
-    assert _tree_hashes(project / "data" / "widgets") == kept
+    assert tree_hashes(project / "data" / "widgets") == kept
     assert read_data_version(project / "data" / "widgets.dvc") == first.data_version
 
 
@@ -80,7 +76,7 @@ def test_push_and_pull_with_local_remote(project: Path, source: Path, tmp_path: 
     shutil.rmtree(project / "data" / "widgets")
     shutil.rmtree(project / ".dvc" / "cache")
     dvc_pull(["data/widgets.dvc"], project)
-    assert _tree_hashes(project / "data" / "widgets") == _tree_hashes(source)
+    assert tree_hashes(project / "data" / "widgets") == tree_hashes(source)
 
 
 def test_cli_add_summary_validate(project: Path, source: Path) -> None:

@@ -2,17 +2,14 @@
 
 Trees are written in code (``tests.helpers.trees.make_mvtec_tree``: 32x32 PNGs, 0/255 masks), so every
 fault is covered without the shared real data (``tests/integration/test_validate_real.py`` repeats the
-faults on a copy of real MVTec bottle images).
+faults on a copy of real MVTec bottle images). The planters live in ``tests.helpers.faults``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
-from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -27,179 +24,54 @@ from onenip.data.validate import (
     validate_dataset,
     validate_manifest,
 )
+from tests.helpers.faults import (
+    DECODABLE,
+    FAULTS,
+    MASK_BINARY,
+    MASK_PRESENT,
+    MASK_READABLE,
+    MASK_SIZE,
+    MIN_TRAIN,
+    NO_LEAKAGE,
+    NORMAL_NO_MASK,
+    ONE_PROMPT,
+    TEST_ANOMALOUS,
+    TEST_NORMAL,
+    TRAIN_NORMAL,
+    Planter,
+    PlantedTree,
+    first_anomalous,
+    good_test_images,
+    plant_and_validate,
+    plant_mask_not_binary,
+    plant_truncated_jpeg,
+    train_images,
+)
 from tests.helpers.trees import make_mvtec_tree
 
 CATEGORY = "widget"
 
-DECODABLE = "expect_column_values_to_be_in_set(decodable)"
-TRAIN_NORMAL = "expect_column_values_to_be_in_set(label_index where split == 'train')"
-MASK_PRESENT = "expect_column_values_to_not_be_null(mask_path where mask_required)"
-MASK_READABLE = "expect_column_values_to_be_in_set(mask_readable)"
-MASK_SIZE = "expect_column_values_to_be_in_set(mask_size_matches)"
-MASK_BINARY = "expect_column_values_to_be_in_set(mask_binary)"
-NORMAL_NO_MASK = "expect_column_values_to_be_null(mask_path where label_index == 0)"
-NO_LEAKAGE = "expect_column_values_to_be_in_set(leaks_across_splits)"
-MIN_TRAIN = "expect_column_values_to_be_between(num_train_normal)"
-TEST_NORMAL = "expect_column_values_to_be_between(num_test_normal)"
-TEST_ANOMALOUS = "expect_column_values_to_be_between(num_test_anomalous)"
-ONE_PROMPT = "expect_column_values_to_be_between(num_prompts)"
 
-
-# ------------------------------------------------------ fault planters: category folder in, files to name out
-
-
-def _train_images(category_dir: Path) -> list[Path]:
-    return sorted((category_dir / "train" / "good").glob("*.png"))
-
-
-def _first_anomalous(category_dir: Path) -> tuple[Path, Path]:
-    """First anomalous test image and its mask."""
-    for defect_dir in sorted(d for d in (category_dir / "test").iterdir() if d.is_dir() and d.name != "good"):
-        for image in sorted(defect_dir.glob("*.png")):
-            mask = category_dir / "ground_truth" / defect_dir.name / f"{image.stem}_mask.png"
-            if mask.is_file():
-                return image, mask
-    raise AssertionError(f"no anomalous test image with a mask under {category_dir}")
-
-
-def plant_zero_byte(category_dir: Path) -> list[Path]:
-    victim = _train_images(category_dir)[0]
-    victim.write_bytes(b"")
-    return [victim]
-
-
-def plant_garbage_bytes(category_dir: Path) -> list[Path]:
-    victim = category_dir / "train" / "good" / "zz_garbage.png"
-    victim.write_bytes(np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes())
-    return [victim]
-
-
-def plant_truncated_png(category_dir: Path) -> list[Path]:
-    # An anomalous image with a mask: the mask checks must not pile on once the image is unreadable.
-    victim, _ = _first_anomalous(category_dir)
-    data = victim.read_bytes()
-    victim.write_bytes(data[: len(data) // 2])
-    return [victim]
-
-
-def plant_truncated_jpeg(category_dir: Path) -> list[Path]:
-    source = _train_images(category_dir)[0]
-    victim = category_dir / "train" / "good" / "zz_truncated.jpg"
-    with Image.open(source) as image:
-        image.convert("RGB").save(victim, quality=95)
-    data = victim.read_bytes()
-    victim.write_bytes(data[: int(len(data) * 0.6)])
-    return [victim]
-
-
-def plant_anomalous_train_image(category_dir: Path) -> list[Path]:
-    source, _ = _first_anomalous(category_dir)
-    victim = category_dir / "train" / source.parent.name / "zz_defect.png"
-    victim.parent.mkdir(parents=True)
-    with Image.open(source) as image:  # mirrored so it is not also a byte copy of a test image
-        image.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(victim)
-    return [victim]
-
-
-def plant_missing_mask(category_dir: Path) -> list[Path]:
-    victim, mask = _first_anomalous(category_dir)
-    mask.unlink()
-    return [victim]
-
-
-def plant_unreadable_mask(category_dir: Path) -> list[Path]:
-    victim, mask = _first_anomalous(category_dir)
-    mask.write_bytes(b"not a png at all")
-    return [victim]
-
-
-def plant_mask_wrong_size(category_dir: Path) -> list[Path]:
-    victim, mask = _first_anomalous(category_dir)
-    with Image.open(mask) as image:
-        image.load()
-    image.resize((image.width - 2, image.height), Image.Resampling.NEAREST).save(mask)
-    return [victim]
-
-
-def plant_mask_not_binary(category_dir: Path) -> list[Path]:
-    victim, mask = _first_anomalous(category_dir)
-    array = np.asarray(Image.open(mask).convert("L")).copy()
-    array[0, :4] = 128  # a soft edge, as resizing a mask bilinearly would leave
-    Image.fromarray(array).save(mask)
-    return [victim]
-
-
-def plant_normal_with_mask(category_dir: Path) -> list[Path]:
-    victim = sorted((category_dir / "test" / "good").glob("*.png"))[0]
-    with Image.open(victim) as image:
-        size = image.size
-    mask = category_dir / "ground_truth" / "good" / f"{victim.stem}_mask.png"
-    mask.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("L", size, 0).save(mask)
-    return [victim]
-
-
-def plant_leak(category_dir: Path) -> list[Path]:
-    source = _train_images(category_dir)[0]
-    copy = category_dir / "test" / "good" / "zz_copy_of_train.png"
-    shutil.copyfile(source, copy)
-    return [source, copy]
-
-
-def plant_too_few_train(category_dir: Path) -> list[Path]:
-    for path in _train_images(category_dir)[5:]:
-        path.unlink()
-    return []
-
-
-def plant_no_anomalous_test(category_dir: Path) -> list[Path]:
-    for folder in (category_dir / "test").iterdir():
-        if folder.name != "good":
-            shutil.rmtree(folder)
-    shutil.rmtree(category_dir / "ground_truth")
-    return []
-
-
-def plant_no_normal_test(category_dir: Path) -> list[Path]:
-    shutil.rmtree(category_dir / "test" / "good")
-    return []
-
-
-FAULTS: dict[str, tuple[Callable[[Path], list[Path]], str]] = {
-    "zero_byte_image": (plant_zero_byte, DECODABLE),
-    "garbage_bytes_image": (plant_garbage_bytes, DECODABLE),
-    "truncated_png": (plant_truncated_png, DECODABLE),
-    "truncated_jpeg": (plant_truncated_jpeg, DECODABLE),
-    "anomalous_train_image": (plant_anomalous_train_image, TRAIN_NORMAL),
-    "missing_mask": (plant_missing_mask, MASK_PRESENT),
-    "unreadable_mask": (plant_unreadable_mask, MASK_READABLE),
-    "mask_wrong_size": (plant_mask_wrong_size, MASK_SIZE),
-    "mask_not_binary": (plant_mask_not_binary, MASK_BINARY),
-    "normal_test_with_mask": (plant_normal_with_mask, NORMAL_NO_MASK),
-    "train_test_leak": (plant_leak, NO_LEAKAGE),
-    "too_few_train": (plant_too_few_train, MIN_TRAIN),
-    "test_without_anomalous": (plant_no_anomalous_test, TEST_ANOMALOUS),
-    "test_without_normal": (plant_no_normal_test, TEST_NORMAL),
-}
+# ------------------------------------- planters beyond the shared FAULTS: category folder in, files to name out
 
 
 def plant_empty_train_and_test(category_dir: Path) -> list[Path]:
     # All empty files share one sha256: an empty train file and an empty test file are not a leak.
-    victims = [_train_images(category_dir)[0], sorted((category_dir / "test" / "good").glob("*.png"))[0]]
+    victims = [train_images(category_dir)[0], good_test_images(category_dir)[0]]
     for victim in victims:
         victim.write_bytes(b"")
     return victims
 
 
 def plant_unreadable_train_images(category_dir: Path) -> list[Path]:
-    victims = _train_images(category_dir)[:3]  # 9 readable of 12 left: below 10
+    victims = train_images(category_dir)[:3]  # 9 readable of 12 left: below 10
     for victim in victims:
         victim.write_bytes(b"")
     return victims
 
 
 def plant_mask_one_and_255(category_dir: Path) -> list[Path]:
-    victim, mask = _first_anomalous(category_dir)
+    victim, mask = first_anomalous(category_dir)
     array = np.asarray(Image.open(mask).convert("L")).copy()
     array[0, 0] = 1
     Image.fromarray(array).save(mask)
@@ -218,7 +90,7 @@ def plant_nothing(category_dir: Path) -> list[Path]:
 
 
 # Category name -> (planter, every expectation that must fail in that category; the first names the files).
-MATRIX: dict[str, tuple[Callable[[Path], list[Path]], list[str]]] = {
+MATRIX: dict[str, tuple[Planter, list[str]]] = {
     **{name: (plant, [expectation]) for name, (plant, expectation) in FAULTS.items()},
     "clean": (plant_nothing, []),
     "masks_zero_one": (plant_zero_one_masks, []),  # {0, 1} masks are binary too
@@ -226,14 +98,6 @@ MATRIX: dict[str, tuple[Callable[[Path], list[Path]], list[str]]] = {
     "empty_train_and_test": (plant_empty_train_and_test, [DECODABLE]),
     "unreadable_not_counted": (plant_unreadable_train_images, [DECODABLE, MIN_TRAIN]),
 }
-
-
-def _tree_hashes(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
 
 
 def _issues_for(result: ValidationResult, expectation: str, category: str | None = None) -> list:
@@ -249,24 +113,13 @@ def tree(tmp_path: Path) -> Path:
     return make_mvtec_tree(tmp_path / "data", categories=(CATEGORY,), n_train=12, n_test_good=4, n_test_bad=4, seed=3)
 
 
-class Matrix(NamedTuple):
-    root: Path
-    offending: dict[str, list[Path]]
-    result: ValidationResult
-    unchanged: bool
-    """Every file hashes the same after validation as before."""
-
-
 @pytest.fixture(scope="module")
-def matrix(tmp_path_factory: pytest.TempPathFactory) -> Matrix:
+def matrix(tmp_path_factory: pytest.TempPathFactory) -> PlantedTree:
     """One tree, one category per planted fault, validated once (each GX run costs about a second)."""
     root = make_mvtec_tree(
         tmp_path_factory.mktemp("matrix"), categories=tuple(MATRIX), n_train=12, n_test_good=4, n_test_bad=4, seed=7
     )
-    offending = {name: plant(root / name) for name, (plant, _) in MATRIX.items()}
-    before = _tree_hashes(root)
-    result = validate_dataset(root, progress=False)
-    return Matrix(root, offending, result, unchanged=_tree_hashes(root) == before)
+    return plant_and_validate(root, {name: plant for name, (plant, _) in MATRIX.items()})
 
 
 # ---------------------------------------------------------------------------------------------- tests
@@ -297,7 +150,7 @@ def test_clean_tree_passes_every_check(tree: Path) -> None:
 
 
 @pytest.mark.parametrize("case", list(MATRIX))
-def test_planted_fault_is_reported_by_name_and_file(matrix: Matrix, case: str) -> None:
+def test_planted_fault_is_reported_by_name_and_file(matrix: PlantedTree, case: str) -> None:
     offending, result = matrix.offending, matrix.result
     expected = MATRIX[case][1]
 
@@ -320,13 +173,13 @@ def test_planted_fault_is_reported_by_name_and_file(matrix: Matrix, case: str) -
         assert path in message or len(issues[0].files) > 5
 
 
-def test_matrix_fails_overall_and_leaves_files_untouched(matrix: Matrix) -> None:
+def test_matrix_fails_overall_and_leaves_files_untouched(matrix: PlantedTree) -> None:
     assert not matrix.result.success
     assert matrix.unchanged  # validation only reads
     assert matrix.result.num_categories == len(MATRIX)
 
 
-def test_unreadable_image_reason_is_the_decoder_error(matrix: Matrix) -> None:
+def test_unreadable_image_reason_is_the_decoder_error(matrix: PlantedTree) -> None:
     offending, result = matrix.offending, matrix.result
     for case in ("truncated_png", "truncated_jpeg"):
         victim = _resolved(offending[case])[0]
@@ -337,7 +190,7 @@ def test_unreadable_image_reason_is_the_decoder_error(matrix: Matrix) -> None:
     )
 
 
-def test_leak_names_both_files_and_each_other(matrix: Matrix) -> None:
+def test_leak_names_both_files_and_each_other(matrix: PlantedTree) -> None:
     offending, result = matrix.offending, matrix.result
     train_file, test_file = _resolved(offending["train_test_leak"])
     issue = _issues_for(result, NO_LEAKAGE, "train_test_leak")[0]
@@ -346,7 +199,7 @@ def test_leak_names_both_files_and_each_other(matrix: Matrix) -> None:
     assert train_file in issue.details[test_file]
 
 
-def test_mask_problems_are_described(matrix: Matrix) -> None:
+def test_mask_problems_are_described(matrix: PlantedTree) -> None:
     offending, result = matrix.offending, matrix.result
     victim = _resolved(offending["mask_wrong_size"])[0]
     assert _issues_for(result, MASK_SIZE, "mask_wrong_size")[0].details[victim] == "mask 30x32 vs image 32x32 (WxH)"
@@ -354,7 +207,7 @@ def test_mask_problems_are_described(matrix: Matrix) -> None:
     assert "{0, 1, 255}" in _issues_for(result, MASK_BINARY, "mask_one_and_255")[0].details[victim]
 
 
-def test_result_serialises_and_reports(matrix: Matrix) -> None:
+def test_result_serialises_and_reports(matrix: PlantedTree) -> None:
     root, offending, result = matrix.root, matrix.offending, matrix.result
 
     as_dict = json.loads(json.dumps(result.to_dict()))
@@ -374,7 +227,7 @@ def test_result_serialises_and_reports(matrix: Matrix) -> None:
     assert f"`{MIN_TRAIN}` failed: num_train_normal = 5 (expected >= 10)" in report
 
 
-def test_error_is_a_dataset_error_listing_failures(matrix: Matrix) -> None:
+def test_error_is_a_dataset_error_listing_failures(matrix: PlantedTree) -> None:
     result = matrix.result
     with pytest.raises(DatasetError) as caught:
         result.raise_for_failure()
@@ -430,7 +283,7 @@ def test_min_train_images_is_a_parameter(tree: Path) -> None:
 def test_leak_across_categories_is_reported(tmp_path: Path) -> None:
     # One model serves every category, so another category's train image in test is still a leak.
     root = make_mvtec_tree(tmp_path / "data", categories=("alpha", "beta"), n_train=10, seed=5)
-    source = _train_images(root / "alpha")[0]
+    source = train_images(root / "alpha")[0]
     copy = root / "beta" / "test" / "good" / "zz_from_alpha.png"
     shutil.copyfile(source, copy)
     result = validate_dataset(root, progress=False)
