@@ -110,7 +110,7 @@ class SynthesisParams(_Section):
 
 class TrainParams(_Section):
     seed: int = 0
-    epochs: int = Field(40, ge=1)
+    epochs: int = Field(20, ge=1)
     batch_size: int = Field(8, ge=1)
     lr: float = Field(4e-4, gt=0)
     """AdamW learning rate (paper: 1e-4 for 1000 epochs on GPUs)."""
@@ -125,11 +125,9 @@ class TrainParams(_Section):
     min_holdout: int = Field(2, ge=1)
     device: str = "auto"
     """auto: CUDA (with AMP) when present, else CPU."""
-    num_workers: int = Field(0, ge=0)
     feature_batch_size: int = Field(16, ge=1)
     cache_dir: str = ".cache/onenip"
     """Backbone features per (image sha256, backbone, input size)."""
-    output_dir: str = "runs"
 
 
 class EvalParams(_Section):

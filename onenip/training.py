@@ -336,7 +336,7 @@ def fingerprint_of(params: Params, data: TrainingData) -> str:
     payload = {
         "model": params.model.model_dump(mode="json"),
         "synthesis": params.synthesis.model_dump(mode="json"),
-        "train": params.train.model_dump(mode="json", exclude={"device", "num_workers", "output_dir"}),
+        "train": params.train.model_dump(mode="json", exclude={"device", "feature_batch_size", "cache_dir"}),
         "fit": sorted(data.fit["sha256"].tolist()),
         "categories": data.categories,
     }

@@ -136,3 +136,25 @@ def test_saved_model_reloads_and_evaluates_identically(tiny_tree: Path, tmp_path
 def test_loading_a_folder_that_is_not_a_model_is_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="model.safetensors|onenip.json"):
         OneNIPDetector.load(tmp_path)
+
+
+def test_per_category_mode_and_prompt_sensitivity(tiny_tree: Path, tmp_path: Path) -> None:
+    from onenip.evaluation import prompt_sensitivity
+    from onenip.training import train_models
+
+    manifest = make_manifest(tiny_tree, progress=False)
+    params = tiny_params(tmp_path, epochs=1)
+    results = train_models(manifest, params, tmp_path / "run", mode="per-category", progress=False)
+    assert set(results) == {"plate", "widget"}
+    assert results["plate"].detector.categories == ["plate"]
+    assert (tmp_path / "run" / "widget" / "model" / "onenip.json").is_file()
+
+    detector = results["plate"].detector
+    stored = detector.prompt_features.clone()
+    cache = FeatureCache(params.train.cache_dir, detector.feature_extractor, params.model.backbone)
+    report = prompt_sensitivity(detector, manifest, "plate", cache, trials=3)
+    assert report["prompt_trials"] == 3
+    assert 0.0 <= report["prompt_image_AUROC_mean"] <= 1.0 and report["prompt_image_AUROC_std"] >= 0.0
+    assert torch.equal(detector.prompt_features, stored)  # the stored prompt is restored
+    with pytest.raises(ValueError, match="mode"):
+        train_models(manifest, params, tmp_path / "other", mode="sideways", progress=False)

@@ -1,0 +1,99 @@
+"""Cost of OneNIP's parts on this machine, to choose width, depth and the synthetic-anomaly strategy.
+
+Times, on random tensors of the real shapes (lite0, 256 px: 192 x 16 x 16 features):
+  * one training step per query (the query and its synthetic copy, batch 8), per (d, layers);
+  * inference of the reconstructor + maps per image (no backbone);
+  * the frozen backbone per image and one synthetic anomaly per image,
+which together say whether synthetic anomalies should be made on the fly (backbone + synthesis every
+step) or drawn from a pool of cached ones. Prints a table and writes JSON.
+
+    OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 .venv/bin/python benchmarks/train_cost.py --out benchmarks/results/train_cost.json
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("MKL_NUM_THREADS", "2")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from onenip.models.backbone import FeatureExtractor  # noqa: E402
+from onenip.models.loss import onenip_loss  # noqa: E402
+from onenip.models.onenip import OneNIP  # noqa: E402
+from onenip.synthesis import AnomalySynthesizer  # noqa: E402
+
+
+def _timed(fn, repeats: int) -> float:  # noqa: ANN001
+    fn()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - started) / repeats
+
+
+def model_costs(embed_dim: int, layers: int, batch: int = 8, repeats: int = 3) -> dict[str, float]:
+    torch.manual_seed(0)
+    model = OneNIP(192, (16, 16), (256, 256), embed_dim=embed_dim, num_heads=8, num_encoder_layers=layers, num_decoder_layers=layers)
+    optimizer = torch.optim.AdamW(model.parameters(), 1e-4)
+    queries = torch.randn(2 * batch, 192, 16, 16)
+    prompts = torch.randn(batch, 192, 16, 16)
+    masks = (torch.rand(2 * batch, 1, 256, 256) > 0.9).float()
+
+    def step() -> None:
+        recon, logits = model.reconstruct_and_refine(queries, prompts)
+        loss = onenip_loss(recon, queries, logits, masks)
+        optimizer.zero_grad()
+        loss.total.backward()
+        optimizer.step()
+
+    model.train()
+    train = _timed(step, repeats) / batch
+    model.eval()
+    with torch.no_grad():
+        infer = _timed(lambda: model(queries[:batch], prompts[:1]), repeats) / batch
+    return {
+        "embed_dim": embed_dim,
+        "layers": layers,
+        "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
+        "train_ms_per_query": train * 1000,
+        "infer_ms_per_image": infer * 1000,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train_cost.json"))
+    args = parser.parse_args()
+    rows = [model_costs(d, layers) for d, layers in [(64, 2), (128, 1), (128, 2), (128, 4), (256, 2), (256, 4)]]
+    extractor = FeatureExtractor("tf_efficientnet_lite0", pretrained=False)
+    images = torch.rand(16, 3, 256, 256)
+    backbone_ms = _timed(lambda: extractor(images), 2) / 16 * 1000
+    synthesizer = AnomalySynthesizer(seed=0)
+    generator = torch.Generator().manual_seed(0)
+    synthesis_ms = _timed(lambda: [synthesizer(images[i], generator) for i in range(16)], 2) / 16 * 1000
+    print(f"threads: OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}")
+    print("| d | layers (enc = dec) | params M | train ms / query (+ its synthetic copy) | reconstructor ms / image |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['embed_dim']} | {row['layers']} | {row['params_M']:.2f} | {row['train_ms_per_query']:.0f} | {row['infer_ms_per_image']:.0f} |")
+    print(f"\nbackbone (lite0, 256 px, batch 16): {backbone_ms:.0f} ms / image; synthesis: {synthesis_ms:.0f} ms / image")
+    print(f"on-the-fly synthetic anomalies add {backbone_ms + synthesis_ms:.0f} ms per query per step; a pool of K copies costs "
+          f"K x {backbone_ms + synthesis_ms:.0f} ms per image once")  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"threads": os.environ["OMP_NUM_THREADS"], "models": rows, "backbone_ms_per_image": backbone_ms,
+                                    "synthesis_ms_per_image": synthesis_ms}, indent=2))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
