@@ -73,6 +73,7 @@ class OneNIPDetector(nn.Module):
         self.register_buffer("prompt_features", torch.zeros(k, self.feature_extractor.num_features, grid, grid))
         self.register_buffer("recon_scale", torch.ones(k))
         self.register_buffer("score_threshold", torch.full((k,), float("inf")))
+        self._prompt_cache: dict[int, tuple[tuple, Tensor]] = {}
 
     @property
     def input_size(self) -> int:
@@ -95,9 +96,27 @@ class OneNIPDetector(nn.Module):
         unique = category_indices.unique()
         if unique.numel() == 1:
             k = int(unique)
-            return self.model(features, self.prompt_features[k : k + 1], self.recon_scale[k])
+            prompt = self.prompt_features[k : k + 1]
+            return self.model(features, prompt, self.recon_scale[k], self._encoded_prompt(k, prompt))
         # Mixed categories: one prompt per query (prompt i goes with query i).
         return self.model(features, self.prompt_features[category_indices], self.recon_scale[category_indices])
+
+    def _encoded_prompt(self, k: int, prompt: Tensor) -> Tensor | None:
+        """The encoder output of category k's prompt, computed once per prompt at inference.
+
+        Keyed on the version counters of the prompt buffer and of the weights, so replacing a prompt or
+        updating weights in place (calibration, prompt sensitivity, an optimizer step,
+        ``load_state_dict``) recomputes it; never used in training (dropout, jitter).
+        """
+        if self.model.training or torch.is_grad_enabled():
+            return None
+        weights_version = sum(param._version for param in self.model.parameters())
+        key = (k, self.prompt_features._version, weights_version, str(prompt.device), prompt.dtype)
+        cached = self._prompt_cache.get(k)
+        if cached is None or cached[0] != key:
+            cached = (key, self.model.encode(prompt))
+            self._prompt_cache[k] = cached
+        return cached[1]
 
     def forward(self, images: Tensor, category_indices: Tensor) -> OneNIPOutput:
         return self.forward_features(self.extract(images), category_indices)

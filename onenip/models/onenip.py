@@ -305,35 +305,48 @@ class OneNIP(nn.Module):
         h, w = self.feature_size
         return recon.transpose(1, 2).reshape(recon.shape[0], -1, h, w)
 
-    def reconstruct(self, query_features: Tensor, prompt_features: Tensor) -> Tensor:
+    def reconstruct(self, query_features: Tensor, prompt_features: Tensor, encoded_prompts: Tensor | None = None) -> Tensor:
         """(B, C, h, w) query and prompt features -> (B, C, h, w) reconstructed query features.
 
         ``prompt_features`` has batch P dividing B; query i is guided by prompt ``i % P``, so a batch
         of queries followed by their synthetic copies shares one encoder pass per prompt.
+        ``encoded_prompts`` (P, h*w, d), ``encode(prompt_features)`` computed earlier, skips that pass:
+        at inference the prompt of a category never changes (``OneNIPDetector`` caches it).
         """
         batch, num_prompts = query_features.shape[0], prompt_features.shape[0]
         if num_prompts == 0 or batch % num_prompts:
             msg = f"the number of prompts ({num_prompts}) must divide the number of queries ({batch})"
             raise ValueError(msg)
-        # One encoder pass over queries and prompts together: the layers act per image anyway.
-        encoded = self.encode(torch.cat([query_features, prompt_features], dim=0))
-        image_tokens, prompt_tokens = encoded[:batch], encoded[batch:]
+        if encoded_prompts is not None:
+            image_tokens, prompt_tokens = self.encode(query_features), encoded_prompts
+        else:
+            # One encoder pass over queries and prompts together: the layers act per image anyway.
+            encoded = self.encode(torch.cat([query_features, prompt_features], dim=0))
+            image_tokens, prompt_tokens = encoded[:batch], encoded[batch:]
         if num_prompts != batch:
             prompt_tokens = prompt_tokens.repeat(batch // num_prompts, 1, 1)
         return self.decode(prompt_tokens, image_tokens)
 
-    def reconstruct_and_refine(self, query_features: Tensor, prompt_features: Tensor) -> tuple[Tensor, Tensor]:
+    def reconstruct_and_refine(
+        self, query_features: Tensor, prompt_features: Tensor, encoded_prompts: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """What the losses need: reconstructed features (B, C, h, w) and refiner logits (B, 1, H, W).
 
         Training calls this instead of ``forward``, which also builds the smoothed anomaly maps and
         image scores that no loss uses.
         """
-        recon = self.reconstruct(query_features, prompt_features)
+        recon = self.reconstruct(query_features, prompt_features, encoded_prompts)
         logits = self.refiner((recon - query_features).abs())
         return recon, F.interpolate(logits, size=self.image_size, mode="bilinear", align_corners=False)
 
     # -- maps and scores --------------------------------------------------------------------------
-    def forward(self, query_features: Tensor, prompt_features: Tensor, recon_scale: Tensor | float = 1.0) -> OneNIPOutput:
+    def forward(
+        self,
+        query_features: Tensor,
+        prompt_features: Tensor,
+        recon_scale: Tensor | float = 1.0,
+        encoded_prompts: Tensor | None = None,
+    ) -> OneNIPOutput:
         """Reconstruct the query features and score them.
 
         Args:
@@ -342,8 +355,9 @@ class OneNIP(nn.Module):
                 and query i uses prompt ``i % P``.
             recon_scale: scalar or (B,) scale of the reconstruction error on held-out training normals
                 (see ``blend``); 1.0 before calibration.
+            encoded_prompts: optional ``encode(prompt_features)`` computed earlier (see ``reconstruct``).
         """
-        recon, refiner_logits = self.reconstruct_and_refine(query_features, prompt_features)
+        recon, refiner_logits = self.reconstruct_and_refine(query_features, prompt_features, encoded_prompts)
         residual = recon - query_features
         refined_map = refiner_logits.sigmoid()
         recon_map = F.interpolate(
@@ -374,8 +388,10 @@ class OneNIP(nn.Module):
     def score(self, anomaly_map: Tensor) -> Tensor:
         """Image score: max of the average-pooled map (robust to single hot pixels)."""
         size = min(self.score_pool_size, *anomaly_map.shape[-2:])
-        pooled = F.avg_pool2d(anomaly_map, kernel_size=size, stride=1) if size > 1 else anomaly_map
-        return pooled.flatten(1).amax(dim=1)
+        if size > 1:
+            # A k x k box mean is a 1 x k mean of k x 1 means: 2k instead of k^2 reads per pixel.
+            anomaly_map = F.avg_pool2d(F.avg_pool2d(anomaly_map, (size, 1), stride=1), (1, size), stride=1)
+        return anomaly_map.flatten(1).amax(dim=1)
 
 
 def gaussian_smooth(maps: Tensor, sigma: float) -> Tensor:

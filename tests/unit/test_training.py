@@ -158,3 +158,25 @@ def test_per_category_mode_and_prompt_sensitivity(tiny_tree: Path, tmp_path: Pat
     assert torch.equal(detector.prompt_features, stored)  # the stored prompt is restored
     with pytest.raises(ValueError, match="mode"):
         train_models(manifest, params, tmp_path / "other", mode="sideways", progress=False)
+
+
+def test_cached_prompt_encoding_matches_and_follows_changes(tiny_tree: Path, tmp_path: Path) -> None:
+    manifest = make_manifest(tiny_tree, progress=False)
+    params = tiny_params(tmp_path, epochs=1)
+    detector = train_onenip(manifest, params, tmp_path / "run", progress=False).detector.eval()
+    features = torch.randn(3, detector.feature_extractor.num_features, 4, 4)
+    k = torch.zeros(3, dtype=torch.long)
+    with torch.no_grad():
+        cached = detector.forward_features(features, k).anomaly_map
+        again = detector.forward_features(features, k).anomaly_map
+    uncached = detector.forward_features(features, k).anomaly_map.detach()  # grad enabled: no cache
+    assert torch.equal(cached, again)
+    assert torch.allclose(cached, uncached, atol=1e-5)
+    with torch.no_grad():
+        detector.prompt_features[0] += 1.0
+        changed = detector.forward_features(features, k).anomaly_map
+        for param in detector.model.parameters():
+            param.mul_(1.01)
+        reweighted = detector.forward_features(features, k).anomaly_map
+    assert not torch.allclose(changed, cached)
+    assert torch.allclose(reweighted, detector.forward_features(features, k).anomaly_map.detach(), atol=1e-5)
