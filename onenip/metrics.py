@@ -13,11 +13,14 @@ squeezed) or a sequence of ``(H, W)`` arrays when image sizes differ. Maps at an
 
 Memory stays bounded on large test sets. Up to ``EXACT_PIXEL_LIMIT`` pixels the pixel metrics are exact
 (sklearn for AUROC/AP/F1max, one bin per distinct score for AUPRO). Above it they come from a histogram of
-``num_bins`` equal-width bins over ``[min, max]`` of all scores (``pixel_histogram``), which costs
-``O(num_bins)`` memory plus one image at a time. Every threshold of the binned path is also a threshold of
-the exact computation, and the histogram knows how far the exact value can be, so each binned value comes
-with a bound on its error (``BinnedEstimate.error_bound``, derivations in the ``ScoreHistogram`` methods).
-Bins whose scores are all equal are exact and add nothing to the bound; a warning is raised when a bound
+at most ``num_bins`` score bins (``pixel_histogram``), which costs ``O(num_bins)`` memory, one image and a
+batch of scores at a time, and bounded samples of the scores (about 10 MB in all at 50M pixels). Bin edges
+follow the ranks of the scores (``edges="quantile"``, the default), so skewed maps, most pixels near 0 and
+a few near 1, still spread over all bins; equal-width bins over ``[min, max]`` (``edges="uniform"``) are
+kept for comparison. Every threshold of the binned path is also a threshold of the exact computation, and
+the histogram knows how far the exact value can be, so each binned value comes with a bound on its error
+(``BinnedEstimate.error_bound``, derivations in the ``ScoreHistogram`` methods), whatever the edges. Bins
+whose scores are all equal are exact and add nothing to the bound; a warning is raised when a bound
 exceeds ``BINNED_WARN_BOUND``.
 
 AUPRO follows the MVTec AD evaluation code (Bergmann et al., IJCV 2021): ground-truth regions are the
@@ -49,10 +52,21 @@ DEFAULT_FPR_LIMIT = 0.3  # AUPRO's usual limit (MVTec AD paper, anomalib.metrics
 EXACT_PIXEL_LIMIT = 1 << 22  # about 4.2M pixels (64 images of 256x256): sklearn's sorts stay well under 1 GB
 DEFAULT_NUM_BINS = 1 << 16
 BINNED_WARN_BOUND = 1e-3
+# Quantile bin edges come from two seeded samples of the scores (see _adaptive_edges). A uniform one of
+# QUANTILE_SAMPLE_SIZE places the equal-size bins (16 scores per bin at the default num_bins; sampling noise
+# only unbalances bins, it never makes a bound wrong). A top-heavy one keeps the TOP_SAMPLE_SCALE highest
+# scores and rank r with probability about TOP_SAMPLE_SCALE / r, so it resolves ranks near the top to a few
+# pixels; it grows by 0.75 * TOP_SAMPLE_SCALE scores per 4x more pixels (4.5 MB at 50M pixels).
+QUANTILE_SAMPLE_SIZE = 1 << 18
+TOP_SAMPLE_SCALE = 1 << 16
+# Normal scores sorted together when binning: one binary search per bin edge places the whole batch.
+ACCUMULATE_BATCH = 1 << 18
+QUANTILE_SEED = 0  # fixed, so the same maps always give the same bins and metrics
 # 8-connectivity, as the MVTec AD evaluation code labels ground-truth regions.
 REGION_STRUCTURE = np.ones((3, 3), dtype=int)
 
 Method = Literal["auto", "exact", "binned"]
+BinEdges = Literal["quantile", "uniform"]
 ArrayLike = Any  # numpy array, torch tensor, or a sequence of them
 
 
@@ -126,6 +140,13 @@ def is_method(method: str) -> None:
     """Raise ``ValueError`` unless ``method`` is one of auto, exact, binned."""
     if method not in ("auto", "exact", "binned"):
         msg = f"Expected method to be one of 'auto', 'exact', 'binned', but got {method!r}"
+        raise ValueError(msg)
+
+
+def is_bin_edges(edges: str) -> None:
+    """Raise ``ValueError`` unless ``edges`` is quantile or uniform."""
+    if edges not in ("quantile", "uniform"):
+        msg = f"Expected edges to be one of 'quantile', 'uniform', but got {edges!r}"
         raise ValueError(msg)
 
 
@@ -250,24 +271,34 @@ def pr_curve_points(scores: ArrayLike, labels: ArrayLike) -> PrCurve:
 
 
 def pixel_roc_curve_points(
-    maps: ArrayLike, masks: ArrayLike, *, num_bins: int = DEFAULT_NUM_BINS, method: Method = "auto"
+    maps: ArrayLike,
+    masks: ArrayLike,
+    *,
+    num_bins: int = DEFAULT_NUM_BINS,
+    method: Method = "auto",
+    edges: BinEdges = "quantile",
 ) -> RocCurve:
     """Pixel-level ROC curve; from the histogram (at most ``num_bins + 1`` points) when binned."""
     map_list, mask_list = _check_pixel_inputs(maps, masks)
     if _use_binned(map_list, method):
-        return _histogram(map_list, mask_list, num_bins).roc_curve()
+        return _histogram(map_list, mask_list, num_bins, edges).roc_curve()
     scores, labels = _concatenate(map_list, mask_list)
     fpr, tpr, thresholds = roc_curve(labels, scores)
     return RocCurve(fpr=fpr, tpr=tpr, thresholds=thresholds)
 
 
 def pixel_pr_curve_points(
-    maps: ArrayLike, masks: ArrayLike, *, num_bins: int = DEFAULT_NUM_BINS, method: Method = "auto"
+    maps: ArrayLike,
+    masks: ArrayLike,
+    *,
+    num_bins: int = DEFAULT_NUM_BINS,
+    method: Method = "auto",
+    edges: BinEdges = "quantile",
 ) -> PrCurve:
     """Pixel-level precision-recall curve; from the histogram when binned."""
     map_list, mask_list = _check_pixel_inputs(maps, masks)
     if _use_binned(map_list, method):
-        return _histogram(map_list, mask_list, num_bins).pr_curve()
+        return _histogram(map_list, mask_list, num_bins, edges).pr_curve()
     scores, labels = _concatenate(map_list, mask_list)
     precision, recall, thresholds = precision_recall_curve(labels, scores)
     return PrCurve(precision=precision, recall=recall, thresholds=thresholds)
@@ -345,20 +376,28 @@ class ScoreHistogram:
     def average_precision(self) -> BinnedEstimate:
         """AP = mean over anomalous pixels of the precision at the threshold equal to their score.
 
-        Here every anomalous pixel of bin ``k`` gets ``v_k = TP_k / C_k``, with ``TP_k`` and ``C_k`` the
-        anomalous and all pixels in bins ``>= k``. Exactly, its precision lies in
-        ``[(TP_{k+1} + 1) / C_k, min(1, TP_k / (C_{k+1} + 1))]`` (it counts itself, and at most the whole
-        bin). Bound: ``sum_k P_k max(v_k - low_k, high_k - v_k) / P`` over bins that are not tied.
+        Here the ``P_k`` anomalous pixels of bin ``k`` all get ``v_k = TP_k / C_k``, with ``TP_k`` and ``C_k``
+        the anomalous and all pixels in bins ``>= k``. Exactly, with ``a = TP_{k+1}`` and ``c = C_{k+1}``
+        above the bin, the ``j``-th of them counts itself and at least ``j - 1`` anomalous pixels of the bin,
+        and at most its ``N_k`` normal ones: its precision is at least ``(a + j) / (c + N_k + j)`` (normal
+        pixels first) and at most ``(a + P_k) / (c + P_k)`` (anomalous first, tied). So their sum lies in
+        ``[L_k, U_k]`` with ``U_k = P_k (a + P_k) / (c + P_k)`` and ``L_k = P_k - (x - a) H``, ``x = c + N_k``,
+        ``H = sum_j 1 / (x + j) <= ln((x + P_k + 1/2) / (x + 1/2))`` (midpoint rule on a convex function).
+        Bound: ``sum_k max(U_k - P_k v_k, P_k v_k - L_k) / P`` over bins that are not tied. Bins ranked
+        below few normal pixels (``x - a`` small), such as a run of detected defects, are nearly exact.
         """
         tp, count = self._cumulative_from_top()
-        pos = self.positives.astype(np.float64)
+        pos, neg = self.positives.astype(np.float64), self.negatives.astype(np.float64)
         has_pos = pos > 0
         precision = np.divide(tp[:-1], count[:-1], out=np.zeros_like(pos), where=has_pos)
         value = float(np.sum(pos * precision) / pos.sum())
-        low = np.divide(tp[1:] + 1, count[:-1], out=np.zeros_like(pos), where=has_pos)
-        high = np.minimum(1.0, tp[:-1] / (count[1:] + 1))
-        error = np.where(has_pos & ~self.tied, np.maximum(precision - low, high - precision), 0.0)
-        return BinnedEstimate(value, float(np.sum(pos * error) / pos.sum()))
+        above_pos, above_all = tp[1:], count[1:]
+        normal_first = above_all + neg
+        lowest_sum = pos - (normal_first - above_pos) * np.log1p(pos / (normal_first + 0.5))
+        highest_sum = pos * np.divide(above_pos + pos, above_all + pos, out=np.ones_like(pos), where=has_pos)
+        error = np.maximum(highest_sum - pos * precision, pos * precision - lowest_sum)
+        error = np.where(has_pos & ~self.tied, error, 0.0)
+        return BinnedEstimate(value, float(np.sum(error) / pos.sum()))
 
     def f1max(self) -> BinnedEstimate:
         """Best F1 = 2 TP / (TP + FP + P) over the bin thresholds.
@@ -433,72 +472,233 @@ class ScoreHistogram:
         return tp, count
 
 
-def pixel_histogram(maps: ArrayLike, masks: ArrayLike, num_bins: int = DEFAULT_NUM_BINS) -> ScoreHistogram:
-    """Histogram of pixel scores over ``num_bins`` equal-width bins spanning all scores, one image at a time."""
+def pixel_histogram(
+    maps: ArrayLike, masks: ArrayLike, num_bins: int = DEFAULT_NUM_BINS, *, edges: BinEdges = "quantile"
+) -> ScoreHistogram:
+    """Histogram of pixel scores over at most ``num_bins`` bins spanning all scores, one image at a time.
+
+    ``edges="quantile"`` (default) places most edges at ranks of the scores, whatever their scale: half
+    the bins get finer toward the highest scores (a bin's size grows with the number of pixels above it),
+    where precision and F1 move fastest, a quarter hold equally many pixels, and a quarter are equally
+    wide; a score shared by more pixels than one bin's share gets a bin of its own (``_adaptive_edges``).
+    Ranks come from seeded samples (``QUANTILE_SAMPLE_SIZE``, ``TOP_SAMPLE_SCALE``), read in two passes
+    over the maps before the one that counts. ``edges="uniform"`` uses ``num_bins`` equal-width bins over
+    ``[min, max]``, which skewed maps (most pixels near 0) fill badly. Memory is ``O(num_bins)`` plus one
+    image, ``ACCUMULATE_BATCH`` scores and the samples.
+    """
     map_list, mask_list = _check_pixel_inputs(maps, masks)
-    return _histogram(map_list, mask_list, num_bins)
+    return _histogram(map_list, mask_list, num_bins, edges)
 
 
-def _histogram(map_list: list[np.ndarray], mask_list: list[np.ndarray], num_bins: int) -> ScoreHistogram:
+def _histogram(
+    map_list: list[np.ndarray], mask_list: list[np.ndarray], num_bins: int, edges: BinEdges = "quantile"
+) -> ScoreHistogram:
     is_num_bins(num_bins)
-    low = min(float(anomaly_map.min()) for anomaly_map in map_list)
-    high = max(float(anomaly_map.max()) for anomaly_map in map_list)
-    # Subtraction, scaling and truncation are each monotone, so a higher score never lands in a lower bin.
-    scale = num_bins / (high - low) if high > low else 0.0
+    is_bin_edges(edges)
+    if edges == "quantile":
+        lower_edges = _adaptive_edges(map_list, num_bins)
+    else:
+        low = min(float(anomaly_map.min()) for anomaly_map in map_list)
+        high = max(float(anomaly_map.max()) for anomaly_map in map_list)
+        lower_edges = np.unique(low + np.arange(num_bins) * ((high - low) / num_bins))
+    return _accumulate(map_list, mask_list, lower_edges, track_ties=True)
 
-    def bin_index(scores: np.ndarray) -> np.ndarray:
-        index = ((scores - low) * scale).astype(np.int64)
-        return np.minimum(index, num_bins - 1, out=index)
 
-    thresholds = low + np.arange(num_bins) * ((high - low) / num_bins)
-    return _accumulate(map_list, mask_list, num_bins, bin_index, thresholds, track_ties=True)
+@dataclass(frozen=True)
+class _RankSketch:
+    """Some of the scores, highest first, each standing for the pixels ranked about where it is."""
+
+    scores: np.ndarray  # (M,) float64, non-increasing
+    ranks: np.ndarray | None = None  # (M,) float64, increasing: pixels estimated to score >= scores[i]
+    pixels_per_score: float = 1.0  # without ranks, scores[i] has rank (i + 1) * pixels_per_score
+
+    def index_at(self, ranks: np.ndarray) -> np.ndarray:
+        """Index of the stored score at each rank (1 = highest score)."""
+        if self.ranks is None:
+            index = np.ceil(ranks / self.pixels_per_score).astype(np.int64) - 1
+        else:
+            index = np.searchsorted(self.ranks, ranks)
+        return np.clip(index, 0, len(self.scores) - 1)
+
+    def at_ranks(self, ranks: np.ndarray) -> np.ndarray:
+        """Increasing scores at ``ranks``; ranks that fall on the same stored score give it once, so a
+        score comes back twice only if two stored scores (pixels) have it."""
+        return self.scores[np.unique(self.index_at(ranks))][::-1]
+
+
+def _uniform_sketch(map_list: list[np.ndarray]) -> tuple[float, float, int, _RankSketch]:
+    """Smallest and largest score, number of scores, and ``QUANTILE_SAMPLE_SIZE`` scores drawn uniformly
+    with replacement (seeded; every score when there are no more), one image at a time."""
+    sizes = np.array([anomaly_map.size for anomaly_map in map_list], dtype=np.int64)
+    num_scores = int(sizes.sum())
+    rng = np.random.default_rng(QUANTILE_SEED)
+    if num_scores <= QUANTILE_SAMPLE_SIZE:
+        counts = sizes
+    else:  # each image contributes in proportion to its pixels, so images of different sizes weigh as pixels do
+        counts = rng.multinomial(QUANTILE_SAMPLE_SIZE, sizes / num_scores)
+    sample = np.empty(int(counts.sum()), dtype=np.float64)
+    low, high, start = np.inf, -np.inf, 0
+    for anomaly_map, count in zip(map_list, counts, strict=True):
+        scores = anomaly_map.ravel()
+        low, high = min(low, float(scores.min())), max(high, float(scores.max()))
+        sample[start : start + count] = scores if count == scores.size else scores[rng.integers(0, scores.size, count)]
+        start += count
+    sample[::-1].sort()  # decreasing
+    return low, high, num_scores, _RankSketch(scores=sample, pixels_per_score=num_scores / len(sample))
+
+
+def _top_sketch(map_list: list[np.ndarray], uniform: _RankSketch, num_scores: int) -> _RankSketch:
+    """Scores kept with probability about ``min(1, s / rank)``, ``s = TOP_SAMPLE_SCALE``, so that ranks are
+    resolved to a fixed fraction of themselves (``uniform`` resolves them to ``1 / QUANTILE_SAMPLE_SIZE``
+    of all pixels, too coarse near the top): all of the top ``s``, then rank bands ``(s 4^(b-1), s 4^b]``
+    at rate ``4^-b``, about ``0.75 s`` scores each, ``s (1 + 0.75 log4(pixels / s))`` in all. Band
+    borders come from ``uniform``; a score tied at a border takes the lower rate, so a heavily tied score
+    keeps at most about ``s`` pixels."""
+    num_bands = max(int(np.ceil(np.log(num_scores / TOP_SAMPLE_SCALE) / np.log(4.0))), 0)
+    border_ranks = TOP_SAMPLE_SCALE * 4.0 ** np.arange(num_bands)
+    borders = uniform.scores[uniform.index_at(border_ranks)]  # non-increasing
+    rates = 4.0 ** -np.arange(num_bands + 1)
+    rng = np.random.default_rng(QUANTILE_SEED + 1)
+    kept = []
+    for anomaly_map in map_list:
+        scores = anomaly_map.ravel()
+        band = np.zeros(scores.size, dtype=np.int8)
+        for border in borders:  # how many borders are >= the score; a few comparisons beat a binary search
+            band += scores <= border
+        kept.append(scores[rng.random(scores.size) < rates[band]].astype(np.float64))
+    sketch = np.concatenate(kept)
+    del kept
+    sketch[::-1].sort()  # decreasing
+    # The band never decreases down the sorted sketch, so its runs start where the borders fall.
+    band_starts = np.searchsorted(-sketch, -borders, side="left")
+    weights = np.ones(len(sketch))
+    for band, start in enumerate(band_starts, start=1):
+        weights[start:] = 1.0 / rates[band]
+    return _RankSketch(scores=sketch, ranks=np.cumsum(weights, out=weights))
+
+
+def _adaptive_edges(map_list: list[np.ndarray], num_bins: int) -> np.ndarray:
+    """Increasing lower bin edges, at most ``num_bins``: the smallest score, then three kinds of edges
+    sharing the budget. Half at ranks from the top spaced ``max(1, eps * rank)``: a bin's pixels have a
+    precision uncertain by about the bin's size over the pixels above it, so AP and F1 need small bins at
+    the top. A quarter at equally spaced ranks: AUROC and AUPRO errors add up as ``positives * negatives``
+    per bin, which equal bins keep small wherever the classes mix. A quarter equally spaced in score: where
+    few pixels spread over a wide range (the anomalous tail), they give bins of a few pixels. Splitting a
+    bin never loosens the AUROC, F1max or AUPRO bound and at most doubles AP's, so the mix is about as
+    good as the best kind for each metric.
+
+    Any edge is a threshold of the exact metric: ``score >= edge`` selects the pixels at or above the
+    smallest score that is ``>= edge``."""
+    low, high, num_scores, uniform = _uniform_sketch(map_list)
+    top = _top_sketch(map_list, uniform, num_scores)
+    num_equal = num_width = (num_bins - 1) // 4
+    equal_ranks = np.arange(1, num_equal + 1) * (num_scores / (num_equal + 1))
+    top_heavy_ranks = _top_heavy_ranks(num_scores, num_bins - 1 - num_equal - num_width)
+    edges = [np.array([low]), low + np.arange(1, num_width + 1) * ((high - low) / (num_width + 1))]
+    for group in (uniform.at_ranks(equal_ranks), top.at_ranks(top_heavy_ranks)):
+        # A score at two or more chosen ranks (heavy ties, e.g. a map clipped at 0) would widen the bins
+        # around it; it gets a bin of its own, [v, nextafter(v)), which holds one value and so is exact.
+        # g >= 2 equal edges become 2, so there are never more than num_bins edges.
+        repeated = group[1:][group[1:] == group[:-1]]
+        edges += [group, np.nextafter(repeated, np.inf)]
+    return np.unique(np.concatenate(edges))
+
+
+def _top_heavy_ranks(num_scores: int, count: int) -> np.ndarray:
+    """About ``count`` ranks in ``[1, num_scores]`` (1 = highest score): 1, 2, ... up to ``1 / eps``, then
+    growing by a factor ``1 + eps``, with ``eps`` set so that the ranks reach ``num_scores``."""
+    if count >= num_scores:
+        return np.arange(1, num_scores + 1, dtype=np.int64)
+    if count == 0:
+        return np.empty(0, dtype=np.int64)
+    # count = 1/eps consecutive ranks + ln(num_scores * eps) / ln(1 + eps) geometric ones; a fixed point
+    # iteration on eps ~ (1 + ln(num_scores * eps)) / count converges in a few steps (slope 1 / (count eps)).
+    eps = np.log(num_scores) / count
+    for _ in range(20):
+        eps = max((1.0 + np.log(max(num_scores * eps, 1.0))) / count, 1.0 / count)
+    consecutive = max(int(1.0 / eps), 1)
+    if consecutive >= count:
+        return np.arange(1, count + 1, dtype=np.int64)
+    geometric = np.geomspace(consecutive, num_scores, count - consecutive + 1)[1:]
+    ranks = np.concatenate([np.arange(1, consecutive + 1), np.round(geometric)]).astype(np.int64)
+    return np.unique(np.clip(ranks, 1, num_scores))
 
 
 def _exact_histogram(map_list: list[np.ndarray], mask_list: list[np.ndarray]) -> ScoreHistogram:
     """One bin per distinct score: every bin is tied, so every estimate is exact (memory O(pixels))."""
     values = np.unique(np.concatenate([anomaly_map.ravel() for anomaly_map in map_list]).astype(np.float64))
+    return _accumulate(map_list, mask_list, values, track_ties=False)
 
-    def bin_index(scores: np.ndarray) -> np.ndarray:
-        return np.searchsorted(values, scores)
 
-    return _accumulate(map_list, mask_list, len(values), bin_index, values, track_ties=False)
+def _bin_starts(sorted_scores: np.ndarray, lower_edges: np.ndarray) -> np.ndarray:
+    """``(K,)`` index of the first score in each bin, i.e. how many scores are below each lower edge. One
+    binary search per edge or per score, whichever are fewer (sorted keys keep the latter fast)."""
+    if len(lower_edges) <= len(sorted_scores):
+        return np.searchsorted(sorted_scores, lower_edges, side="left")
+    counts = np.bincount(np.searchsorted(lower_edges, sorted_scores, side="right") - 1, minlength=len(lower_edges))
+    return np.cumsum(counts) - counts
 
 
 def _accumulate(
-    map_list: list[np.ndarray],
-    mask_list: list[np.ndarray],
-    num_bins: int,
-    bin_index: Any,
-    thresholds: np.ndarray,
-    *,
-    track_ties: bool,
+    map_list: list[np.ndarray], mask_list: list[np.ndarray], lower_edges: np.ndarray, *, track_ties: bool
 ) -> ScoreHistogram:
+    """Bin ``k`` holds the scores in ``[lower_edges[k], lower_edges[k + 1])``; ``lower_edges[0]`` is the
+    smallest score. Normal scores are sorted in batches of about ``ACCUMULATE_BATCH`` pixels, so that one
+    binary search per bin edge and batch places them (rather than one per pixel), and each bin's smallest
+    and largest score are the ends of its run. Anomalous pixels carry region weights and are binned one by
+    one."""
+    num_bins = len(lower_edges)
     positives = np.zeros(num_bins, dtype=np.int64)
     negatives = np.zeros(num_bins, dtype=np.int64)
     region_overlap = np.zeros(num_bins, dtype=np.float64)
     bin_min = np.full(num_bins, np.inf)
     bin_max = np.full(num_bins, -np.inf)
     num_regions = 0
+
+    def add_runs(sorted_scores: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> None:
+        filled = np.flatnonzero(counts)
+        bin_min[filled] = np.minimum(bin_min[filled], sorted_scores[starts[filled]])
+        bin_max[filled] = np.maximum(bin_max[filled], sorted_scores[starts[filled] + counts[filled] - 1])
+
+    def add_normal(batch: list[np.ndarray]) -> None:
+        normal = np.sort(np.concatenate(batch)).astype(np.float64)
+        starts = _bin_starts(normal, lower_edges)
+        counts = np.diff(starts, append=len(normal))
+        negatives[:] += counts
+        if track_ties:
+            add_runs(normal, starts, counts)
+
+    batch: list[np.ndarray] = []
+    batch_size = 0
     for anomaly_map, mask in zip(map_list, mask_list, strict=True):
-        scores = anomaly_map.ravel().astype(np.float64)
-        index = bin_index(scores)
         mask = mask > 0
         flat_mask = mask.ravel()
-        anomalous = index[flat_mask]
-        positives += np.bincount(anomalous, minlength=num_bins)
-        negatives += np.bincount(index[~flat_mask], minlength=num_bins)
+        scores = anomaly_map.ravel()
+        batch.append(scores[~flat_mask])
+        batch_size += batch[-1].size
+        if batch_size >= ACCUMULATE_BATCH:
+            add_normal(batch)
+            batch, batch_size = [], 0
         regions, count = ndimage.label(mask, structure=REGION_STRUCTURE)
-        if count:
-            region_sizes = np.bincount(regions.ravel())
-            weights = 1.0 / region_sizes[regions.ravel()[flat_mask]]
-            region_overlap += np.bincount(anomalous, weights=weights, minlength=num_bins)
-            num_regions += count
+        if count == 0:
+            continue
+        anomalous_scores = scores[flat_mask]
+        order = np.argsort(anomalous_scores)
+        anomalous = anomalous_scores[order].astype(np.float64)
+        anomalous_bins = np.searchsorted(lower_edges, anomalous, side="right") - 1
+        counts = np.bincount(anomalous_bins, minlength=num_bins)
+        positives += counts
+        region_sizes = np.bincount(regions.ravel())
+        weights = 1.0 / region_sizes[regions.ravel()[flat_mask]]
+        region_overlap += np.bincount(anomalous_bins, weights=weights[order], minlength=num_bins)
+        num_regions += count
         if track_ties:
-            np.minimum.at(bin_min, index, scores)
-            np.maximum.at(bin_max, index, scores)
+            add_runs(anomalous, np.cumsum(counts) - counts, counts)
+    if batch:
+        add_normal(batch)
     tied = (bin_min == bin_max) | (positives + negatives == 0) if track_ties else np.ones(num_bins, dtype=bool)
     return ScoreHistogram(
-        thresholds=np.asarray(thresholds, dtype=np.float64),
+        thresholds=np.asarray(lower_edges, dtype=np.float64),
         positives=positives,
         negatives=negatives,
         region_overlap=region_overlap,
@@ -534,32 +734,52 @@ def _binned_value(estimate: BinnedEstimate, name: str, num_bins: int) -> float:
 
 
 def pixel_auroc(
-    maps: ArrayLike, masks: ArrayLike, *, method: Method = "auto", num_bins: int = DEFAULT_NUM_BINS
+    maps: ArrayLike,
+    masks: ArrayLike,
+    *,
+    method: Method = "auto",
+    num_bins: int = DEFAULT_NUM_BINS,
+    edges: BinEdges = "quantile",
 ) -> float:
     """Pixel AUROC over all pixels of all images (exact up to ``EXACT_PIXEL_LIMIT`` pixels, else binned)."""
     map_list, mask_list = _check_pixel_inputs(maps, masks)
     if _use_binned(map_list, method):
-        return _binned_value(_histogram(map_list, mask_list, num_bins).auroc(), "pixel_AUROC", num_bins)
+        histogram = _histogram(map_list, mask_list, num_bins, edges)
+        return _binned_value(histogram.auroc(), "pixel_AUROC", num_bins)
     scores, labels = _concatenate(map_list, mask_list)
     return float(roc_auc_score(labels, scores))
 
 
-def pixel_ap(maps: ArrayLike, masks: ArrayLike, *, method: Method = "auto", num_bins: int = DEFAULT_NUM_BINS) -> float:
+def pixel_ap(
+    maps: ArrayLike,
+    masks: ArrayLike,
+    *,
+    method: Method = "auto",
+    num_bins: int = DEFAULT_NUM_BINS,
+    edges: BinEdges = "quantile",
+) -> float:
     """Pixel average precision (exact up to ``EXACT_PIXEL_LIMIT`` pixels, else binned)."""
     map_list, mask_list = _check_pixel_inputs(maps, masks)
     if _use_binned(map_list, method):
-        return _binned_value(_histogram(map_list, mask_list, num_bins).average_precision(), "pixel_AP", num_bins)
+        histogram = _histogram(map_list, mask_list, num_bins, edges)
+        return _binned_value(histogram.average_precision(), "pixel_AP", num_bins)
     scores, labels = _concatenate(map_list, mask_list)
     return float(average_precision_score(labels, scores))
 
 
 def pixel_f1max(
-    maps: ArrayLike, masks: ArrayLike, *, method: Method = "auto", num_bins: int = DEFAULT_NUM_BINS
+    maps: ArrayLike,
+    masks: ArrayLike,
+    *,
+    method: Method = "auto",
+    num_bins: int = DEFAULT_NUM_BINS,
+    edges: BinEdges = "quantile",
 ) -> float:
     """Best pixel F1 over all thresholds (exact up to ``EXACT_PIXEL_LIMIT`` pixels, else binned)."""
     map_list, mask_list = _check_pixel_inputs(maps, masks)
     if _use_binned(map_list, method):
-        return _binned_value(_histogram(map_list, mask_list, num_bins).f1max(), "pixel_F1max", num_bins)
+        histogram = _histogram(map_list, mask_list, num_bins, edges)
+        return _binned_value(histogram.f1max(), "pixel_F1max", num_bins)
     scores, labels = _concatenate(map_list, mask_list)
     precision, recall, _ = precision_recall_curve(labels, scores)
     return _f1max(precision, recall)
@@ -572,6 +792,7 @@ def pixel_aupro(
     *,
     method: Method = "auto",
     num_bins: int = DEFAULT_NUM_BINS,
+    edges: BinEdges = "quantile",
 ) -> float:
     """Normalised area under the per-region-overlap curve for FPR in ``[0, fpr_limit]`` (MVTec AD definition).
 
@@ -583,7 +804,8 @@ def pixel_aupro(
     is_fpr_limit(fpr_limit)
     map_list, mask_list = _check_pixel_inputs(maps, masks)
     if _use_binned(map_list, method):
-        return _binned_value(_histogram(map_list, mask_list, num_bins).aupro(fpr_limit), "pixel_AUPRO", num_bins)
+        histogram = _histogram(map_list, mask_list, num_bins, edges)
+        return _binned_value(histogram.aupro(fpr_limit), "pixel_AUPRO", num_bins)
     return _exact_histogram(map_list, mask_list).aupro(fpr_limit).value
 
 
@@ -630,6 +852,7 @@ def compute_metrics(
     fpr_limit: float = DEFAULT_FPR_LIMIT,
     method: Method = "auto",
     num_bins: int = DEFAULT_NUM_BINS,
+    edges: BinEdges = "quantile",
 ) -> dict[str, float]:
     """All metrics of a test set, named as in ``METRIC_NAMES``.
 
@@ -661,7 +884,7 @@ def compute_metrics(
     _masks_agree_with_labels(binary_labels, mask_list)
     if _use_binned(map_list, method):
         # One pass over the maps serves all four pixel metrics.
-        histogram = _histogram(map_list, mask_list, num_bins)
+        histogram = _histogram(map_list, mask_list, num_bins, edges)
         estimates = {
             "pixel_AUROC": histogram.auroc(),
             "pixel_AP": histogram.average_precision(),

@@ -168,6 +168,8 @@ def test_bad_options_are_rejected() -> None:
         pixel_auroc(maps, masks, method="fast")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="num_bins"):
         pixel_auroc(maps, masks, method="binned", num_bins=1)
+    with pytest.raises(ValueError, match="edges"):
+        pixel_auroc(maps, masks, method="binned", edges="log")  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------------- pixel level, binned
@@ -182,8 +184,10 @@ def _exact_pixel_values(maps: np.ndarray, masks: np.ndarray) -> dict[str, float]
     }
 
 
-def _binned_estimates(maps: np.ndarray, masks: np.ndarray, num_bins: int) -> dict[str, metrics.BinnedEstimate]:
-    histogram = pixel_histogram(maps, masks, num_bins=num_bins)
+def _binned_estimates(
+    maps: np.ndarray, masks: np.ndarray, num_bins: int, edges: metrics.BinEdges = "quantile"
+) -> dict[str, metrics.BinnedEstimate]:
+    histogram = pixel_histogram(maps, masks, num_bins=num_bins, edges=edges)
     return {
         "auroc": histogram.auroc(),
         "ap": histogram.average_precision(),
@@ -192,12 +196,13 @@ def _binned_estimates(maps: np.ndarray, masks: np.ndarray, num_bins: int) -> dic
     }
 
 
+@pytest.mark.parametrize("edges", ["quantile", "uniform"])
 @pytest.mark.parametrize(("seed", "decimals"), [(0, None), (1, None), (2, 1), (3, 2)])
-def test_binned_error_is_within_its_stated_bound(seed: int, decimals: int | None) -> None:
+def test_binned_error_is_within_its_stated_bound(seed: int, decimals: int | None, edges: metrics.BinEdges) -> None:
     maps, masks = _pixel_case(seed, num_images=4, size=16, decimals=decimals)
     exact = _exact_pixel_values(maps, masks)
     for num_bins in (3, 8, 64, 1024):
-        estimates = _binned_estimates(maps, masks, num_bins)
+        estimates = _binned_estimates(maps, masks, num_bins, edges)
         for name, estimate in estimates.items():
             error = abs(estimate.value - exact[name])
             assert error <= estimate.error_bound + 1e-12, (num_bins, name, error, estimate.error_bound)
@@ -228,6 +233,32 @@ def test_bins_holding_one_value_are_exact() -> None:
         assert estimate.value == pytest.approx(exact[name], abs=EXACT_TOL), name
 
 
+def test_bounds_are_attained_by_the_worst_order_within_a_bin() -> None:
+    # Two equal-width bins over [0, 1]. The top bin holds 40 normal pixels; the bottom one 40 anomalous and
+    # 20 normal pixels, in one of two orders the histogram cannot tell apart: normal pixels all above the
+    # anomalous ones, or anomalous ones (tied) above the normal ones. Each bound is the larger of the two
+    # errors (AP's up to its bounded harmonic sum), so a bound that is too tight or too loose fails here.
+    normal_top = np.linspace(0.6, 1.0, 40)
+
+    def case(normal: np.ndarray, anomalous: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        maps = np.concatenate([anomalous, normal, normal_top]).reshape(1, 10, 10)
+        masks = np.zeros((1, 10, 10), dtype=np.uint8)
+        masks.reshape(-1)[:40] = 1
+        return maps, masks
+
+    normal_first = case(normal=np.linspace(0.3, 0.49, 20), anomalous=np.linspace(0.0, 0.29, 40))
+    anomalous_first = case(normal=np.linspace(0.0, 0.19, 20), anomalous=np.full(40, 0.45))
+    bounds = _binned_estimates(*normal_first, num_bins=2, edges="uniform")
+    for name in ("auroc", "ap", "f1max"):
+        errors = []
+        for maps, masks in (normal_first, anomalous_first):
+            estimate = _binned_estimates(maps, masks, num_bins=2, edges="uniform")[name]
+            assert estimate == bounds[name], name  # same bin counts, same estimate
+            errors.append(abs(estimate.value - _exact_pixel_values(maps, masks)[name]))
+        assert max(errors) <= bounds[name].error_bound + 1e-12, name
+        assert bounds[name].error_bound <= 1.001 * max(errors), name
+
+
 def test_binned_path_warns_when_its_bound_is_loose() -> None:
     maps, masks = _pixel_case(0)
     with pytest.warns(RuntimeWarning, match="pixel_AUROC from 4 score bins may be off"):
@@ -247,11 +278,11 @@ def test_auto_switches_to_bins_above_the_pixel_limit(monkeypatch: pytest.MonkeyP
     )
 
 
-def test_binned_memory_does_not_grow_with_the_number_of_images() -> None:
+def test_binned_memory_stays_bounded_as_images_grow() -> None:
     rng = np.random.default_rng(0)
-    masks = np.zeros((32, 256, 256), dtype=np.uint8)
+    masks = np.zeros((128, 256, 256), dtype=np.uint8)
     masks[:, 100:140, 60:90] = 255
-    maps = rng.random(masks.shape, dtype=np.float32)  # 2M pixels, 8 MB of maps
+    maps = rng.random(masks.shape, dtype=np.float32)  # 8.4M pixels, 32 MB of maps
 
     def peak_bytes(num_images: int) -> int:
         tracemalloc.start()
@@ -260,11 +291,106 @@ def test_binned_memory_does_not_grow_with_the_number_of_images() -> None:
         tracemalloc.stop()
         return peak
 
-    small, large = peak_bytes(4), peak_bytes(32)
-    # Working memory is one image plus the bins (a few MB), however many images there are; the exact path
-    # would need at least a float64 copy of all scores (16 MB here).
-    assert large < 8 * 2**20
-    assert large - small < 2**20
+    small, large = peak_bytes(16), peak_bytes(128)
+    # Working memory is one image, the bins and the score samples that place the bin edges (a few MB); the
+    # top-heavy sample grows by 0.75 * TOP_SAMPLE_SCALE scores per 4x more pixels, so 8x more pixels add
+    # about 1 MB. The exact path would need at least a float64 copy of all scores (64 MB here).
+    assert large < 12 * 2**20
+    assert large - small < 2 * 2**20
+
+
+def _skewed_case(seed: int, num_images: int = 20, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """Probability-like maps: 90% of pixels normal, ~ Beta(0.5, 30), so most scores sit near 0; anomalous
+    pixels mostly ~ Beta(4, 2), a fifth of them missed (scored like normal ones); a quarter of the images
+    are defect-free. 327,680 pixels: more than QUANTILE_SAMPLE_SIZE, so bin edges come from the samples, as
+    on real test sets."""
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((num_images, size, size), dtype=np.uint8)
+    while np.count_nonzero(masks) < 0.1 * masks.size:
+        image = rng.integers(num_images // 4, num_images)
+        row, col = rng.integers(0, size - 24, size=2)
+        height, width = rng.integers(4, 24, size=2)
+        masks[image, row : row + height, col : col + width] = 255
+    maps = rng.beta(0.5, 30, size=masks.shape)
+    anomalous = masks > 0
+    count = int(anomalous.sum())
+    maps[anomalous] = np.where(rng.random(count) < 0.8, rng.beta(4, 2, count), rng.beta(0.5, 30, count))
+    return maps.astype(np.float32), masks
+
+
+def _exact_skewed_values(maps: np.ndarray, masks: np.ndarray) -> dict[str, float]:
+    scores, labels = maps.ravel().astype(np.float64), masks.ravel() > 0
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    return {
+        "auroc": roc_auc_score(labels, scores),
+        "ap": average_precision_score(labels, scores),
+        "f1max": float(np.max(2 * precision * recall / np.maximum(precision + recall, 1e-300))),
+        "aupro": pixel_aupro(maps, masks, method="exact"),
+    }
+
+
+def test_quantile_bins_keep_skewed_maps_accurate() -> None:
+    maps, masks = _skewed_case(0)
+    assert maps.size > metrics.QUANTILE_SAMPLE_SIZE
+    num_bins, share = 4096, maps.size / 4096
+    uniform = pixel_histogram(maps, masks, num_bins, edges="uniform")
+    quantile = pixel_histogram(maps, masks, num_bins)
+    # Equal-width bins crowd most pixels into the first few; quantile bins spread them out.
+    assert (uniform.positives + uniform.negatives).max() > 100 * share
+    assert (quantile.positives + quantile.negatives).max() < 8 * share
+    estimates = _binned_estimates(maps, masks, num_bins)
+    quantile_bounds = {name: estimate.error_bound for name, estimate in estimates.items()}
+    uniform_estimates = _binned_estimates(maps, masks, num_bins, "uniform")
+    uniform_bounds = {name: estimate.error_bound for name, estimate in uniform_estimates.items()}
+    assert uniform_bounds["auroc"] > 1e-3 and quantile_bounds["auroc"] < 1e-4
+    assert quantile_bounds["aupro"] < 1e-4
+    assert max(quantile_bounds.values()) < 2e-4 < max(uniform_bounds.values()) / 5
+    exact = _exact_skewed_values(maps, masks)
+    for name, estimate in estimates.items():
+        assert abs(estimate.value - exact[name]) <= estimate.error_bound + 1e-12, name
+
+    # compute_metrics takes the same option, and warns only for the loose equal-width bounds.
+    labels = (masks.reshape(len(masks), -1).max(axis=1) > 0).astype(int)
+    image_scores = maps.reshape(len(maps), -1).max(axis=1)
+    binned = compute_metrics(image_scores, labels, maps, masks, method="binned", num_bins=num_bins)
+    assert binned["pixel_AUROC"] == estimates["auroc"].value and binned["pixel_AP"] == estimates["ap"].value
+    with pytest.warns(RuntimeWarning, match="pixel_AUROC from 4096 score bins may be off"):
+        compute_metrics(image_scores, labels, maps, masks, method="binned", num_bins=num_bins, edges="uniform")
+
+
+def test_heavily_tied_scores_get_bins_of_their_own() -> None:
+    # A map clipped from below (60% of pixels at its floor, with distinct scores just above it, closer than
+    # equal-width edges are spaced) whose sigmoid saturates (confident detections exactly 1.0). Each tied
+    # value is many bins' worth of pixels, and gets a bin holding only itself, which is exact.
+    maps, masks = _skewed_case(1)
+    floor = np.quantile(maps, 0.6)
+    maps = np.maximum(maps, floor)
+    maps[maps > 0.9] = 1.0
+    histogram = pixel_histogram(maps, masks, num_bins=4096)
+    counts = histogram.positives + histogram.negatives
+    one = int(np.searchsorted(histogram.thresholds, 1.0))
+    assert histogram.thresholds[0] == floor and histogram.thresholds[one] == 1.0
+    assert np.count_nonzero((maps > floor) & (maps < floor + 1e-3)) > 1000  # neighbours a coarse bin would take in
+    assert counts[0] == np.count_nonzero(maps == floor) > 100 * maps.size / 4096
+    assert counts[one] == np.count_nonzero(maps == 1) > 10 * maps.size / 4096
+    assert histogram.tied[0] and histogram.tied[one]
+    exact = _exact_skewed_values(maps, masks)
+    for name, estimate in _binned_estimates(maps, masks, 4096).items():
+        assert estimate.error_bound < 2e-4, name
+        assert abs(estimate.value - exact[name]) <= estimate.error_bound + 1e-12, name
+
+
+def test_quantile_edges_are_reproducible_and_within_budget() -> None:
+    maps, masks = _skewed_case(2)
+    first = pixel_histogram(maps, masks, num_bins=1000)
+    again = pixel_histogram(list(maps), list(masks), num_bins=1000)  # same pixels as a list: same bins
+    np.testing.assert_array_equal(first.thresholds, again.thresholds)
+    np.testing.assert_array_equal(first.negatives, again.negatives)
+    assert len(first.thresholds) <= 1000
+    assert np.all(np.diff(first.thresholds) > 0)
+    assert first.thresholds[0] == maps.min()
+    assert first.num_positives + first.num_negatives == maps.size
+    assert first.num_positives == np.count_nonzero(masks)
 
 
 # ------------------------------------------------------------------------------------------------ AUPRO
