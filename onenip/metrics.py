@@ -36,7 +36,7 @@ See Also:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -723,14 +723,32 @@ def _concatenate(map_list: list[np.ndarray], mask_list: list[np.ndarray]) -> tup
     return scores, labels
 
 
-def _binned_value(estimate: BinnedEstimate, name: str, num_bins: int) -> float:
+def _binned_value(estimate: BinnedEstimate, name: str, num_bins: int, stacklevel: int = 3) -> float:
     if estimate.error_bound > BINNED_WARN_BOUND:
         msg = (
             f"{name} from {num_bins} score bins may be off by up to {estimate.error_bound:.2e}; "
             "use method='exact' or more num_bins if that matters"
         )
-        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        warnings.warn(msg, RuntimeWarning, stacklevel=stacklevel)
     return estimate.value
+
+
+def _pixel_metric(
+    maps: ArrayLike,
+    masks: ArrayLike,
+    method: Method,
+    num_bins: int,
+    edges: BinEdges,
+    name: str,
+    binned: Callable[[ScoreHistogram], BinnedEstimate],
+    exact: Callable[[np.ndarray, np.ndarray], float],
+) -> float:
+    """One pixel metric: exact from all pixels, or binned (with its error bound) above the limit."""
+    map_list, mask_list = _check_pixel_inputs(maps, masks)
+    if _use_binned(map_list, method):
+        return _binned_value(binned(_histogram(map_list, mask_list, num_bins, edges)), name, num_bins, stacklevel=4)
+    scores, labels = _concatenate(map_list, mask_list)
+    return exact(labels, scores)
 
 
 def pixel_auroc(
@@ -742,12 +760,10 @@ def pixel_auroc(
     edges: BinEdges = "quantile",
 ) -> float:
     """Pixel AUROC over all pixels of all images (exact up to ``EXACT_PIXEL_LIMIT`` pixels, else binned)."""
-    map_list, mask_list = _check_pixel_inputs(maps, masks)
-    if _use_binned(map_list, method):
-        histogram = _histogram(map_list, mask_list, num_bins, edges)
-        return _binned_value(histogram.auroc(), "pixel_AUROC", num_bins)
-    scores, labels = _concatenate(map_list, mask_list)
-    return float(roc_auc_score(labels, scores))
+    return _pixel_metric(
+        maps, masks, method, num_bins, edges, "pixel_AUROC", ScoreHistogram.auroc,
+        lambda labels, scores: float(roc_auc_score(labels, scores)),
+    )
 
 
 def pixel_ap(
@@ -759,12 +775,10 @@ def pixel_ap(
     edges: BinEdges = "quantile",
 ) -> float:
     """Pixel average precision (exact up to ``EXACT_PIXEL_LIMIT`` pixels, else binned)."""
-    map_list, mask_list = _check_pixel_inputs(maps, masks)
-    if _use_binned(map_list, method):
-        histogram = _histogram(map_list, mask_list, num_bins, edges)
-        return _binned_value(histogram.average_precision(), "pixel_AP", num_bins)
-    scores, labels = _concatenate(map_list, mask_list)
-    return float(average_precision_score(labels, scores))
+    return _pixel_metric(
+        maps, masks, method, num_bins, edges, "pixel_AP", ScoreHistogram.average_precision,
+        lambda labels, scores: float(average_precision_score(labels, scores)),
+    )
 
 
 def pixel_f1max(
@@ -776,13 +790,10 @@ def pixel_f1max(
     edges: BinEdges = "quantile",
 ) -> float:
     """Best pixel F1 over all thresholds (exact up to ``EXACT_PIXEL_LIMIT`` pixels, else binned)."""
-    map_list, mask_list = _check_pixel_inputs(maps, masks)
-    if _use_binned(map_list, method):
-        histogram = _histogram(map_list, mask_list, num_bins, edges)
-        return _binned_value(histogram.f1max(), "pixel_F1max", num_bins)
-    scores, labels = _concatenate(map_list, mask_list)
-    precision, recall, _ = precision_recall_curve(labels, scores)
-    return _f1max(precision, recall)
+    return _pixel_metric(
+        maps, masks, method, num_bins, edges, "pixel_F1max", ScoreHistogram.f1max,
+        lambda labels, scores: _f1max(*precision_recall_curve(labels, scores)[:2]),
+    )
 
 
 def pixel_aupro(
