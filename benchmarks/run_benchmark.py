@@ -80,8 +80,9 @@ def run_onenip(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     params = load_params(args.params)
     overrides = {}
-    if args.epochs:
-        overrides["epochs"] = args.epochs
+    epochs = _category_epochs(args.category_epochs).get(args.categories[0]) if len(args.categories) == 1 else None
+    if epochs or args.epochs:
+        overrides["epochs"] = epochs or args.epochs
     if args.cache_dir:
         overrides["cache_dir"] = args.cache_dir
     if overrides:
@@ -93,6 +94,12 @@ def run_onenip(args: argparse.Namespace) -> list[dict[str, Any]]:
     detector = result.detector.eval()
     cache = FeatureCache(params.train.cache_dir, detector.feature_extractor, params.model.backbone)
     evaluation = evaluate(detector, manifest, cache, Path(args.run_dir) / "eval", num_heatmaps=params.eval.num_heatmaps, progress=False)
+    # The same network re-scored with the refiner's map alone (evaluation only, no retraining): the
+    # measured alternative to the paper's blend (benchmarks/README.md, "Blend weight").
+    paper_weight = detector.model.recon_weight
+    detector.model.recon_weight = 0.0
+    refiner_only = evaluate(detector, manifest, cache, Path(args.run_dir) / "eval-refiner-only", num_heatmaps=0, progress=False)
+    detector.model.recon_weight = paper_weight
     rows = []
     for category in args.categories:
         k = detector.category_index(category)
@@ -120,7 +127,27 @@ def run_onenip(args: argparse.Namespace) -> list[dict[str, Any]]:
                                                                    "synthesis": params.synthesis.model_dump(mode="json")},
             },
         )
+        rows.append(
+            rows[-1]
+            | {
+                "method": f"onenip-{args.mode} (refiner only)",
+                "metrics": {m: refiner_only[category].metrics.get(m) for m in METRICS},
+                "prompt_sensitivity": {},
+            },
+        )
     return rows
+
+
+def _category_epochs(items: Sequence[str] | None) -> dict[str, int]:
+    """``["magnetic_tile=8"]`` -> ``{"magnetic_tile": 8}`` (epochs for per-category fits)."""
+    result = {}
+    for item in items or []:
+        name, _, value = item.partition("=")
+        if not value.isdigit():
+            msg = f"--category-epochs expects CATEGORY=N, got {item!r}"
+            raise SystemExit(msg)
+        result[name] = int(value)
+    return result
 
 
 def _subprocess_rows(command: list[str], json_path: Path, timeout: float | None) -> list[dict[str, Any]]:
@@ -159,6 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--peers", nargs="*", default=["patchcore", "padim"], choices=["patchcore", "padim"])
     parser.add_argument("--coreset-ratio", type=float, default=0.01)
     parser.add_argument("--epochs", type=int, default=None, help="override train.epochs")
+    parser.add_argument("--category-epochs", nargs="*", default=None, metavar="CATEGORY=N",
+                        help="epochs of a per-category fit (default: --epochs or train.epochs)")
     parser.add_argument("--cache-dir", default=None, help="override train.cache_dir")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per fit")
@@ -188,6 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                        "--run-dir", str(out / name), "--json", str(json_path), "--categories", *group]  # fmt: skip
             if args.epochs:
                 command += ["--epochs", str(args.epochs)]
+            if args.category_epochs:
+                command += ["--category-epochs", *args.category_epochs]
             if args.cache_dir:
                 command += ["--cache-dir", args.cache_dir]
             jobs.append((name, command, json_path))
