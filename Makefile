@@ -17,8 +17,12 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
+# The full pipeline (Prefect flow `retrain`) on ELPV with the `fast` profile of params.yaml;
+# PROFILE= (empty) runs the full configuration.
+PROFILE ?= fast
 run: setup
-	OMP_NUM_THREADS=$(THREADS) MKL_NUM_THREADS=$(THREADS) $(VENV)/bin/onenip run
+	OMP_NUM_THREADS=$(THREADS) MKL_NUM_THREADS=$(THREADS) PATH="$(CURDIR)/$(VENV)/bin:$$PATH" \
+		$(VENV)/bin/onenip run $(if $(PROFILE),--profile $(PROFILE),)
 
 test: setup
 	$(PY) -m pytest

@@ -126,28 +126,106 @@ def data_summary(root: Annotated[Path, typer.Argument(help="Dataset root in MVTe
     _print_summary(root)
 
 
+ProfileOption = Annotated[str | None, typer.Option("--profile", help="Merge profiles.<name> of params.yaml (e.g. fast).")]
+
+
+def _print_outcomes(outcomes: dict[str, dict[str, Any]]) -> None:
+    table = Table(title="Retrain: per-category result")
+    for column in ("category", "status", "model version", "I-AUROC", "P-AUROC", "P-AP", "decision"):
+        table.add_column(column)
+    for category, outcome in outcomes.items():
+        metrics = outcome.get("metrics") or {}
+
+        def fmt(name: str, metrics: dict[str, Any] = metrics) -> str:
+            value = metrics.get(name)
+            return "-" if value is None else f"{value:.4f}"
+
+        version = f"{outcome['model_name']}/{outcome['version']}" if outcome.get("version") else "-"
+        table.add_row(category, outcome["status"], version, fmt("image_AUROC"), fmt("pixel_AUROC"), fmt("pixel_AP"),
+                      "\n".join(outcome.get("reasons") or []))  # fmt: skip
+    console.print(table)
+
+
 @app.command("run")
 @_user_errors
-def run_default_job(params: ParamsOption = DEFAULT_PARAMS_PATH) -> None:
-    """The default job: import the configured dataset into data/<name> (DVC-tracked), validate, summarise."""
-    from onenip.data.versioning import import_dataset
+def run_pipeline(
+    params: ParamsOption = DEFAULT_PARAMS_PATH,
+    profile: ProfileOption = None,
+    categories: Annotated[list[str] | None, typer.Option("--category", help="Only these categories (repeat).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Retrain even if data, params and code are unchanged.")] = False,
+) -> None:
+    """The full pipeline (Prefect flow ``retrain``) on the configured dataset: version (DVC), validate
+    (GX), synthesize, cache features, train, evaluate, log (MLflow), register, gate and promote."""
+    from pipelines.flows import run_retrain
 
-    cfg = load_params(params).data
-    result = import_dataset(
-        cfg.source,
-        cfg.name,
-        cfg.format,
-        project_root=Path.cwd(),
-        min_train_images=cfg.min_train_images,
-        require_masks=cfg.require_masks,
-        test_every=cfg.test_every,
-    )
-    console.print(str(result.conversion))
-    _print_summary(result.path)
-    console.print(
-        f"Validation passed ({result.validation.num_images} images). "
-        f"data/{cfg.name} is DVC-tracked, data version [bold]{result.data_version}[/]",
-    )
+    load_params(params, profile=profile)  # a bad file or profile fails here with one line
+    outcomes = run_retrain(params, profile, categories or None, force, Path.cwd())
+    _print_outcomes(outcomes)
+    failed = [c for c, o in outcomes.items() if o["status"] in ("failed", "validation-failed")]
+    if failed:
+        err_console.print(f"[bold red]Failed categories:[/] {', '.join(failed)}")
+        raise typer.Exit(code=1)
+
+
+@app.command("schedule")
+@_user_errors
+def schedule(
+    params: ParamsOption = DEFAULT_PARAMS_PATH,
+    profile: ProfileOption = None,
+    cron: Annotated[str | None, typer.Option("--cron", help="Override pipeline.schedule_cron.")] = None,
+) -> None:
+    """Serve the ``retrain`` deployment on its cron schedule (blocks; Ctrl-C stops serving)."""
+    from pipelines.deployments import serve_retrain
+
+    serve_retrain(load_params(params, profile=profile), str(params), profile, cron)
+
+
+@app.command("promote")
+@_user_errors
+def promote(
+    category: Annotated[str, typer.Option("--category", help="Category whose registered model to change.")],
+    rollback: Annotated[bool, typer.Option("--rollback", help="Move champion back to the 'previous' version.")] = False,
+    version: Annotated[str | None, typer.Option("--version", help="Make this version (number or alias) champion.")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="Dataset name (default: data.name).")] = None,
+    params: ParamsOption = DEFAULT_PARAMS_PATH,
+) -> None:
+    """Roll back the champion, or promote a version by hand (recorded as a tag on it)."""
+    from onenip import registry
+
+    cfg = _load(params)
+    if rollback == (version is not None):
+        msg = "Give exactly one of --rollback or --version"
+        raise ConfigError(msg)
+    client = registry.connect(cfg, Path.cwd())
+    name = registry.model_name(cfg, dataset or cfg.data.name, category)
+    try:
+        if rollback:
+            demoted, restored = registry.rollback(client, name)
+            console.print(f"{name}: champion rolled back from version {demoted} to version {restored}")
+        else:
+            target = registry.get_version(client, name, str(version))
+            registry.promote_version(client, name, target.version)
+            console.print(f"{name}: version {target.version} is now champion")
+    except registry.RegistryError as error:
+        raise ConfigError(str(error)) from None
+
+
+@app.command("registry")
+@_user_errors
+def show_registry(params: ParamsOption = DEFAULT_PARAMS_PATH) -> None:
+    """Every registered onenip model version with its aliases, gate decision, data version and metrics."""
+    from onenip import registry
+
+    cfg = _load(params)
+    client = registry.connect(cfg, Path.cwd())
+    table = Table(title=f"MLflow registry ({registry.tracking_uri(cfg, Path.cwd())})")
+    for column in ("model", "version", "aliases", "gate", "category data version", "I-AUROC", "P-AUROC", "run"):
+        table.add_column(column)
+    for row in registry.describe(client, prefix=cfg.pipeline.model_name.split("{")[0]):
+        table.add_row(row.name, row.version, ", ".join(row.aliases) or "-", row.gate, row.data_version,
+                      f"{row.metrics.get('image_AUROC', float('nan')):.4f}", f"{row.metrics.get('pixel_AUROC', float('nan')):.4f}",
+                      row.run_id[:12])  # fmt: skip
+    console.print(table)
 
 
 def _manifest_for(data: Path, categories: list[str] | None) -> Any:

@@ -139,20 +139,90 @@ class EvalParams(_Section):
     """Random prompts for the prompt-sensitivity report (0: skip)."""
 
 
+GATE_METRICS = ("image_AUROC", "image_AP", "image_F1max", "pixel_AUROC", "pixel_AP", "pixel_F1max", "pixel_AUPRO")
+
+
+class GateParams(_Section):
+    """When a newly trained model may become the ``champion`` (``onenip.gates``)."""
+
+    minimum: dict[str, float] = Field(
+        default_factory=lambda: {"image_AUROC": 0.7, "pixel_AUROC": 0.8, "pixel_AP": 0.1},
+    )
+    """Absolute floor per metric. Pixel metrics only apply where the category has masks."""
+    max_regression: float = Field(0.01, ge=0)
+    """No-regression rule: each ``compare`` metric may fall at most this much below the champion's."""
+    compare: tuple[str, ...] = ("image_AUROC", "pixel_AUROC", "pixel_AP")
+
+    @field_validator("minimum")
+    @classmethod
+    def _known_minimum(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(GATE_METRICS))
+        if unknown:
+            msg = f"unknown gate metrics {unknown}; known: {list(GATE_METRICS)}"
+            raise ValueError(msg)
+        return value
+
+    @field_validator("compare")
+    @classmethod
+    def _known_compare(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(value) - set(GATE_METRICS))
+        if unknown:
+            msg = f"unknown gate metrics {unknown}; known: {list(GATE_METRICS)}"
+            raise ValueError(msg)
+        return value
+
+
+class PipelineParams(_Section):
+    """Prefect flows, MLflow tracking/registry and DVC remote (``pipelines/``, ``onenip.registry``)."""
+
+    tracking_uri: str | None = None
+    """MLflow tracking store; ``MLFLOW_TRACKING_URI`` wins, default ``sqlite:///<project>/mlflow.db``."""
+    artifact_root: str = "mlruns"
+    """Artifact location of new experiments (a folder in the project, or s3://... for a shared store)."""
+    model_name: str = "onenip-{dataset}-{category}"
+    """Registered model per category; ``{dataset}`` and ``{category}`` are filled in."""
+    experiment: str = "onenip-{dataset}"
+    runs_dir: str = "runs/pipeline"
+    """Models, evaluations and reports of pipeline runs, one folder per training fingerprint."""
+    dvc_remote: str | None = None
+    """Remote the version step pushes to (None: the repository's default remote; "": do not push)."""
+    task_runner: Literal["local", "dask"] = "local"
+    max_workers: int = Field(1, ge=1)
+    """Local runner: categories trained at once (threads)."""
+    dask_address: str | None = None
+    """Dask runner: an existing scheduler (tcp://host:8786); None starts a LocalCluster."""
+    dask_workers: int = Field(2, ge=1)
+    threads_per_worker: int = Field(1, ge=1)
+    """Torch/OpenMP threads per Dask worker (set before workers import torch)."""
+    retries: int = Field(2, ge=0)
+    retry_delay_seconds: float = Field(5.0, ge=0)
+    schedule_cron: str = "0 3 * * 1"
+    """``onenip schedule``: when the ``retrain`` deployment runs (default Mondays 03:00)."""
+    schedule_timezone: str = "UTC"
+
+
 class Params(_Section):
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()
     synthesis: SynthesisParams = SynthesisParams()
     train: TrainParams = TrainParams()
     eval: EvalParams = EvalParams()
+    gates: GateParams = GateParams()
+    pipeline: PipelineParams = PipelineParams()
 
 
 class ConfigError(ValueError):
     """``params.yaml`` is missing, not YAML, or does not match the schema."""
 
 
-def load_params(path: str | Path = DEFAULT_PARAMS_PATH, overrides: dict[str, Any] | None = None) -> Params:
-    """Read ``params.yaml`` into ``Params``; ``overrides`` are merged on top (nested dicts)."""
+def load_params(
+    path: str | Path = DEFAULT_PARAMS_PATH, overrides: dict[str, Any] | None = None, profile: str | None = None,
+) -> Params:
+    """Read ``params.yaml`` into ``Params``.
+
+    ``profile`` merges ``profiles.<name>`` of the same file on top (for example ``fast`` for
+    ``make run``); ``overrides`` (nested dicts) are merged last.
+    """
     path = Path(path)
     if not path.is_file():
         msg = f"Params file not found: {path}"
@@ -165,6 +235,12 @@ def load_params(path: str | Path = DEFAULT_PARAMS_PATH, overrides: dict[str, Any
     if not isinstance(raw, dict):
         msg = f"Params file {path} must hold a mapping of sections, got {type(raw).__name__}"
         raise ConfigError(msg)
+    profiles = raw.pop("profiles", None) or {}
+    if profile:
+        if profile not in profiles:
+            msg = f"Profile {profile!r} is not defined in {path} (profiles: {sorted(profiles) or 'none'})"
+            raise ConfigError(msg)
+        raw = _deep_merge(raw, profiles[profile])
     if overrides:
         raw = _deep_merge(raw, overrides)
     try:

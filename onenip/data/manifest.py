@@ -15,6 +15,7 @@ gets a row and is reported by name there instead of aborting the scan.
 from __future__ import annotations
 
 import hashlib
+import io
 from collections.abc import Iterable, Sequence
 from enum import IntEnum, StrEnum
 from pathlib import Path
@@ -133,6 +134,39 @@ def read_image(path: str | Path) -> Image.Image:
             return _to_rgb(image)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         msg = f"Cannot decode image {path}: {error}"
+        raise ImageReadError(msg) from error
+
+
+MAX_IMAGE_PIXELS = 64_000_000
+"""Larger images are refused before decoding (a 20000 x 20000 upload would need 1.2 GB as RGB)."""
+MIN_IMAGE_SIDE = 16
+"""Smaller images carry no usable structure at stride 16 and are refused with a clear message."""
+
+
+def decode_image(data: bytes, source: str = "<bytes>") -> Image.Image:
+    """Decode encoded image bytes (PNG, JPEG, TIFF, BMP...) to 8-bit RGB, with size checks.
+
+    Raises:
+        ImageReadError: empty, truncated, not an image, too large or too small; names ``source``.
+    """
+    if not data:
+        msg = f"Image {source} is empty (0 bytes)"
+        raise ImageReadError(msg)
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if width * height > MAX_IMAGE_PIXELS:
+                msg = f"Image {source} is {width}x{height} pixels; the limit is {MAX_IMAGE_PIXELS:,} pixels"
+                raise ImageReadError(msg)
+            if min(width, height) < MIN_IMAGE_SIDE:
+                msg = f"Image {source} is {width}x{height} pixels; both sides must be at least {MIN_IMAGE_SIDE}"
+                raise ImageReadError(msg)
+            image.load()
+            return _to_rgb(image)
+    except ImageReadError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        msg = f"Cannot decode image {source}: {error}"
         raise ImageReadError(msg) from error
 
 

@@ -10,7 +10,7 @@ import pytest
 LIBRARY = Path(__file__).resolve().parents[2] / "onenip"
 BRIDGES = {
     "prefect": set(),
-    "mlflow": {"registry.py"},
+    "mlflow": {"registry.py", "pyfunc.py", "pyfunc_entry.py"},
     "great_expectations": {"data/validate.py"},
     "anomalib": set(),
 }

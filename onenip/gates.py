@@ -1,0 +1,72 @@
+"""Metric gates: may a newly trained model replace the category's champion?
+
+Pure logic (no MLflow): ``onenip.registry`` feeds it the new version's metrics and the champion's,
+and moves aliases according to the ``GateDecision``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from onenip.config import GateParams
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    passed: bool
+    reasons: list[str] = field(default_factory=list)
+    """One line per check, passed or failed, in the order they were made."""
+
+    def summary(self) -> str:
+        return ("PASSED" if self.passed else "FAILED") + ": " + "; ".join(self.reasons)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passed": self.passed, "reasons": list(self.reasons)}
+
+
+def _present(value: float | None) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def decide(
+    metrics: dict[str, float | None],
+    gates: GateParams,
+    champion_metrics: dict[str, float | None] | None = None,
+    *,
+    has_masks: bool = True,
+) -> GateDecision:
+    """Apply the absolute minima, then the no-regression rule against the champion (if any).
+
+    Pixel metrics are only required where the category has masks; a required metric that is missing
+    fails the gate (a model is never promoted on metrics nobody measured).
+    """
+    reasons: list[str] = []
+    passed = True
+    for name, minimum in gates.minimum.items():
+        if name.startswith("pixel_") and not has_masks:
+            reasons.append(f"{name}: not measured (no masks), minimum {minimum:g} not applied")
+            continue
+        value = metrics.get(name)
+        if not _present(value):
+            passed = False
+            reasons.append(f"{name}: missing, minimum {minimum:g} required")
+        elif value < minimum:  # type: ignore[operator]
+            passed = False
+            reasons.append(f"{name} {value:.4f} < minimum {minimum:g}")
+        else:
+            reasons.append(f"{name} {value:.4f} >= minimum {minimum:g}")
+    if champion_metrics is None:
+        reasons.append("no champion yet: no-regression rule not applied")
+        return GateDecision(passed, reasons)
+    for name in gates.compare:
+        new, old = metrics.get(name), champion_metrics.get(name)
+        if not (_present(new) and _present(old)):
+            continue
+        if new < old - gates.max_regression:  # type: ignore[operator]
+            passed = False
+            reasons.append(f"{name} {new:.4f} regresses from champion's {old:.4f} (tolerance {gates.max_regression:g})")
+        else:
+            reasons.append(f"{name} {new:.4f} vs champion's {old:.4f}: within tolerance {gates.max_regression:g}")
+    return GateDecision(passed, reasons)

@@ -1,0 +1,223 @@
+"""The steps of a retraining job as plain library functions (no Prefect, no MLflow).
+
+``pipelines/flows.py`` wraps each in a Prefect task; ``dvc.yaml`` reaches the same code through the
+CLI. Everything a step needs comes in as arguments, everything it produces goes to files under
+``out_dir`` and comes back as a small picklable value (paths, dicts), so steps run in threads,
+in Dask workers, or from Prefect's result cache alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from onenip.config import Params
+from onenip.data.manifest import make_manifest
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def code_version() -> str:
+    """Hash of the ``onenip`` sources: a changed model, loss or metric invalidates cached results."""
+    digest = hashlib.sha256()
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        digest.update(str(path.relative_to(PACKAGE_DIR)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def training_params_digest(params: Params) -> str:
+    """Hash of everything that changes a trained model or its metrics (not paths, gates, scheduling)."""
+    payload = {
+        "model": params.model.model_dump(mode="json"),
+        "synthesis": params.synthesis.model_dump(mode="json"),
+        "train": params.train.model_dump(mode="json", exclude={"device", "cache_dir", "feature_batch_size"}),
+        "eval": params.eval.model_dump(mode="json", exclude={"num_heatmaps"}),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def category_data_versions(manifest: pd.DataFrame) -> dict[str, str]:
+    """Content hash per category (relative paths, labels and file sha256s): adding one image changes
+    its category's version only."""
+    versions = {}
+    for category, rows in manifest.groupby("category", sort=True):
+        digest = hashlib.sha256()
+        for row in rows.sort_values("image_path").itertuples(index=False):
+            relative = Path(row.image_path).as_posix().split(f"/{category}/", 1)[-1]
+            digest.update(f"{relative}\t{row.label_index}\t{row.sha256}\n".encode())
+        versions[str(category)] = digest.hexdigest()[:16]
+    return versions
+
+
+def cache_key(kind: str, data_versions: Sequence[str], params: Params) -> str:
+    """(data version, params, code version) -> a key for Prefect's task cache and the registry."""
+    payload = [kind, sorted(data_versions), training_params_digest(params), code_version()]
+    return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:20]
+
+
+# -- version ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DatasetVersion:
+    name: str
+    root: Path
+    data_version: str
+    """DVC content hash of ``data/<name>``."""
+    category_versions: dict[str, str]
+    imported: bool
+    pushed: bool
+
+
+def version_dataset(params: Params, project_root: str | Path = ".", *, push: bool = True) -> DatasetVersion:
+    """Import ``data.source`` if ``data/<name>`` does not exist yet, else ``dvc add`` what is there
+    (new images that landed in the folder), push to the remote, and return the data version."""
+    from onenip.data.versioning import dvc_add, dvc_push, find_project_root, import_dataset
+
+    project_root = find_project_root(project_root)
+    cfg = params.data
+    root = project_root / cfg.root
+    imported = False
+    if not root.is_dir():
+        result = import_dataset(
+            cfg.source, cfg.name, cfg.format, project_root,
+            min_train_images=cfg.min_train_images, require_masks=cfg.require_masks, test_every=cfg.test_every,
+        )  # fmt: skip
+        data_version, imported = result.data_version, True
+    else:
+        data_version = dvc_add(root, project_root)
+    pushed = False
+    if push and params.pipeline.dvc_remote != "":
+        dvc_push([root.with_name(root.name + ".dvc").relative_to(project_root)], project_root, params.pipeline.dvc_remote)
+        pushed = True
+    manifest = make_manifest(root, list(cfg.categories) or None, progress=False)
+    return DatasetVersion(cfg.name, root, data_version, category_data_versions(manifest), imported, pushed)
+
+
+# -- validate ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ValidationOutcome:
+    category: str
+    success: bool
+    report_json: Path
+    report_markdown: Path
+    summary: str
+
+
+def validate_category(root: str | Path, category: str, params: Params, out_dir: str | Path) -> ValidationOutcome:
+    """Great Expectations checks for one category; the report is written whether it passes or not."""
+    from onenip.data.validate import validate_dataset
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = validate_dataset(
+        root, categories=[category], min_train_images=params.data.min_train_images, require_masks=params.data.require_masks,
+    )
+    report_json, report_md = out_dir / "validation.json", out_dir / "validation.md"
+    report_json.write_text(json.dumps(result.to_dict(), indent=2))
+    markdown = result.to_markdown()
+    report_md.write_text(markdown + "\n")
+    first = "passed" if result.success else "FAILED: " + ", ".join(result.failed_expectations)
+    return ValidationOutcome(category, result.success, report_json, report_md, first)
+
+
+# -- synthesize, cache ------------------------------------------------------------------------------
+def synthesis_preview(root: str | Path, category: str, params: Params, out_path: str | Path, count: int = 8) -> Path:
+    """A preview grid of the anomalies training will synthesise for this category (same seed)."""
+    from onenip.data.transforms import load_image
+    from onenip.synthesis import make_preview_grid
+    from onenip.training import build_synthesizer
+
+    manifest = make_manifest(root, [category], progress=False)
+    train = manifest[(manifest["split"] == "train") & (manifest["label_index"] == 0)]
+    paths = train["image_path"].iloc[:: max(1, len(train) // count)].iloc[:count].tolist()
+    images = [load_image(path, params.model.backbone.input_size) for path in paths]
+    return make_preview_grid(images, build_synthesizer(params.synthesis), params.train.seed, out_path)
+
+
+def cache_features(root: str | Path, categories: Sequence[str], params: Params, *, progress: bool = False) -> int:
+    """Backbone features of every image of the categories into the on-disk cache; returns the count."""
+    from onenip.features import FeatureCache
+    from onenip.models.backbone import build_feature_extractor
+    from onenip.training import resolve_device
+
+    manifest = make_manifest(root, list(categories), progress=False)
+    extractor = build_feature_extractor(params.model.backbone).to(resolve_device(params.train.device)).eval()
+    cache = FeatureCache(params.train.cache_dir, extractor, params.model.backbone)
+    cache.get(manifest["image_path"].tolist(), manifest["sha256"].tolist(), batch_size=params.train.feature_batch_size, progress=progress)
+    return len(manifest)
+
+
+# -- train, evaluate --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainedModel:
+    model_dir: Path
+    categories: list[str]
+    history: list[dict[str, float]]
+    train_seconds: float
+
+
+def train_model(
+    root: str | Path, categories: Sequence[str], params: Params, out_dir: str | Path, *, progress: bool = False,
+) -> TrainedModel:
+    """One OneNIP network (reconstructor and refiner trained jointly, as in the paper) for the
+    categories; resumes from ``out_dir/checkpoint`` after an interruption."""
+    from onenip.training import train_onenip
+
+    manifest = make_manifest(root, list(categories), progress=False)
+    result = train_onenip(manifest, params, out_dir, list(categories), resume=True, progress=progress)
+    return TrainedModel(Path(out_dir) / "model", list(categories), result.history, result.train_seconds)
+
+
+@dataclass(frozen=True)
+class CategoryReport:
+    category: str
+    metrics: dict[str, float]
+    has_masks: bool
+    eval_dir: Path
+    threshold: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def evaluate_model(
+    model_dir: str | Path, root: str | Path, categories: Sequence[str], params: Params, out_dir: str | Path,
+) -> dict[str, CategoryReport]:
+    """Test-split metrics, ROC/PR PNGs and heatmaps per category; writes ``metrics.md`` tables too."""
+    from onenip.evaluation import evaluate
+    from onenip.features import FeatureCache
+    from onenip.models.detector import OneNIPDetector
+    from onenip.training import resolve_device
+
+    detector = OneNIPDetector.load(model_dir, map_location=resolve_device(params.train.device))
+    manifest = make_manifest(root, list(categories), progress=False)
+    cache = FeatureCache(params.train.cache_dir, detector.feature_extractor, detector.cfg.backbone)
+    results = evaluate(detector, manifest, cache, out_dir, list(categories), num_heatmaps=params.eval.num_heatmaps, progress=False)
+    reports = {}
+    for category, result in results.items():
+        folder = Path(out_dir) / category
+        folder.mkdir(parents=True, exist_ok=True)
+        lines = ["| metric | value |", "|---|---|", *(f"| {k} | {v:.4f} |" for k, v in result.metrics.items() if isinstance(v, float))]
+        (folder / "metrics.md").write_text("\n".join(lines) + "\n")
+        (folder / "metrics.json").write_text(json.dumps(result.metrics, indent=2))
+        threshold = float(detector.score_threshold[detector.category_index(category)])
+        reports[category] = CategoryReport(category, dict(result.metrics), result.has_masks, folder, threshold)
+    return reports
+
+
+def write_params(params: Params, path: str | Path) -> Path:
+    """The exact effective configuration (after profile and overrides) as YAML."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
+    return path
+
+
+def first_test_image(root: str | Path, category: str) -> Path:
+    manifest = make_manifest(root, [category], progress=False)
+    return Path(manifest[manifest["split"] == "test"]["image_path"].iloc[0])

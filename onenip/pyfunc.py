@@ -1,0 +1,166 @@
+"""The registered model: an ``mlflow.pyfunc`` wrapper around ``onenip.inference.Predictor``.
+
+Input: a DataFrame with a column ``image`` (base64 of an encoded image file: PNG, JPEG, TIFF, BMP)
+and an optional ``category`` column, or a uint8 array (N, H, W, 3) / (H, W, 3). Output: one row per
+image with ``category``, ``score``, ``threshold``, ``is_anomaly`` and, with the parameter
+``return_map=True``, ``anomaly_map`` (nested lists at the model's input size).
+
+The weights travel as an artifact (safetensors + JSON, no pickle of objects); loading needs no
+network. The serving environment must have ``onenip`` installed (``pip install -e .`` of this
+repository; ``mlflow models serve --env-manager local``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+from PIL import Image
+
+from onenip.data.manifest import ImageReadError, decode_image
+
+MODEL_ARTIFACT = "onenip_model"
+MAX_BATCH = 64
+"""Images per request; larger batches are refused (memory stays bounded per request)."""
+
+PIP_REQUIREMENTS = [
+    "torch==2.14.1",
+    "torchvision==0.29.1",
+    "timm==1.0.31",
+    f"mlflow=={mlflow.__version__}",
+    "safetensors",
+    "pillow",
+    "numpy",
+    "pandas",
+    "pydantic",
+    "pyyaml",
+    "scikit-learn",
+]
+
+SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("string", "image"), ColSpec("string", "category", required=False)]),
+    outputs=Schema(
+        [ColSpec("string", "category"), ColSpec("double", "score"), ColSpec("double", "threshold"), ColSpec("boolean", "is_anomaly")],
+    ),
+    params=ParamSchema([ParamSpec("return_map", "boolean", False)]),
+)
+
+
+def _bad_input(message: str) -> MlflowException:
+    # INVALID_PARAMETER_VALUE makes the scoring server answer 400 with this message (not 500).
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def encode_image(image: Image.Image | np.ndarray | bytes | str | Path) -> str:
+    """Base64 of a PNG (or of the file's own bytes): the ``image`` column's format."""
+    if isinstance(image, (str, Path)):
+        return base64.b64encode(Path(image).read_bytes()).decode("ascii")
+    if isinstance(image, bytes):
+        return base64.b64encode(image).decode("ascii")
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _decode_row(value: Any, row: int) -> Image.Image:
+    if isinstance(value, (bytes, bytearray)):
+        data = bytes(value)
+    elif isinstance(value, str):
+        try:
+            data = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError) as error:
+            msg = f"Row {row}: 'image' is not valid base64 ({error})"
+            raise _bad_input(msg) from None
+    else:
+        msg = f"Row {row}: 'image' must be a base64 string, got {type(value).__name__}"
+        raise _bad_input(msg)
+    try:
+        return decode_image(data, source=f"in row {row}")
+    except ImageReadError as error:
+        raise _bad_input(str(error)) from None
+
+
+class OneNIPPyfunc(mlflow.pyfunc.PythonModel):
+    """Loads the detector from the ``onenip_model`` artifact; the category comes from model_config."""
+
+    def load_context(self, context: Any) -> None:
+        from onenip.inference import Predictor
+
+        config = context.model_config or {}
+        self.predictor = Predictor.load(context.artifacts[MODEL_ARTIFACT], default_category=config.get("category"))
+
+    # No type hints here: MLflow would try to derive a schema from them; SIGNATURE is the schema.
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+        return_map = bool((params or {}).get("return_map", False))
+        images, categories = self._images(model_input)
+        if not images:
+            msg = "Empty batch: send at least one image"
+            raise _bad_input(msg)
+        if len(images) > MAX_BATCH:
+            msg = f"Batch of {len(images)} images; at most {MAX_BATCH} per request"
+            raise _bad_input(msg)
+        rows: list[dict[str, Any]] = [{} for _ in images]
+        groups: dict[str | None, list[int]] = {}
+        for i, category in enumerate(categories):
+            groups.setdefault(category, []).append(i)
+        for category, positions in groups.items():
+            try:
+                predictions = self.predictor.predict([images[i] for i in positions], category, return_maps=return_map)
+            except ValueError as error:  # unknown category, bad array shape
+                raise _bad_input(str(error)) from None
+            for i, prediction in zip(positions, predictions, strict=True):
+                rows[i] = {
+                    "category": prediction.category,
+                    "score": prediction.score,
+                    "threshold": prediction.threshold,
+                    "is_anomaly": prediction.is_anomaly,
+                }
+                if return_map:
+                    rows[i]["anomaly_map"] = prediction.anomaly_map.round(5).tolist()
+        return pd.DataFrame(rows)
+
+    @staticmethod
+    def _images(model_input: Any) -> tuple[list[Any], list[str | None]]:
+        if isinstance(model_input, pd.DataFrame):
+            if "image" not in model_input.columns:
+                msg = f"Input needs a column 'image' (base64-encoded image file); got columns {list(model_input.columns)}"
+                raise _bad_input(msg)
+            images = [_decode_row(value, row) for row, value in enumerate(model_input["image"].tolist())]
+            if "category" in model_input.columns:
+                categories = [None if pd.isna(c) else str(c) for c in model_input["category"].tolist()]
+            else:
+                categories = [None] * len(images)
+            return images, categories
+        if isinstance(model_input, np.ndarray):
+            array = model_input[None] if model_input.ndim in (2, 3) and model_input.shape[-1] in (3, 4) else model_input
+            if array.ndim == 2:
+                array = array[None]
+            return list(array), [None] * len(array)
+        msg = f"Unsupported input type {type(model_input).__name__}: send a DataFrame with an 'image' column or an array"
+        raise _bad_input(msg)
+
+
+def log_pyfunc_model(model_dir: str | Path, category: str, example_image: Image.Image) -> Any:
+    """Log the pyfunc model into the active run; returns MLflow's ModelInfo."""
+    example = pd.DataFrame({"image": [encode_image(example_image.resize((64, 64)))], "category": [category]})
+    return mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(Path(__file__).with_name("pyfunc_entry.py")),  # models from code: no pickle
+        artifacts={MODEL_ARTIFACT: str(model_dir)},
+        model_config={"category": category},
+        signature=SIGNATURE,
+        input_example=example,
+        pip_requirements=PIP_REQUIREMENTS,
+    )

@@ -1,0 +1,299 @@
+"""MLflow bridge: tracking (parent run per retrain, child run per category), model registry, gated
+promotion with aliases, rollback. The only module besides ``onenip.pyfunc`` that imports MLflow.
+
+Registry layout (one registered model per dataset category, name from ``pipeline.model_name``,
+default ``onenip-<dataset>-<category>``):
+
+- alias ``champion``: the version production uses; moves only when a version passes the gates.
+- alias ``previous``: the champion before the last promotion (what ``onenip promote --rollback``
+  returns to).
+- alias ``challenger``: the newest version that failed the gates.
+- version tags: ``onenip.gate`` (passed/failed), ``onenip.gate_reasons``, ``onenip.data_version``,
+  ``onenip.category_data_version``, ``onenip.cache_key``, ``onenip.code_version``, ``onenip.git_commit``,
+  ``onenip.metric.<name>``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from filelock import FileLock
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from onenip.config import GateParams, Params
+from onenip.gates import GateDecision, decide
+
+CHAMPION, PREVIOUS, CHALLENGER = "champion", "previous", "challenger"
+TAG_PREFIX = "onenip."
+
+
+class RegistryError(RuntimeError):
+    """A model name, alias or version that does not exist, or a registry that cannot be written."""
+
+
+def tracking_uri(params: Params, project_root: str | Path = ".") -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else ``pipeline.tracking_uri``, else sqlite in the project."""
+    return (
+        os.environ.get("MLFLOW_TRACKING_URI")
+        or params.pipeline.tracking_uri
+        or f"sqlite:///{(Path(project_root).resolve() / 'mlflow.db').as_posix()}"
+    )
+
+
+def connect(params: Params, project_root: str | Path = ".") -> MlflowClient:
+    uri = tracking_uri(params, project_root)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def model_name(params: Params, dataset: str, category: str) -> str:
+    return params.pipeline.model_name.format(dataset=dataset, category=category)
+
+
+def experiment_id(client: MlflowClient, params: Params, dataset: str, project_root: str | Path = ".") -> str:
+    """One experiment per dataset; new ones put artifacts under ``pipeline.artifact_root``."""
+    name = params.pipeline.experiment.format(dataset=dataset)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    root = params.pipeline.artifact_root
+    location = root if "://" in root else (Path(project_root).resolve() / root).as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:  # created meanwhile by a concurrent run
+        return client.get_experiment_by_name(name).experiment_id
+
+
+# -- runs -----------------------------------------------------------------------------------------
+def start_run(
+    client: MlflowClient, experiment: str, name: str, tags: dict[str, str], parent_run_id: str | None = None,
+) -> str:
+    tags = dict(tags)
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    return client.create_run(experiment, run_name=name, tags=tags).info.run_id
+
+
+def log_params(client: MlflowClient, run_id: str, flat_params: dict[str, Any]) -> None:
+    items = [Param(key, json.dumps(value) if isinstance(value, (list, dict)) else str(value)) for key, value in flat_params.items()]
+    for start in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[start : start + 100])
+
+
+def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float | None], step: int = 0) -> None:
+    now = int(time.time() * 1000)
+    items = [Metric(key, float(value), now, step) for key, value in metrics.items() if value is not None]
+    if items:
+        client.log_batch(run_id, metrics=items)
+
+
+def log_history(client: MlflowClient, run_id: str, history: list[dict[str, float]], prefix: str = "train_") -> None:
+    """Per-epoch training losses as metric histories (step = epoch)."""
+    now = int(time.time() * 1000)
+    items = [
+        Metric(f"{prefix}{key}", float(value), now, int(record["epoch"]))
+        for record in history
+        for key, value in record.items()
+        if key != "epoch"
+    ]
+    for start in range(0, len(items), 500):
+        client.log_batch(run_id, metrics=items[start : start + 500])
+
+
+def set_tags(client: MlflowClient, run_id: str, tags: dict[str, str]) -> None:
+    client.log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
+
+
+def log_artifacts(client: MlflowClient, run_id: str, paths: dict[str, Path]) -> None:
+    """``{artifact folder: file or folder}``; missing paths are skipped (e.g. no heatmaps written)."""
+    for folder, path in paths.items():
+        path = Path(path)
+        if path.is_dir():
+            client.log_artifacts(run_id, str(path), folder)
+        elif path.is_file():
+            client.log_artifact(run_id, str(path), folder or None)
+
+
+def end_run(client: MlflowClient, run_id: str, status: str = "FINISHED") -> None:
+    client.set_terminated(run_id, status)
+
+
+# -- registry -------------------------------------------------------------------------------------
+def register_model(
+    client: MlflowClient, run_id: str, model_dir: str | Path, name: str, category: str, example_image: Any, tags: dict[str, str],
+) -> Any:
+    """Log the pyfunc model into ``run_id`` and register it as a new version of ``name``."""
+    from onenip.pyfunc import log_pyfunc_model
+
+    with mlflow.start_run(run_id=run_id):
+        info = log_pyfunc_model(model_dir, category, example_image)
+    version = mlflow.register_model(info.model_uri, name, tags={k: str(v) for k, v in tags.items()})
+    return client.get_model_version(name, version.version)
+
+
+def _aliased(client: MlflowClient, name: str, alias: str) -> Any | None:
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def version_metrics(version: Any) -> dict[str, float]:
+    prefix = f"{TAG_PREFIX}metric."
+    return {key[len(prefix) :]: float(value) for key, value in version.tags.items() if key.startswith(prefix)}
+
+
+@contextmanager
+def registry_lock(params: Params, project_root: str | Path = ".", timeout: float = 120.0) -> Iterator[None]:
+    """Serialise alias moves of concurrent retrains on this machine (a file lock beside the store).
+
+    Reading the champion and moving aliases must not interleave between two runs, or both could
+    promote against the same old champion. For a shared MLflow server across machines, run
+    promotions from one scheduler (see README, "Scaling out").
+    """
+    lock_path = Path(project_root).resolve() / ".onenip-registry.lock"
+    try:
+        with FileLock(str(lock_path), timeout=timeout):
+            yield
+    except TimeoutError as error:
+        msg = f"Registry lock {lock_path} held for more than {timeout:.0f} s by another run"
+        raise RegistryError(msg) from error
+
+
+def gate_and_promote(
+    client: MlflowClient,
+    name: str,
+    version: str,
+    metrics: dict[str, float | None],
+    gates: GateParams,
+    *,
+    has_masks: bool,
+) -> GateDecision:
+    """Decide on ``version`` against the gates and the current champion, then move aliases.
+
+    Passed: ``champion`` -> version, old champion -> ``previous``. Failed: ``challenger`` -> version,
+    champion untouched. Decision and reasons are written as version tags first, so a crash between
+    steps leaves a version that says what was decided.
+    """
+    champion = _aliased(client, name, CHAMPION)
+    version = str(version)
+    champion_metrics = version_metrics(champion) if champion is not None and str(champion.version) != version else None
+    decision = decide(metrics, gates, champion_metrics, has_masks=has_masks)
+    client.set_model_version_tag(name, version, f"{TAG_PREFIX}gate", "passed" if decision.passed else "failed")
+    client.set_model_version_tag(name, version, f"{TAG_PREFIX}gate_reasons", json.dumps(decision.reasons))
+    if champion is not None:
+        client.set_model_version_tag(name, version, f"{TAG_PREFIX}compared_to", str(champion.version))
+    if decision.passed:
+        if champion is not None and str(champion.version) != version:
+            client.set_registered_model_alias(name, PREVIOUS, champion.version)
+        client.set_registered_model_alias(name, CHAMPION, version)
+        challenger = _aliased(client, name, CHALLENGER)
+        if challenger is not None and str(challenger.version) == version:
+            client.delete_registered_model_alias(name, CHALLENGER)
+    else:
+        client.set_registered_model_alias(name, CHALLENGER, version)
+    return decision
+
+
+def rollback(client: MlflowClient, name: str) -> tuple[str, str]:
+    """Champion goes back to ``previous``; returns (demoted version, restored version)."""
+    _require_model(client, name)
+    current = _aliased(client, name, CHAMPION)
+    previous = _aliased(client, name, PREVIOUS)
+    if current is None or previous is None:
+        have = "no champion" if current is None else "no 'previous' alias"
+        msg = f"Cannot roll back {name!r}: it has {have}"
+        raise RegistryError(msg)
+    client.set_registered_model_alias(name, CHAMPION, previous.version)
+    client.delete_registered_model_alias(name, PREVIOUS)
+    client.set_model_version_tag(name, current.version, f"{TAG_PREFIX}rolled_back", time.strftime("%Y-%m-%dT%H:%M:%S"))
+    return str(current.version), str(previous.version)
+
+
+def promote_version(client: MlflowClient, name: str, version: str) -> None:
+    """Manual promotion of an existing version (operator override of the gates, recorded as a tag)."""
+    target = get_version(client, name, version)
+    champion = _aliased(client, name, CHAMPION)
+    if champion is not None and str(champion.version) != str(target.version):
+        client.set_registered_model_alias(name, PREVIOUS, champion.version)
+    client.set_registered_model_alias(name, CHAMPION, target.version)
+    client.set_model_version_tag(name, target.version, f"{TAG_PREFIX}manual_promotion", time.strftime("%Y-%m-%dT%H:%M:%S"))
+
+
+def _require_model(client: MlflowClient, name: str) -> None:
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        known = sorted(m.name for m in client.search_registered_models())
+        msg = f"Registered model {name!r} does not exist; known models: {known or 'none'}"
+        raise RegistryError(msg) from None
+
+
+def get_version(client: MlflowClient, name: str, version_or_alias: str) -> Any:
+    """A version by number or alias, with one clear error when the name/version/alias is unknown."""
+    _require_model(client, name)
+    try:
+        if str(version_or_alias).isdigit():
+            return client.get_model_version(name, str(version_or_alias))
+        return client.get_model_version_by_alias(name, version_or_alias)
+    except MlflowException:
+        aliases = sorted(client.get_registered_model(name).aliases)
+        msg = f"Model {name!r} has no version or alias {version_or_alias!r}; aliases: {aliases or 'none'}"
+        raise RegistryError(msg) from None
+
+
+def find_version_with_tag(client: MlflowClient, name: str, key: str, value: str) -> Any | None:
+    """Newest version of ``name`` whose tag ``key`` equals ``value`` (None if the model is new)."""
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return None
+    matching = [v for v in versions if v.tags.get(key) == value]
+    return max(matching, key=lambda v: int(v.version)) if matching else None
+
+
+@dataclass
+class VersionRow:
+    name: str
+    version: str
+    aliases: list[str]
+    gate: str
+    data_version: str
+    metrics: dict[str, float]
+    run_id: str
+
+
+def describe(client: MlflowClient, prefix: str = "onenip-") -> list[VersionRow]:
+    """Every version of every registered model starting with ``prefix``, newest first per model."""
+    rows = []
+    for model in sorted(client.search_registered_models(), key=lambda m: m.name):
+        if not model.name.startswith(prefix):
+            continue
+        aliases: dict[str, list[str]] = {}
+        for alias, version in model.aliases.items():
+            aliases.setdefault(str(version), []).append(alias)
+        versions = client.search_model_versions(f"name = '{model.name}'")
+        for version in sorted(versions, key=lambda v: -int(v.version)):
+            rows.append(
+                VersionRow(
+                    model.name,
+                    str(version.version),
+                    sorted(aliases.get(str(version.version), [])),
+                    version.tags.get(f"{TAG_PREFIX}gate", "-"),
+                    version.tags.get(f"{TAG_PREFIX}category_data_version", "-"),
+                    version_metrics(version),
+                    version.run_id or "-",
+                ),
+            )
+    return rows

@@ -1,0 +1,145 @@
+"""Gates, aliases and rollback against a real MLflow sqlite registry (versions without training)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from onenip import registry
+from onenip.cli import app
+from onenip.config import GateParams, Params
+from onenip.gates import decide
+
+NAME = "onenip-widgets-plate"
+
+
+@pytest.fixture
+def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> MlflowClient:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return registry.connect(Params(), tmp_path)
+
+
+def add_version(client: MlflowClient, **metrics: float) -> str:
+    try:
+        client.create_registered_model(NAME)
+    except Exception:  # noqa: BLE001 - exists already
+        pass
+    tags = {f"onenip.metric.{k}": str(v) for k, v in metrics.items()}
+    return str(client.create_model_version(NAME, source="file:///nonexistent/model", tags=tags).version)
+
+
+def alias(client: MlflowClient, name: str) -> str | None:
+    try:
+        return str(client.get_model_version_by_alias(NAME, name).version)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+GATES = GateParams(minimum={"image_AUROC": 0.8, "pixel_AUROC": 0.8}, max_regression=0.01)
+GOOD = {"image_AUROC": 0.95, "pixel_AUROC": 0.9}
+
+
+def test_decide_minimum_regression_and_masks() -> None:
+    assert decide(GOOD, GATES).passed
+    failed = decide({"image_AUROC": 0.7, "pixel_AUROC": 0.9}, GATES)
+    assert not failed.passed and any("0.7000 < minimum 0.8" in r for r in failed.reasons)
+    assert not decide({"image_AUROC": 0.95}, GATES).passed  # pixel metric required but missing
+    assert decide({"image_AUROC": 0.95}, GATES, has_masks=False).passed  # no masks: image gates only
+    worse = decide({"image_AUROC": 0.92, "pixel_AUROC": 0.9}, GATES, {"image_AUROC": 0.95, "pixel_AUROC": 0.9})
+    assert not worse.passed and any("regresses" in r for r in worse.reasons)
+    within = decide({"image_AUROC": 0.945, "pixel_AUROC": 0.9}, GATES, {"image_AUROC": 0.95, "pixel_AUROC": 0.9})
+    assert within.passed
+
+
+def test_pass_sets_champion_and_keeps_previous(client: MlflowClient) -> None:
+    v1 = add_version(client, **GOOD)
+    assert registry.gate_and_promote(client, NAME, v1, GOOD, GATES, has_masks=True).passed
+    assert alias(client, "champion") == v1
+    better = {"image_AUROC": 0.97, "pixel_AUROC": 0.93}
+    v2 = add_version(client, **better)
+    assert registry.gate_and_promote(client, NAME, v2, better, GATES, has_masks=True).passed
+    assert (alias(client, "champion"), alias(client, "previous")) == (v2, v1)
+    version = client.get_model_version(NAME, v2)
+    assert version.tags["onenip.gate"] == "passed"
+    assert version.tags["onenip.compared_to"] == v1
+    assert json.loads(version.tags["onenip.gate_reasons"])
+
+
+def test_impossible_gate_leaves_champion(client: MlflowClient) -> None:
+    v1 = add_version(client, **GOOD)
+    registry.gate_and_promote(client, NAME, v1, GOOD, GATES, has_masks=True)
+    impossible = GateParams(minimum={"image_AUROC": 1.01})
+    v2 = add_version(client, **GOOD)
+    decision = registry.gate_and_promote(client, NAME, v2, GOOD, impossible, has_masks=True)
+    assert not decision.passed
+    assert (alias(client, "champion"), alias(client, "challenger")) == (v1, v2)
+    tags = client.get_model_version(NAME, v2).tags
+    assert tags["onenip.gate"] == "failed" and "minimum 1.01" in tags["onenip.gate_reasons"]
+
+
+def test_worse_model_than_champion_is_not_promoted(client: MlflowClient) -> None:
+    v1 = add_version(client, **GOOD)
+    registry.gate_and_promote(client, NAME, v1, GOOD, GATES, has_masks=True)
+    worse = {"image_AUROC": 0.90, "pixel_AUROC": 0.9}  # above the minimum, below the champion
+    v2 = add_version(client, **worse)
+    assert not registry.gate_and_promote(client, NAME, v2, worse, GATES, has_masks=True).passed
+    assert alias(client, "champion") == v1
+    assert "regresses" in client.get_model_version(NAME, v2).tags["onenip.gate_reasons"]
+
+
+def test_rollback_command_and_clear_errors(client: MlflowClient, tmp_path: Path) -> None:
+    runner = CliRunner()
+    (tmp_path / "params.yaml").write_text("data:\n  name: widgets\n")
+    result = runner.invoke(app, ["promote", "--category", "plate", "--rollback"])
+    assert result.exit_code == 1 and "onenip-widgets-plate" in result.output and "known models" in result.output
+    v1 = add_version(client, **GOOD)
+    registry.gate_and_promote(client, NAME, v1, GOOD, GATES, has_masks=True)
+    result = runner.invoke(app, ["promote", "--category", "plate", "--rollback"])
+    assert result.exit_code == 1 and "no 'previous' alias" in result.output
+    v2 = add_version(client, image_AUROC=0.99, pixel_AUROC=0.95)
+    registry.gate_and_promote(client, NAME, v2, {"image_AUROC": 0.99, "pixel_AUROC": 0.95}, GATES, has_masks=True)
+    result = runner.invoke(app, ["promote", "--category", "plate", "--rollback"])
+    assert result.exit_code == 0, result.output
+    assert alias(client, "champion") == v1 and alias(client, "previous") is None
+    assert "onenip.rolled_back" in client.get_model_version(NAME, v2).tags
+    result = runner.invoke(app, ["promote", "--category", "plate", "--version", "nightly"])
+    assert result.exit_code == 1 and "no version or alias 'nightly'" in result.output
+    result = runner.invoke(app, ["promote", "--category", "plate", "--version", v2])
+    assert result.exit_code == 0 and alias(client, "champion") == v2
+    listing = runner.invoke(app, ["registry"])
+    assert listing.exit_code == 0 and "champion" in listing.output
+
+
+def test_concurrent_promotions_leave_consistent_aliases(client: MlflowClient, tmp_path: Path) -> None:
+    """Two runs gating at once: under the registry lock every decision sees the champion before it."""
+    v1 = add_version(client, **GOOD)
+    registry.gate_and_promote(client, NAME, v1, GOOD, GATES, has_masks=True)
+    candidates = [{"image_AUROC": 0.96 + i / 100, "pixel_AUROC": 0.9} for i in range(4)]
+    versions = [add_version(client, **m) for m in candidates]
+    errors: list[BaseException] = []
+
+    def promote(version: str, metrics: dict[str, float]) -> None:
+        try:
+            with registry.registry_lock(Params(), tmp_path):
+                registry.gate_and_promote(client, NAME, version, metrics, GATES, has_masks=True)
+        except BaseException as error:  # noqa: BLE001
+            errors.append(error)
+
+    threads = [threading.Thread(target=promote, args=(v, m)) for v, m in zip(versions, candidates, strict=True)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    champion, previous = alias(client, "champion"), alias(client, "previous")
+    tags = {v: client.get_model_version(NAME, v).tags for v in versions}
+    assert all({"onenip.gate", "onenip.gate_reasons", "onenip.compared_to"} <= set(t) for t in tags.values())
+    # the champion passed, and 'previous' is exactly the version it was compared against
+    assert tags[champion]["onenip.gate"] == "passed"
+    assert tags[champion]["onenip.compared_to"] == previous
