@@ -23,6 +23,19 @@ err_console = Console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+
+@app.callback()
+def _configure_logging() -> None:
+    """onenip's own progress messages (resume, saved model) on stderr; libraries stay at WARNING."""
+    import logging
+
+    logger = logging.getLogger("onenip")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
 ParamsOption = Annotated[Path, typer.Option("--params", help="params.yaml to read.")]
 
 
@@ -158,8 +171,13 @@ def run_pipeline(
     (GX), synthesize, cache features, train, evaluate, log (MLflow), register, gate and promote."""
     from pipelines.flows import run_retrain
 
+    from onenip.registry import RegistryError
+
     load_params(params, profile=profile)  # a bad file or profile fails here with one line
-    outcomes = run_retrain(params, profile, categories or None, force, Path.cwd())
+    try:
+        outcomes = run_retrain(params, profile, categories or None, force, Path.cwd())
+    except RegistryError as error:
+        raise ConfigError(str(error)) from None
     _print_outcomes(outcomes)
     failed = [c for c, o in outcomes.items() if o["status"] in ("failed", "validation-failed")]
     if failed:
@@ -226,6 +244,48 @@ def show_registry(params: ParamsOption = DEFAULT_PARAMS_PATH) -> None:
                       f"{row.metrics.get('image_AUROC', float('nan')):.4f}", f"{row.metrics.get('pixel_AUROC', float('nan')):.4f}",
                       row.run_id[:12])  # fmt: skip
     console.print(table)
+
+
+@app.command("predict")
+@_user_errors
+def predict(
+    inputs: Annotated[list[Path], typer.Argument(help="Image files and/or folders (searched recursively).")],
+    model: Annotated[str, typer.Option("--model", help="models:/<name>@champion, models:/<name>/<version>, runs:/<id>/model, or a model folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Writes predictions.csv, predictions.json, heatmaps/.")] = Path("runs/predict"),
+    category: Annotated[str | None, typer.Option("--category", help="Category (needed for a multi-category model folder).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
+    heatmaps: Annotated[bool, typer.Option("--heatmaps/--no-heatmaps", help="Write heatmap overlay PNGs.")] = True,
+    params: ParamsOption = DEFAULT_PARAMS_PATH,
+) -> None:
+    """Score images: per image the score, the decision at the model's calibrated threshold and a
+    heatmap overlay; unreadable files are listed and skipped, the rest are scored."""
+    from onenip import registry
+    from onenip.data.manifest import DatasetError
+    from onenip.inference import Predictor, collect_images, predict_files
+    from onenip.training import resolve_device
+
+    cfg = _load(params)
+    try:
+        model_dir, model_category = registry.resolve_model(model, cfg, Path.cwd())
+    except registry.RegistryError as error:
+        raise ConfigError(str(error)) from None
+    paths = collect_images(inputs)
+    if not paths:
+        msg = f"No image files in {', '.join(map(str, inputs))}"
+        raise DatasetError(msg)
+    try:
+        predictor = Predictor.load(model_dir, category or model_category, device=resolve_device(cfg.train.device))
+    except ValueError as error:
+        raise DatasetError(str(error)) from None
+    report = predict_files(predictor, paths, out, category or model_category, batch_size=batch_size, heatmaps=heatmaps)
+    anomalous = sum(bool(r["is_anomaly"]) for r in report.predictions)
+    console.print(f"Scored {len(report.predictions)} of {len(paths)} images: {anomalous} anomalous at the model's threshold.")
+    console.print(f"Wrote {report.csv_path}, {report.json_path}" + (f" and heatmaps under {out / 'heatmaps'}" if heatmaps else ""))
+    if report.failures:
+        err_console.print(f"[bold red]{len(report.failures)} file(s) could not be scored:[/]")
+        for failure in report.failures:
+            err_console.print(f"  {failure['error']}", highlight=False, markup=False)
+        raise typer.Exit(code=2)
 
 
 def _manifest_for(data: Path, categories: list[str] | None) -> Any:

@@ -88,3 +88,104 @@ class Predictor:
                 for score, anomaly_map in zip(scores, maps, strict=True)
             )
         return results
+
+
+# -- predict on files -------------------------------------------------------------------------------
+@dataclass
+class PredictReport:
+    predictions: list[dict[str, object]]
+    failures: list[dict[str, str]]
+    csv_path: Path
+    json_path: Path
+
+
+def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """Files as given, folders searched recursively for image files (sorted)."""
+    from onenip.data.manifest import DatasetError, is_image_file
+
+    paths: list[Path] = []
+    for item in inputs:
+        item = Path(item)
+        if item.is_dir():
+            paths += sorted(p for p in item.rglob("*") if p.is_file() and is_image_file(p))
+        elif item.exists():
+            paths.append(item)
+        else:
+            msg = f"No such file or folder: {item}"
+            raise DatasetError(msg)
+    return paths
+
+
+def predict_files(
+    predictor: Predictor,
+    paths: Sequence[Path],
+    out_dir: str | Path,
+    category: str | None = None,
+    *,
+    batch_size: int = 16,
+    heatmaps: bool = True,
+    progress: bool = True,
+) -> PredictReport:
+    """Score image files; write ``predictions.csv``, ``predictions.json`` and heatmap overlays.
+
+    A file that cannot be read (corrupt, truncated, empty, not an image, too small or too large) is
+    reported in ``failures`` with its reason; every other file is still scored.
+    """
+    import json
+
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from onenip.data.manifest import ImageReadError, decode_image
+    from onenip.evaluation import _overlay
+    from onenip.metrics import resize_maps_to_masks
+
+    out_dir = Path(out_dir)
+    heatmap_dir = out_dir / "heatmaps"
+    heatmap_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, object]] = []
+    failures: list[dict[str, str]] = []
+    bar = tqdm(total=len(paths), desc="Predicting", unit="img", disable=not progress)
+    for start in range(0, len(paths), batch_size):
+        batch_paths, images = [], []
+        for path in paths[start : start + batch_size]:
+            try:
+                images.append(decode_image(Path(path).read_bytes(), source=str(path)))
+                batch_paths.append(Path(path))
+            except (ImageReadError, OSError) as error:
+                failures.append({"image_path": str(path), "error": str(error)})
+        if images:
+            predictions = predictor.predict(images, category, return_maps=heatmaps, batch_size=batch_size)
+            for path, image, prediction in zip(batch_paths, images, predictions, strict=True):
+                row: dict[str, object] = {
+                    "image_path": str(path),
+                    "category": prediction.category,
+                    "score": prediction.score,
+                    "threshold": prediction.threshold,
+                    "is_anomaly": prediction.is_anomaly,
+                    "width": image.width,
+                    "height": image.height,
+                }
+                if heatmaps and prediction.anomaly_map is not None:
+                    anomaly_map = resize_maps_to_masks(prediction.anomaly_map[None], (image.height, image.width))[0]
+                    vmax = max(2.0 * prediction.threshold, 1e-6)  # same colour scale for every image: red is well past the threshold
+                    name = f"{len(rows):05d}_{path.stem}_{'anomaly' if prediction.is_anomaly else 'normal'}.png"
+                    _overlay(image, anomaly_map, vmax, None).save(heatmap_dir / name)
+                    row["heatmap"] = str(heatmap_dir / name)
+                rows.append(row)
+        bar.update(len(paths[start : start + batch_size]))
+    bar.close()
+    csv_path, json_path = out_dir / "predictions.csv", out_dir / "predictions.json"
+    pd.DataFrame(rows, columns=["image_path", "category", "score", "threshold", "is_anomaly", "width", "height", "heatmap"]).to_csv(
+        csv_path, index=False,
+    )
+    summary = {
+        "images": len(paths),
+        "scored": len(rows),
+        "anomalous": sum(bool(r["is_anomaly"]) for r in rows),
+        "failed": len(failures),
+        "predictions": rows,
+        "failures": failures,
+    }
+    json_path.write_text(json.dumps(summary, indent=2))
+    return PredictReport(rows, failures, csv_path, json_path)

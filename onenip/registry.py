@@ -297,3 +297,47 @@ def describe(client: MlflowClient, prefix: str = "onenip-") -> list[VersionRow]:
                 ),
             )
     return rows
+
+
+# -- resolving a model for predict ------------------------------------------------------------------
+def resolve_model(uri: str, params: Params, project_root: str | Path = ".") -> tuple[Path, str | None]:
+    """``models:/<name>@<alias>``, ``models:/<name>/<version>``, ``runs:/<run_id>/model`` or a local
+    folder -> (folder with ``onenip.json`` + ``model.safetensors``, the model's category if it has one).
+    """
+    import yaml
+
+    if uri.startswith(("models:/", "runs:/")):
+        client = connect(params, project_root)
+        if uri.startswith("models:/"):
+            body = uri[len("models:/") :]
+            name, _, ref = body.partition("@") if "@" in body else body.partition("/")
+            if not ref:
+                msg = f"Model URI {uri!r} needs an alias or version: models:/<name>@champion or models:/<name>/<version>"
+                raise RegistryError(msg)
+            get_version(client, name, ref)  # one clear message for an unknown name, version or alias
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+        except (MlflowException, OSError) as error:
+            msg = f"Cannot download model {uri}: {error}"
+            raise RegistryError(msg) from error
+        category = None
+        mlmodel = local / "MLmodel"
+        if mlmodel.is_file():
+            flavor = (yaml.safe_load(mlmodel.read_text()) or {}).get("flavors", {}).get("python_function", {})
+            category = (flavor.get("model_config") or {}).get("category")
+        folders = [p.parent for p in local.rglob("onenip.json")]
+        if not folders:
+            msg = f"{uri} is not an onenip model (no onenip.json inside)"
+            raise RegistryError(msg)
+        return folders[0], category
+    path = Path(uri)
+    if (path / "onenip.json").is_file():
+        return path, None
+    folders = sorted(p.parent for p in path.glob("**/model/onenip.json")) if path.is_dir() else []
+    if len(folders) == 1:
+        return folders[0], None
+    msg = (
+        f"No onenip model at {uri}: give a model folder (onenip.json + model.safetensors), a run folder with one "
+        "model, or models:/<name>@<alias>"
+    )
+    raise RegistryError(msg)

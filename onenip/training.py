@@ -285,17 +285,27 @@ def load_checkpoint(
     weights, meta_path = folder / CHECKPOINT_WEIGHTS, folder / CHECKPOINT_STATE
     if not weights.is_file() or not meta_path.is_file():
         return None
-    meta = json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, OSError) as error:
+        logger.warning("Checkpoint state %s is unreadable (%s); starting over", meta_path, error)
+        return None
     if meta.get("fingerprint") != fingerprint:
         logger.warning("Checkpoint in %s is from other params or data; starting over", folder)
         return None
-    tensors = load_file(str(weights))
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(weights), framework="pt") as handle:
-        if int((handle.metadata() or {}).get("epoch", -1)) != meta["epoch"]:
-            logger.warning("Checkpoint files in %s disagree on the epoch; starting over", folder)
-            return None
+    try:
+        tensors = load_file(str(weights))
+        with safe_open(str(weights), framework="pt") as handle:
+            weights_epoch = int((handle.metadata() or {}).get("epoch", -1))
+    except (SafetensorError, OSError, ValueError) as error:
+        logger.warning("Checkpoint weights %s are unreadable (%s); starting over", weights, error)
+        return None
+    if weights_epoch != meta["epoch"]:
+        # killed between the two renames of save_checkpoint: never mix weights and state of two epochs
+        logger.warning("Checkpoint files in %s disagree on the epoch; starting over", folder)
+        return None
     model_state = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
     detector.model.load_state_dict(model_state, strict=True)
     _restore_optimizer(optimizer, tensors, meta["optimizer"])

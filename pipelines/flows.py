@@ -195,11 +195,17 @@ def retrain(
     }
     parent = registry.start_run(client, experiment, f"retrain-{dataset.name}", common_tags)
     params_file = jobs.write_params(params, runs_dir / "params.effective.yaml")
-    client.log_artifact(parent, str(params_file), "config")
-    source_params = root_dir / params_path
-    if source_params.is_file():
-        client.log_artifact(parent, str(source_params), "config")
-    registry.log_params(client, parent, flatten_params(params))
+    try:
+        registry.log_artifacts(client, parent, {"config": params_file})
+        source_params = root_dir / params_path
+        if source_params.is_file():
+            registry.log_artifacts(client, parent, {"config": source_params})
+        registry.log_params(client, parent, flatten_params(params))
+    except Exception as error:
+        # Nothing trained or registered yet: stop before spending hours on a run that cannot be recorded.
+        registry.end_run(client, parent, "FAILED")
+        msg = f"Cannot record the run in MLflow ({uri}, artifacts of experiment {experiment}): {error}"
+        raise registry.RegistryError(msg) from error
 
     # validate (fan out); a failed category stops here, the others go on
     todo_categories = [c for group in todo.values() for c in group]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 # One intra-op thread: test tensors are small, and with two threads a second busy process on a
 # 2-core machine makes every op wait on spinning threads (measured: BatchNorm 24x slower). Set before
@@ -24,3 +25,12 @@ def industrial_root() -> Path:
     if not (INDUSTRIAL_ROOT / "bottle" / "train" / "good").is_dir():
         pytest.skip(f"real data not found at {INDUSTRIAL_ROOT} (integration test skipped)")
     return INDUSTRIAL_ROOT
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """One temporary Prefect API (its own database) for every test that runs a flow."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield

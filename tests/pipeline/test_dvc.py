@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.pipeline.conftest import write_params
+from tests.helpers.project import write_params
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]

@@ -19,7 +19,7 @@ from PIL import Image
 from onenip import registry
 from onenip.config import load_params
 from onenip.data.versioning import read_data_version
-from tests.pipeline.conftest import write_params
+from tests.helpers.project import write_params
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,108 @@
+"""`mlflow models serve -m models:/<name>@champion --env-manager local`, offline, on 127.0.0.1: real
+images score like `onenip predict`; bad payloads get a clear 400 and the server stays up."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+MODEL = "models:/onenip-widgets-plate@champion"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(registered_project: Path) -> Iterator[str]:
+    port = free_port()
+    # mlflow starts `uvicorn` from PATH: the venv's bin must be on it, as with an activated venv
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{registered_project / 'mlflow.db'}", "OMP_NUM_THREADS": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
+    log = (registered_project / "serve.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", MODEL, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=registered_project, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        assert process.poll() is None, (registered_project / "serve.log").read_text()[-3000:]
+        try:
+            if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                break
+        except requests.ConnectionError:
+            pass
+        time.sleep(1)
+    else:
+        process.kill()
+        pytest.fail("model server did not start: " + (registered_project / "serve.log").read_text()[-3000:])
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def post(url: str, payload: object) -> requests.Response:
+    return requests.post(f"{url}/invocations", json=payload, timeout=120)
+
+
+def frame(*images: str, columns: tuple[str, ...] = ("image",)) -> dict:
+    return {"dataframe_split": {"columns": list(columns), "data": [[image] for image in images]}}
+
+
+def test_served_scores_match_predict(server: str, registered_project: Path, tmp_path: Path) -> None:
+    from onenip.config import load_params
+    from onenip.inference import Predictor
+    from onenip.registry import resolve_model
+
+    images = sorted((registered_project / "data/widgets/plate/test").rglob("*.png"))[:3]
+    response = post(server, frame(*(b64(p.read_bytes()) for p in images)) | {"params": {"return_map": True}})
+    assert response.status_code == 200, response.text
+    rows = response.json()["predictions"]
+    model_dir, category = resolve_model(MODEL, load_params(registered_project / "params.yaml"), registered_project)
+    local = Predictor.load(model_dir, category).predict([Image.open(p).convert("RGB") for p in images])
+    for row, expected in zip(rows, local, strict=True):
+        assert row["score"] == pytest.approx(expected.score, rel=1e-5)
+        assert row["is_anomaly"] == expected.is_anomaly and row["category"] == "plate"
+        assert len(row["anomaly_map"]) == 64
+
+
+def test_bad_payloads_get_clear_errors_and_server_stays_up(server: str, registered_project: Path) -> None:
+    good = next((registered_project / "data/widgets/plate/test/good").glob("*.png")).read_bytes()
+    huge = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(huge, format="PNG")
+    cases = {
+        "not an image": (frame(b64(b"hello, this is text")), "Cannot decode"),
+        "truncated PNG": (frame(b64(good[: len(good) // 2])), "Cannot decode"),
+        "not base64": (frame("%%%not-base64%%%"), "base64"),
+        "wrong field": (frame(b64(good), columns=("img",)), "image"),
+        "20000x20000": (frame(b64(huge.getvalue())), "pixels"),
+        "empty batch": ({"dataframe_split": {"columns": ["image"], "data": []}}, ""),
+        "unknown category": ({"dataframe_split": {"columns": ["image", "category"], "data": [[b64(good), "gizmo"]]}}, "gizmo"),
+    }
+    for name, (payload, expected) in cases.items():
+        response = post(server, payload)
+        assert 400 <= response.status_code < 500, (name, response.status_code, response.text[:500])
+        assert expected.lower() in response.text.lower(), (name, response.text[:500])
+        assert requests.get(f"{server}/ping", timeout=5).status_code == 200, f"server down after {name}"
+    response = requests.post(f"{server}/invocations", data=b"\x00\x01garbage", headers={"Content-Type": "application/json"}, timeout=30)
+    assert 400 <= response.status_code < 500
+    assert post(server, frame(b64(good))).status_code == 200
