@@ -185,6 +185,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--modes", nargs="*", default=["unified", "per-category"], choices=["unified", "per-category"])
     parser.add_argument("--peers", nargs="*", default=["patchcore", "padim"], choices=["patchcore", "padim"])
     parser.add_argument("--coreset-ratio", type=float, default=0.01)
+    parser.add_argument("--category-coreset", nargs="*", default=None, metavar="CATEGORY=RATIO",
+                        help="PatchCore coreset ratio of one category (anomalib's sampler is slow on large ones)")
+    parser.add_argument("--merge", nargs="*", type=Path, default=None, metavar="RESULTS_JSON",
+                        help="only print and write one table from results.json files of runs started together")
     parser.add_argument("--epochs", type=int, default=None, help="override train.epochs")
     parser.add_argument("--category-epochs", nargs="*", default=None, metavar="CATEGORY=N",
                         help="epochs of a per-category fit (default: --epochs or train.epochs)")
@@ -201,6 +205,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.worker:
         args.json.write_text(json.dumps(run_onenip(args), indent=2))
+        return 0
+
+    if args.merge:
+        merged = [row for path in args.merge for row in json.loads(path.read_text())["rows"]]
+        args.out.mkdir(parents=True, exist_ok=True)
+        sources = {str(p): json.loads(p.read_text()).get("git_sha") for p in args.merge}
+        (args.out / "results.json").write_text(json.dumps({"rows": merged, "merged_from": sources}, indent=2))
+        (args.out / "results.md").write_text(format_table(merged) + "\n")
+        print(format_table(merged))
         return 0
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -222,11 +235,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.cache_dir:
                 command += ["--cache-dir", args.cache_dir]
             jobs.append((name, command, json_path))
+    coreset = {name: float(value) for name, _, value in (item.partition("=") for item in args.category_coreset or [])}
     for method in args.peers:
         for category in args.categories:
             json_path = out / f"{method}-{category}.json"
             command = [sys.executable, str(REPO / "benchmarks" / "peers.py"), "--method", method, "--category", category,
-                       "--root", str(args.root), "--json", str(json_path), "--coreset-ratio", str(args.coreset_ratio)]  # fmt: skip
+                       "--root", str(args.root), "--json", str(json_path),
+                       "--coreset-ratio", str(coreset.get(category, args.coreset_ratio))]  # fmt: skip
             jobs.append((f"{method}-{category}", command, json_path))
 
     for name, command, json_path in jobs:
