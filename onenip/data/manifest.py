@@ -115,6 +115,12 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+MAX_IMAGE_PIXELS = 64_000_000
+"""Larger images are refused before decoding (a 20000 x 20000 upload would need 1.2 GB as RGB)."""
+MIN_IMAGE_SIDE = 16
+"""Smaller images carry no usable structure at stride 16 and are refused with a clear message."""
+
+
 def read_image(path: str | Path) -> Image.Image:
     """Decode an image file fully and return it as 8-bit RGB.
 
@@ -130,17 +136,28 @@ def read_image(path: str | Path) -> Image.Image:
         raise ImageReadError(msg)
     try:
         with Image.open(path) as image:
+            _check_size(image, str(path))
             image.load()
             return _to_rgb(image)
+    except ImageReadError:
+        raise
+    except Image.DecompressionBombError as error:  # PIL refuses even the header of giant images
+        msg = f"Image {path} is over the limit of {MAX_IMAGE_PIXELS:,} pixels ({error})"
+        raise ImageReadError(msg) from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         msg = f"Cannot decode image {path}: {error}"
         raise ImageReadError(msg) from error
 
 
-MAX_IMAGE_PIXELS = 64_000_000
-"""Larger images are refused before decoding (a 20000 x 20000 upload would need 1.2 GB as RGB)."""
-MIN_IMAGE_SIDE = 16
-"""Smaller images carry no usable structure at stride 16 and are refused with a clear message."""
+def _check_size(image: Image.Image, source: str) -> None:
+    """Refuse, from the header alone, images too large to decode safely or too small to score."""
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        msg = f"Image {source} is {width}x{height} pixels; the limit is {MAX_IMAGE_PIXELS:,} pixels"
+        raise ImageReadError(msg)
+    if min(width, height) < MIN_IMAGE_SIDE:
+        msg = f"Image {source} is {width}x{height} pixels; both sides must be at least {MIN_IMAGE_SIDE}"
+        raise ImageReadError(msg)
 
 
 def decode_image(data: bytes, source: str = "<bytes>") -> Image.Image:
@@ -154,18 +171,15 @@ def decode_image(data: bytes, source: str = "<bytes>") -> Image.Image:
         raise ImageReadError(msg)
     try:
         with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            if width * height > MAX_IMAGE_PIXELS:
-                msg = f"Image {source} is {width}x{height} pixels; the limit is {MAX_IMAGE_PIXELS:,} pixels"
-                raise ImageReadError(msg)
-            if min(width, height) < MIN_IMAGE_SIDE:
-                msg = f"Image {source} is {width}x{height} pixels; both sides must be at least {MIN_IMAGE_SIDE}"
-                raise ImageReadError(msg)
+            _check_size(image, source)
             image.load()
             return _to_rgb(image)
     except ImageReadError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    except Image.DecompressionBombError as error:
+        msg = f"Image {source} is over the limit of {MAX_IMAGE_PIXELS:,} pixels ({error})"
+        raise ImageReadError(msg) from error
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         msg = f"Cannot decode image {source}: {error}"
         raise ImageReadError(msg) from error
 
@@ -200,7 +214,7 @@ def _header(path: Path) -> tuple[int | None, int | None, str | None]:
     try:
         with Image.open(path) as image:
             return image.width, image.height, image.mode
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         return None, None, None
 
 
