@@ -63,6 +63,14 @@ def test_end_to_end_then_cache_hit_then_impossible_gate(project: Path, prefect_h
         assert expected in artifacts, sorted(artifacts)
     assert any(a.path.startswith("config/params") for a in client.list_artifacts(parent_id, "config"))
 
+    # the Prefect artifact of the category: metrics, gate decision with reasons, run and model URIs
+    from prefect.artifacts import Artifact
+
+    artifact = Artifact.get("onenip-widgets-plate")
+    assert artifact is not None
+    assert "image_AUROC" in artifact.data and "Gate decision" in artifact.data
+    assert outcome["run_id"] in artifact.data and "models:/onenip-widgets-plate/1" in artifact.data
+
     # registry: version 1 is champion, tagged with the decision and data version
     name = "onenip-widgets-plate"
     assert aliases(client, name) == {"champion": "1"}
@@ -78,7 +86,10 @@ def test_end_to_end_then_cache_hit_then_impossible_gate(project: Path, prefect_h
     model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
     image_path = sorted((project / "data" / "widgets" / "plate" / "test").rglob("*.png"))[0]
     served = model.predict(pd.DataFrame({"image": [encode_image(image_path)]}), params={"return_map": True})
-    run_dir = next((project / "runs" / "pipeline" / "widgets").glob("*/model"))
+    import json
+
+    run_dir = next(p.parent for p in (project / "runs" / "pipeline" / "widgets").glob("*/model/onenip.json")
+                   if json.loads(p.read_text())["categories"] == ["plate"])  # fmt: skip
     local = Predictor.load(run_dir).predict([np.asarray(Image.open(image_path).convert("RGB"))], "plate")[0]
     assert served["score"][0] == pytest.approx(local.score, rel=1e-5)
     assert np.asarray(served["anomaly_map"][0]).shape == (64, 64)
