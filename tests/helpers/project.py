@@ -8,23 +8,13 @@ from pathlib import Path
 
 import yaml
 
+from tests.helpers.tiny import TINY_MODEL
 from tests.helpers.trees import make_mvtec_tree
 
 REPO_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 TINY_PIPELINE_PARAMS = {
     "data": {"name": "widgets", "format": "mvtec", "min_train_images": 5, "categories": []},
-    "model": {
-        "backbone": {"input_size": 64},
-        "embed_dim": 16,
-        "num_heads": 2,
-        "num_encoder_layers": 1,
-        "num_decoder_layers": 1,
-        "neighbor_size": 3,
-        "refiner_dim": 8,
-        "smoothing_sigma": 1.0,
-        "score_pool_size": 4,
-        "mode": "per-category",
-    },
+    "model": TINY_MODEL | {"mode": "per-category"},
     "synthesis": {"pool_size": 1},
     "train": {"epochs": 1, "batch_size": 4, "warmup_epochs": 0},
     "eval": {"num_heatmaps": 1, "prompt_trials": 0},

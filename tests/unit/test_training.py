@@ -15,20 +15,11 @@ from onenip.evaluation import evaluate
 from onenip.features import FeatureCache
 from onenip.models.detector import ModelLoadError, OneNIPDetector
 from onenip.training import select_prompt, split_holdout, train_onenip
+from tests.helpers.tiny import TINY_MODEL
 from tests.helpers.trees import make_mvtec_tree
 
 TINY = {
-    "model": {
-        "backbone": {"input_size": 64},
-        "embed_dim": 16,
-        "num_heads": 2,
-        "num_encoder_layers": 1,
-        "num_decoder_layers": 1,
-        "neighbor_size": 3,
-        "refiner_dim": 8,
-        "smoothing_sigma": 1.0,
-        "score_pool_size": 4,
-    },
+    "model": TINY_MODEL,
     "synthesis": {"pool_size": 2},
     "train": {"epochs": 3, "batch_size": 4, "warmup_epochs": 1},
     "eval": {"num_heatmaps": 2},
