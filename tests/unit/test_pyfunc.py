@@ -1,0 +1,67 @@
+"""The pyfunc wrapper on a saved (untrained) tiny detector: DataFrame and array inputs, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.exceptions import MlflowException
+
+from onenip.config import ModelParams
+from onenip.models.detector import OneNIPDetector
+from onenip.pyfunc import MODEL_ARTIFACT, OneNIPPyfunc, encode_image
+from tests.helpers.tiny import TINY_MODEL
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> OneNIPPyfunc:
+    folder = tmp_path_factory.mktemp("model")
+    detector = OneNIPDetector(ModelParams.model_validate(TINY_MODEL), ["plate", "widget"], pretrained=False)
+    detector.score_threshold.fill_(0.5)
+    detector.save(folder)
+    wrapper = OneNIPPyfunc()
+    wrapper.load_context(SimpleNamespace(artifacts={MODEL_ARTIFACT: str(folder)}, model_config={"category": "plate"}))
+    return wrapper
+
+
+def image(seed: int, size: tuple[int, int] = (40, 50)) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, size=(*size, 3), dtype=np.uint8)
+
+
+def test_dataframe_and_array_inputs_agree(model: OneNIPPyfunc) -> None:
+    images = [image(0), image(1, (70, 30))]
+    frame = model.predict(None, pd.DataFrame({"image": [encode_image(i) for i in images]}))
+    assert list(frame.columns) == ["category", "score", "threshold", "is_anomaly"]
+    assert frame["category"].tolist() == ["plate", "plate"] and frame["threshold"].eq(0.5).all()
+    single = model.predict(None, images[0])
+    assert single["score"][0] == pytest.approx(frame["score"][0], rel=1e-5)
+    mixed = model.predict(None, pd.DataFrame({"image": [encode_image(images[0])] * 2, "category": ["plate", "widget"]}),
+                          params={"return_map": True})  # fmt: skip
+    assert mixed["category"].tolist() == ["plate", "widget"]
+    assert np.asarray(mixed["anomaly_map"][0]).shape == (64, 64)
+
+
+@pytest.mark.parametrize(
+    ("model_input", "message"),
+    [
+        (pd.DataFrame({"img": ["x"]}), "column 'image'"),
+        (pd.DataFrame({"image": []}), "Empty batch"),
+        (pd.DataFrame({"image": ["@@not base64@@"]}), "not valid base64"),
+        (pd.DataFrame({"image": [encode_image(image(0))], "category": ["gizmo"]}), "gizmo"),
+        (pd.DataFrame({"image": [encode_image(image(0))] * 65}), "at most 64"),
+        ("a path/to/file.png", "Unsupported input type"),
+    ],
+)
+def test_bad_inputs_are_400_errors_with_a_reason(model: OneNIPPyfunc, model_input: object, message: str) -> None:
+    with pytest.raises(MlflowException, match=message) as error:
+        model.predict(None, model_input)
+    assert error.value.get_http_status_code() == 400
+
+
+def test_model_folder_is_safetensors_and_json_only(tmp_path: Path) -> None:
+    detector = OneNIPDetector(ModelParams.model_validate(TINY_MODEL), ["plate"], pretrained=False)
+    detector.save(tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model.safetensors", "onenip.json"]
