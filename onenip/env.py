@@ -20,6 +20,11 @@ OFFLINE_ENV: dict[str, str] = {
     # timm / huggingface must never reach a hub; weights come from local packages.
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
+    # OpenMP threads yield instead of spinning while they wait. With the default (ACTIVE) a second
+    # busy process on a 2-core machine (another training, a test run, a server) made every step wait
+    # on spinning threads: measured 20-50x slower (benchmarks/README.md). Export ACTIVE on a machine
+    # that does nothing else for up to 2x at batch 1. Must be set before torch starts its threads.
+    "OMP_WAIT_POLICY": "PASSIVE",
 }
 
 

@@ -72,7 +72,7 @@ def cache_features(root: Path, categories: list[str], params: Params) -> int:
       task_run_name="train {name}")  # fmt: skip
 def train(root: Path, name: str, categories: list[str], params: Params, out_dir: Path, cache_key: str) -> jobs.TrainedModel:
     """Reconstructor and refiner, trained jointly as the paper does (one loss, one optimizer)."""
-    return jobs.train_model(root, categories, params, out_dir)
+    return jobs.train_model(root, categories, params, out_dir, progress=True)  # bar with the loss on stderr
 
 
 @task(name="evaluate", cache_key_fn=_key_from_argument, cache_expiration=CACHE_EXPIRATION, persist_result=True,
