@@ -153,9 +153,17 @@ def _print_outcomes(outcomes: dict[str, dict[str, Any]]) -> None:
             value = metrics.get(name)
             return "-" if value is None else f"{value:.4f}"
 
-        version = f"{outcome['model_name']}/{outcome['version']}" if outcome.get("version") else "-"
-        table.add_row(category, outcome["status"], version, fmt("image_AUROC"), fmt("pixel_AUROC"), fmt("pixel_AP"),
-                      "\n".join(outcome.get("reasons") or []))  # fmt: skip
+        version = f"{outcome['model_name']} v{outcome['version']}" if outcome.get("version") else "-"
+        reasons = outcome.get("reasons") or []
+        # the checks that decided it; all reasons are tags on the version and in the Prefect artifact
+        failing = [r for r in reasons if " < minimum" in r or "regresses" in r or "missing" in r]
+        if outcome["status"] == "promoted":
+            decision = "all gates passed"
+        elif failing:
+            decision = "; ".join(failing)
+        else:
+            decision = reasons[0] if reasons else "-"
+        table.add_row(category, outcome["status"], version, fmt("image_AUROC"), fmt("pixel_AUROC"), fmt("pixel_AP"), decision)
     console.print(table)
 
 

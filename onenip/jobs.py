@@ -24,10 +24,15 @@ from onenip.data.manifest import make_manifest
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
+NOT_RESULT_CODE = frozenset({"cli.py", "env.py", "gates.py", "inference.py", "jobs.py", "registry.py", "pyfunc.py", "pyfunc_entry.py"})
+"""Modules that cannot change a trained model or its test metrics (CLI, serving, registry, gates)."""
+
+
 def code_version() -> str:
-    """Hash of the ``onenip`` sources: a changed model, loss or metric invalidates cached results."""
+    """Hash of the ``onenip`` sources that shape results (model, training, synthesis, data, metrics):
+    changing one invalidates cached results; a CLI or serving change does not retrain anything."""
     digest = hashlib.sha256()
-    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+    for path in sorted(p for p in PACKAGE_DIR.rglob("*.py") if str(p.relative_to(PACKAGE_DIR)) not in NOT_RESULT_CODE):
         digest.update(str(path.relative_to(PACKAGE_DIR)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]

@@ -51,3 +51,11 @@ def test_adding_an_image_changes_only_its_category_version(tmp_path: Path) -> No
     assert cache_key("per-category", [before["widget"]], params) == cache_key("per-category", [after["widget"]], params)
     changed = params.model_copy(update={"train": params.train.model_copy(update={"epochs": 3})})
     assert cache_key("per-category", [before["widget"]], changed) != cache_key("per-category", [before["widget"]], params)
+
+
+def test_code_version_covers_result_code_only() -> None:
+    from onenip import jobs
+
+    hashed = {str(p.relative_to(jobs.PACKAGE_DIR)) for p in jobs.PACKAGE_DIR.rglob("*.py")} - jobs.NOT_RESULT_CODE
+    assert {"models/onenip.py", "training.py", "synthesis.py", "metrics.py", "data/transforms.py"} <= hashed
+    assert "cli.py" not in hashed and len(jobs.code_version()) == 16
