@@ -324,7 +324,8 @@ def resolve_model(uri: str, params: Params, project_root: str | Path = ".") -> t
         mlmodel = local / "MLmodel"
         if mlmodel.is_file():
             flavor = (yaml.safe_load(mlmodel.read_text()) or {}).get("flavors", {}).get("python_function", {})
-            category = (flavor.get("model_config") or {}).get("category")
+            # MLflow writes log_model(model_config=...) as the flavor's "config"
+            category = (flavor.get("config") or flavor.get("model_config") or {}).get("category")
         folders = [p.parent for p in local.rglob("onenip.json")]
         if not folders:
             msg = f"{uri} is not an onenip model (no onenip.json inside)"

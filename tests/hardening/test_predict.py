@@ -85,6 +85,13 @@ def test_predict_model_folder_matches_registry_model(registered_project: Path, t
     folder = next(p.parent for p in run_dir.glob("*/model/onenip.json") if "widget" in json.loads(p.read_text())["categories"])
     by_folder = runner.invoke(app, ["predict", str(image), "--model", str(folder), "--out", str(tmp_path / "b")])
     assert by_folder.exit_code == 0, by_folder.output
+    from onenip.config import load_params
+    from onenip.registry import resolve_model
+
+    # the registered model carries its category (needed when one unified network serves several)
+    _, category = resolve_model("models:/onenip-widgets-widget@champion", load_params(registered_project / "params.yaml"),
+                                registered_project)  # fmt: skip
+    assert category == "widget"
     a, b = pd.read_csv(tmp_path / "a/predictions.csv"), pd.read_csv(tmp_path / "b/predictions.csv")
     assert a["score"][0] == pytest.approx(b["score"][0], rel=1e-6)
 
