@@ -50,6 +50,14 @@ def _peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def _tree_peak_rss_mb(pid: int) -> float:
+    """Largest peak RSS in the server's process tree (mlflow's CLI execs uvicorn in a child process)."""
+    import psutil
+
+    pids = [pid] + [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    return max(_peak_rss_mb(p) for p in pids)
+
+
 def bench_predict(model_dir: Path, category: str | None, images: list[Path], batch_size: int) -> float:
     from onenip.inference import Predictor, predict_files
 
@@ -107,7 +115,7 @@ def bench_serving(uri: str, images: list[Path], requests_count: int, project_roo
             "latency_p50_ms": statistics.median(latencies) * 1000,
             "latency_p95_ms": quantiles[18] * 1000,
             "images_per_s_batch16": 16 * len(batch16) / sum(batch16),
-            "server_peak_rss_mb": _peak_rss_mb(process.pid),
+            "server_peak_rss_mb": _tree_peak_rss_mb(process.pid),
         }
     finally:
         process.terminate()
