@@ -1,6 +1,6 @@
-"""Synthetic anomalies for training the refiner: Perlin-noise blends and CutPaste.
+"""Synthetic anomalies for training the refiner, and others for validating it.
 
-Two families, chosen at random per image by ``AnomalySynthesizer``:
+Training families, chosen at random per image by ``AnomalySynthesizer``:
 
 * ``perlin`` (DRAEM, Zavrtanik et al., ICCV 2021): a mask is thresholded Perlin noise at a random
   scale ``2^a x 2^b`` and rotation; inside it the image is blended with a texture,
@@ -8,8 +8,20 @@ Two families, chosen at random per image by ``AnomalySynthesizer``:
   i.e. ``opacity ~ U(0.2, 1.0)`` here. DTD is not available offline, so textures are generated in
   code (``PROCEDURAL_TEXTURES``) or cropped from user-supplied images of *other* categories.
 * ``cutpaste_patch`` / ``cutpaste_scar`` (CutPaste, Li et al., CVPR 2021): a rectangle of the same
-  image (area 2-15 %, aspect 0.3-3.3) or a thin long rotated "scar" is cut, colour-jittered and
-  pasted elsewhere.
+  image (area 2-15 %, aspect 0.3-3.3) or a thin long rotated "scar" is cut, colour-jittered
+  (brightness, contrast, saturation 0.4, hue 0.1, as the OneNIP reference) and pasted elsewhere.
+* ``crack``: a thin (1-4 px) curved line, darker or brighter than the surface (the cracks and
+  scratches of KolektorSDD and magnetic tiles).
+* ``brightness``: a low-frequency region of uneven brightness (Perlin noise on intensity only), as on
+  unevenly lit or worn surfaces.
+
+Validation families (``VALIDATION_METHODS``) are never used for training: ``warp`` (a local
+deformation, a dent), ``smudge`` (a blurred, tinted stain) and ``spots`` (small round pits or
+specks). Choices made on validation data (blend weights, smoothing, the epoch) therefore measure how
+the model transfers to defect types it never saw, not how well it learnt the training synthesis.
+
+Grey images (all channels equal) get grey anomalies: textures and jitter act on intensity only, so
+the refiner cannot learn "colour = defect" on a grey product.
 
 Everything is pure torch on the input's device. All random numbers come from a CPU
 ``torch.Generator`` that is passed down explicitly (never the global RNG), so the same seed gives a
@@ -39,7 +51,9 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 from torch import Tensor
 
-METHODS: tuple[str, ...] = ("perlin", "cutpaste_patch", "cutpaste_scar")
+METHODS: tuple[str, ...] = ("perlin", "cutpaste_patch", "cutpaste_scar", "crack", "brightness")
+VALIDATION_METHODS: tuple[str, ...] = ("warp", "smudge", "spots")
+ALL_METHODS: tuple[str, ...] = METHODS + VALIDATION_METHODS
 PROCEDURAL_TEXTURES: tuple[str, ...] = ("perlin", "stripes", "checker", "gradient", "blotches", "speckle")
 
 FOREGROUND_MODES: tuple[str, ...] = ("none", "auto")
@@ -195,8 +209,8 @@ def perlin_noise(
 
 
 # --------------------------------------------------------------------------------------------
-# Colour jitter (CutPaste uses torchvision's ColorJitter(0.1, 0.1, 0.1, 0.1); this is the same idea
-# in plain torch with the CPU generator).
+# Colour jitter (the OneNIP reference's CutPaste uses torchvision's ColorJitter(0.4, 0.4, 0.4, 0.1);
+# this is the same idea in plain torch with the CPU generator).
 
 
 def _grayscale(image: Tensor) -> Tensor:
@@ -213,22 +227,35 @@ def _rotate_hue(image: Tensor, hue: float) -> Tensor:
     return torch.einsum("ij,jhw->ihw", matrix, image)
 
 
-def colour_jitter(image: Tensor, strength: float, generator: torch.Generator) -> Tensor:
-    """Random brightness, contrast, saturation (factors in ``1 +- strength``) and hue (``+- strength``
-    of a turn, at most half a turn), applied in that order to a ``(3, H, W)`` image in [0, 1]."""
+def colour_jitter(
+    image: Tensor, strength: float, generator: torch.Generator, *, hue: float | None = None, grey: bool = False,
+) -> Tensor:
+    """Random brightness, contrast, saturation (factors in ``1 +- strength``) and hue (``+- hue`` of a
+    turn, default ``strength``, at most half a turn), applied in that order to a ``(3, H, W)`` image in
+    [0, 1]. ``grey``: brightness and contrast only, and the result is grey (a grey product stays grey)."""
     if strength <= 0:
-        return image
+        return _grayscale(image).expand_as(image).clone() if grey else image
     low = max(0.0, 1.0 - strength)
     brightness = _uniform(generator, low, 1.0 + strength)
     contrast = _uniform(generator, low, 1.0 + strength)
     saturation = _uniform(generator, low, 1.0 + strength)
-    hue = _uniform(generator, -min(strength, 0.5), min(strength, 0.5))
+    hue_limit = min(strength if hue is None else hue, 0.5)
+    hue_shift = _uniform(generator, -hue_limit, hue_limit)
+    if grey:
+        image = _grayscale(image).expand_as(image)
     out = (image * brightness).clamp(0, 1)
     mean = _grayscale(out).mean()
     out = ((out - mean) * contrast + mean).clamp(0, 1)
+    if grey:
+        return out
     gray = _grayscale(out)
     out = (gray + (out - gray) * saturation).clamp(0, 1)
-    return _rotate_hue(out, hue).clamp(0, 1)
+    return _rotate_hue(out, hue_shift).clamp(0, 1)
+
+
+def is_grey(image: Tensor, tolerance: float = 2.0 / 255) -> bool:
+    """True when the channels of a ``(3, H, W)`` image are equal (a grey-scale picture stored as RGB)."""
+    return bool((image.amax(0) - image.amin(0)).max().item() <= tolerance)
 
 
 # --------------------------------------------------------------------------------------------
@@ -524,7 +551,11 @@ class AnomalySynthesizer:
             10..25 % long at 256 px; the paper's scars are 2..16 x 10..25 px).
         scar_rotation: scar rotation in degrees. The paper uses -45..45 on a vertical scar; real
             scratches run in every direction, so the default covers -90..90.
-        colour_jitter: CutPaste jitter strength (paper: 0.1 for brightness/contrast/saturation/hue).
+        colour_jitter: CutPaste brightness/contrast/saturation jitter (OneNIP reference: 0.4).
+        colour_jitter_hue: CutPaste hue jitter in turns (OneNIP reference: 0.1).
+        crack_width: crack width in pixels (1-4); crack_length: its length as a fraction of the
+            shorter image side.
+        brightness_change: relative intensity change inside a ``brightness`` region (darker or brighter).
         foreground: ``"none"``, ``"auto"`` (``estimate_foreground``) or a callable mapping a
             ``(3, H, W)`` image to a ``(H, W)`` / ``(1, H, W)`` mask; anomalies stay inside it.
         min_mask_pixels, min_mask_fraction: a mask needs at least ``max(min_mask_pixels,
@@ -562,7 +593,11 @@ class AnomalySynthesizer:
         scar_width: tuple[float, float] = (2 / 256, 16 / 256),
         scar_length: tuple[float, float] = (0.10, 0.25),
         scar_rotation: tuple[float, float] = (-90.0, 90.0),
-        colour_jitter: float = 0.1,
+        colour_jitter: float = 0.4,
+        colour_jitter_hue: float = 0.1,
+        crack_width: tuple[float, float] = (1.0, 4.0),
+        crack_length: tuple[float, float] = (0.15, 0.6),
+        brightness_change: tuple[float, float] = (0.1, 0.35),
         foreground: Literal["none", "auto"] | ForegroundFn = "none",
         min_mask_pixels: int = 16,
         min_mask_fraction: float = 0.001,
@@ -571,9 +606,9 @@ class AnomalySynthesizer:
         seed: int | None = None,
     ) -> None:
         self.methods = tuple(methods)
-        unknown = [m for m in self.methods if m not in METHODS]
+        unknown = [m for m in self.methods if m not in ALL_METHODS]
         if not self.methods or unknown or len(set(self.methods)) != len(self.methods):
-            msg = f"methods must be distinct entries of {METHODS}, got {self.methods}"
+            msg = f"methods must be distinct entries of {ALL_METHODS}, got {self.methods}"
             raise SynthesisError(msg)
         if probabilities is None:
             probabilities = [1.0] * len(self.methods)
@@ -619,6 +654,10 @@ class AnomalySynthesizer:
             )
             raise SynthesisError(msg)
         self.texture_jitter, self.colour_jitter = float(texture_jitter), float(colour_jitter)
+        self.colour_jitter_hue = float(colour_jitter_hue)
+        self.crack_width = _check_range("crack_width", crack_width, 0.5, 64)
+        self.crack_length = _check_range("crack_length", crack_length, 0, 1)
+        self.brightness_change = _check_range("brightness_change", brightness_change, 0, 1)
         self.patch_area = _check_range("patch_area", patch_area, 1e-6, 1)
         self.patch_aspect = _check_range("patch_aspect", patch_aspect, 1e-3, 1e3)
         self.scar_width = _check_range("scar_width", scar_width, 0, 1)
@@ -730,14 +769,17 @@ class AnomalySynthesizer:
         required = max(self.min_mask_pixels, math.ceil(self.min_mask_fraction * height * width))
         required = min(required, foreground_area)
         method = self.methods[_choice(generator, self._weights)]
+        grey = is_grey(image)
         for _ in range(self.max_tries):
             if method == "perlin":
-                mask, out = self._perlin(image, generator, foreground)
+                mask, out = self._perlin(image, generator, foreground, grey)
+            elif method in ("cutpaste_patch", "cutpaste_scar"):
+                mask, out = self._cutpaste(image, generator, foreground, scar=method == "cutpaste_scar", grey=grey)
             else:
-                mask, out = self._cutpaste(image, generator, foreground, scar=method == "cutpaste_scar")
+                mask, out = getattr(self, f"_{method}")(image, generator, foreground)
             if int(mask.sum().item()) >= required and self._change(image, out, mask) >= self.min_change:
                 return self._result(out, mask, method)
-        mask, out = self._fallback(image, generator, foreground, required)
+        mask, out = self._fallback(image, generator, foreground, required, grey)
         return self._result(out, mask, "fallback")
 
     @staticmethod
@@ -778,17 +820,19 @@ class AnomalySynthesizer:
             raise SynthesisError(msg)
         return mask
 
-    def _texture(self, height: int, width: int, generator: torch.Generator, device: torch.device) -> Tensor:
+    def _texture(
+        self, height: int, width: int, generator: torch.Generator, device: torch.device, grey: bool = False,
+    ) -> Tensor:
         if self._texture_images and _uniform(generator, 0, 1) < self.texture_image_probability:
             source = self._texture_images[_randint(generator, 0, len(self._texture_images) - 1)]
             texture = _crop_resize(source, height, width, generator, device)
         else:
             kind = PROCEDURAL_TEXTURES[_randint(generator, 0, len(PROCEDURAL_TEXTURES) - 1)]
             texture = procedural_texture(kind, height, width, generator=generator, device=device)
-        return colour_jitter(texture, self.texture_jitter, generator)
+        return colour_jitter(texture, self.texture_jitter, generator, grey=grey)
 
     def _perlin(
-        self, image: Tensor, generator: torch.Generator, foreground: Tensor | None
+        self, image: Tensor, generator: torch.Generator, foreground: Tensor | None, grey: bool = False,
     ) -> tuple[Tensor, Tensor]:
         _, height, width = image.shape
         scale_y = 2 ** _randint(generator, self.min_scale_exp, self.max_scale_exp)
@@ -810,14 +854,14 @@ class AnomalySynthesizer:
             mask &= foreground
         if not mask.any():  # skip the texture work; the caller retries
             return mask, image
-        texture = self._texture(height, width, generator, image.device).to(image.dtype)
+        texture = self._texture(height, width, generator, image.device, grey).to(image.dtype)
         opacity = _uniform(generator, *self.texture_opacity)
         blended = (image * (1 - opacity) + texture * opacity).clamp(0, 1)
         # where() keeps pixels outside the mask bitwise identical to the input.
         return mask, torch.where(mask, blended, image)
 
     def _cutpaste(
-        self, image: Tensor, generator: torch.Generator, foreground: Tensor | None, *, scar: bool
+        self, image: Tensor, generator: torch.Generator, foreground: Tensor | None, *, scar: bool, grey: bool = False,
     ) -> tuple[Tensor, Tensor]:
         """Cut an axis-aligned ``(h, w)`` rectangle, jitter it, paste it rotated by ``angle`` elsewhere."""
         _, height, width = image.shape
@@ -837,7 +881,7 @@ class AnomalySynthesizer:
         src_top = _randint(generator, 0, height - patch_h)
         src_left = _randint(generator, 0, width - patch_w)
         patch = image[:, src_top : src_top + patch_h, src_left : src_left + patch_w]
-        patch = colour_jitter(patch, self.colour_jitter, generator)
+        patch = colour_jitter(patch, self.colour_jitter, generator, hue=self.colour_jitter_hue, grey=grey)
 
         theta = math.radians(angle)
         cos, sin = math.cos(theta), math.sin(theta)
@@ -870,8 +914,156 @@ class AnomalySynthesizer:
         pasted = patch[:, index_y, index_x]
         return mask, torch.where(mask, pasted, image)
 
+    def _random_point(self, generator: torch.Generator, foreground: Tensor | None, height: int, width: int) -> tuple[float, float]:
+        if foreground is None:
+            return _uniform(generator, 0, height - 1), _uniform(generator, 0, width - 1)
+        candidates = foreground.nonzero()
+        y, x = candidates[_randint(generator, 0, len(candidates) - 1)].tolist()
+        return float(y), float(x)
+
+    def _crack(
+        self, image: Tensor, generator: torch.Generator, foreground: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """A thin curved line: a random walk whose heading drifts smoothly, thickened to 1-4 px."""
+        _, height, width = image.shape
+        short = min(height, width)
+        length = max(8, round(_uniform(generator, *self.crack_length) * short))
+        y, x = self._random_point(generator, foreground, height, width)
+        heading = _uniform(generator, -math.pi, math.pi)
+        turn = _uniform(generator, 0.02, 0.15)  # how wavy: radians of drift per pixel
+        steps = torch.randn(length, generator=generator) * turn
+        headings = heading + torch.cumsum(steps, 0)
+        ys = y + torch.cumsum(torch.sin(headings), 0)
+        xs = x + torch.cumsum(torch.cos(headings), 0)
+        inside = (ys >= 0) & (ys <= height - 1) & (xs >= 0) & (xs <= width - 1)
+        mask = torch.zeros(height, width, dtype=torch.bool)
+        mask[ys[inside].round().long(), xs[inside].round().long()] = True
+        line_width = max(1, round(_uniform(generator, *self.crack_width)))
+        if line_width > 1:  # any width, odd or even: max-pool and crop back to the image
+            pooled = F.max_pool2d(mask[None, None].float(), line_width, stride=1, padding=line_width // 2)
+            mask = pooled[0, 0, :height, :width] > 0.5
+        mask = mask.to(image.device)
+        if foreground is not None:
+            mask &= foreground
+        if not mask.any():
+            return mask, image
+        strength = _uniform(generator, 0.3, 0.9)
+        local = image.mean(0, keepdim=True)
+        target = local * 0.15 if _uniform(generator, 0, 1) < 0.7 else (local + 0.5).clamp(max=1.0)  # mostly dark
+        cracked = (image * (1 - strength) + target.expand_as(image) * strength).clamp(0, 1)
+        return mask, torch.where(mask, cracked, image)
+
+    def _brightness(
+        self, image: Tensor, generator: torch.Generator, foreground: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """A low-frequency region whose intensity is scaled (same hue): uneven lighting or wear."""
+        _, height, width = image.shape
+        res = 2 ** _randint(generator, 0, 2)
+        noise = perlin_noise(
+            height, width, (res, res), generator=generator, device=image.device,
+            angle=_uniform(generator, -90, 90), octaves=2,
+        )
+        threshold = _uniform(generator, 0.1, 0.5)
+        weight = ((noise - threshold) / 0.25).clamp(0, 1)
+        weight = torch.where(weight >= 0.2, weight, torch.zeros_like(weight))
+        mask = weight > 0
+        if foreground is not None:
+            mask &= foreground
+            weight = weight * mask
+        if not mask.any():
+            return mask, image
+        change = _uniform(generator, *self.brightness_change)
+        factor = 1 - change if _uniform(generator, 0, 1) < 0.5 else 1 + change
+        out = (image * (1 + (factor - 1) * weight)).clamp(0, 1)
+        return mask, torch.where(mask, out, image)
+
+    def _blob(self, generator: torch.Generator, foreground: Tensor | None, height: int, width: int, device: torch.device) -> tuple[Tensor, float, float, float]:
+        """A soft elliptical weight (H, W) in [0, 1] around a random (foreground) point, and its centre and radius."""
+        short = min(height, width)
+        cy, cx = self._random_point(generator, foreground, height, width)
+        radius = _uniform(generator, 0.05, 0.15) * short
+        aspect = math.exp(_uniform(generator, -0.7, 0.7))
+        angle = _uniform(generator, -math.pi, math.pi)
+        ys = torch.arange(height, device=device, dtype=torch.float32)[:, None] - cy
+        xs = torch.arange(width, device=device, dtype=torch.float32)[None, :] - cx
+        along = (math.cos(angle) * ys + math.sin(angle) * xs) / (radius * aspect)
+        across = (-math.sin(angle) * ys + math.cos(angle) * xs) / (radius / aspect)
+        distance = torch.sqrt(along**2 + across**2)
+        return (1 - distance).clamp(0, 1), cy, cx, radius
+
+    def _warp(
+        self, image: Tensor, generator: torch.Generator, foreground: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """Validation only: a local swirl-and-bulge deformation (a dent or a bent part)."""
+        _, height, width = image.shape
+        weight, cy, cx, radius = self._blob(generator, foreground, height, width, image.device)
+        ys = torch.arange(height, device=image.device, dtype=torch.float32)[:, None] - cy
+        xs = torch.arange(width, device=image.device, dtype=torch.float32)[None, :] - cx
+        twist = _uniform(generator, 0.6, 1.5) * (1 if _uniform(generator, 0, 1) < 0.5 else -1)
+        bulge = _uniform(generator, -0.5, 0.5)
+        smooth = weight**2 * (3 - 2 * weight)
+        angle = twist * smooth
+        scale = 1 - bulge * smooth
+        src_y = cy + scale * (torch.cos(angle) * ys - torch.sin(angle) * xs)
+        src_x = cx + scale * (torch.sin(angle) * ys + torch.cos(angle) * xs)
+        grid = torch.stack((src_x / (width - 1) * 2 - 1, src_y / (height - 1) * 2 - 1), dim=-1)[None]
+        warped = F.grid_sample(image[None], grid.to(image.dtype), mode="bilinear", padding_mode="border", align_corners=True)[0]
+        moved = torch.sqrt((src_y - cy - ys) ** 2 + (src_x - cx - xs) ** 2)
+        mask = (moved > 0.75) & ((warped - image).abs().amax(0) > 0.02)
+        if foreground is not None:
+            mask &= foreground
+        return mask, torch.where(mask, warped, image)
+
+    def _smudge(
+        self, image: Tensor, generator: torch.Generator, foreground: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """Validation only: a blurred, slightly darkened or tinted stain (contamination, residue)."""
+        _, height, width = image.shape
+        weight, _, _, radius = self._blob(generator, foreground, height, width, image.device)
+        sigma = max(1.0, _uniform(generator, 0.15, 0.4) * radius)
+        from onenip.models.onenip import gaussian_smooth  # one separable blur for the whole project
+
+        blurred = gaussian_smooth(image[:, None], sigma)[:, 0]
+        tint = torch.rand(3, generator=generator).to(image.device)
+        if is_grey(image):
+            tint = tint.mean().expand(3)
+        darker = _uniform(generator, 0, 1) < 0.6
+        level = _uniform(generator, 0.45, 0.8) if darker else _uniform(generator, 1.2, 1.6)
+        stain = blurred * level + tint[:, None, None] * _uniform(generator, 0.0, 0.15)
+        alpha = (weight * _uniform(generator, 1.5, 3.0)).clamp(0, 1)
+        out = (image * (1 - alpha) + stain.clamp(0, 1) * alpha).clamp(0, 1)
+        mask = (alpha > 0.15) & ((out - image).abs().amax(0) > 0.02)
+        if foreground is not None:
+            mask &= foreground
+        return mask, torch.where(mask, out, image)
+
+    def _spots(
+        self, image: Tensor, generator: torch.Generator, foreground: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """Validation only: 1-6 small round pits or specks (2-8 px radius), dark or bright."""
+        _, height, width = image.shape
+        out = image.clone()
+        mask = torch.zeros(height, width, dtype=torch.bool, device=image.device)
+        ys = torch.arange(height, device=image.device, dtype=torch.float32)[:, None]
+        xs = torch.arange(width, device=image.device, dtype=torch.float32)[None, :]
+        cy0, cx0 = self._random_point(generator, foreground, height, width)
+        spread = _uniform(generator, 0.02, 0.12) * min(height, width)
+        dark = _uniform(generator, 0, 1) < 0.7
+        for _ in range(_randint(generator, 1, 6)):
+            cy = cy0 + spread * torch.randn((), generator=generator).item()
+            cx = cx0 + spread * torch.randn((), generator=generator).item()
+            radius = _uniform(generator, 2.0, 8.0) * min(height, width) / 256
+            distance = torch.sqrt((ys - cy) ** 2 + (xs - cx) ** 2) / max(radius, 1.0)
+            alpha = (1.2 - distance).clamp(0, 1) * _uniform(generator, 0.5, 0.95)
+            target = out * 0.1 if dark else (out + 0.6).clamp(max=1.0)
+            out = out * (1 - alpha) + target * alpha
+            mask |= alpha > 0.1
+        if foreground is not None:
+            mask &= foreground
+        return mask, torch.where(mask, out.clamp(0, 1), image)
+
     def _fallback(
-        self, image: Tensor, generator: torch.Generator, foreground: Tensor | None, required: int
+        self, image: Tensor, generator: torch.Generator, foreground: Tensor | None, required: int, grey: bool = False,
     ) -> tuple[Tensor, Tensor]:
         """A square texture patch around a random foreground pixel; always contains that pixel.
 
@@ -894,7 +1086,7 @@ class AnomalySynthesizer:
             if int(mask.sum().item()) >= required or side >= 2 * max(height, width):
                 break
             side = math.ceil(side * 1.5)
-        texture = self._texture(height, width, generator, image.device).to(image.dtype)
+        texture = self._texture(height, width, generator, image.device, grey).to(image.dtype)
         out = torch.where(mask, texture, image)
         if self._change(image, out, mask) < self.min_change:
             out = torch.where(mask, 1 - image, image)  # texture matched the image: invert instead
@@ -957,6 +1149,7 @@ def make_preview_grid(
     *,
     columns: int = 2,
     tile_size: int = 192,
+    foreground_masks: Sequence[Tensor | None] | None = None,
 ) -> Path:
     """Write a PNG showing, per source image, original | synthesized | mask in red; return its path.
 
@@ -966,6 +1159,7 @@ def make_preview_grid(
         path: output PNG (parent folders are created).
         columns: source images per row.
         tile_size: each tile is ``tile_size`` squared; images keep their aspect ratio.
+        foreground_masks: per image, where anomalies may go (e.g. the letterbox content), or None.
     """
     if not images:
         msg = "make_preview_grid needs at least one image"
@@ -982,7 +1176,8 @@ def make_preview_grid(
     group_h = PREVIEW_CAPTION + tile_size + PREVIEW_GROUP_GAP
     for index, source in enumerate(images):
         image = read_image_tensor(source) if isinstance(source, (str, Path)) else source
-        result = synthesizer(image, generator)
+        foreground = None if foreground_masks is None else foreground_masks[index]
+        result = synthesizer(image, generator, foreground_mask=foreground)
         left = PREVIEW_PAD + (index % columns) * group_w
         top = PREVIEW_PAD + (index // columns) * group_h
         label = Path(source).name if isinstance(source, (str, Path)) else f"#{index}"

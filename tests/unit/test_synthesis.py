@@ -10,7 +10,9 @@ import torch
 from PIL import Image
 
 from onenip.synthesis import (
+    ALL_METHODS,
     METHODS,
+    VALIDATION_METHODS,
     PROCEDURAL_TEXTURES,
     AnomalySynthesizer,
     SynthesisError,
@@ -52,7 +54,7 @@ def required_area(synth: AnomalySynthesizer, size: int) -> int:
     return max(synth.min_mask_pixels, int(np.ceil(synth.min_mask_fraction * size * size)))
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", ALL_METHODS)
 @pytest.mark.parametrize(("size", "num_seeds"), [(64, 25), (256, 4)])
 def test_anomalous_results_always_have_a_mask(method: str, size: int, num_seeds: int) -> None:
     image = textured_image(size)
@@ -75,7 +77,7 @@ def test_anomalous_results_always_have_a_mask(method: str, size: int, num_seeds:
         assert torch.equal(result.image[:, outside], image[:, outside])
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", ALL_METHODS)
 def test_same_seed_is_bitwise_reproducible_and_seeds_differ(method: str) -> None:
     image = textured_image(64)
     synth = AnomalySynthesizer(methods=(method,))
@@ -108,14 +110,15 @@ def test_no_global_rng_use() -> None:
 
 def test_method_choice_follows_probabilities() -> None:
     image = textured_image(64)
-    synth = AnomalySynthesizer(probabilities=(0.0, 1.0, 0.0))
+    synth = AnomalySynthesizer(probabilities=(0.0, 1.0, 0.0, 0.0, 0.0))
     generator = torch.Generator().manual_seed(0)
     assert {synth(image, generator).method for _ in range(10)} == {"cutpaste_patch"}
     mixed = AnomalySynthesizer()
-    assert {mixed(image, generator).method for _ in range(30)} >= set(METHODS)
+    assert {mixed(image, generator).method for _ in range(40)} >= set(METHODS)
+    assert not set(METHODS) & set(VALIDATION_METHODS)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", ALL_METHODS)
 def test_explicit_foreground_mask_is_respected(method: str) -> None:
     image, disk = object_on_background(64)
     synth = AnomalySynthesizer(methods=(method,))
@@ -185,7 +188,7 @@ def test_tiny_foreground_still_gives_a_mask_inside_it() -> None:
     image = textured_image(64)
     foreground = torch.zeros(64, 64, dtype=torch.bool)
     foreground[10:12, 40:43] = True  # 6 pixels, fewer than min_mask_pixels
-    for method in METHODS:
+    for method in ALL_METHODS:
         synth = AnomalySynthesizer(methods=(method,), max_tries=3)
         for seed in range(5):
             mask = synth(image, seed, foreground_mask=foreground).mask[0].bool()
@@ -241,6 +244,7 @@ def test_texture_images_from_tensors_and_paths(tmp_path: Path) -> None:
         texture_opacity=(1.0, 1.0),
     )
     image = torch.full((3, 64, 64), 0.5)
+    image[1] = 0.4  # a colour image: textures keep their colours (a grey one would get grey textures)
     colours = set()
     for seed in range(12):
         result = synth(image, seed)
@@ -283,9 +287,44 @@ def test_colour_jitter_stays_in_range_and_zero_is_identity() -> None:
     assert not torch.allclose(jittered, image)
 
 
+def test_grey_images_get_grey_anomalies() -> None:
+    """On a grey product every training and validation family keeps the channels equal: the refiner
+    must not learn "colour = defect" on kolektor or magnetic tiles."""
+    grey = textured_image(64).mean(0, keepdim=True).expand(3, -1, -1).contiguous()
+    colourful = [torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    for method in ALL_METHODS:
+        synth = AnomalySynthesizer(methods=(method,), texture_images=colourful, texture_image_probability=0.5)
+        for seed in range(8):
+            out = synth(grey, seed).image
+            assert (out.amax(0) - out.amin(0)).max().item() < 1e-5, f"{method}, seed {seed}"
+    # a colour image still gets colour jitter (CutPaste's hue jitter is 0.1 of a turn, as the reference)
+    patch = AnomalySynthesizer(methods=("cutpaste_patch",))
+    assert patch.colour_jitter == 0.4 and patch.colour_jitter_hue == 0.1
+
+
+def test_cracks_are_thin_and_brightness_regions_are_smooth() -> None:
+    image = textured_image(256)
+    widths = []
+    for seed in range(10):
+        result = AnomalySynthesizer(methods=("crack",))(image, seed)
+        if result.method != "crack":
+            continue
+        mask = result.mask[0].bool()
+        # a 1-4 px wide line: eroding it with a 5x5 square leaves (almost) nothing; only where the
+        # curve bends back on itself can a 5x5 block fit
+        eroded = -torch.nn.functional.max_pool2d(-mask[None, None].float(), 5, stride=1, padding=2)[0, 0]
+        assert eroded.sum() <= 0.05 * mask.sum(), f"seed {seed}"
+        widths.append(mask.sum().item())
+    assert widths, "no crack was drawn"
+    result = AnomalySynthesizer(methods=("brightness",))(image, 0)
+    ratio = (result.image / image.clamp_min(1e-3))[:, result.mask[0].bool()]
+    # the same factor on every channel of a pixel: intensity changes, hue does not
+    assert (ratio.amax(0) - ratio.amin(0)).max().item() < 1e-3
+
+
 def test_non_square_images() -> None:
     image = torch.rand(3, 40, 120, generator=torch.Generator().manual_seed(0))
-    for method in METHODS:
+    for method in ALL_METHODS:
         result = AnomalySynthesizer(methods=(method,))(image, 0)
         assert result.mask.shape == (1, 40, 120) and result.mask.sum().item() > 0
 
