@@ -49,21 +49,22 @@ def _git_sha() -> str | None:
         return None
 
 
-def measure_throughput(detector: Any, category_index: int, input_size: int, batch_size: int, repeats: int) -> float:
-    """Images/s of ``detector(images)`` (backbone + OneNIP + maps) on preprocessed tensors, after warm-up."""
+def measure_throughput(detector: Any, category_index: int, batch_size: int, repeats: int) -> float:
+    """Images/s of ``detector(images)`` (backbone + OneNIP + maps + scores) on preprocessed tensors at the
+    category's input geometry, after warm-up."""
     import torch
 
-    device = detector.prompt_features.device
-    images = torch.rand(batch_size, 3, input_size, input_size, device=device)
-    categories = torch.full((batch_size,), category_index, dtype=torch.long)
+    device = detector.device
+    height, width = detector.geometry(category_index).size
+    images = torch.rand(batch_size, 3, height, width, device=device)
     with torch.no_grad():
         for _ in range(2):
-            detector(images, categories)
+            detector(images, category_index)
         if device.type == "cuda":
             torch.cuda.synchronize()
         started = time.perf_counter()
         for _ in range(repeats):
-            detector(images, categories)
+            detector(images, category_index)
         if device.type == "cuda":
             torch.cuda.synchronize()
     return batch_size * repeats / (time.perf_counter() - started)
@@ -94,12 +95,7 @@ def run_onenip(args: argparse.Namespace) -> list[dict[str, Any]]:
     detector = result.detector.eval()
     cache = FeatureCache(params.train.cache_dir, detector.feature_extractor, params.model.backbone)
     evaluation = evaluate(detector, manifest, cache, Path(args.run_dir) / "eval", num_heatmaps=params.eval.num_heatmaps, progress=False)
-    # The same network re-scored with the refiner's map alone (evaluation only, no retraining): the
-    # measured alternative to the paper's blend (benchmarks/README.md, "Blend weight").
-    paper_weight = detector.model.recon_weight
-    detector.model.recon_weight = 0.0
-    refiner_only = evaluate(detector, manifest, cache, Path(args.run_dir) / "eval-refiner-only", num_heatmaps=0, progress=False)
-    detector.model.recon_weight = paper_weight
+    selection = detector.metadata.get("selection") or {}
     rows = []
     for category in args.categories:
         k = detector.category_index(category)
@@ -117,25 +113,37 @@ def run_onenip(args: argparse.Namespace) -> list[dict[str, Any]]:
                 "train_minutes": train_wall / 60,
                 "train_minutes_scope": "whole network (all categories)" if args.mode == "unified" else "this category",
                 "epochs": params.train.epochs,
+                "kept_epoch": detector.metadata.get("kept_epoch"),
+                "scoring_rule": detector.scoring.to_dict(),
+                "validation_metrics": (selection.get("metrics") or {}).get(category),
+                "input_geometry": detector.geometry(category).to_dict(),
                 "inference": {
-                    "images_per_s_batch1": measure_throughput(detector, k, params.model.backbone.input_size, 1, 32),
-                    "images_per_s_batch16": measure_throughput(detector, k, params.model.backbone.input_size, 16, 4),
+                    "images_per_s_batch1": measure_throughput(detector, k, 1, 32),
+                    "images_per_s_batch16": measure_throughput(detector, k, 16, 4),
                 },
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "dropped_test_images": [p for p in dropped if f"/{category}/" in p],
                 "config": params.model.model_dump(mode="json") | {"train": params.train.model_dump(mode="json"),
-                                                                   "synthesis": params.synthesis.model_dump(mode="json")},
-            },
-        )
-        rows.append(
-            rows[-1]
-            | {
-                "method": f"onenip-{args.mode} (refiner only)",
-                "metrics": {m: refiner_only[category].metrics.get(m) for m in METRICS},
-                "prompt_sensitivity": {},
+                                                                   "synthesis": params.synthesis.model_dump(mode="json"),
+                                                                   "validation": params.validation.model_dump(mode="json")},
             },
         )
     return rows
+
+
+def write_synthesis_previews(root: Path, categories: Sequence[str], params_path: Path, out: Path) -> list[Path]:
+    """Per category, the training synthesis and the validation families as PNG grids, so a person can
+    judge how realistic the anomalies are (``onenip synthesize`` writes the same)."""
+    from onenip.config import load_params
+    from onenip.jobs import synthesis_preview
+
+    params = load_params(params_path)
+    written = []
+    for category in categories:
+        for validation in (False, True):
+            name = f"{category}-{'validation' if validation else 'training'}.png"
+            written.append(synthesis_preview(root, category, params, out / "synthesis" / name, 8, validation=validation))
+    return written
 
 
 def _category_epochs(items: Sequence[str] | None) -> dict[str, int]:
@@ -219,6 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = args.out / stamp
     out.mkdir(parents=True, exist_ok=True)
+    if args.modes:
+        write_synthesis_previews(args.root, args.categories, args.params, out)
     rows: list[dict[str, Any]] = []
     jobs: list[tuple[str, list[str], Path]] = []
     for mode in args.modes:

@@ -386,22 +386,16 @@ def synthesize(
     data: Annotated[Path, typer.Option("--data", help="Dataset root in MVTec AD layout.")],
     category: Annotated[str, typer.Option("--category", help="Category whose training images to use.")],
     count: Annotated[int, typer.Option("--count", min=1, help="Number of source images.")] = 8,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Annotated[int | None, typer.Option("--seed", help="Default: train.seed (what training synthesises).")] = None,
+    validation: Annotated[bool, typer.Option("--validation", help="Show the validation families instead.")] = False,
     out: Annotated[Path, typer.Option("--out", help="Preview PNG to write.")] = Path("runs/synthesis_preview.png"),
     params: ParamsOption = DEFAULT_PARAMS_PATH,
 ) -> None:
     """Write a preview grid (original | synthetic anomaly | mask) for a person to look at."""
-    from onenip.data.transforms import load_image
-    from onenip.synthesis import make_preview_grid
-    from onenip.training import build_synthesizer
+    from onenip.jobs import synthesis_preview
 
-    cfg = _load(params)
-    manifest = _manifest_for(data, [category])
-    train = manifest[(manifest["split"] == "train") & (manifest["label_index"] == 0)]
-    paths = train["image_path"].iloc[:: max(1, len(train) // count)].iloc[:count].tolist()
-    images = [load_image(path, cfg.model.backbone.input_size) for path in paths]
-    path = make_preview_grid(images, build_synthesizer(cfg.synthesis), seed, out)
-    console.print(f"Wrote {path} ({len(images)} images of {category})")
+    path = synthesis_preview(data, category, _load(params), out, count, seed=seed, validation=validation)
+    console.print(f"Wrote {path} ({count} images of {category})")
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -51,6 +51,12 @@ class BackboneParams(_Section):
     feature_stride: int = 16
     """Every stage is resized to this stride and concatenated."""
     input_size: int = Field(256, ge=32)
+    """Side of a square input; a category with another aspect gets about the same area at its own
+    aspect (``model.keep_aspect``, ``onenip.data.geometry``)."""
+    fine_indices: tuple[int, ...] = (2, 3)
+    """Stages of the fine features (the refiner's skip path and the prompt residual): lite0 stages 2
+    and 3 (40 + 112 channels) at ``fine_stride``, the layers anomalib's PatchCore uses. Empty: no fine path."""
+    fine_stride: int = 8
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     """TF EfficientNet-Lite weights expect inputs in [-1, 1] (timm's ``tf_efficientnet_lite*`` config);
@@ -63,6 +69,27 @@ class BackboneParams(_Section):
             msg = f"out_indices must be non-empty, sorted and unique, got {list(value)}"
             raise ValueError(msg)
         return value
+
+    @field_validator("fine_indices")
+    @classmethod
+    def _fine_sorted_unique(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if list(value) != sorted(set(value)):
+            msg = f"fine_indices must be sorted and unique, got {list(value)}"
+            raise ValueError(msg)
+        return value
+
+
+class ScoringParams(_Section):
+    """How the component maps become the anomaly map and the image score (``onenip.models.scoring``).
+
+    These are the defaults (the paper's blend); with ``validation.select`` the rule is chosen per model
+    on validation data made from training images, and stored in the model."""
+
+    weights: tuple[float, float, float] = (0.5, 0.5, 0.0)
+    """Weights of the normalised reconstruction error, the refiner probability and the prompt residual."""
+    smoothing_sigma: float = Field(4.0, ge=0)
+    score_pool_size: int = Field(16, ge=1)
+    """Image score = max of the map average-pooled with this window (paper: 16)."""
 
 
 class ModelParams(_Section):
@@ -79,24 +106,45 @@ class ModelParams(_Section):
     """paper: 4"""
     mlp_ratio: float = Field(4.0, gt=0)
     dropout: float = Field(0.1, ge=0, lt=1)
-    neighbor_size: int = Field(9, ge=1)
-    """Attention window (grid cells), about half the grid side (paper: 7 on a 14x14 grid)."""
+    neighbor_size: int | tuple[int, int] = 9
+    """BLOCKED attention window around each token, in grid cells (rows, cols; one number: square), as
+    the reference's neighbour mask: a token never attends to this window around itself, itself
+    included. Paper: 7 on a 14x14 grid; the reference blocks ``n // 2`` cells each side, so 9 blocks
+    4 each side. It must be smaller than the grid in at least one direction."""
     feature_jitter_scale: float = Field(20.0, ge=0)
     feature_jitter_prob: float = Field(1.0, ge=0, le=1)
     refiner_dim: int = Field(128, ge=1)
-    recon_weight: float = Field(0.5, ge=0, le=1)
-    """Anomaly map = w * recon / recon_scale + (1 - w) * refiner (paper: 0.5)."""
-    smoothing_sigma: float = Field(4.0, ge=0)
-    score_pool_size: int = Field(16, ge=1)
-    """Image score = max of the map average-pooled with this window (paper: 16)."""
+    residual_window: int | None = None
+    """Prompt residual: only prompt patches within this many fine cells (window side) count; None: all."""
+    scoring: ScoringParams = ScoringParams()
+    keep_aspect: bool = True
+    """Each category's input keeps the aspect of its training images (about ``input_size**2`` pixels);
+    false squashes every image to ``input_size x input_size``."""
+    input_sizes: dict[str, tuple[int, int]] = Field(default_factory=dict)
+    """Per-category input ``[height, width]`` (multiples of the feature stride), overriding the choice
+    made from the training images."""
     mode: Literal["unified", "per-category"] = "unified"
     """unified: one network for all categories of a root (the paper's setting)."""
+
+    @field_validator("neighbor_size")
+    @classmethod
+    def _positive_window(cls, value: int | tuple[int, int]) -> int | tuple[int, int]:
+        sizes = (value, value) if isinstance(value, int) else tuple(value)
+        if len(sizes) != 2 or min(sizes) < 1:
+            msg = f"neighbor_size must be a positive number or [rows, cols], got {value}"
+            raise ValueError(msg)
+        return value
+
+    @property
+    def neighbor_window(self) -> tuple[int, int]:
+        size = self.neighbor_size
+        return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 class SynthesisParams(_Section):
     """Anomaly synthesis for restoration and refiner training (``onenip.synthesis``)."""
 
-    methods: tuple[str, ...] = ("perlin", "cutpaste_patch", "cutpaste_scar")
+    methods: tuple[str, ...] = ("perlin", "cutpaste_patch", "cutpaste_scar", "crack", "brightness")
     probabilities: tuple[float, ...] | None = None
     perlin_threshold: float = Field(0.5, gt=0, lt=1)
     min_scale_exp: int = Field(1, ge=0)
@@ -128,6 +176,26 @@ class TrainParams(_Section):
     feature_batch_size: int = Field(16, ge=1)
     cache_dir: str = ".cache/onenip"
     """Backbone features per (image sha256, backbone, input size)."""
+
+
+class ValidationParams(_Section):
+    """Validation data from training images only: held-out training normals plus anomalies of families
+    the model never trains on (``onenip.validation``). It chooses the scoring rule and the epoch to keep."""
+
+    select: bool = True
+    """Choose the scoring rule (blend weights, smoothing, pooling) and the epoch on validation data;
+    false keeps ``model.scoring`` and the last epoch."""
+    methods: tuple[str, ...] = ("warp", "smudge", "spots")
+    """Synthesis families of the validation anomalies; none of them may be in ``synthesis.methods``."""
+    anomalies_per_image: int = Field(2, ge=1)
+    every_epochs: int = Field(1, ge=1)
+    """Validate after every n-th epoch (and the last); the best validated epoch is kept."""
+    weight_step: float = Field(0.25, gt=0, le=1)
+    """Candidate blend weights: the simplex of (recon, refiner, residual) in steps of this size."""
+    smoothing_sigmas: tuple[float, ...] = (0.0, 2.0, 4.0, 8.0)
+    score_pool_sizes: tuple[int, ...] = (1, 8, 16, 32)
+    min_normals: int = Field(4, ge=1)
+    """With fewer held-out normals in a category, the defaults in ``model.scoring`` are kept."""
 
 
 class EvalParams(_Section):
@@ -206,6 +274,7 @@ class Params(_Section):
     model: ModelParams = ModelParams()
     synthesis: SynthesisParams = SynthesisParams()
     train: TrainParams = TrainParams()
+    validation: ValidationParams = ValidationParams()
     eval: EvalParams = EvalParams()
     gates: GateParams = GateParams()
     pipeline: PipelineParams = PipelineParams()

@@ -1,7 +1,7 @@
 """Evaluate a trained detector on the test split: metrics, curves, heatmap overlays, predictions.
 
-Maps are produced at the model's input size and resized to each ground-truth mask's own resolution
-before any pixel metric (``onenip.metrics.resize_maps_to_masks``). Categories without masks get
+Maps are produced at the category's input geometry and brought back to each image's own resolution
+(letterbox crop, bilinear resize: ``InputGeometry.map_to_image``) before any pixel metric. Categories without masks get
 image metrics only.
 """
 
@@ -19,9 +19,10 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from onenip.data.geometry import InputGeometry
 from onenip.data.manifest import DatasetError, read_image
 from onenip.data.transforms import load_mask
-from onenip.features import FeatureCache
+from onenip.features import FeatureCache, Features
 from onenip.metrics import (
     compute_metrics,
     pixel_pr_curve_points,
@@ -46,19 +47,31 @@ class CategoryEvaluation:
 
 @torch.no_grad()
 def predict_features(
-    detector: OneNIPDetector, features: torch.Tensor, category: str, batch_size: int = 16,
+    detector: OneNIPDetector,
+    features: Features,
+    category: str,
+    batch_size: int = 16,
+    valid: torch.Tensor | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(N, C, h, w) features -> (scores (N,), anomaly maps (N, S, S)) with the category's prompt."""
+    """Cached features of one category -> (scores (N,), anomaly maps (N, H, W) at its input size)."""
     detector.eval()
-    device = detector.prompt_features.device
+    device = detector.device
     k = detector.category_index(category)
     scores, maps = [], []
-    for start in range(0, features.shape[0], batch_size):
-        batch = features[start : start + batch_size].to(device)
-        out = detector.forward_features(batch, torch.full((batch.shape[0],), k, dtype=torch.long))
+    for start in range(0, len(features), batch_size):
+        batch = features.select(slice(start, start + batch_size)).to(device)
+        mask = None if valid is None else valid[start : start + batch_size].to(device)
+        out = detector.forward_features(batch, k, mask)
         scores.append(out.pred_score.float().cpu())
         maps.append(out.anomaly_map[:, 0].float().cpu())
     return torch.cat(scores).numpy(), torch.cat(maps).numpy()
+
+
+def content_masks(geometry: InputGeometry, rows: pd.DataFrame) -> torch.Tensor | None:
+    """(N, 1, H, W) letterbox content of each row's image (from the manifest's sizes), or None."""
+    if not geometry.letterbox:
+        return None
+    return torch.stack([geometry.valid_mask(int(h), int(w))[None] for h, w in zip(rows["height"], rows["width"], strict=True)])
 
 
 def _overlay(image: Image.Image, anomaly_map: np.ndarray, vmax: float, mask: np.ndarray | None) -> Image.Image:
@@ -118,8 +131,9 @@ def evaluate_category(
     if test.empty:
         msg = f"Category {category!r} has no test images"
         raise DatasetError(msg)
-    features = cache.get(test["image_path"].tolist(), test["sha256"].tolist(), batch_size=batch_size, progress=progress)
-    scores, maps = predict_features(detector, features, category, batch_size)
+    geometry = detector.geometry(category)
+    features = cache.get(test["image_path"].tolist(), test["sha256"].tolist(), geometry, batch_size=batch_size, progress=progress)
+    scores, maps = predict_features(detector, features, category, batch_size, content_masks(geometry, test))
     labels = test["label_index"].to_numpy().astype(int)
     k = detector.category_index(category)
     threshold = float(detector.score_threshold[k])
@@ -130,16 +144,18 @@ def evaluate_category(
 
     has_masks = bool(test.loc[test["label_index"] == 1, "mask_path"].notna().any())
     masks: list[np.ndarray | None] = [None] * len(test)
-    resized: list[np.ndarray] = []
+    # Maps back at each image's own resolution: the letterbox crop, then a bilinear resize.
+    resized = [geometry.map_to_image(m, int(h), int(w)) for m, h, w in zip(maps, test["height"], test["width"], strict=True)]
     if has_masks:
         for i, row in test.iterrows():
             if isinstance(row["mask_path"], str):
                 masks[i] = load_mask(row["mask_path"])[0].numpy() > 0
             else:
                 masks[i] = np.zeros((int(row["height"]), int(row["width"])), dtype=bool)
-        resized = resize_maps_to_masks(maps, [m.shape for m in masks])  # type: ignore[union-attr]
-        if isinstance(resized, np.ndarray):
-            resized = list(resized)
+        resized = [
+            m if m.shape == mask.shape else resize_maps_to_masks(m[None], mask.shape)[0]  # type: ignore[union-attr]
+            for m, mask in zip(resized, masks, strict=True)
+        ]
     metrics = compute_metrics(scores, labels, resized if has_masks else None, masks if has_masks else None)
     metrics["num_test_images"] = float(len(test))
 
@@ -158,7 +174,7 @@ def evaluate_category(
         )
         if num_heatmaps:
             vmax = float(np.quantile(np.stack([m.max() for m in maps]), 0.9))
-            write_heatmaps(predictions, resized if has_masks else list(maps), masks, folder / "heatmaps", num_heatmaps, vmax)
+            write_heatmaps(predictions, resized, masks, folder / "heatmaps", num_heatmaps, vmax)
     return CategoryEvaluation(category, metrics, predictions, has_masks, time.perf_counter() - started)
 
 
@@ -206,18 +222,21 @@ def prompt_sensitivity(
     train = rows[(rows["split"] == "train") & (rows["label_index"] == 0)].reset_index(drop=True)
     test = rows[rows["split"] == "test"].reset_index(drop=True)
     labels = test["label_index"].to_numpy()
-    test_features = cache.get(test["image_path"].tolist(), test["sha256"].tolist(), progress=False)
-    stored = detector.prompt_features[k].clone()
-    baseline = image_auroc(predict_features(detector, test_features, category)[0], labels)
+    geometry = detector.geometry(category)
+    valid = content_masks(geometry, test)
+    test_features = cache.get(test["image_path"].tolist(), test["sha256"].tolist(), geometry, progress=False)
+    stored = detector.prompt(k)
+    stored = Features(stored.coarse.clone(), None if stored.fine is None else stored.fine.clone())  # prompt() gives views
+    baseline = image_auroc(predict_features(detector, test_features, category, valid=valid)[0], labels)
     choices = np.random.default_rng(seed).choice(len(train), size=min(trials, len(train)), replace=False)
-    prompts = cache.get(train["image_path"].iloc[choices].tolist(), train["sha256"].iloc[choices].tolist(), progress=False)
+    prompts = cache.get(train["image_path"].iloc[choices].tolist(), train["sha256"].iloc[choices].tolist(), geometry, progress=False)
     aurocs = []
     try:
-        for prompt in prompts:
-            detector.prompt_features[k] = prompt.to(detector.prompt_features.device)
-            aurocs.append(image_auroc(predict_features(detector, test_features, category)[0], labels))
+        for i in range(len(prompts)):
+            detector.set_prompt(k, prompts.select([i]).to(detector.device))
+            aurocs.append(image_auroc(predict_features(detector, test_features, category, valid=valid)[0], labels))
     finally:
-        detector.prompt_features[k] = stored
+        detector.set_prompt(k, stored)
     return {
         "prompt_image_AUROC_mean": float(np.mean(aurocs)),
         "prompt_image_AUROC_std": float(np.std(aurocs)),

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from onenip.data.transforms import image_to_tensor, resize_image
+from onenip.data.geometry import InputGeometry
+from onenip.data.transforms import image_to_tensor
 from onenip.models.detector import OneNIPDetector
 
 
@@ -22,15 +23,15 @@ class Prediction:
     threshold: float
     is_anomaly: bool
     anomaly_map: np.ndarray | None = None
-    """(S, S) float32 at the model's input size, when asked for."""
+    """(h, w) float32 at the category's input resolution, letterbox padding removed, when asked for
+    (``InputGeometry.map_to_image`` brings it to the image's own size)."""
 
 
 class Predictor:
-    """A loaded detector plus the preprocessing it was trained with."""
+    """A loaded detector plus the preprocessing it was trained with (each category's input geometry)."""
 
     def __init__(self, detector: OneNIPDetector, default_category: str | None = None) -> None:
         self.detector = detector.eval()
-        self.input_size = detector.cfg.backbone.input_size
         if default_category is not None:
             detector.category_index(default_category)  # unknown category -> ValueError naming the known ones
         self.default_category = default_category or (detector.categories[0] if len(detector.categories) == 1 else None)
@@ -41,10 +42,11 @@ class Predictor:
 
     @property
     def device(self) -> torch.device:
-        return self.detector.prompt_features.device
+        return self.detector.device
 
-    def preprocess(self, image: Image.Image | np.ndarray) -> torch.Tensor:
-        """RGB PIL image or (H, W, 3) / (H, W) uint8 array -> (3, S, S) in [0, 1]."""
+    @staticmethod
+    def to_tensor(image: Image.Image | np.ndarray) -> torch.Tensor:
+        """RGB PIL image or (H, W, 3) / (H, W) uint8 array -> (3, H, W) in [0, 1] at its own size."""
         if isinstance(image, np.ndarray):
             if image.ndim == 2:
                 image = np.repeat(image[..., None], 3, axis=2)
@@ -57,7 +59,20 @@ class Predictor:
             if image.dtype != np.uint8:
                 top = 65535.0 if image.dtype == np.uint16 else (1.0 if image.dtype.kind == "f" else 255.0)
                 image = np.clip(np.rint(image.astype(np.float32) * (255.0 / top)), 0, 255).astype(np.uint8)
-        return resize_image(image_to_tensor(image), self.input_size)
+        return image_to_tensor(image)
+
+    def preprocess(self, image: Image.Image | np.ndarray, category: str | None = None) -> torch.Tensor:
+        """An image -> (3, H, W) in [0, 1] at the category's input geometry."""
+        category = self._category(category)
+        return self.detector.geometry(category).apply(self.to_tensor(image))
+
+    def _category(self, category: str | None) -> str:
+        category = category or self.default_category
+        if category is None:
+            msg = f"This model knows several categories {self.detector.categories}; say which one"
+            raise ValueError(msg)
+        self.detector.category_index(category)
+        return category
 
     @torch.no_grad()
     def predict(
@@ -69,25 +84,35 @@ class Predictor:
         batch_size: int = 16,
     ) -> list[Prediction]:
         """Score images of one category in batches."""
-        category = category or self.default_category
-        if category is None:
-            msg = f"This model knows several categories {self.detector.categories}; say which one"
-            raise ValueError(msg)
+        category = self._category(category)
         k = self.detector.category_index(category)
+        geometry = self.detector.geometry(category)
         threshold = float(self.detector.score_threshold[k])
         results: list[Prediction] = []
         for start in range(0, len(images), batch_size):
-            batch = torch.stack([self.preprocess(image) for image in images[start : start + batch_size]]).to(self.device)
-            indices = torch.full((len(batch),), k, dtype=torch.long)
+            pictures = [self.to_tensor(image) for image in images[start : start + batch_size]]
+            sizes = [tuple(p.shape[-2:]) for p in pictures]
+            batch = torch.stack([geometry.apply(p) for p in pictures]).to(self.device)
+            valid = None
+            if geometry.letterbox:
+                valid = torch.stack([geometry.valid_mask(h, w)[None] for h, w in sizes]).to(self.device)
             with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
-                output = self.detector(batch, indices)
+                output = self.detector(batch, k, valid)
             scores = output.pred_score.float().cpu().tolist()
-            maps = output.anomaly_map.float().cpu().numpy()[:, 0] if return_maps else [None] * len(scores)
+            maps: list[np.ndarray | None] = [None] * len(scores)
+            if return_maps:
+                full = output.anomaly_map.float().cpu().numpy()[:, 0]
+                maps = [_content(geometry, m, h, w) for m, (h, w) in zip(full, sizes, strict=True)]
             results.extend(
                 Prediction(category, score, threshold, score > threshold, anomaly_map)
                 for score, anomaly_map in zip(scores, maps, strict=True)
             )
         return results
+
+
+def _content(geometry: InputGeometry, anomaly_map: np.ndarray, height: int, width: int) -> np.ndarray:
+    top, left, h, w = geometry.content_box(height, width)
+    return np.ascontiguousarray(anomaly_map[top : top + h, left : left + w])
 
 
 # -- predict on files -------------------------------------------------------------------------------

@@ -133,17 +133,35 @@ def validate_category(root: str | Path, category: str, params: Params, out_dir: 
 
 
 # -- synthesize, cache ------------------------------------------------------------------------------
-def synthesis_preview(root: str | Path, category: str, params: Params, out_path: str | Path, count: int = 8) -> Path:
-    """A preview grid of the anomalies training will synthesise for this category (same seed)."""
-    from onenip.data.transforms import load_image
-    from onenip.synthesis import make_preview_grid
-    from onenip.training import build_synthesizer
+def synthesis_preview(
+    root: str | Path,
+    category: str,
+    params: Params,
+    out_path: str | Path,
+    count: int = 8,
+    *,
+    seed: int | None = None,
+    validation: bool = False,
+) -> Path:
+    """A preview grid of the anomalies training will synthesise for this category (the training seed
+    unless ``seed`` is given), at the category's input geometry; ``validation`` shows the families the
+    validation set uses instead."""
+    from onenip.synthesis import AnomalySynthesizer, make_preview_grid
+    from onenip.training import build_synthesizer, choose_geometries, load_images
 
     manifest = make_manifest(root, [category], progress=False)
+    geometry = choose_geometries(manifest, params, [category])[category]
     train = manifest[(manifest["split"] == "train") & (manifest["label_index"] == 0)]
     paths = train["image_path"].iloc[:: max(1, len(train) // count)].iloc[:count].tolist()
-    images = [load_image(path, params.model.backbone.input_size) for path in paths]
-    return make_preview_grid(images, build_synthesizer(params.synthesis), params.train.seed, out_path)
+    images, valid = load_images(paths, geometry)
+    synthesizer = AnomalySynthesizer(methods=params.validation.methods) if validation else build_synthesizer(params.synthesis)
+    return make_preview_grid(
+        [image.float() / 255 for image in images],
+        synthesizer,
+        params.train.seed if seed is None else seed,
+        out_path,
+        foreground_masks=None if valid is None else [v[0] for v in valid],
+    )
 
 
 def cache_features(root: str | Path, categories: Sequence[str], params: Params, *, progress: bool = False) -> int:
@@ -152,10 +170,17 @@ def cache_features(root: str | Path, categories: Sequence[str], params: Params, 
     from onenip.models.backbone import build_feature_extractor
     from onenip.training import resolve_device
 
+    from onenip.training import choose_geometries
+
     manifest = make_manifest(root, list(categories), progress=False)
     extractor = build_feature_extractor(params.model.backbone).to(resolve_device(params.train.device)).eval()
     cache = FeatureCache(params.train.cache_dir, extractor, params.model.backbone)
-    cache.get(manifest["image_path"].tolist(), manifest["sha256"].tolist(), batch_size=params.train.feature_batch_size, progress=progress)
+    geometries = choose_geometries(manifest, params, list(categories))
+    for category, rows in manifest.groupby("category"):
+        cache.get(
+            rows["image_path"].tolist(), rows["sha256"].tolist(), geometries[str(category)],
+            batch_size=params.train.feature_batch_size, progress=progress,
+        )
     return len(manifest)
 
 

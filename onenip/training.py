@@ -30,12 +30,21 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from onenip.config import Params, SynthesisParams
+from onenip.data.geometry import InputGeometry, aspects_vary, choose_geometry
 from onenip.data.manifest import DatasetError
-from onenip.data.transforms import load_image
-from onenip.features import FeatureCache, atomic_save_safetensors, extract_features
+from onenip.features import FeatureCache, Features, atomic_save_safetensors, extract_features
 from onenip.models.detector import OneNIPDetector
-from onenip.models.loss import onenip_loss
+from onenip.models.loss import area_pool_masks, onenip_loss
+from onenip.models.scoring import ScoringRule
 from onenip.synthesis import AnomalySynthesizer
+from onenip.validation import (
+    CategoryValidation,
+    Selection,
+    build_category_validation,
+    check_validation_methods,
+    select_scoring,
+    validation_components,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -102,130 +111,138 @@ def build_synthesizer(cfg: SynthesisParams, texture_images: Sequence[Tensor] = (
     )
 
 
+def choose_geometries(manifest: pd.DataFrame, params: Params, categories: Sequence[str]) -> dict[str, InputGeometry]:
+    """Each category's input geometry: ``model.input_sizes`` where given, else from its training images."""
+    cfg = params.model
+    stride = cfg.backbone.feature_stride
+    geometries = {}
+    for category in categories:
+        train = manifest[(manifest["category"] == category) & (manifest["split"] == "train")]
+        if category in cfg.input_sizes:
+            height, width = cfg.input_sizes[category]
+            if height % stride or width % stride:
+                msg = f"model.input_sizes[{category!r}] = {[height, width]} must be multiples of the feature stride {stride}"
+                raise DatasetError(msg)
+            aspects = (train["width"] / train["height"]).dropna().to_numpy(dtype=float)
+            geometries[category] = InputGeometry(int(height), int(width), aspects_vary(aspects))
+            continue
+        known = train.dropna(subset=["width", "height"])
+        geometries[category] = choose_geometry(
+            known["height"].astype(int).tolist(), known["width"].astype(int).tolist(), cfg.backbone.input_size,
+            multiple=stride, keep_aspect=cfg.keep_aspect,
+        )
+    return geometries
+
+
+def load_images(paths: Sequence[str], geometry: InputGeometry, progress: bool = False, desc: str = "Loading images") -> tuple[Tensor, Tensor | None]:
+    """uint8 (N, 3, H, W) images at the geometry, and (N, 1, H, W) content masks when letterboxed."""
+    from onenip.data.manifest import read_image
+    from onenip.data.transforms import image_to_tensor
+
+    images, valids = [], []
+    for path in tqdm(paths, desc=desc, unit="img", disable=not progress):
+        picture = image_to_tensor(read_image(path))
+        images.append((geometry.apply(picture) * 255).round().to(torch.uint8))
+        if geometry.letterbox:
+            valids.append(geometry.valid_mask(picture.shape[-2], picture.shape[-1])[None])
+    if not images:
+        return torch.zeros(0, 3, *geometry.size, dtype=torch.uint8), None
+    return torch.stack(images), (torch.stack(valids) if valids else None)
+
+
+@dataclass
+class CategoryData:
+    """One category's training data on the CPU: features, images for synthesis, the holdout."""
+
+    name: str
+    index: int
+    geometry: InputGeometry
+    fit: pd.DataFrame
+    holdout: pd.DataFrame
+    fit_features: Features
+    holdout_features: Features
+    fit_images: Tensor  # (N, 3, H, W) uint8, for synthesis
+    fit_valid: Tensor | None  # (N, 1, H, W) bool where letterboxed
+    holdout_images: Tensor
+    holdout_valid: Tensor | None
+
+
 @dataclass
 class SyntheticPool:
-    """``pool_size`` synthesized copies per training image: backbone features and masks."""
+    """``pool_size`` synthesized copies per training image of one category: features and masks.
 
-    features: Tensor  # (N, K, C, h, w) float16
-    masks: Tensor  # (N, K, 1, S, S) bool
+    Masks are stored area-pooled to the refiner's resolution (what the Dice loss compares with)."""
+
+    features: Features  # (N * K, ...) float16, copy j of image i at i * K + j
+    masks: Tensor  # (N * K, 1, 4h, 4w) float16
+    pool_size: int
     generation: int = 0
 
     @classmethod
     def build(
         cls,
-        images: Tensor,
-        categories: Sequence[str],
-        detector: OneNIPDetector,
-        cfg: SynthesisParams,
+        data: CategoryData,
+        synthesizer: AnomalySynthesizer,
+        extractor: torch.nn.Module,
+        params: Params,
+        *,
         seed: int,
         generation: int = 0,
-        batch_size: int = 16,
         progress: bool = True,
     ) -> SyntheticPool:
-        """Synthesize ``cfg.pool_size`` anomalies per image (uint8 images (N, 3, S, S)).
-
-        Textures for an image come from images of *other* categories when there are any, plus the
-        procedural ones, as the paper uses DTD for textures (DTD is not available offline).
-        """
-        n, k = images.shape[0], cfg.pool_size
-        by_category: dict[str, list[int]] = {}
-        for index, category in enumerate(categories):
-            by_category.setdefault(category, []).append(index)
-        synthesizers: dict[str, AnomalySynthesizer] = {}
-        for category in by_category:
-            others = [i for c, ids in by_category.items() if c != category for i in ids[:: max(1, len(ids) // 8)]]
-            synthesizers[category] = build_synthesizer(cfg, [images[i].float() / 255 for i in others[:16]])
-        generator = torch.Generator().manual_seed(int(seed) * 7919 + generation)
-        features = None
-        masks = torch.zeros(n, k, 1, images.shape[-2], images.shape[-1], dtype=torch.bool)
-        bar = tqdm(total=n * k, desc="Synthetic anomalies", unit="img", disable=not progress)
-        pending_images: list[Tensor] = []
-        pending_slots: list[tuple[int, int]] = []
+        k = params.synthesis.pool_size
+        batch_size = params.train.feature_batch_size
+        generator = torch.Generator().manual_seed(int(seed) * 7919 + generation * 104729 + data.index)
+        grid = data.geometry.grid(params.model.backbone.feature_stride)
+        refiner_size = (grid[0] * 4, grid[1] * 4)
+        parts: list[Features] = []
+        masks: list[Tensor] = []
+        pending: list[Tensor] = []
+        bar = tqdm(total=len(data.fit_images) * k, desc=f"Synthetic anomalies ({data.name})", unit="img", disable=not progress)
 
         def flush() -> None:
-            nonlocal features
-            batch = torch.stack(pending_images)
-            out = extract_features(detector.feature_extractor, batch, detector.cfg.backbone, batch_size)
-            if features is None:
-                features = torch.zeros(n, k, *out.shape[1:], dtype=torch.float16)
-            for (i, j), feature in zip(pending_slots, out, strict=True):
-                features[i, j] = feature.half()
-            bar.update(len(pending_slots))
-            pending_images.clear()
-            pending_slots.clear()
+            out = extract_features(extractor, torch.stack(pending), params.model.backbone, batch_size)
+            parts.append(Features(out.coarse.half(), None if out.fine is None else out.fine.half()))
+            bar.update(len(pending))
+            pending.clear()
 
-        for i in range(n):
-            image = images[i].float() / 255
-            synthesizer = synthesizers[categories[i]]
-            for j in range(k):
-                result = synthesizer(image, generator)
-                pending_images.append(result.image)
-                pending_slots.append((i, j))
-                masks[i, j] = result.mask > 0.5
-                if len(pending_images) == batch_size:
+        for i in range(len(data.fit_images)):
+            image = data.fit_images[i].float() / 255
+            foreground = None if data.fit_valid is None else data.fit_valid[i, 0]
+            for _ in range(k):
+                result = synthesizer(image, generator, foreground_mask=foreground)
+                pending.append(result.image)
+                masks.append(area_pool_masks(result.mask[None], refiner_size)[0].half())
+                if len(pending) == batch_size:
                     flush()
-        if pending_images:
+        if pending:
             flush()
         bar.close()
-        assert features is not None
-        return cls(features=features, masks=masks, generation=generation)
+        return cls(Features.cat(parts), torch.stack(masks), k, generation)
 
 
-@dataclass
-class TrainingData:
-    """Everything the loop needs, on the CPU: features, images for synthesis, indices per category."""
-
-    categories: list[str]
-    fit: pd.DataFrame
-    holdout: pd.DataFrame
-    fit_features: Tensor  # (N, C, h, w)
-    holdout_features: Tensor  # (M, C, h, w)
-    fit_images: Tensor  # (N, 3, S, S) uint8, for synthesis
-    fit_category_index: Tensor  # (N,)
-    holdout_category_index: Tensor  # (M,)
-
-    def indices_of(self, category_index: int) -> Tensor:
-        return torch.nonzero(self.fit_category_index == category_index).flatten()
-
-
-def prepare_training_data(
-    manifest: pd.DataFrame,
-    params: Params,
-    cache: FeatureCache,
-    categories: Sequence[str],
-    progress: bool = True,
-) -> TrainingData:
-    train = manifest[(manifest["split"] == "train") & (manifest["label_index"] == 0)]
-    train = train[train["category"].isin(categories)]
-    missing = sorted(set(categories) - set(train["category"]))
-    if missing:
-        msg = f"No normal training images for categories {missing}"
+def prepare_category_data(
+    manifest: pd.DataFrame, params: Params, cache: FeatureCache, category: str, index: int, geometry: InputGeometry, progress: bool,
+) -> CategoryData:
+    train = manifest[(manifest["split"] == "train") & (manifest["label_index"] == 0) & (manifest["category"] == category)]
+    if train.empty:
+        msg = f"No normal training images for category {category!r}"
         raise DatasetError(msg)
     fit, holdout = split_holdout(train, params.train.holdout_fraction, params.train.min_holdout, params.train.seed)
     kwargs = {"batch_size": params.train.feature_batch_size, "progress": progress}
-    fit_features = cache.get(fit["image_path"].tolist(), fit["sha256"].tolist(), **kwargs)
+    # Kept as float16 (the cache's precision, half the memory); batches are converted to float32.
+    kwargs["dtype"] = torch.float16
+    fit_features = cache.get(fit["image_path"].tolist(), fit["sha256"].tolist(), geometry, **kwargs)
     holdout_features = (
-        cache.get(holdout["image_path"].tolist(), holdout["sha256"].tolist(), **kwargs)
+        cache.get(holdout["image_path"].tolist(), holdout["sha256"].tolist(), geometry, **kwargs)
         if len(holdout)
-        else fit_features[:0]
+        else fit_features.select(slice(0, 0))
     )
-    size = params.model.backbone.input_size
-    fit_images = torch.stack(
-        [
-            (load_image(path, size) * 255).round().to(torch.uint8)
-            for path in tqdm(fit["image_path"], desc="Loading images", unit="img", disable=not progress)
-        ],
-    )
-    index = {c: i for i, c in enumerate(categories)}
-    return TrainingData(
-        categories=list(categories),
-        fit=fit,
-        holdout=holdout,
-        fit_features=fit_features,
-        holdout_features=holdout_features,
-        fit_images=fit_images,
-        fit_category_index=torch.tensor([index[c] for c in fit["category"]], dtype=torch.long),
-        holdout_category_index=torch.tensor([index[c] for c in holdout["category"]], dtype=torch.long),
+    fit_images, fit_valid = load_images(fit["image_path"].tolist(), geometry, progress, f"Loading images ({category})")
+    holdout_images, holdout_valid = load_images(holdout["image_path"].tolist(), geometry)
+    return CategoryData(
+        category, index, geometry, fit.reset_index(drop=True), holdout.reset_index(drop=True),
+        fit_features, holdout_features, fit_images, fit_valid, holdout_images, holdout_valid,
     )
 
 
@@ -259,6 +276,15 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, Tens
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
+@dataclass
+class BestEpoch:
+    """The best validated epoch so far: its number, validation score and model weights (CPU)."""
+
+    epoch: int
+    score: float
+    state: dict[str, Tensor]
+
+
 def save_checkpoint(
     folder: Path,
     detector: OneNIPDetector,
@@ -266,13 +292,20 @@ def save_checkpoint(
     epoch: int,
     history: list[dict[str, float]],
     fingerprint: str,
+    best: BestEpoch | None = None,
 ) -> None:
     """Atomic: the weights file is renamed into place before the JSON that points at its epoch."""
     folder.mkdir(parents=True, exist_ok=True)
     model_state = {f"model.{k}": v.detach().cpu() for k, v in detector.model.state_dict().items()}
+    best_state = {} if best is None else {f"best.{k}": v for k, v in best.state.items()}
     optim_tensors, optim_meta = _flatten_optimizer(optimizer)
-    atomic_save_safetensors({**model_state, **optim_tensors}, folder / CHECKPOINT_WEIGHTS, metadata={"epoch": str(epoch)})
-    state = {"epoch": epoch, "history": history, "optimizer": optim_meta, "fingerprint": fingerprint}
+    atomic_save_safetensors(
+        {**model_state, **best_state, **optim_tensors}, folder / CHECKPOINT_WEIGHTS, metadata={"epoch": str(epoch)},
+    )
+    state = {
+        "epoch": epoch, "history": history, "optimizer": optim_meta, "fingerprint": fingerprint,
+        "best": None if best is None else {"epoch": best.epoch, "score": best.score},
+    }
     tmp = folder / f".{CHECKPOINT_STATE}.tmp"
     tmp.write_text(json.dumps(state))
     tmp.replace(folder / CHECKPOINT_STATE)
@@ -280,7 +313,7 @@ def save_checkpoint(
 
 def load_checkpoint(
     folder: Path, detector: OneNIPDetector, optimizer: torch.optim.Optimizer, fingerprint: str,
-) -> tuple[int, list[dict[str, float]]] | None:
+) -> tuple[int, list[dict[str, float]], BestEpoch | None] | None:
     """Restore the last complete epoch; ``None`` when there is no usable checkpoint for this config."""
     weights, meta_path = folder / CHECKPOINT_WEIGHTS, folder / CHECKPOINT_STATE
     if not weights.is_file() or not meta_path.is_file():
@@ -309,7 +342,11 @@ def load_checkpoint(
     model_state = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
     detector.model.load_state_dict(model_state, strict=True)
     _restore_optimizer(optimizer, tensors, meta["optimizer"])
-    return int(meta["epoch"]), list(meta["history"])
+    best = None
+    if meta.get("best"):
+        best_state = {k.removeprefix("best."): v for k, v in tensors.items() if k.startswith("best.")}
+        best = BestEpoch(int(meta["best"]["epoch"]), float(meta["best"]["score"]), best_state)
+    return int(meta["epoch"]), list(meta["history"]), best
 
 
 # -- the loop ---------------------------------------------------------------------------------------
@@ -320,6 +357,7 @@ class TrainResult:
     train_seconds: float = 0.0
     prompt_paths: dict[str, str] = field(default_factory=dict)
     output_dir: Path | None = None
+    selection: Selection | None = None
 
 
 def _lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
@@ -330,27 +368,49 @@ def _lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> fl
     return base_lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def draw_prompt_indices(query_idx: Tensor, category_index: Tensor, generator: torch.Generator) -> Tensor:
-    """For each query index a random other index with the same category (never the query itself)."""
-    prompts = torch.empty_like(query_idx)
-    for position, index in enumerate(query_idx.tolist()):
-        same = torch.nonzero(category_index == category_index[index]).flatten()
-        others = same[same != index]
-        prompts[position] = others[torch.randint(len(others), (1,), generator=generator)]
-    return prompts
+def draw_prompt_indices(query_idx: Tensor, count: int, generator: torch.Generator) -> Tensor:
+    """For each query index (into ``count`` images of one category) a random other index, never itself."""
+    if count < 2:
+        msg = "a category needs at least two training images to draw prompts from"
+        raise DatasetError(msg)
+    offsets = torch.randint(1, count, (len(query_idx),), generator=generator)
+    return (query_idx + offsets) % count
 
 
-def fingerprint_of(params: Params, data: TrainingData) -> str:
+def epoch_batches(sizes: Sequence[int], batch_size: int, generator: torch.Generator) -> list[tuple[int, Tensor]]:
+    """One epoch of (category position, image indices) batches: every image once, each batch from one
+    category (images of a batch share a grid), categories interleaved in random order."""
+    batches = []
+    for position, size in enumerate(sizes):
+        order = torch.randperm(size, generator=generator)
+        batches += [(position, order[start : start + batch_size]) for start in range(0, size, batch_size)]
+    shuffle = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in shuffle]
+
+
+def fingerprint_of(params: Params, data: Sequence[CategoryData]) -> str:
     import hashlib
 
     payload = {
         "model": params.model.model_dump(mode="json"),
         "synthesis": params.synthesis.model_dump(mode="json"),
+        "validation": params.validation.model_dump(mode="json"),
         "train": params.train.model_dump(mode="json", exclude={"device", "feature_batch_size", "cache_dir"}),
-        "fit": sorted(data.fit["sha256"].tolist()),
-        "categories": data.categories,
+        "fit": {d.name: sorted(d.fit["sha256"].tolist()) for d in data},
+        "geometries": {d.name: d.geometry.to_dict() for d in data},
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _texture_sources(data: Sequence[CategoryData], category: CategoryData) -> list[Tensor]:
+    """Textures for a category's synthesis: images of the OTHER categories (the paper uses DTD, not
+    available offline), up to 16 spread over them; procedural textures are always available too."""
+    others = [d for d in data if d is not category]
+    picked: list[Tensor] = []
+    for other in others:
+        step = max(1, len(other.fit_images) // 8)
+        picked += [other.fit_images[i].float() / 255 for i in range(0, len(other.fit_images), step)][:8]
+    return picked[:16]
 
 
 def train_onenip(
@@ -368,11 +428,11 @@ def train_onenip(
 
     Args:
         manifest: from ``onenip.data.manifest.make_manifest``.
-        params: the whole configuration (``model``, ``synthesis``, ``train`` sections are read).
+        params: the whole configuration (``model``, ``synthesis``, ``train``, ``validation`` are read).
         output_dir: receives ``checkpoint/`` (per epoch) and the final ``model/``.
         resume: continue from ``output_dir/checkpoint`` when it matches these params and data.
         stop_after_epoch: stop (as an interruption would) after this epoch; used by tests.
-        on_epoch_end: callback ``(epoch, losses)``, e.g. to log to MLflow.
+        on_epoch_end: callback ``(epoch, record)``, e.g. to log to MLflow.
 
     Returns:
         ``TrainResult`` with the calibrated detector, saved to ``output_dir/model``.
@@ -380,74 +440,96 @@ def train_onenip(
     output_dir = Path(output_dir)
     categories = sorted(categories or manifest["category"].unique().tolist())
     cfg = params.train
+    check_validation_methods(params)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    detector = OneNIPDetector(params.model, categories, pretrained=True)
+    geometries = choose_geometries(manifest, params, categories)
+    try:
+        detector = OneNIPDetector(params.model, categories, geometries, pretrained=True)
+    except ValueError as error:  # a neighbour window that blocks a whole grid, a bad input size
+        raise DatasetError(str(error)) from None
     detector.feature_extractor.to(device)
     cache = FeatureCache(cfg.cache_dir, detector.feature_extractor, params.model.backbone)
-    data = prepare_training_data(manifest, params, cache, categories, progress)
+    data = [
+        prepare_category_data(manifest, params, cache, category, k, geometries[category], progress)
+        for k, category in enumerate(categories)
+    ]
 
     # The fixed test-time prompt of each category (saved with the model).
     prompt_paths: dict[str, str] = {}
-    for k, category in enumerate(categories):
-        idx = data.indices_of(k)
-        best = int(idx[select_prompt(data.fit_features[idx])])
-        detector.prompt_features[k] = data.fit_features[best]
-        prompt_paths[category] = str(data.fit["image_path"].iloc[best])
+    for item in data:
+        best = select_prompt(item.fit_features.coarse.float())
+        detector.set_prompt(item.index, item.fit_features.select([best]).float())
+        prompt_paths[item.name] = str(item.fit["image_path"].iloc[best])
+
+    # Validation images: held-out normals + unseen-family anomalies, fixed for the whole run.
+    validations = [
+        build_category_validation(
+            item.name, item.holdout_images, item.holdout_valid, detector.feature_extractor, params, seed=cfg.seed + item.index,
+        )
+        for item in data
+        if len(item.holdout_images)
+    ] if params.validation.select else []
 
     model = detector.model.to(device)
+    detector.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     fingerprint = fingerprint_of(params, data)
     checkpoint_dir = output_dir / CHECKPOINT_DIR
-    start_epoch, history = 0, []
+    start_epoch, history, best = 0, [], None
     if resume:
         restored = load_checkpoint(checkpoint_dir, detector, optimizer, fingerprint)
         if restored is not None:
-            start_epoch, history = restored
+            start_epoch, history, best = restored
             logger.info("Resuming from epoch %d in %s", start_epoch, checkpoint_dir)
 
-    n = data.fit_features.shape[0]
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    steps_per_epoch = sum(math.ceil(len(item.fit_images) / cfg.batch_size) for item in data)
     total_steps = steps_per_epoch * cfg.epochs
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
-    pool: SyntheticPool | None = None
+    synthesizers = {item.name: build_synthesizer(params.synthesis, _texture_sources(data, item)) for item in data}
+    pools: dict[str, SyntheticPool] = {}
     started = time.perf_counter()
     train_seconds = sum(h.get("seconds", 0.0) for h in history)
 
     for epoch in range(start_epoch, cfg.epochs):
         epoch_start = time.perf_counter()
         generation = epoch // params.synthesis.regenerate_every if params.synthesis.regenerate_every else 0
-        if pool is None or pool.generation != generation:
-            pool = SyntheticPool.build(
-                data.fit_images, data.fit["category"].tolist(), detector, params.synthesis,
-                seed=cfg.seed, generation=generation, batch_size=cfg.feature_batch_size, progress=progress,
-            )
+        for item in data:
+            pool = pools.get(item.name)
+            if pool is None or pool.generation != generation:
+                pools[item.name] = SyntheticPool.build(
+                    item, synthesizers[item.name], detector.feature_extractor, params,
+                    seed=cfg.seed, generation=generation, progress=progress,
+                )
         # Everything random in this epoch derives from (seed, epoch): resume == uninterrupted.
         torch.manual_seed(cfg.seed * 100_003 + epoch)
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        order = torch.randperm(n, generator=generator)
+        batches = epoch_batches([len(item.fit_images) for item in data], cfg.batch_size, generator)
         model.train()
         totals = {"loss": 0.0, "feature_mse": 0.0, "dice": 0.0}
-        bar = tqdm(range(steps_per_epoch), desc=f"Epoch {epoch + 1}/{cfg.epochs}", unit="step", disable=not progress)
-        for step_in_epoch in bar:
+        bar = tqdm(batches, desc=f"Epoch {epoch + 1}/{cfg.epochs}", unit="step", disable=not progress)
+        for step_in_epoch, (position, idx) in enumerate(bar):
+            item, pool = data[position], pools[data[position].name]
             step = epoch * steps_per_epoch + step_in_epoch
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(step, total_steps, cfg.warmup_epochs * steps_per_epoch, cfg.lr)
-            idx = order[step_in_epoch * cfg.batch_size : (step_in_epoch + 1) * cfg.batch_size]
-            variant = torch.randint(params.synthesis.pool_size, (len(idx),), generator=generator)
-            prompt_idx = draw_prompt_indices(idx, data.fit_category_index, generator)
-            query = data.fit_features[idx]
-            synthetic = pool.features[idx, variant].float()
-            masks = pool.masks[idx, variant].float()
-            inputs = torch.cat([query, synthetic]).to(device)
-            targets = torch.cat([query, query]).to(device)
+            variant = torch.randint(pool.pool_size, (len(idx),), generator=generator)
+            prompt_idx = draw_prompt_indices(idx, len(item.fit_images), generator)
+            query = item.fit_features.select(idx).float()
+            synthetic = pool.features.select(idx * pool.pool_size + variant).float()
+            masks = pool.masks[idx * pool.pool_size + variant].float()
+            inputs = Features.cat([query, synthetic]).to(device)
+            targets = torch.cat([query.coarse, query.coarse]).to(device)
             all_masks = torch.cat([torch.zeros_like(masks), masks]).to(device)
-            prompts = data.fit_features[prompt_idx].to(device)
+            prompts = item.fit_features.select(prompt_idx).float().to(device)
             autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext()
             with autocast:
-                recon, refiner_logits = model.reconstruct_and_refine(inputs, prompts)
-                losses = onenip_loss(recon.float(), targets, refiner_logits.float(), all_masks, cfg.dice_weight)
+                recon, refiner_logits, _ = model.reconstruct_and_refine(inputs.coarse, prompts.coarse, inputs.fine, prompts.fine)
+                losses = onenip_loss(
+                    recon.float(), targets, refiner_logits.float(), all_masks, cfg.dice_weight,
+                    image_pixels=item.geometry.height * item.geometry.width,
+                )
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(losses.total).backward()
@@ -463,60 +545,112 @@ def train_onenip(
             totals["feature_mse"] += losses.feature_mse.item()
             totals["dice"] += losses.dice.item()
             bar.set_postfix(loss=f"{losses.total.item():.4f}")
-        record = {key: value / steps_per_epoch for key, value in totals.items()}
+        record = {key: value / max(1, len(batches)) for key, value in totals.items()}
         record["epoch"] = epoch + 1
         record["lr"] = optimizer.param_groups[0]["lr"]
+        record["train_seconds"] = time.perf_counter() - epoch_start
+        last = epoch + 1 == cfg.epochs
+        if validations and ((epoch + 1) % params.validation.every_epochs == 0 or last):
+            selection = validate(detector, data, validations, params, device)
+            record["val_score"] = selection.score
+            if best is None or selection.score > best.score:
+                best = BestEpoch(epoch + 1, selection.score, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
         record["seconds"] = time.perf_counter() - epoch_start
         history.append(record)
         train_seconds += record["seconds"]
-        save_checkpoint(checkpoint_dir, detector, optimizer, epoch + 1, history, fingerprint)
+        save_checkpoint(checkpoint_dir, detector, optimizer, epoch + 1, history, fingerprint, best)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, record)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.epochs:
             return TrainResult(detector, history, train_seconds, prompt_paths, None)
 
-    calibrate(detector, data, params.eval.threshold_quantile, device)
+    kept_epoch = cfg.epochs
+    if best is not None:
+        model.load_state_dict(best.state)
+        kept_epoch = best.epoch
+    selection = validate(detector, data, validations, params, device) if validations else None
+    if selection is not None and selection.table:
+        detector.scoring = selection.rule
+    calibrate_threshold(detector, data, params.eval.threshold_quantile, device)
     model_dir = detector.save(
         output_dir / "model",
         metadata={
             "prompt_paths": prompt_paths,
             "threshold_rule": f"quantile {params.eval.threshold_quantile} of held-out training-normal image scores",
-            "holdout_images": {c: int((data.holdout_category_index == k).sum()) for k, c in enumerate(categories)},
+            "holdout_images": {item.name: len(item.holdout) for item in data},
             "train_seconds": train_seconds,
             "epochs": cfg.epochs,
+            "kept_epoch": kept_epoch,
+            "selection": None if selection is None else {
+                "rule": selection.rule.to_dict(), "score": selection.score, "metrics": selection.metrics,
+                "validation_methods": list(params.validation.methods),
+                "validation_images": {v.category: len(v.labels) for v in validations},
+            },
         },
     )
     logger.info("Saved model to %s (%.1f s since start)", model_dir, time.perf_counter() - started)
-    return TrainResult(detector, history, train_seconds, prompt_paths, output_dir)
+    return TrainResult(detector, history, train_seconds, prompt_paths, output_dir, selection)
 
 
 @torch.no_grad()
-def calibrate(detector: OneNIPDetector, data: TrainingData, threshold_quantile: float, device: torch.device) -> None:
-    """Set ``recon_scale`` and ``score_threshold`` per category from held-out training normals.
+def calibrate_scales(detector: OneNIPDetector, data: Sequence[CategoryData], device: torch.device) -> None:
+    """Per category, the typical maximum of each error map on held-out training normals.
 
-    recon_scale = max of the reconstruction-error map over the held-out normals (the reference code
-    uses the test set's (max + min) / 2; we never look at test data). The decision threshold is the
-    ``threshold_quantile`` of the held-out normals' image scores. With no holdout (fraction 0), the
-    fit images are used, which is optimistic and documented as such.
+    ``recon_scale`` / ``residual_scale`` = the mean over held-out normals of each image's maximum of
+    the reconstruction-error / prompt-residual map, so after division a normal image peaks near 1.
+    The reference code uses the *test set's* (max + min) / 2; we never look at test data. With no
+    holdout (fraction 0) the fit images are used, which is optimistic and documented as such.
     """
     detector.eval()
-    features = data.holdout_features if len(data.holdout_features) else data.fit_features
-    category_index = data.holdout_category_index if len(data.holdout_features) else data.fit_category_index
-    for k in range(len(detector.categories)):
-        selected = features[category_index == k]
-        if not len(selected):
-            selected = data.fit_features[data.fit_category_index == k]
-        prompt = detector.prompt_features[k : k + 1].to(device)
-        recon_max = 0.0
-        for start in range(0, len(selected), 16):
-            out = detector.model(selected[start : start + 16].to(device), prompt, 1.0)
-            recon_max = max(recon_max, float(out.recon_map.max()))
-        detector.recon_scale[k] = max(recon_max, 1e-6)
+    for item in data:
+        features = item.holdout_features if len(item.holdout_features) else item.fit_features
+        detector.recon_scale[item.index] = 1.0
+        detector.residual_scale[item.index] = 1.0
+        recon_max, residual_max = [], []
+        valid = item.holdout_valid if len(item.holdout_features) else item.fit_valid
+        for start in range(0, len(features), 16):
+            chunk = features.select(slice(start, start + 16)).float().to(device)
+            recon, _, residual = detector.components(chunk, item.index)
+            mask = None if valid is None else valid[start : start + 16].to(device)
+            recon_max.append(_masked_max(recon, mask))
+            if residual is not None:
+                residual_max.append(_masked_max(residual, mask))
+        detector.recon_scale[item.index] = float(torch.cat(recon_max).mean().clamp_min(1e-6))
+        if residual_max:
+            detector.residual_scale[item.index] = float(torch.cat(residual_max).mean().clamp_min(1e-6))
+
+
+def _masked_max(maps: Tensor, valid: Tensor | None) -> Tensor:
+    if valid is not None:
+        maps = maps * valid.to(maps.dtype)
+    return maps.flatten(1).amax(dim=1).cpu()
+
+
+def validate(
+    detector: OneNIPDetector, data: Sequence[CategoryData], validations: Sequence[CategoryValidation], params: Params, device: torch.device,
+) -> Selection:
+    """Calibrate the map scales on held-out normals, then choose the scoring rule on validation data."""
+    calibrate_scales(detector, data, device)
+    per_category = [(v, validation_components(detector, v)) for v in validations]
+    default = ScoringRule(tuple(params.model.scoring.weights), params.model.scoring.smoothing_sigma, params.model.scoring.score_pool_size)
+    return select_scoring(per_category, params.validation, default)
+
+
+@torch.no_grad()
+def calibrate_threshold(detector: OneNIPDetector, data: Sequence[CategoryData], threshold_quantile: float, device: torch.device) -> None:
+    """Map scales (``calibrate_scales``), then the decision threshold per category: the
+    ``threshold_quantile`` of the held-out training normals' image scores under the model's scoring rule."""
+    calibrate_scales(detector, data, device)
+    for item in data:
+        holdout = len(item.holdout_features) > 0
+        features = item.holdout_features if holdout else item.fit_features
+        valid = item.holdout_valid if holdout else item.fit_valid
         scores = []
-        for start in range(0, len(selected), 16):
-            out = detector.model(selected[start : start + 16].to(device), prompt, detector.recon_scale[k])
-            scores.append(out.pred_score.cpu())
-        detector.score_threshold[k] = float(torch.quantile(torch.cat(scores), threshold_quantile))
+        for start in range(0, len(features), 16):
+            chunk = features.select(slice(start, start + 16)).float().to(device)
+            mask = None if valid is None else valid[start : start + 16].to(device)
+            scores.append(detector.forward_features(chunk, item.index, mask).pred_score.float().cpu())
+        detector.score_threshold[item.index] = float(torch.quantile(torch.cat(scores), threshold_quantile))
 
 
 def train_models(

@@ -1,7 +1,9 @@
-"""Image and mask tensors at the model's input size.
+"""Image and mask tensors at the model's input geometry (``onenip.data.geometry``).
 
-Every image is squashed to ``input_size x input_size`` (bilinear, antialiased), as MVTec AD
-practice does; anomaly maps are resized back to each ground-truth mask's own resolution for metrics.
+A category's images enter the model at its ``InputGeometry``: resized (bilinear, antialiased) to
+``height x width`` with the category's aspect, or letterboxed when the aspects vary. An ``int`` size
+means the square ``size x size`` input (MVTec AD practice, used by the peers in ``benchmarks/``).
+Anomaly maps go back to each image's own resolution through ``InputGeometry.map_to_image``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from onenip.data.geometry import InputGeometry, square_geometry
 from onenip.data.manifest import read_image, read_mask
 
 
@@ -32,9 +35,13 @@ def resize_image(image: Tensor, size: int | tuple[int, int]) -> Tensor:
     return batched.clamp_(0.0, 1.0) if image.dim() == 4 else batched[0].clamp_(0.0, 1.0)
 
 
-def load_image(path: str | Path, input_size: int) -> Tensor:
-    """Read any supported image as (3, input_size, input_size) float in [0, 1]."""
-    return resize_image(image_to_tensor(read_image(path)), input_size)
+def as_geometry(geometry: InputGeometry | int) -> InputGeometry:
+    return square_geometry(geometry) if isinstance(geometry, int) else geometry
+
+
+def load_image(path: str | Path, geometry: InputGeometry | int) -> Tensor:
+    """Read any supported image as (3, height, width) float in [0, 1] at the input geometry."""
+    return as_geometry(geometry).apply(image_to_tensor(read_image(path)))
 
 
 def load_mask(path: str | Path | None, size: int | tuple[int, int] | None = None) -> Tensor:

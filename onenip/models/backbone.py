@@ -266,6 +266,8 @@ class FeatureExtractor(nn.Module):
         out_indices: tuple[int, ...] = (0, 1, 2, 3),
         feature_stride: int = 16,
         pretrained: bool = True,
+        fine_indices: tuple[int, ...] = (),
+        fine_stride: int = 8,
     ) -> None:
         super().__init__()
         model = create_classifier(backbone, pretrained=pretrained)
@@ -283,9 +285,25 @@ class FeatureExtractor(nn.Module):
         if feature_stride not in stage_strides:
             msg = f"feature_stride must be one of the stage strides of {backbone} {stage_strides}, got {feature_stride}"
             raise ValueError(msg)
+        fine_indices = tuple(int(index) for index in fine_indices)
+        if fine_indices:
+            if list(fine_indices) != sorted(set(fine_indices)) or not (
+                0 <= fine_indices[0] and fine_indices[-1] < len(stage_info)
+            ):
+                msg = f"fine_indices must be sorted, unique stage indices in 0..{len(stage_info) - 1}, got {list(fine_indices)}"
+                raise ValueError(msg)
+            if fine_stride not in stage_strides or fine_stride >= feature_stride or feature_stride % fine_stride:
+                msg = f"fine_stride must be a stage stride of {backbone} that divides feature_stride={feature_stride}, got {fine_stride}"
+                raise ValueError(msg)
+        self.fine_indices = fine_indices
+        self.fine_stride = fine_stride
+        self.fine_dims: list[int] = [stage_info[index]["num_chs"] for index in fine_indices]
+        self.fine_reductions: list[int] = [stage_info[index]["reduction"] for index in fine_indices]
+        self.num_fine_features = sum(self.fine_dims)
+        self._all_indices = sorted(set(out_indices) | set(fine_indices))
 
         # Drops the blocks after the last requested stage, conv_head/bn2 and the classifier.
-        model.prune_intermediate_layers(list(out_indices), prune_head=True)
+        model.prune_intermediate_layers(self._all_indices, prune_head=True)
         self.backbone = model.requires_grad_(False)
         self.backbone_name = backbone
         self.out_indices = out_indices
@@ -302,6 +320,11 @@ class FeatureExtractor(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         """``(B, 3, H, W)`` normalised images -> ``(B, num_features, H / feature_stride, W / feature_stride)``."""
+        return self.forward_pyramid(images)[0]
+
+    def forward_pyramid(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Coarse features (as ``forward``) and, when ``fine_indices`` are set, the fine ones:
+        ``(B, num_fine_features, H / fine_stride, W / fine_stride)`` (else ``None``), from one pass."""
         if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
             msg = f"Expected normalised float images of shape (B, 3, H, W), got {images.dtype} {tuple(images.shape)}"
             raise ValueError(msg)
@@ -309,24 +332,32 @@ class FeatureExtractor(nn.Module):
         if height % self.feature_stride or width % self.feature_stride:
             msg = f"Image size {height}x{width} must be a multiple of feature_stride={self.feature_stride}"
             raise ValueError(msg)
-        grid = (height // self.feature_stride, width // self.feature_stride)
         with torch.no_grad():
             stages = self.backbone.forward_intermediates(
-                images, indices=list(self.out_indices), intermediates_only=True, stop_early=True
+                images, indices=self._all_indices, intermediates_only=True, stop_early=True
             )
-            on_grid = [
-                self._to_grid(stage, reduction, grid)
-                for stage, reduction in zip(stages, self.reductions, strict=True)
-            ]
-            return torch.cat(on_grid, dim=1)
+            by_index = dict(zip(self._all_indices, stages, strict=True))
+            coarse = self._on_grid(by_index, self.out_indices, self.reductions, self.feature_stride, (height, width))
+            if not self.fine_indices:
+                return coarse, None
+            fine = self._on_grid(by_index, self.fine_indices, self.fine_reductions, self.fine_stride, (height, width))
+            return coarse, fine
 
-    def _to_grid(self, stage: Tensor, reduction: int, grid: tuple[int, int]) -> Tensor:
-        if reduction < self.feature_stride:
-            # Average each grid cell rather than point-sample it (UniAD's bilinear resize), see module docs.
-            return F.avg_pool2d(stage, kernel_size=self.feature_stride // reduction)
-        if reduction > self.feature_stride:
-            return F.interpolate(stage, size=grid, mode="bilinear", align_corners=False)
-        return stage
+    @staticmethod
+    def _on_grid(
+        by_index: dict[int, Tensor], indices: tuple[int, ...], reductions: list[int], stride: int, size: tuple[int, int],
+    ) -> Tensor:
+        grid = (size[0] // stride, size[1] // stride)
+        parts = []
+        for index, reduction in zip(indices, reductions, strict=True):
+            stage = by_index[index]
+            if reduction < stride:
+                # Average each grid cell rather than point-sample it (UniAD's bilinear resize), see module docs.
+                stage = F.avg_pool2d(stage, kernel_size=stride // reduction)
+            elif reduction > stride:
+                stage = F.interpolate(stage, size=grid, mode="bilinear", align_corners=False)
+            parts.append(stage)
+        return torch.cat(parts, dim=1)
 
 
 def build_feature_extractor(cfg: BackboneParams, pretrained: bool = True) -> FeatureExtractor:
@@ -336,4 +367,6 @@ def build_feature_extractor(cfg: BackboneParams, pretrained: bool = True) -> Fea
         out_indices=tuple(cfg.out_indices),
         feature_stride=cfg.feature_stride,
         pretrained=pretrained,
+        fine_indices=tuple(cfg.fine_indices),
+        fine_stride=cfg.fine_stride,
     )

@@ -1,83 +1,129 @@
 """OneNIPDetector: backbone + OneNIP + one stored prompt per category, from images to anomaly maps.
 
-Saved as ``model.safetensors`` (state dict only) + ``onenip.json`` (the model and backbone params,
-categories, prompt provenance, calibration rule). Loading never unpickles anything.
+Each category has its own input geometry (``onenip.data.geometry``: height x width, squashed or
+letterboxed), its ONE normal prompt (coarse and fine features), the scales that normalise its error
+maps and its decision threshold. The scoring rule (blend weights, smoothing, pooling) belongs to the
+model. Saved as ``model.safetensors`` (state dict only) + ``onenip.json`` (model and backbone params,
+categories, geometries, scoring rule, prompt provenance, calibration rule). Loading never unpickles.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from onenip.config import ModelParams
+from onenip.data.geometry import InputGeometry, square_geometry
 from onenip.data.transforms import normalize
+from onenip.features import Features
 from onenip.models.backbone import FeatureExtractor, build_feature_extractor
-from onenip.models.onenip import OneNIP, OneNIPOutput
+from onenip.models.onenip import OneNIP, check_neighbor_size
+from onenip.models.scoring import ScoringRule, normalised_components, score_maps
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "onenip.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 class ModelLoadError(ValueError):
     """A saved model folder is missing, incomplete or from an incompatible version."""
 
 
-def build_onenip(cfg: ModelParams, in_features: int) -> OneNIP:
+class DetectorOutput(NamedTuple):
+    anomaly_map: Tensor
+    """(B, 1, H, W) at the category's input size: the scoring rule's blend, smoothed."""
+    pred_score: Tensor
+    """(B,) image scores."""
+    components: list[Tensor | None]
+    """Normalised [recon, refiner, residual] maps (B, 1, H, W), before smoothing (residual None without fine path)."""
+
+
+def build_onenip(cfg: ModelParams, in_features: int, fine_features: int, max_grid: tuple[int, int]) -> OneNIP:
     """Map the ``model`` section of params.yaml onto OneNIP's constructor."""
-    grid = cfg.backbone.input_size // cfg.backbone.feature_stride
     return OneNIP(
         in_features=in_features,
-        feature_size=(grid, grid),
-        image_size=(cfg.backbone.input_size, cfg.backbone.input_size),
+        max_grid=max_grid,
         embed_dim=cfg.embed_dim,
         num_heads=cfg.num_heads,
         num_encoder_layers=cfg.num_encoder_layers,
         num_decoder_layers=cfg.num_decoder_layers,
         mlp_ratio=cfg.mlp_ratio,
         dropout=cfg.dropout,
-        neighbor_size=(cfg.neighbor_size, cfg.neighbor_size),
+        neighbor_size=cfg.neighbor_window,
         feature_jitter_scale=cfg.feature_jitter_scale,
         feature_jitter_prob=cfg.feature_jitter_prob,
         refiner_dim=cfg.refiner_dim,
-        recon_weight=cfg.recon_weight,
-        smoothing_sigma=cfg.smoothing_sigma,
-        score_pool_size=cfg.score_pool_size,
+        fine_features=fine_features,
+        residual_window=cfg.residual_window,
     )
 
 
 class OneNIPDetector(nn.Module):
-    """Images (B, 3, S, S) in [0, 1] + category indices -> ``OneNIPOutput``.
+    """Images of one category (B, 3, H, W) in [0, 1] -> ``DetectorOutput``.
 
-    Buffers (saved in the state dict): ``prompt_features`` (K, C, h, w), the one normal prompt per
-    category; ``recon_scale`` (K,) and ``score_threshold`` (K,), calibrated on held-out training normals.
+    Buffers (saved in the state dict): ``prompt_<k>`` (C, h, w) and ``prompt_fine_<k>`` of category k's
+    normal prompt; ``recon_scale``, ``residual_scale`` and ``score_threshold`` (K,), calibrated on
+    held-out training normals.
     """
 
-    def __init__(self, cfg: ModelParams, categories: Sequence[str], *, pretrained: bool = True) -> None:
+    def __init__(
+        self,
+        cfg: ModelParams,
+        categories: Sequence[str],
+        geometries: Mapping[str, InputGeometry] | None = None,
+        *,
+        pretrained: bool = True,
+    ) -> None:
         super().__init__()
         if not categories:
             msg = "a detector needs at least one category"
             raise ValueError(msg)
         self.cfg = cfg
         self.categories = list(categories)
+        default = square_geometry(cfg.backbone.input_size)
+        self.geometries = {c: (geometries or {}).get(c, default) for c in self.categories}
         self.feature_extractor: FeatureExtractor = build_feature_extractor(cfg.backbone, pretrained=pretrained)
-        self.model = build_onenip(cfg, self.feature_extractor.num_features)
-        grid = cfg.backbone.input_size // cfg.backbone.feature_stride
-        k = len(self.categories)
-        self.register_buffer("prompt_features", torch.zeros(k, self.feature_extractor.num_features, grid, grid))
-        self.register_buffer("recon_scale", torch.ones(k))
-        self.register_buffer("score_threshold", torch.full((k,), float("inf")))
+        stride = cfg.backbone.feature_stride
+        grids = {c: g.grid(stride) for c, g in self.geometries.items()}
+        for category, geometry in self.geometries.items():
+            if geometry.height % stride or geometry.width % stride:
+                msg = f"input size {geometry.size} of {category!r} must be a multiple of the feature stride {stride}"
+                raise ValueError(msg)
+            try:
+                check_neighbor_size(grids[category], cfg.neighbor_window)
+            except ValueError as error:
+                msg = f"category {category!r} (input {geometry.height}x{geometry.width}): {error}"
+                raise ValueError(msg) from None
+        max_grid = (max(g[0] for g in grids.values()), max(g[1] for g in grids.values()))
+        extractor = self.feature_extractor
+        self.model = build_onenip(cfg, extractor.num_features, extractor.num_fine_features, max_grid)
+        ratio = stride // extractor.fine_stride if extractor.num_fine_features else 1
+        for k, category in enumerate(self.categories):
+            h, w = grids[category]
+            self.register_buffer(f"prompt_{k}", torch.zeros(extractor.num_features, h, w))
+            if extractor.num_fine_features:
+                self.register_buffer(f"prompt_fine_{k}", torch.zeros(extractor.num_fine_features, h * ratio, w * ratio))
+        count = len(self.categories)
+        self.register_buffer("recon_scale", torch.ones(count))
+        self.register_buffer("residual_scale", torch.ones(count))
+        self.register_buffer("score_threshold", torch.full((count,), float("inf")))
+        self.scoring = ScoringRule(tuple(cfg.scoring.weights), cfg.scoring.smoothing_sigma, cfg.scoring.score_pool_size)
+        self.metadata: dict[str, Any] = {}
         self._prompt_cache: dict[int, tuple[tuple, Tensor]] = {}
 
     @property
-    def input_size(self) -> int:
-        return self.cfg.backbone.input_size
+    def has_fine(self) -> bool:
+        return self.feature_extractor.num_fine_features > 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.recon_scale.device
 
     def category_index(self, category: str) -> int:
         try:
@@ -86,20 +132,52 @@ class OneNIPDetector(nn.Module):
             msg = f"Unknown category {category!r}; this model knows {self.categories}"
             raise ValueError(msg) from None
 
-    def extract(self, images: Tensor) -> Tensor:
-        """(B, 3, S, S) in [0, 1] -> backbone features (B, C, h, w)."""
-        return self.feature_extractor(normalize(images, self.cfg.backbone.mean, self.cfg.backbone.std))
+    def geometry(self, category: str | int) -> InputGeometry:
+        name = self.categories[category] if isinstance(category, int) else category
+        self.category_index(name)
+        return self.geometries[name]
 
-    def forward_features(self, features: Tensor, category_indices: Tensor) -> OneNIPOutput:
-        """Score cached features; each query uses its category's stored prompt and scale."""
-        category_indices = category_indices.to(self.prompt_features.device).long()
-        unique = category_indices.unique()
-        if unique.numel() == 1:
-            k = int(unique)
-            prompt = self.prompt_features[k : k + 1]
-            return self.model(features, prompt, self.recon_scale[k], self._encoded_prompt(k, prompt))
-        # Mixed categories: one prompt per query (prompt i goes with query i).
-        return self.model(features, self.prompt_features[category_indices], self.recon_scale[category_indices])
+    def prompt(self, k: int) -> Features:
+        """Category k's stored prompt as a batch of one."""
+        fine = getattr(self, f"prompt_fine_{k}")[None] if self.has_fine else None
+        return Features(getattr(self, f"prompt_{k}")[None], fine)
+
+    def set_prompt(self, k: int, prompt: Features) -> None:
+        """Store one image's features (a batch of one) as category k's prompt."""
+        getattr(self, f"prompt_{k}").copy_(prompt.coarse[0])
+        if self.has_fine:
+            getattr(self, f"prompt_fine_{k}").copy_(prompt.fine[0])  # type: ignore[index]
+
+    def extract(self, images: Tensor) -> Features:
+        """(B, 3, H, W) in [0, 1] -> backbone features."""
+        coarse, fine = self.feature_extractor.forward_pyramid(normalize(images, self.cfg.backbone.mean, self.cfg.backbone.std))
+        return Features(coarse, fine)
+
+    def components(self, features: Features, k: int, prompt: Features | None = None) -> list[Tensor | None]:
+        """Normalised [recon, refiner, residual] maps of one category's queries at its input size.
+
+        ``prompt`` replaces the stored prompt (prompt sensitivity, training-time validation)."""
+        stored = prompt is None
+        prompt = self.prompt(k) if prompt is None else prompt.to(features.coarse.device)
+        out = self.model(
+            features.coarse,
+            prompt.coarse,
+            features.fine,
+            prompt.fine,
+            image_size=self.geometries[self.categories[k]].size,
+            encoded_prompts=self._encoded_prompt(k, prompt.coarse) if stored else None,
+        )
+        return normalised_components(out.recon_map, out.refined_map, out.residual_map, self.recon_scale[k], self.residual_scale[k])
+
+    def forward_features(self, features: Features, category: int, valid: Tensor | None = None) -> DetectorOutput:
+        """Score cached features of category index ``category`` with its stored prompt and the scoring rule."""
+        components = self.components(features, int(category))
+        anomaly_map, scores = score_maps(components, self.scoring, valid)
+        return DetectorOutput(anomaly_map, scores, components)
+
+    def forward(self, images: Tensor, category: int, valid: Tensor | None = None) -> DetectorOutput:
+        """(B, 3, H, W) images of one category at its input geometry; ``valid`` (B, 1, H, W) marks letterbox content."""
+        return self.forward_features(self.extract(images), category, valid)
 
     def _encoded_prompt(self, k: int, prompt: Tensor) -> Tensor | None:
         """The encoder output of category k's prompt, computed once per prompt at inference.
@@ -111,15 +189,13 @@ class OneNIPDetector(nn.Module):
         if self.model.training or torch.is_grad_enabled():
             return None
         weights_version = sum(param._version for param in self.model.parameters())
-        key = (k, self.prompt_features._version, weights_version, str(prompt.device), prompt.dtype)
+        buffer = getattr(self, f"prompt_{k}")
+        key = (k, buffer._version, weights_version, str(prompt.device), prompt.dtype)
         cached = self._prompt_cache.get(k)
         if cached is None or cached[0] != key:
             cached = (key, self.model.encode(prompt))
             self._prompt_cache[k] = cached
         return cached[1]
-
-    def forward(self, images: Tensor, category_indices: Tensor) -> OneNIPOutput:
-        return self.forward_features(self.extract(images), category_indices)
 
     # -- persistence ------------------------------------------------------------------------------
     def save(self, folder: str | Path, metadata: dict[str, Any] | None = None) -> Path:
@@ -130,11 +206,15 @@ class OneNIPDetector(nn.Module):
         folder.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
         atomic_save_safetensors(state, folder / WEIGHTS_FILE)
+        if metadata is not None:
+            self.metadata = dict(metadata)
         config = {
             "format_version": FORMAT_VERSION,
             "model": self.cfg.model_dump(mode="json"),
             "categories": self.categories,
-            "metadata": metadata or {},
+            "geometries": {c: g.to_dict() for c, g in self.geometries.items()},
+            "scoring": self.scoring.to_dict(),
+            "metadata": self.metadata,
         }
         tmp = folder / f".{CONFIG_FILE}.tmp"
         tmp.write_text(json.dumps(config, indent=2))
@@ -155,10 +235,15 @@ class OneNIPDetector(nn.Module):
             msg = f"Model config {config_path} is not valid JSON: {error}"
             raise ModelLoadError(msg) from error
         if config.get("format_version") != FORMAT_VERSION:
-            msg = f"Model {folder} has format {config.get('format_version')}, this onenip reads {FORMAT_VERSION}"
+            msg = (
+                f"Model {folder} has format {config.get('format_version')}, this onenip reads {FORMAT_VERSION}; "
+                f"retrain it with this version (onenip train)"
+            )
             raise ModelLoadError(msg)
-        detector = cls(ModelParams.model_validate(config["model"]), config["categories"], pretrained=False)
+        geometries = {c: InputGeometry.from_dict(g) for c, g in config["geometries"].items()}
+        detector = cls(ModelParams.model_validate(config["model"]), config["categories"], geometries, pretrained=False)
         state = load_file(str(weights_path), device=str(map_location))
         detector.load_state_dict(state, strict=True)
+        detector.scoring = ScoringRule.from_dict(config["scoring"])
         detector.metadata = config.get("metadata", {})
         return detector.to(map_location).eval()

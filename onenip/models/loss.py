@@ -30,24 +30,40 @@ def dice_loss(probabilities: Tensor, masks: Tensor, smooth: float = 1.0) -> Tens
     return (1.0 - numerator / denominator).mean()
 
 
+def area_pool_masks(masks: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
+    """(N, 1, H, W) masks -> (N, 1, h, w): the anomalous fraction of each cell (exact when H, W are
+    multiples of h, w, as image / refiner sizes are)."""
+    size = tuple(size)
+    if tuple(masks.shape[-2:]) == size:
+        return masks.float()
+    return F.adaptive_avg_pool2d(masks.float(), size)
+
+
 def onenip_loss(
     recon_features: Tensor,
     target_features: Tensor,
     refiner_logits: Tensor,
     masks: Tensor,
     dice_weight: float = 0.5,
+    image_pixels: int | None = None,
 ) -> OneNIPLoss:
     """Feature MSE against the CLEAN query features + ``dice_weight`` x Dice on the refiner.
 
     Args:
         recon_features: (N, C, h, w) reconstructions of normal queries and their synthetic copies.
         target_features: (N, C, h, w) clean query features (the same target for a query and its copy).
-        refiner_logits: (N, 1, H, W) refiner logits at mask resolution.
-        masks: (N, 1, H, W) zeros for normal queries, synthetic masks for anomalous copies.
+        refiner_logits: (N, 1, h', w') refiner logits at the refiner's own resolution (4x the grid).
+        masks: (N, 1, H, W) zeros for normal queries, synthetic masks for anomalous copies, at image
+            resolution; area-pooled to the logits' grid (soft targets: the fraction of each cell that is
+            anomalous), so the loss never upsamples logits to the image size.
         dice_weight: 0.5 in the paper's config.
+        image_pixels: H * W of the images when ``masks`` come already pooled to the logits' grid.
     """
-    if masks.shape[-2:] != refiner_logits.shape[-2:]:
-        masks = F.interpolate(masks.float(), size=refiner_logits.shape[-2:], mode="nearest")
+    full_pixels = image_pixels or masks.shape[-2] * masks.shape[-1]
+    masks = area_pool_masks(masks, refiner_logits.shape[-2:])
     feature_mse = F.mse_loss(recon_features, target_features)
-    dice = dice_loss(torch.sigmoid(refiner_logits), masks)
+    # Sums over the coarse grid are (grid / image) times the full-resolution sums of an upsampled map;
+    # scaling the smoothing term alike keeps the reference's loss (smooth = 1 at full resolution).
+    smooth = refiner_logits.shape[-2] * refiner_logits.shape[-1] / full_pixels
+    dice = dice_loss(torch.sigmoid(refiner_logits), masks, smooth=smooth)
     return OneNIPLoss(total=feature_mse + dice_weight * dice, feature_mse=feature_mse, dice=dice)

@@ -4,24 +4,33 @@ Gao, "Learning to Detect Multi-class Anomalies with Just One Normal Image Prompt
 The frozen backbone's stride-16 features of a query image are reconstructed by a transformer that is
 guided by ONE normal image of the same product (the prompt):
 
-* encoder: self-attention inside each image's tokens (query, synthetic and prompt alike), restricted to
-  a neighbourhood window so a token cannot simply copy itself through distant context;
+* encoder: self-attention inside each image's tokens (query, synthetic and prompt alike) with the
+  reference's neighbour mask: the window AROUND each token, the token itself included, is blocked and
+  every token outside it is visible. A token can therefore never copy itself or its neighbours (the
+  "identical shortcut" of UniAD), so an anomaly cannot be reconstructed from itself;
 * two-way decoder: prompt tokens attend to the query image's tokens (they gather "what is here"),
-  then the image tokens attend to the updated prompt tokens. The reconstruction is read out of the
+  then the image tokens attend to the updated prompt tokens, both with the same blocked window; a final
+  prompt -> image attention is unmasked, as in the reference. The reconstruction is read out of the
   *prompt* stream, so it is built from normal content and cannot reproduce a defect;
 * restoration: a synthesized anomalous copy of each training query has the clean query's features as
   target, which teaches the network to remove anomalies rather than copy them (Sec. 3.3 of the paper);
 * refiner: a small conv head on ``|reconstruction - input|`` predicts a sharp anomaly mask, trained
-  with Dice on the synthetic masks (Sec. 3.4).
+  with Dice on the synthetic masks (Sec. 3.4). Beside the paper's input it can take a fine skip path
+  (``fine_features > 0``): at stride 8, each query patch's residual to its nearest prompt patch
+  (``prompt_residual``), so it can draw defects thinner than a stride-16 cell.
 
-This module is pure torch and works on features; ``onenip.models.detector`` puts the backbone in front.
+Grids need not be square (a category keeps its aspect, ``onenip.data.geometry``): the position
+embedding is interpolated to each grid and the neighbour mask is built per grid.
+
+This module is pure torch and works on features; ``onenip.models.detector`` puts the backbone in front
+and blends the component maps (``onenip.models.scoring``).
 
 Example:
-    >>> model = OneNIP(in_features=192, feature_size=(16, 16), embed_dim=64, num_heads=4,
-    ...                num_encoder_layers=1, num_decoder_layers=1, image_size=(256, 256))
-    >>> query = torch.randn(2, 192, 16, 16); prompt = torch.randn(2, 192, 16, 16)
-    >>> model(query, prompt).anomaly_map.shape
-    torch.Size([2, 1, 256, 256])
+    >>> model = OneNIP(in_features=192, max_grid=(16, 16), embed_dim=64, num_heads=4,
+    ...                num_encoder_layers=1, num_decoder_layers=1)
+    >>> query = torch.randn(2, 192, 10, 16); prompt = torch.randn(1, 192, 10, 16)
+    >>> model(query, prompt, image_size=(160, 256)).recon_map.shape
+    torch.Size([2, 1, 160, 256])
 
 See Also:
     ``onenip.training.train_onenip`` for the training loop, ``onenip.models.loss`` for the losses.
@@ -40,34 +49,54 @@ from onenip.models.refiner import Refiner
 
 
 class OneNIPOutput(NamedTuple):
-    """What ``OneNIP.forward`` returns, the same type in training and evaluation."""
+    """The component maps of ``OneNIP.forward``, all at the requested image size."""
 
-    anomaly_map: Tensor
-    """(B, 1, H, W) blend of normalised reconstruction error and refiner probability, smoothed."""
-    pred_score: Tensor
-    """(B,) max of the average-pooled anomaly map."""
     recon_map: Tensor
     """(B, 1, H, W) L2 reconstruction error, upsampled from the feature grid."""
     refined_map: Tensor
     """(B, 1, H, W) refiner probability."""
+    residual_map: Tensor | None
+    """(B, 1, H, W) distance of each fine query patch to its nearest prompt patch (None without fine path)."""
     refiner_logits: Tensor
-    """(B, 1, H, W) refiner logits (the Dice loss takes their sigmoid)."""
+    """(B, 1, 4h, 4w) refiner logits at the refiner's own resolution (the Dice loss takes their sigmoid)."""
     recon_features: Tensor
     """(B, C, h, w) reconstructed features."""
 
 
 def neighbor_mask(feature_size: tuple[int, int], neighbor_size: tuple[int, int]) -> Tensor:
-    """(h*w, h*w) bool attention mask, True where attention is NOT allowed (outside the window).
+    """(h*w, h*w) bool attention mask, True where attention is BLOCKED: the window around each token.
 
-    A token at (i, j) may attend to tokens within ``neighbor_size // 2`` rows and columns of itself.
-    Built once per grid size (it is a buffer of the model), not on every forward.
+    As the reference's ``generate_mask``: token (i, j) may not attend to any token within
+    ``neighbor_size // 2`` rows and columns of itself (itself included); everything outside that
+    window is visible. Raises ``ValueError`` when some token would see nothing (its attention row would
+    be all -inf, which gives NaN).
     """
     h, w = feature_size
+    check_neighbor_size(feature_size, neighbor_size)
     rows = torch.arange(h).repeat_interleave(w)
     cols = torch.arange(w).repeat(h)
     near_rows = (rows[:, None] - rows[None, :]).abs() <= neighbor_size[0] // 2
     near_cols = (cols[:, None] - cols[None, :]).abs() <= neighbor_size[1] // 2
-    return ~(near_rows & near_cols)
+    return near_rows & near_cols
+
+
+def check_neighbor_size(feature_size: tuple[int, int], neighbor_size: tuple[int, int]) -> None:
+    """A window that covers the whole grid from some token blocks that token's every key: refuse it.
+
+    The window of token (i, j) spans rows ``i +- n_h // 2``; it covers all ``h`` rows from the middle
+    row exactly when ``2 * (n_h // 2) + 1 >= h``, and likewise for columns.
+    """
+    (h, w), (nh, nw) = feature_size, neighbor_size
+    if nh < 1 or nw < 1:
+        msg = f"neighbor_size must be positive, got {tuple(neighbor_size)}"
+        raise ValueError(msg)
+    if 2 * (nh // 2) + 1 >= h and 2 * (nw // 2) + 1 >= w:
+        msg = (
+            f"neighbor_size {tuple(neighbor_size)} blocks the whole {h}x{w} feature grid for its middle token "
+            f"(it would attend to nothing); use a window smaller than the grid in at least one direction, "
+            f"e.g. about half of it"
+        )
+        raise ValueError(msg)
 
 
 class Attention(nn.Module):
@@ -104,22 +133,32 @@ class Attention(nn.Module):
 
 
 class LearnedPositionEmbedding2d(nn.Module):
-    """Row and column embeddings, each ``embed_dim // 2`` wide, concatenated per grid cell."""
+    """Row and column embeddings, each ``embed_dim // 2`` wide, concatenated per grid cell.
 
-    def __init__(self, feature_size: tuple[int, int], embed_dim: int) -> None:
+    Learned at ``max_grid``; a smaller (or other) grid gets them linearly interpolated along each axis,
+    so one network serves categories whose inputs have different aspects.
+    """
+
+    def __init__(self, max_grid: tuple[int, int], embed_dim: int) -> None:
         super().__init__()
         if embed_dim % 2:
             msg = f"embed_dim must be even for a 2-D position embedding, got {embed_dim}"
             raise ValueError(msg)
-        self.feature_size = feature_size
-        self.row_embed = nn.Parameter(torch.rand(feature_size[0], embed_dim // 2))
-        self.col_embed = nn.Parameter(torch.rand(feature_size[1], embed_dim // 2))
+        self.max_grid = tuple(max_grid)
+        self.row_embed = nn.Parameter(torch.rand(max_grid[0], embed_dim // 2))
+        self.col_embed = nn.Parameter(torch.rand(max_grid[1], embed_dim // 2))
 
-    def forward(self) -> Tensor:
-        """(h*w, embed_dim)."""
-        h, w = self.feature_size
-        rows = self.row_embed[:, None, :].expand(h, w, -1)
-        cols = self.col_embed[None, :, :].expand(h, w, -1)
+    @staticmethod
+    def _resample(table: Tensor, length: int) -> Tensor:
+        if table.shape[0] == length:
+            return table
+        return F.interpolate(table.t()[None], size=length, mode="linear", align_corners=False)[0].t()
+
+    def forward(self, grid: tuple[int, int]) -> Tensor:
+        """(h*w, embed_dim) for an ``h x w`` grid."""
+        h, w = grid
+        rows = self._resample(self.row_embed, h)[:, None, :].expand(h, w, -1)
+        cols = self._resample(self.col_embed, w)[None, :, :].expand(h, w, -1)
         return torch.cat([cols, rows], dim=-1).reshape(h * w, -1)
 
 
@@ -132,7 +171,7 @@ def feed_forward(embed_dim: int, mlp_ratio: float, dropout: float) -> nn.Sequent
 
 
 class EncoderLayer(nn.Module):
-    """Post-norm self-attention layer (DETR/UniAD style) with a masked neighbourhood."""
+    """Post-norm self-attention layer (DETR/UniAD style) with a blocked neighbourhood."""
 
     def __init__(
         self, embed_dim: int, num_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.1, attn_dropout: float = 0.0,
@@ -157,7 +196,8 @@ class TwoWayDecoderLayer(nn.Module):
 
     The paper's two-way decoder (after SAM's): the prompt stream carries normal content and reads the
     query through cross-attention; the image stream is refreshed from the prompt so the next layer's
-    prompt->image attention sees prompt-aligned keys.
+    prompt->image attention sees prompt-aligned keys. Both attentions use the blocked window: prompt
+    token i never reads the query tokens around position i.
     """
 
     def __init__(
@@ -186,32 +226,74 @@ class TwoWayDecoderLayer(nn.Module):
         return prompt, image
 
 
+def prompt_residual(
+    query: Tensor, prompt: Tensor, *, aggregate: int = 3, window: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Each query patch's residual to its nearest prompt patch (PatchCore's memory bank = one prompt).
+
+    Args:
+        query: (B, C, h, w) fine features of the queries.
+        prompt: (P, C, h, w) fine features of the prompts; P divides B and query i uses prompt ``i % P``.
+        aggregate: patches are averaged over ``aggregate x aggregate`` neighbourhoods first (PatchCore: 3).
+        window: only prompt patches within ``window // 2`` cells of the query patch count (None: all).
+
+    Returns:
+        ``(distance (B, 1, h, w), residual (B, C, h, w))``: the Euclidean distance to the nearest prompt
+        patch and the per-channel ``|query - nearest|`` (what the refiner reads).
+    """
+    batch, num_prompts = query.shape[0], prompt.shape[0]
+    if num_prompts == 0 or batch % num_prompts:
+        msg = f"the number of prompts ({num_prompts}) must divide the number of queries ({batch})"
+        raise ValueError(msg)
+    if aggregate > 1:
+        pool = dict(kernel_size=aggregate, stride=1, padding=aggregate // 2, count_include_pad=False)
+        query, prompt = F.avg_pool2d(query, **pool), F.avg_pool2d(prompt, **pool)
+    _, channels, h, w = query.shape
+    q = query.flatten(2).transpose(1, 2)  # (B, N, C)
+    p = prompt.flatten(2).transpose(1, 2).repeat(batch // num_prompts, 1, 1)  # (B, N, C)
+    # Squared distances as |q|^2 + |p|^2 - 2 q.p: one batched matmul instead of a (B, N, N, C) tensor.
+    sq = (q * q).sum(-1, keepdim=True) + (p * p).sum(-1)[:, None, :] - 2 * torch.bmm(q, p.transpose(1, 2))
+    if window is not None:
+        sq = sq.masked_fill(~_window_mask((h, w), window, sq.device), float("inf"))
+    nearest = sq.argmin(dim=-1)  # (B, N)
+    matched = torch.gather(p, 1, nearest[..., None].expand(-1, -1, channels))
+    residual = (q - matched).abs().transpose(1, 2).reshape(batch, channels, h, w)
+    distance = (q - matched).pow(2).sum(-1).clamp_min(0).sqrt().reshape(batch, 1, h, w)
+    return distance, residual
+
+
+def _window_mask(grid: tuple[int, int], window: int, device: torch.device) -> Tensor:
+    """(N, N) bool: True where prompt patch j lies within ``window // 2`` cells of query patch i."""
+    h, w = grid
+    rows = torch.arange(h, device=device).repeat_interleave(w)
+    cols = torch.arange(w, device=device).repeat(h)
+    return ((rows[:, None] - rows[None, :]).abs() <= window // 2) & ((cols[:, None] - cols[None, :]).abs() <= window // 2)
+
+
 class OneNIP(nn.Module):
     """OneNIP reconstructor + refiner on frozen backbone features.
 
     Args:
         in_features: channels of the backbone feature map (192 for lite0 stages 0-3).
-        feature_size: (h, w) of the feature grid (input size / 16).
-        image_size: (H, W) the maps are produced at (the backbone's input size).
+        max_grid: (h, w) the position embedding is learned at (the largest grid of the categories).
         embed_dim: hidden width d of the transformer.
         num_heads: attention heads.
         num_encoder_layers / num_decoder_layers: depths (paper: 4 and 4).
         mlp_ratio: FFN width as a multiple of d (paper: 4).
         dropout: dropout on the residual and FFN paths (paper: 0.1).
         attn_dropout: dropout on attention weights (paper: 0.1; 0 by default, see ``Attention``).
-        neighbor_size: attention window in grid cells (paper: 7x7 on a 14x14 grid, about half the side).
+        neighbor_size: (rows, cols) of the blocked attention window in grid cells (paper: 7x7 on 14x14).
         feature_jitter_scale / feature_jitter_prob: UniAD feature jitter during training (paper: 20, 1.0).
         refiner_dim: channels of the refiner blocks (paper: 128).
-        recon_weight: weight of the normalised reconstruction error in the anomaly map (paper: 0.5).
-        smoothing_sigma: Gaussian sigma (pixels) applied to the anomaly map.
-        score_pool_size: average-pool window before the max that gives the image score (paper: 16).
+        fine_features: channels of the fine (stride 8) features for the refiner's skip path; 0 = the
+            paper's refiner on the reconstruction residual alone.
+        residual_window: ``prompt_residual`` window in fine cells (None: the whole prompt).
     """
 
     def __init__(
         self,
         in_features: int,
-        feature_size: tuple[int, int],
-        image_size: tuple[int, int],
+        max_grid: tuple[int, int],
         embed_dim: int = 256,
         num_heads: int = 8,
         num_encoder_layers: int = 4,
@@ -223,28 +305,24 @@ class OneNIP(nn.Module):
         feature_jitter_scale: float = 20.0,
         feature_jitter_prob: float = 1.0,
         refiner_dim: int = 128,
-        recon_weight: float = 0.5,
-        smoothing_sigma: float = 4.0,
-        score_pool_size: int = 16,
+        fine_features: int = 0,
+        residual_window: int | None = None,
     ) -> None:
         super().__init__()
         if embed_dim % num_heads:
             msg = f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})"
             raise ValueError(msg)
-        if not 0.0 <= recon_weight <= 1.0:
-            msg = f"recon_weight must be in [0, 1], got {recon_weight}"
-            raise ValueError(msg)
         self.in_features = in_features
-        self.feature_size = tuple(feature_size)
-        self.image_size = tuple(image_size)
+        self.max_grid = tuple(max_grid)
+        self.neighbor_size = tuple(neighbor_size)
+        check_neighbor_size(self.max_grid, self.neighbor_size)
         self.feature_jitter_scale = feature_jitter_scale
         self.feature_jitter_prob = feature_jitter_prob
-        self.recon_weight = recon_weight
-        self.smoothing_sigma = smoothing_sigma
-        self.score_pool_size = score_pool_size
+        self.fine_features = fine_features
+        self.residual_window = residual_window
 
         self.input_proj = nn.Linear(in_features, embed_dim)
-        self.pos_embed = LearnedPositionEmbedding2d(self.feature_size, embed_dim)
+        self.pos_embed = LearnedPositionEmbedding2d(self.max_grid, embed_dim)
         self.encoder = nn.ModuleList(
             EncoderLayer(embed_dim, num_heads, mlp_ratio, dropout, attn_dropout) for _ in range(num_encoder_layers)
         )
@@ -255,10 +333,8 @@ class OneNIP(nn.Module):
         self.final_drop = nn.Dropout(dropout)
         self.final_norm = nn.LayerNorm(embed_dim)
         self.output_proj = nn.Linear(embed_dim, in_features)
-        self.refiner = Refiner(in_features, refiner_dim)
-
-        blocked = neighbor_mask(self.feature_size, tuple(neighbor_size))
-        self.register_buffer("attn_mask", torch.zeros(blocked.shape).masked_fill(blocked, float("-inf")), persistent=False)
+        self.refiner = Refiner(in_features, refiner_dim, fine_features=fine_features)
+        self._masks: dict[tuple, Tensor] = {}
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:
@@ -266,6 +342,16 @@ class OneNIP(nn.Module):
         for name, param in self.named_parameters():
             if param.dim() > 1 and not name.startswith(("pos_embed", "refiner")):
                 nn.init.xavier_uniform_(param)
+
+    def attention_bias(self, grid: tuple[int, int], device: torch.device) -> Tensor:
+        """(h*w, h*w) additive mask, -inf on the blocked window; built once per grid and device."""
+        key = (tuple(grid), str(device))
+        bias = self._masks.get(key)
+        if bias is None:
+            blocked = neighbor_mask(tuple(grid), self.neighbor_size)
+            bias = torch.zeros(blocked.shape).masked_fill(blocked, float("-inf")).to(device)
+            self._masks[key] = bias
+        return bias
 
     # -- reconstruction ---------------------------------------------------------------------------
     def _jitter(self, tokens: Tensor) -> Tensor:
@@ -279,31 +365,32 @@ class OneNIP(nn.Module):
 
     def _tokens(self, features: Tensor) -> Tensor:
         """(B, C, h, w) -> (B, h*w, C)."""
-        if tuple(features.shape[-2:]) != self.feature_size:
-            msg = f"features have grid {tuple(features.shape[-2:])}, the model was built for {self.feature_size}"
+        if features.ndim != 4 or features.shape[1] != self.in_features:
+            msg = f"features must be (B, {self.in_features}, h, w), got {tuple(features.shape)}"
             raise ValueError(msg)
         return features.flatten(2).transpose(1, 2)
 
     def encode(self, features: Tensor) -> Tensor:
         """Project and self-attend each image's tokens: (B, C, h, w) -> (B, h*w, d)."""
+        grid = tuple(features.shape[-2:])
         tokens = self.input_proj(self._jitter(self._tokens(features)))
-        pos = self.pos_embed()
-        mask = self.attn_mask
+        pos = self.pos_embed(grid)
+        mask = self.attention_bias(grid, tokens.device)
         for layer in self.encoder:
             tokens = layer(tokens, pos, mask)
         return tokens
 
-    def decode(self, prompt_tokens: Tensor, image_tokens: Tensor) -> Tensor:
+    def decode(self, prompt_tokens: Tensor, image_tokens: Tensor, grid: tuple[int, int]) -> Tensor:
         """Two-way decoding; returns reconstructed features (B, C, h, w) from the prompt stream."""
-        pos = self.pos_embed()
-        mask = self.attn_mask
+        pos = self.pos_embed(grid)
+        mask = self.attention_bias(grid, image_tokens.device)
         for layer in self.decoder:
             prompt_tokens, image_tokens = layer(prompt_tokens, image_tokens, pos, mask)
-        attended = self.final_prompt_to_image(prompt_tokens + pos, image_tokens + pos, image_tokens, mask)
+        # The reference's final prompt -> image attention has no mask.
+        attended = self.final_prompt_to_image(prompt_tokens + pos, image_tokens + pos, image_tokens)
         prompt_tokens = self.final_norm(prompt_tokens + self.final_drop(attended))
         recon = self.output_proj(prompt_tokens)
-        h, w = self.feature_size
-        return recon.transpose(1, 2).reshape(recon.shape[0], -1, h, w)
+        return recon.transpose(1, 2).reshape(recon.shape[0], -1, *grid)
 
     def reconstruct(self, query_features: Tensor, prompt_features: Tensor, encoded_prompts: Tensor | None = None) -> Tensor:
         """(B, C, h, w) query and prompt features -> (B, C, h, w) reconstructed query features.
@@ -317,6 +404,10 @@ class OneNIP(nn.Module):
         if num_prompts == 0 or batch % num_prompts:
             msg = f"the number of prompts ({num_prompts}) must divide the number of queries ({batch})"
             raise ValueError(msg)
+        if prompt_features.shape[1:] != query_features.shape[1:]:
+            msg = f"prompt features {tuple(prompt_features.shape[1:])} differ from query features {tuple(query_features.shape[1:])}"
+            raise ValueError(msg)
+        grid = tuple(query_features.shape[-2:])
         if encoded_prompts is not None:
             image_tokens, prompt_tokens = self.encode(query_features), encoded_prompts
         else:
@@ -325,73 +416,72 @@ class OneNIP(nn.Module):
             image_tokens, prompt_tokens = encoded[:batch], encoded[batch:]
         if num_prompts != batch:
             prompt_tokens = prompt_tokens.repeat(batch // num_prompts, 1, 1)
-        return self.decode(prompt_tokens, image_tokens)
+        return self.decode(prompt_tokens, image_tokens, grid)
 
     def reconstruct_and_refine(
-        self, query_features: Tensor, prompt_features: Tensor, encoded_prompts: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """What the losses need: reconstructed features (B, C, h, w) and refiner logits (B, 1, H, W).
+        self,
+        query_features: Tensor,
+        prompt_features: Tensor,
+        query_fine: Tensor | None = None,
+        prompt_fine: Tensor | None = None,
+        encoded_prompts: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """What the losses need: reconstructed features (B, C, h, w), refiner logits (B, 1, 4h, 4w) at
+        the refiner's own resolution, and the fine prompt distance (B, 1, 2h, 2w) or None.
 
-        Training calls this instead of ``forward``, which also builds the smoothed anomaly maps and
-        image scores that no loss uses.
+        Training calls this instead of ``forward``, which also upsamples every map to the image size.
         """
         recon = self.reconstruct(query_features, prompt_features, encoded_prompts)
-        logits = self.refiner((recon - query_features).abs())
-        return recon, F.interpolate(logits, size=self.image_size, mode="bilinear", align_corners=False)
+        distance, fine_input = None, None
+        if self.fine_features:
+            if query_fine is None or prompt_fine is None:
+                msg = "this model has a fine path: pass query_fine and prompt_fine (stride-8 features)"
+                raise ValueError(msg)
+            expected = (query_features.shape[-2] * 2, query_features.shape[-1] * 2)
+            if tuple(query_fine.shape[-2:]) != expected:
+                msg = f"fine features have grid {tuple(query_fine.shape[-2:])}, expected {expected} (twice the coarse grid)"
+                raise ValueError(msg)
+            distance, residual = prompt_residual(query_fine, prompt_fine, window=self.residual_window)
+            fine_input = torch.cat([residual, distance], dim=1)
+        logits = self.refiner((recon - query_features).abs(), fine_input)
+        return recon, logits, distance
 
-    # -- maps and scores --------------------------------------------------------------------------
     def forward(
         self,
         query_features: Tensor,
         prompt_features: Tensor,
-        recon_scale: Tensor | float = 1.0,
+        query_fine: Tensor | None = None,
+        prompt_fine: Tensor | None = None,
+        *,
+        image_size: tuple[int, int] | None = None,
         encoded_prompts: Tensor | None = None,
     ) -> OneNIPOutput:
-        """Reconstruct the query features and score them.
+        """Reconstruct the query features and return the component maps at ``image_size``.
 
         Args:
             query_features: (B, C, h, w) backbone features of the query (or synthetic) images.
             prompt_features: (P, C, h, w) backbone features of the normal prompt image(s); P divides B
                 and query i uses prompt ``i % P``.
-            recon_scale: scalar or (B,) scale of the reconstruction error on held-out training normals
-                (see ``blend``); 1.0 before calibration.
+            query_fine / prompt_fine: (B / P, C_fine, 2h, 2w) stride-8 features (models with a fine path).
+            image_size: (H, W) of the maps; default 16 x the grid.
             encoded_prompts: optional ``encode(prompt_features)`` computed earlier (see ``reconstruct``).
         """
-        recon, refiner_logits = self.reconstruct_and_refine(query_features, prompt_features, encoded_prompts)
-        residual = recon - query_features
-        refined_map = refiner_logits.sigmoid()
-        recon_map = F.interpolate(
-            residual.pow(2).sum(dim=1, keepdim=True).sqrt(), size=self.image_size, mode="bilinear", align_corners=False,
+        size = image_size or (query_features.shape[-2] * 16, query_features.shape[-1] * 16)
+        recon, logits, distance = self.reconstruct_and_refine(
+            query_features, prompt_features, query_fine, prompt_fine, encoded_prompts,
         )
-        anomaly_map = self.blend(recon_map, refined_map, recon_scale)
+
+        def up(maps: Tensor) -> Tensor:
+            return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+
+        recon_map = up((recon - query_features).pow(2).sum(dim=1, keepdim=True).sqrt())
         return OneNIPOutput(
-            anomaly_map=anomaly_map,
-            pred_score=self.score(anomaly_map),
             recon_map=recon_map,
-            refined_map=refined_map,
-            refiner_logits=refiner_logits,
+            refined_map=up(logits).sigmoid(),
+            residual_map=None if distance is None else up(distance),
+            refiner_logits=logits,
             recon_features=recon,
         )
-
-    def blend(self, recon_map: Tensor, refined_map: Tensor, recon_scale: Tensor | float = 1.0) -> Tensor:
-        """Anomaly map = w * recon / recon_scale + (1 - w) * refiner probability, Gaussian-smoothed.
-
-        The reference code rescales the refiner by the *test set's* (max + min) / 2 of the
-        reconstruction error; ``recon_scale`` comes from held-out training normals instead.
-        """
-        scale = torch.as_tensor(recon_scale, dtype=recon_map.dtype, device=recon_map.device)
-        scale = scale.reshape(-1, 1, 1, 1) if scale.dim() else scale
-        normalised = recon_map / scale.clamp_min(1e-8)
-        blended = self.recon_weight * normalised + (1.0 - self.recon_weight) * refined_map
-        return gaussian_smooth(blended, self.smoothing_sigma)
-
-    def score(self, anomaly_map: Tensor) -> Tensor:
-        """Image score: max of the average-pooled map (robust to single hot pixels)."""
-        size = min(self.score_pool_size, *anomaly_map.shape[-2:])
-        if size > 1:
-            # A k x k box mean is a 1 x k mean of k x 1 means: 2k instead of k^2 reads per pixel.
-            anomaly_map = F.avg_pool2d(F.avg_pool2d(anomaly_map, (size, 1), stride=1), (1, size), stride=1)
-        return anomaly_map.flatten(1).amax(dim=1)
 
 
 def gaussian_smooth(maps: Tensor, sigma: float) -> Tensor:
@@ -399,6 +489,8 @@ def gaussian_smooth(maps: Tensor, sigma: float) -> Tensor:
     if sigma <= 0:
         return maps
     radius = max(1, math.ceil(4 * sigma))
+    # reflect padding needs the pad below the size of the map
+    radius = min(radius, maps.shape[-1] - 1, maps.shape[-2] - 1)
     coords = torch.arange(-radius, radius + 1, device=maps.device, dtype=maps.dtype)
     kernel = torch.exp(-(coords**2) / (2 * sigma**2))
     kernel = kernel / kernel.sum()

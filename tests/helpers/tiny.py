@@ -8,6 +8,7 @@ TINY_MODEL: dict = {
     "num_decoder_layers": 1,
     "neighbor_size": 3,
     "refiner_dim": 8,
-    "smoothing_sigma": 1.0,
-    "score_pool_size": 4,
+    "scoring": {"smoothing_sigma": 1.0, "score_pool_size": 4},
 }
+# Validation choices on a tiny model: few candidates, so a test run stays fast.
+TINY_VALIDATION: dict = {"smoothing_sigmas": [0, 2], "score_pool_sizes": [1, 4], "weight_step": 0.5, "anomalies_per_image": 1}

@@ -25,23 +25,29 @@ BTAD_EDGE_INSIDE = 200  # soft-edge grey levels around a BTAD blob: above and be
 BTAD_EDGE_OUTSIDE = 90
 
 
-def normal_image(rng: np.random.Generator, size: int, colour: Sequence[int]) -> np.ndarray:
-    """``(size, size, 3)`` uint8: a flat colour plus Gaussian noise."""
-    noise = rng.normal(0.0, 6.0, size=(size, size, 3))
+def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def normal_image(rng: np.random.Generator, size: int | tuple[int, int], colour: Sequence[int]) -> np.ndarray:
+    """``(height, width, 3)`` uint8 (``size`` or ``(height, width)``): a flat colour plus Gaussian noise."""
+    noise = rng.normal(0.0, 6.0, size=(*_hw(size), 3))
     return np.clip(np.asarray(colour, dtype=np.float64) + noise, 0, 255).astype(np.uint8)
 
 
-def blob_mask(rng: np.random.Generator, size: int) -> np.ndarray:
-    """``(size, size)`` bool ellipse at a random place, never empty and never the whole image."""
-    yy, xx = np.mgrid[0:size, 0:size]
-    radius_y, radius_x = rng.uniform(size / 10, size / 5, size=2)
-    centre_y, centre_x = rng.uniform(size / 4, 3 * size / 4, size=2)
-    mask = ((yy - centre_y) / radius_y) ** 2 + ((xx - centre_x) / radius_x) ** 2 <= 1.0
+def blob_mask(rng: np.random.Generator, size: int | tuple[int, int]) -> np.ndarray:
+    """``(height, width)`` bool ellipse at a random place, never empty and never the whole image."""
+    height, width = _hw(size)
+    yy, xx = np.mgrid[0:height, 0:width]
+    radius = rng.uniform(min(height, width) / 10, min(height, width) / 5, size=2)
+    centre_y = rng.uniform(height / 4, 3 * height / 4)
+    centre_x = rng.uniform(width / 4, 3 * width / 4)
+    mask = ((yy - centre_y) / radius[0]) ** 2 + ((xx - centre_x) / radius[1]) ** 2 <= 1.0
     mask[int(centre_y), int(centre_x)] = True
     return mask
 
 
-def defect_image(rng: np.random.Generator, size: int, colour: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+def defect_image(rng: np.random.Generator, size: int | tuple[int, int], colour: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """A normal image with a blob of the complementary colour; returns ``(image, mask)``."""
     image = normal_image(rng, size, colour)
     mask = blob_mask(rng, size)
@@ -68,27 +74,30 @@ def make_mvtec_tree(
     size: int = 32,
     seed: int = 0,
     defect_types: Sequence[str] = ("blob",),
+    shapes: dict[str, tuple[int, int]] | None = None,
 ) -> Path:
     """Write an MVTec AD-layout tree under ``root`` and return ``root``.
 
     Per category: ``train/good/000.png``..., ``test/good/``, ``n_test_bad`` defects dealt round-robin over
     ``defect_types`` into ``test/<defect>/`` with ``ground_truth/<defect>/<stem>_mask.png`` (0/255).
+    Images are ``size x size``, or ``shapes[category]`` = (height, width) for the categories named there.
     """
     root = Path(root)
     rng = np.random.default_rng(seed)
     for category in categories:
+        shape = (shapes or {}).get(category, size)
         colour = _category_colour(rng)
         category_dir = root / category
         for index in range(n_train):
-            _save(normal_image(rng, size, colour), category_dir / "train" / "good" / f"{index:03d}.png")
+            _save(normal_image(rng, shape, colour), category_dir / "train" / "good" / f"{index:03d}.png")
         for index in range(n_test_good):
-            _save(normal_image(rng, size, colour), category_dir / "test" / "good" / f"{index:03d}.png")
+            _save(normal_image(rng, shape, colour), category_dir / "test" / "good" / f"{index:03d}.png")
         counters = dict.fromkeys(defect_types, 0)
         for index in range(n_test_bad):
             defect = defect_types[index % len(defect_types)]
             stem = f"{counters[defect]:03d}"
             counters[defect] += 1
-            image, mask = defect_image(rng, size, colour)
+            image, mask = defect_image(rng, shape, colour)
             _save(image, category_dir / "test" / defect / f"{stem}.png")
             _save(np.where(mask, 255, 0).astype(np.uint8), category_dir / "ground_truth" / defect / f"{stem}_mask.png")
     return root

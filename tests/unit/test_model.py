@@ -1,76 +1,93 @@
-"""OneNIP torch model: shapes, attention mask, losses, restoration path, state-dict round trip."""
+"""OneNIP torch model: the reference's neighbour mask, shapes on square and non-square grids, the fine
+path, losses, restoration, state-dict round trip."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from onenip.models.loss import dice_loss, onenip_loss
-from onenip.models.onenip import OneNIP, gaussian_smooth, neighbor_mask
+from onenip.models.loss import area_pool_masks, dice_loss, onenip_loss
+from onenip.models.onenip import OneNIP, gaussian_smooth, neighbor_mask, prompt_residual
 
 
 def tiny_model(**overrides: object) -> OneNIP:
     kwargs = dict(
         in_features=12,
-        feature_size=(4, 4),
-        image_size=(32, 32),
+        max_grid=(4, 4),
         embed_dim=16,
         num_heads=2,
         num_encoder_layers=1,
         num_decoder_layers=1,
         neighbor_size=(3, 3),
         refiner_dim=8,
-        smoothing_sigma=1.0,
-        score_pool_size=4,
     )
     kwargs.update(overrides)
     return OneNIP(**kwargs)  # type: ignore[arg-type]
 
 
-def test_output_fields_and_shapes() -> None:
+# -- the neighbour mask (reference: models/reconstructions/onenip.py generate_mask) ----------------
+def test_window_around_each_token_is_blocked_itself_included() -> None:
+    blocked = neighbor_mask((16, 16), (9, 9))
+    centre = 8 * 16 + 8
+    # the centre token sees 256 - 81 = 175 tokens and not itself
+    assert int((~blocked[centre]).sum()) == 256 - 81
+    assert blocked[centre, centre]
+    assert blocked.diagonal().all()  # no token sees itself
+    # a 9x9 window blocks 4 cells each side: (8+4, 8+4) blocked, (8+5, 8) visible
+    assert blocked[centre, 12 * 16 + 12] and not blocked[centre, 13 * 16 + 8]
+    # a corner token's window is clipped by the border: 5 x 5 = 25 blocked
+    assert int(blocked[0].sum()) == 25
+
+
+def test_non_square_grid_and_window_per_axis() -> None:
+    blocked = neighbor_mask((4, 5), (1, 3))
+    # token (1, 1) = index 6: blocked are (1, 0..2) only
+    assert {i for i in range(20) if blocked[6, i]} == {5, 6, 7}
+
+
+@pytest.mark.parametrize("grid", [(1, 1), (2, 3), (4, 4), (10, 25), (16, 16), (17, 15)])
+@pytest.mark.parametrize("window", [(1, 1), (3, 3), (7, 7), (9, 9), (5, 31)])
+def test_no_attention_row_is_fully_blocked_on_any_accepted_grid(grid: tuple[int, int], window: tuple[int, int]) -> None:
+    try:
+        blocked = neighbor_mask(grid, window)
+    except ValueError as error:
+        # refused exactly when the window covers the whole grid in both directions
+        assert 2 * (window[0] // 2) + 1 >= grid[0] and 2 * (window[1] // 2) + 1 >= grid[1]
+        assert "blocks the whole" in str(error)
+        return
+    assert (~blocked).any(dim=1).all()
+
+
+def test_model_refuses_a_window_that_blocks_its_grid() -> None:
+    with pytest.raises(ValueError, match="blocks the whole 4x4"):
+        tiny_model(neighbor_size=(5, 5))
+
+
+def test_masked_attention_gives_finite_outputs_on_small_grids() -> None:
     torch.manual_seed(0)
-    model = tiny_model().eval()
-    query, prompt = torch.randn(3, 12, 4, 4), torch.randn(1, 12, 4, 4)
-    out = model(query, prompt)
-    assert out.anomaly_map.shape == (3, 1, 32, 32)
-    assert out.recon_map.shape == (3, 1, 32, 32)
-    assert out.refined_map.shape == (3, 1, 32, 32)
-    assert out.refiner_logits.shape == (3, 1, 32, 32)
-    assert out.recon_features.shape == (3, 12, 4, 4)
-    assert out.pred_score.shape == (3,)
-    assert torch.all((out.refined_map >= 0) & (out.refined_map <= 1))
-    assert torch.allclose(out.pred_score, torch.nn.functional.avg_pool2d(out.anomaly_map, 4, 1).flatten(1).amax(1))
+    model = tiny_model(max_grid=(2, 6), neighbor_size=(3, 3)).eval()
+    out = model(torch.randn(2, 12, 2, 6), torch.randn(1, 12, 2, 6))
+    assert torch.isfinite(out.recon_features).all()
 
 
-def test_neighbor_mask_window() -> None:
-    mask = neighbor_mask((4, 5), (3, 3))
-    assert mask.shape == (20, 20) and mask.dtype == torch.bool
-    # token (1, 1) = index 6 may see (0..2, 0..2) and nothing else
-    allowed = {r * 5 + c for r in range(3) for c in range(3)}
-    assert {i for i in range(20) if not mask[6, i]} == allowed
-    assert not mask.diagonal().any()  # every token sees itself
-
-
-def test_attention_mask_is_a_buffer_built_once() -> None:
-    model = tiny_model()
-    assert "attn_mask" in dict(model.named_buffers())
-    assert "attn_mask" not in model.state_dict()  # rebuilt from config, not saved
-    before = model.attn_mask.data_ptr()
-    model(torch.randn(1, 12, 4, 4), torch.randn(1, 12, 4, 4))
-    assert model.attn_mask.data_ptr() == before
-
-
-def test_neighbourhood_restricts_information_flow() -> None:
-    # With a 1x1 window and no decoder mixing beyond it, changing a far token cannot change token 0.
+def test_a_query_token_cannot_reach_its_own_reconstruction() -> None:
+    """The identical shortcut is closed: with no encoder layer and the final (unmasked, as in the
+    reference) attention's value path zeroed, the reconstruction at a position depends on the query
+    only through tokens OUTSIDE the blocked window around it. Changing query token (1, 1) leaves the
+    reconstruction unchanged wherever (1, 1) lies in the window, and changes it elsewhere."""
     torch.manual_seed(0)
-    model = tiny_model(neighbor_size=(1, 1)).eval()
+    model = tiny_model(num_encoder_layers=0, neighbor_size=(3, 3)).eval()
+    with torch.no_grad():
+        model.final_prompt_to_image.v_proj.weight.zero_()
+        model.final_prompt_to_image.v_proj.bias.zero_()
     query, prompt = torch.randn(1, 12, 4, 4), torch.randn(1, 12, 4, 4)
     changed = query.clone()
-    changed[..., 3, 3] += 5.0
-    a = model.reconstruct(query, prompt)
-    b = model.reconstruct(changed, prompt)
-    assert torch.allclose(a[..., 0, 0], b[..., 0, 0], atol=1e-5)
-    assert not torch.allclose(a[..., 3, 3], b[..., 3, 3], atol=1e-3)
+    changed[..., 1, 1] += 10.0
+    before, after = model.reconstruct(query, prompt), model.reconstruct(changed, prompt)
+    same = (before - after).abs().amax(dim=1)[0] < 1e-5  # (4, 4)
+    window = torch.zeros(4, 4, dtype=torch.bool)
+    window[0:3, 0:3] = True  # positions whose 3x3 window contains (1, 1)
+    assert torch.equal(same, window)
 
 
 def test_prompt_changes_reconstruction_and_prompts_are_shared() -> None:
@@ -87,21 +104,74 @@ def test_prompt_changes_reconstruction_and_prompts_are_shared() -> None:
         model.reconstruct(query, torch.randn(3, 12, 4, 4))
 
 
-def test_wrong_grid_is_reported() -> None:
-    with pytest.raises(ValueError, match="grid"):
-        tiny_model()(torch.randn(1, 12, 5, 5), torch.randn(1, 12, 5, 5))
-
-
-def test_recon_scale_normalises_reconstruction_term() -> None:
+# -- shapes -------------------------------------------------------------------------------------------
+def test_output_shapes_on_a_non_square_grid() -> None:
     torch.manual_seed(0)
-    model = tiny_model(recon_weight=1.0, smoothing_sigma=0.0).eval()
-    query, prompt = torch.randn(2, 12, 4, 4), torch.randn(1, 12, 4, 4)
-    base = model(query, prompt, 1.0)
-    scaled = model(query, prompt, torch.tensor([2.0, 4.0]))
-    assert torch.allclose(scaled.anomaly_map[0], base.anomaly_map[0] / 2, atol=1e-6)
-    assert torch.allclose(scaled.anomaly_map[1], base.anomaly_map[1] / 4, atol=1e-6)
+    model = tiny_model(max_grid=(3, 6)).eval()
+    query, prompt = torch.randn(2, 12, 3, 6), torch.randn(1, 12, 3, 6)
+    out = model(query, prompt, image_size=(48, 96))
+    assert out.recon_map.shape == (2, 1, 48, 96)
+    assert out.refined_map.shape == (2, 1, 48, 96)
+    assert out.refiner_logits.shape == (2, 1, 12, 24)  # the refiner's own resolution: 4x the grid
+    assert out.recon_features.shape == (2, 12, 3, 6)
+    assert out.residual_map is None
+    assert torch.all((out.refined_map >= 0) & (out.refined_map <= 1))
 
 
+def test_one_network_serves_grids_of_different_aspects() -> None:
+    torch.manual_seed(0)
+    model = tiny_model(max_grid=(4, 6)).eval()
+    for grid in [(4, 4), (2, 6), (4, 6)]:
+        out = model(torch.randn(1, 12, *grid), torch.randn(1, 12, *grid))
+        assert out.recon_features.shape[-2:] == grid
+
+
+def test_fine_path_shapes_and_requirements() -> None:
+    torch.manual_seed(0)
+    model = tiny_model(fine_features=5, max_grid=(3, 4)).eval()
+    query, prompt = torch.randn(2, 12, 3, 4), torch.randn(1, 12, 3, 4)
+    fine_q, fine_p = torch.randn(2, 5, 6, 8), torch.randn(1, 5, 6, 8)
+    out = model(query, prompt, fine_q, fine_p, image_size=(24, 32))
+    assert out.residual_map.shape == (2, 1, 24, 32)
+    with pytest.raises(ValueError, match="fine path"):
+        model(query, prompt)
+    with pytest.raises(ValueError, match="twice the coarse grid"):
+        model(query, prompt, torch.randn(2, 5, 3, 4), torch.randn(1, 5, 3, 4))
+
+
+def test_wrong_channels_are_reported() -> None:
+    with pytest.raises(ValueError, match="features must be"):
+        tiny_model()(torch.randn(1, 11, 4, 4), torch.randn(1, 11, 4, 4))
+
+
+# -- the prompt residual (PatchCore's nearest neighbour, one prompt as memory bank) -------------------
+def test_prompt_residual_equals_brute_force_nearest_patch() -> None:
+    torch.manual_seed(0)
+    query, prompt = torch.randn(3, 4, 5, 6), torch.randn(1, 4, 5, 6)
+    distance, residual = prompt_residual(query, prompt, aggregate=1)
+    q = query.flatten(2).transpose(1, 2)  # (3, 30, 4)
+    p = prompt.flatten(2).transpose(1, 2)[0]  # (30, 4)
+    for b in range(3):
+        for n in range(30):
+            d = (p - q[b, n]).norm(dim=1)
+            j = int(d.argmin())
+            assert distance[b, 0].flatten()[n].item() == pytest.approx(d[j].item(), rel=1e-4, abs=1e-4)
+            assert torch.allclose(residual[b].flatten(1)[:, n], (q[b, n] - p[j]).abs(), atol=1e-4)
+
+
+def test_prompt_residual_is_zero_for_the_prompt_itself_and_window_restricts() -> None:
+    torch.manual_seed(0)
+    prompt = torch.randn(1, 4, 6, 6)
+    distance, residual = prompt_residual(prompt, prompt)
+    assert distance.abs().max() < 1e-3 and residual.abs().max() < 1e-5
+    shifted = torch.roll(prompt, shifts=3, dims=-1)
+    far, _ = prompt_residual(shifted, prompt, aggregate=1)
+    near, _ = prompt_residual(shifted, prompt, aggregate=1, window=3)
+    assert far.abs().max() < 1e-3  # every shifted patch exists somewhere in the prompt
+    assert near.mean() > 0.5  # but not within one cell of where it is
+
+
+# -- losses -------------------------------------------------------------------------------------------
 def test_dice_loss_values() -> None:
     mask = torch.zeros(1, 1, 8, 8)
     mask[..., 2:6, 2:6] = 1
@@ -110,6 +180,21 @@ def test_dice_loss_values() -> None:
     # empty mask: 1 - 1 / (sum p^2 + 1); zero prediction is perfect
     assert dice_loss(torch.zeros_like(mask), torch.zeros_like(mask)).item() == pytest.approx(0.0)
     assert dice_loss(torch.full_like(mask, 0.5), torch.zeros_like(mask)).item() == pytest.approx(1 - 1 / 17)
+
+
+def test_dice_at_native_resolution_matches_full_resolution_dice() -> None:
+    """Area-pooled masks against low-resolution probabilities, with the smoothing term scaled, give the
+    loss of the reference's full-resolution Dice on the nearest-upsampled probabilities."""
+    torch.manual_seed(0)
+    logits = torch.randn(3, 1, 4, 4)
+    masks = torch.zeros(3, 1, 16, 16)
+    masks[1, :, 4:8, 4:12] = 1
+    masks[2, :, 0:4, 0:4] = 1
+    pooled = area_pool_masks(masks, (4, 4))
+    assert pooled[1, 0, 1, 1] == 1 and pooled.max() <= 1
+    native = onenip_loss(torch.zeros(3, 2, 1, 1), torch.zeros(3, 2, 1, 1), logits, masks).dice
+    full = dice_loss(torch.nn.functional.interpolate(logits, scale_factor=4, mode="nearest").sigmoid(), masks)
+    assert native.item() == pytest.approx(full.item(), rel=1e-5)
 
 
 def test_restoration_target_is_clean_query_and_training_reduces_loss() -> None:
@@ -126,15 +211,15 @@ def test_restoration_target_is_clean_query_and_training_reduces_loss() -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
     first = None
     for _ in range(60):
-        out = model(torch.cat([clean, corrupted]), prompt)
-        loss = onenip_loss(out.recon_features, torch.cat([clean, clean]), out.refiner_logits, masks)
+        recon, logits, _ = model.reconstruct_and_refine(torch.cat([clean, corrupted]), prompt)
+        loss = onenip_loss(recon, torch.cat([clean, clean]), logits, masks)
         first = first if first is not None else loss.total.item()
         optimizer.zero_grad()
         loss.total.backward()
         optimizer.step()
     assert loss.total.item() < 0.5 * first
     model.eval()
-    out = model(corrupted[:1], prompt)
+    out = model(corrupted[:1], prompt, image_size=(32, 32))
     restored_error = (out.recon_features - clean[:1]).pow(2).mean()
     input_error = (corrupted[:1] - clean[:1]).pow(2).mean()
     assert restored_error < 0.25 * input_error
@@ -146,11 +231,13 @@ def test_restoration_target_is_clean_query_and_training_reduces_loss() -> None:
 
 def test_state_dict_round_trip_gives_identical_outputs() -> None:
     torch.manual_seed(0)
-    model = tiny_model().eval()
-    other = tiny_model().eval()
+    model = tiny_model(fine_features=3).eval()
+    other = tiny_model(fine_features=3).eval()
     other.load_state_dict(model.state_dict())
+    assert not any("mask" in key for key in model.state_dict())  # masks are rebuilt per grid, not saved
     query, prompt = torch.randn(2, 12, 4, 4), torch.randn(1, 12, 4, 4)
-    assert torch.equal(model(query, prompt).anomaly_map, other(query, prompt).anomaly_map)
+    fq, fp = torch.randn(2, 3, 8, 8), torch.randn(1, 3, 8, 8)
+    assert torch.equal(model(query, prompt, fq, fp).refined_map, other(query, prompt, fq, fp).refined_map)
 
 
 def test_gaussian_smooth_preserves_constant_and_mass() -> None:
@@ -164,5 +251,3 @@ def test_gaussian_smooth_preserves_constant_and_mass() -> None:
 def test_invalid_sizes_are_rejected() -> None:
     with pytest.raises(ValueError, match="divisible"):
         tiny_model(embed_dim=15, num_heads=2)
-    with pytest.raises(ValueError, match="recon_weight"):
-        tiny_model(recon_weight=1.5)
