@@ -114,6 +114,10 @@ class ModelParams(_Section):
     feature_jitter_scale: float = Field(20.0, ge=0)
     feature_jitter_prob: float = Field(1.0, ge=0, le=1)
     refiner_dim: int = Field(128, ge=1)
+    prompts: int = Field(1, ge=1)
+    """Normal prompts stored per category (paper: 1). With more, each query is reconstructed from the
+    ONE stored prompt most similar to it (cosine of grid-mean features); chosen to cover the category's
+    variety (k-center greedy from the most typical image)."""
     residual_window: int | None = None
     """Prompt residual: only prompt patches within this many fine cells (window side) count; None: all."""
     scoring: ScoringParams = ScoringParams()
@@ -150,10 +154,10 @@ class SynthesisParams(_Section):
     min_scale_exp: int = Field(1, ge=0)
     max_scale_exp: int = Field(5, ge=0)
     foreground: Literal["none", "auto"] = "none"
-    pool_size: int = Field(4, ge=1)
-    """Synthetic copies per training image whose features are cached (a fixed pool)."""
-    regenerate_every: int = Field(0, ge=0)
-    """Epochs between pool regenerations (0: never)."""
+    pool_size: int = Field(1, ge=1)
+    """Synthetic copies per training image whose features are kept for an epoch."""
+    regenerate_every: int = Field(1, ge=0)
+    """Epochs between pool regenerations (0: never): 1 gives fresh anomalies every epoch."""
 
 
 class TrainParams(_Section):
@@ -187,9 +191,12 @@ class ValidationParams(_Section):
     false keeps ``model.scoring`` and the last epoch."""
     methods: tuple[str, ...] = ("warp", "smudge", "spots")
     """Synthesis families of the validation anomalies; none of them may be in ``synthesis.methods``."""
-    anomalies_per_image: int = Field(2, ge=1)
+    anomalies_per_image: int = Field(4, ge=1)
     every_epochs: int = Field(1, ge=1)
-    """Validate after every n-th epoch (and the last); the best validated epoch is kept."""
+    """Validate after every n-th epoch (and the last)."""
+    epoch_tolerance: float = Field(0.02, ge=0)
+    """The latest validated epoch whose score is within this of the best score is kept (the
+    maximum of noisy scores would favour an early, undertrained epoch)."""
     weight_step: float = Field(0.25, gt=0, le=1)
     """Candidate blend weights: the simplex of (recon, refiner, residual) in steps of this size."""
     smoothing_sigmas: tuple[float, ...] = (0.0, 2.0, 4.0, 8.0)

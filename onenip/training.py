@@ -99,6 +99,25 @@ def select_prompt(features: Tensor) -> int:
     return int((features - mean).flatten(1).pow(2).sum(dim=1).argmin())
 
 
+def select_prompts(features: Tensor, count: int) -> list[int]:
+    """``count`` prompt indices: the typical image (``select_prompt``), then k-center greedy on the
+    grid-mean features (each next prompt is the image farthest from those chosen), so the stored
+    prompts cover the category's variety (lighting, pose, crop); deterministic."""
+    first = select_prompt(features)
+    chosen = [first]
+    if count <= 1:
+        return chosen
+    descriptors = torch.nn.functional.normalize(features.mean(dim=(-2, -1)), dim=1)
+    distance = 1 - descriptors @ descriptors[first]
+    for _ in range(min(count, len(features)) - 1):
+        nxt = int(distance.argmax())
+        chosen.append(nxt)
+        distance = torch.minimum(distance, 1 - descriptors @ descriptors[nxt])
+    while len(chosen) < count:  # fewer images than prompts: repeat the typical one
+        chosen.append(first)
+    return chosen
+
+
 def build_synthesizer(cfg: SynthesisParams, texture_images: Sequence[Tensor] = ()) -> AnomalySynthesizer:
     return AnomalySynthesizer(
         methods=cfg.methods,
@@ -278,12 +297,21 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, Tens
 
 @dataclass
 class BestEpoch:
-    """The best validated epoch so far: its number, validation score and model weights (CPU)."""
+    """The epoch to keep: its number, validation score and model weights (CPU), and the best
+    validation score seen so far."""
 
     epoch: int
     score: float
     state: dict[str, Tensor]
+    top_score: float
 
+
+def keeps(best: BestEpoch | None, score: float, tolerance: float) -> bool:
+    """Whether a newly validated (later) epoch replaces the kept one: when it scores within
+    ``tolerance`` of the best score so far. Validation scores move by a couple of points from epoch to
+    epoch on a few dozen held-out images; taking the maximum would pick noise (often an early,
+    undertrained epoch), so the latest epoch that is as good within the noise is kept."""
+    return best is None or score >= max(best.top_score, score) - tolerance
 
 def save_checkpoint(
     folder: Path,
@@ -304,7 +332,7 @@ def save_checkpoint(
     )
     state = {
         "epoch": epoch, "history": history, "optimizer": optim_meta, "fingerprint": fingerprint,
-        "best": None if best is None else {"epoch": best.epoch, "score": best.score},
+        "best": None if best is None else {"epoch": best.epoch, "score": best.score, "top_score": best.top_score},
     }
     tmp = folder / f".{CHECKPOINT_STATE}.tmp"
     tmp.write_text(json.dumps(state))
@@ -345,7 +373,7 @@ def load_checkpoint(
     best = None
     if meta.get("best"):
         best_state = {k.removeprefix("best."): v for k, v in tensors.items() if k.startswith("best.")}
-        best = BestEpoch(int(meta["best"]["epoch"]), float(meta["best"]["score"]), best_state)
+        best = BestEpoch(int(meta["best"]["epoch"]), float(meta["best"]["score"]), best_state, float(meta["best"]["top_score"]))
     return int(meta["epoch"]), list(meta["history"]), best
 
 
@@ -355,7 +383,7 @@ class TrainResult:
     detector: OneNIPDetector
     history: list[dict[str, float]] = field(default_factory=list)
     train_seconds: float = 0.0
-    prompt_paths: dict[str, str] = field(default_factory=dict)
+    prompt_paths: dict[str, list[str]] = field(default_factory=dict)
     output_dir: Path | None = None
     selection: Selection | None = None
 
@@ -456,11 +484,11 @@ def train_onenip(
     ]
 
     # The fixed test-time prompt of each category (saved with the model).
-    prompt_paths: dict[str, str] = {}
+    prompt_paths: dict[str, list[str]] = {}
     for item in data:
-        best = select_prompt(item.fit_features.coarse.float())
-        detector.set_prompt(item.index, item.fit_features.select([best]).float())
-        prompt_paths[item.name] = str(item.fit["image_path"].iloc[best])
+        chosen = select_prompts(item.fit_features.coarse.float(), params.model.prompts)
+        detector.set_prompt(item.index, item.fit_features.select(chosen).float())
+        prompt_paths[item.name] = [str(item.fit["image_path"].iloc[i]) for i in chosen]
 
     # Validation images: held-out normals + unseen-family anomalies, fixed for the whole run.
     validations = [
@@ -553,8 +581,12 @@ def train_onenip(
         if validations and ((epoch + 1) % params.validation.every_epochs == 0 or last):
             selection = validate(detector, data, validations, params, device)
             record["val_score"] = selection.score
-            if best is None or selection.score > best.score:
-                best = BestEpoch(epoch + 1, selection.score, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+            if keeps(best, selection.score, params.validation.epoch_tolerance):
+                top = selection.score if best is None else max(best.top_score, selection.score)
+                state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                best = BestEpoch(epoch + 1, selection.score, state, top)
+            elif best is not None:
+                best.top_score = max(best.top_score, selection.score)
         record["seconds"] = time.perf_counter() - epoch_start
         history.append(record)
         train_seconds += record["seconds"]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
@@ -64,12 +65,20 @@ def build_onenip(cfg: ModelParams, in_features: int, fine_features: int, max_gri
     )
 
 
+def nearest_prompt(queries: Tensor, prompts: Tensor) -> Tensor:
+    """(B,) index of the prompt whose grid-mean feature is most similar (cosine) to each query's."""
+    q = F.normalize(queries.mean(dim=(-2, -1)), dim=1)
+    p = F.normalize(prompts.mean(dim=(-2, -1)), dim=1)
+    return (q @ p.t()).argmax(dim=1)
+
+
 class OneNIPDetector(nn.Module):
     """Images of one category (B, 3, H, W) in [0, 1] -> ``DetectorOutput``.
 
-    Buffers (saved in the state dict): ``prompt_<k>`` (C, h, w) and ``prompt_fine_<k>`` of category k's
-    normal prompt; ``recon_scale``, ``residual_scale`` and ``score_threshold`` (K,), calibrated on
-    held-out training normals.
+    Buffers (saved in the state dict): ``prompt_<k>`` (P, C, h, w) and ``prompt_fine_<k>`` of category
+    k's normal prompts (P = ``model.prompts``, 1 by default: the paper's one prompt; with more, each
+    query is reconstructed from the ONE most similar of them); ``recon_scale``, ``residual_scale`` and
+    ``score_threshold`` (categories,), calibrated on held-out training normals.
     """
 
     def __init__(
@@ -104,11 +113,12 @@ class OneNIPDetector(nn.Module):
         extractor = self.feature_extractor
         self.model = build_onenip(cfg, extractor.num_features, extractor.num_fine_features, max_grid)
         ratio = stride // extractor.fine_stride if extractor.num_fine_features else 1
+        bank = cfg.prompts
         for k, category in enumerate(self.categories):
             h, w = grids[category]
-            self.register_buffer(f"prompt_{k}", torch.zeros(extractor.num_features, h, w))
+            self.register_buffer(f"prompt_{k}", torch.zeros(bank, extractor.num_features, h, w))
             if extractor.num_fine_features:
-                self.register_buffer(f"prompt_fine_{k}", torch.zeros(extractor.num_fine_features, h * ratio, w * ratio))
+                self.register_buffer(f"prompt_fine_{k}", torch.zeros(bank, extractor.num_fine_features, h * ratio, w * ratio))
         count = len(self.categories)
         self.register_buffer("recon_scale", torch.ones(count))
         self.register_buffer("residual_scale", torch.ones(count))
@@ -138,15 +148,24 @@ class OneNIPDetector(nn.Module):
         return self.geometries[name]
 
     def prompt(self, k: int) -> Features:
-        """Category k's stored prompt as a batch of one."""
-        fine = getattr(self, f"prompt_fine_{k}")[None] if self.has_fine else None
-        return Features(getattr(self, f"prompt_{k}")[None], fine)
+        """Category k's stored prompts (``model.prompts`` normal images; one by default), as views."""
+        fine = getattr(self, f"prompt_fine_{k}") if self.has_fine else None
+        return Features(getattr(self, f"prompt_{k}"), fine)
 
     def set_prompt(self, k: int, prompt: Features) -> None:
-        """Store one image's features (a batch of one) as category k's prompt."""
-        getattr(self, f"prompt_{k}").copy_(prompt.coarse[0])
+        """Store the features of ``model.prompts`` normal images as category k's prompts."""
+        getattr(self, f"prompt_{k}").copy_(prompt.coarse)
         if self.has_fine:
-            getattr(self, f"prompt_fine_{k}").copy_(prompt.fine[0])  # type: ignore[index]
+            getattr(self, f"prompt_fine_{k}").copy_(prompt.fine)  # type: ignore[arg-type]
+
+    def choose_prompts(self, features: Features, k: int) -> Features:
+        """Per query, the ONE stored prompt of category k whose global feature (mean over the grid)
+        is most similar (cosine) to the query's; with a single stored prompt, that prompt."""
+        bank = self.prompt(k)
+        if bank.coarse.shape[0] == 1:
+            return bank
+        index = nearest_prompt(features.coarse, bank.coarse)
+        return bank.select(index)
 
     def extract(self, images: Tensor) -> Features:
         """(B, 3, H, W) in [0, 1] -> backbone features."""
@@ -157,15 +176,25 @@ class OneNIPDetector(nn.Module):
         """Normalised [recon, refiner, residual] maps of one category's queries at its input size.
 
         ``prompt`` replaces the stored prompt (prompt sensitivity, training-time validation)."""
-        stored = prompt is None
-        prompt = self.prompt(k) if prompt is None else prompt.to(features.coarse.device)
+        encoded = None
+        if prompt is None:
+            bank = self.prompt(k)
+            encoded = self._encoded_prompt(k, bank.coarse)
+            if bank.coarse.shape[0] == 1:
+                prompt = bank
+            else:
+                index = nearest_prompt(features.coarse, bank.coarse)
+                prompt = bank.select(index)
+                encoded = None if encoded is None else encoded[index]
+        else:
+            prompt = prompt.to(features.coarse.device)
         out = self.model(
             features.coarse,
             prompt.coarse,
             features.fine,
             prompt.fine,
             image_size=self.geometries[self.categories[k]].size,
-            encoded_prompts=self._encoded_prompt(k, prompt.coarse) if stored else None,
+            encoded_prompts=encoded,
         )
         return normalised_components(out.recon_map, out.refined_map, out.residual_map, self.recon_scale[k], self.residual_scale[k])
 

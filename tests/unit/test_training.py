@@ -226,8 +226,10 @@ def test_scoring_rule_and_epoch_are_chosen_on_validation_and_stored(tmp_path: Pa
     meta = loaded.metadata["selection"]
     assert meta["validation_methods"] == ["warp", "smudge", "spots"]
     assert meta["validation_images"]["plate"] == 5 * 2  # 5 normals + 1 anomaly each
-    best_epoch = max(result.history, key=lambda h: h["val_score"])["epoch"]
-    assert loaded.metadata["kept_epoch"] == best_epoch
+    # the latest epoch within epoch_tolerance of the best validation score is kept
+    top = max(h["val_score"] for h in result.history)
+    kept = max(h["epoch"] for h in result.history if h["val_score"] >= top - base.validation.epoch_tolerance)
+    assert loaded.metadata["kept_epoch"] == kept
     # the candidates are the weight simplex (step 0.5 with the residual) x sigmas x pools
     assert len(selection.table) == 6 * 2 * 2
     assert max(row["score"] for row in selection.table) == pytest.approx(selection.score)
@@ -237,6 +239,22 @@ def test_scoring_rule_and_epoch_are_chosen_on_validation_and_stored(tmp_path: Pa
     assert kept.selection is None and kept.detector.scoring.weights == (0.5, 0.5, 0.0)
 
 
+def test_the_latest_epoch_within_tolerance_of_the_best_is_kept() -> None:
+    from onenip.training import BestEpoch, keeps
+
+    best = None
+    kept = []
+    for epoch, score in enumerate([0.80, 0.85, 0.84, 0.82, 0.86, 0.83], start=1):
+        if keeps(best, score, 0.02):
+            top = score if best is None else max(best.top_score, score)
+            best = BestEpoch(epoch, score, {}, top)
+        else:
+            best.top_score = max(best.top_score, score)
+        kept.append(best.epoch)
+    # 0.84 is within 0.02 of 0.85 (kept, later); 0.82 is not; 0.86 is a new best; 0.83 is not within 0.02
+    assert kept == [1, 2, 3, 3, 5, 5]
+
+
 def test_validation_families_must_differ_from_training_families(tiny_tree: Path, tmp_path: Path) -> None:
     from onenip.synthesis import SynthesisError
 
@@ -244,3 +262,40 @@ def test_validation_families_must_differ_from_training_families(tiny_tree: Path,
     overlapping = base.model_copy(update={"synthesis": base.synthesis.model_copy(update={"methods": ("perlin", "spots")})})
     with pytest.raises(SynthesisError, match="spots"):
         train_onenip(make_manifest(tiny_tree, progress=False), overlapping, tmp_path / "run", progress=False)
+
+
+def test_prompt_bank_covers_the_variety_and_each_query_uses_its_nearest_prompt(tmp_path: Path) -> None:
+    from onenip.models.detector import nearest_prompt
+    from onenip.training import select_prompts
+
+    # four typical images near (1, 1, 1) and two rare looks, (1, 0, 0)-ish and (0, 0, 1)-ish
+    looks = [(1.0, 1.0, 1.0), (1.1, 1.0, 0.9), (0.9, 1.0, 1.1), (1.0, 0.1, 0.1), (0.1, 0.1, 1.0), (1.0, 0.95, 1.0)]
+    features = torch.tensor(looks)[:, :, None, None].expand(6, 3, 2, 2).contiguous()
+    chosen = select_prompts(features, 3)
+    assert chosen[0] in (0, 1, 2, 5) and set(chosen[1:]) == {3, 4}
+    assert select_prompts(features, 1) == [select_prompt(features)]
+    assert len(select_prompts(features[:2], 4)) == 4  # fewer images than prompts: padded, never fails
+    bank = torch.stack([torch.full((3, 2, 2), 1.0), torch.tensor([1.0, -1.0, 0.0])[:, None, None].expand(3, 2, 2)])
+    queries = torch.stack([torch.full((3, 2, 2), 2.0), torch.tensor([3.0, -3.0, 0.1])[:, None, None].expand(3, 2, 2)])
+    assert nearest_prompt(queries, bank).tolist() == [0, 1]
+
+    root = make_mvtec_tree(tmp_path / "tree", ("plate",), n_train=8, n_test_good=2, n_test_bad=2, size=64)
+    manifest = make_manifest(root, progress=False)
+    base = tiny_params(tmp_path, epochs=1)
+    params = base.model_copy(update={"model": base.model.model_copy(update={"prompts": 3})})
+    result = train_onenip(manifest, params, tmp_path / "run", progress=False)
+    assert result.detector.prompt(0).coarse.shape[0] == 3
+    assert len(result.prompt_paths["plate"]) == 3
+    loaded = OneNIPDetector.load(tmp_path / "run" / "model")
+    cache = FeatureCache(params.train.cache_dir, loaded.feature_extractor, params.model.backbone)
+    plate = manifest[manifest["split"] == "test"]
+    features = cache.get(plate["image_path"].tolist(), plate["sha256"].tolist(), loaded.geometry("plate"), progress=False)
+    with torch.no_grad():
+        scored = loaded.forward_features(features, 0).pred_score
+        # the same as scoring each query with its nearest prompt alone
+        index = nearest_prompt(features.coarse, loaded.prompt(0).coarse)
+        for i in range(len(features)):
+            one = loaded.components(features.select([i]), 0, loaded.prompt(0).select([int(index[i])]))
+            from onenip.models.scoring import score_maps
+
+            assert score_maps(one, loaded.scoring)[1].item() == pytest.approx(scored[i].item(), rel=1e-4, abs=1e-5)
