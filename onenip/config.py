@@ -118,6 +118,12 @@ class ModelParams(_Section):
     """Normal prompts stored per category (paper: 1). With more, each query is reconstructed from the
     ONE stored prompt most similar to it (cosine of grid-mean features); chosen to cover the category's
     variety (k-center greedy from the most typical image)."""
+    error_normalization: Literal["none", "position"] = "position"
+    """The error maps (reconstruction error and prompt residual): ``none``, the L2 norm of the residual
+    (the paper's reconstruction map); ``position``, the norm of the residual's z-scores against its
+    mean and standard deviation per grid position and channel on the training normals (shrunk towards
+    the channel's statistics where few images cover a position), so that positions and channels
+    that vary a lot on normal images count less."""
     residual_window: int | None = None
     """Prompt residual: only prompt patches within this many fine cells (window side) count; None: all."""
     scoring: ScoringParams = ScoringParams()

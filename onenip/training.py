@@ -624,6 +624,77 @@ def train_onenip(
     return TrainResult(detector, history, train_seconds, prompt_paths, output_dir, selection)
 
 
+STATISTICS_IMAGES = 256
+"""Training normals per category that the residual statistics are estimated on (evenly spread)."""
+STATISTICS_PRIOR = 10.0
+"""Pseudo-count pulling each position's statistics towards the channel's (few images at a position)."""
+
+
+class _Moments:
+    """Weighted first and second moments per channel and position, accumulated over batches."""
+
+    def __init__(self) -> None:
+        self.total: Tensor | None = None
+        self.total_sq: Tensor | None = None
+        self.weight: Tensor | None = None
+
+    def add(self, values: Tensor, weight: Tensor) -> None:
+        parts = ((values * weight).sum(0), (values.pow(2) * weight).sum(0), weight.sum(0))
+        if self.total is None:
+            self.total, self.total_sq, self.weight = parts
+        else:
+            self.total, self.total_sq, self.weight = self.total + parts[0], self.total_sq + parts[1], self.weight + parts[2]  # type: ignore[operator]
+
+    def mean_std(self, prior: float) -> tuple[Tensor, Tensor]:
+        """Per-position statistics shrunk towards the channel's by ``prior`` pseudo-images."""
+        assert self.total is not None and self.total_sq is not None and self.weight is not None
+        channel_mean = self.total.sum(dim=(1, 2)) / self.weight.sum()
+        channel_sq = self.total_sq.sum(dim=(1, 2)) / self.weight.sum()
+        mean = (self.total + prior * channel_mean[:, None, None]) / (self.weight + prior)
+        second = (self.total_sq + prior * channel_sq[:, None, None]) / (self.weight + prior)
+        floor = 1e-3 * float(channel_sq.mean().clamp_min(0).sqrt()) + 1e-6
+        return mean, (second - mean.pow(2)).clamp_min(0).sqrt().clamp_min(floor)
+
+
+@torch.no_grad()
+def calibrate_error_statistics(detector: OneNIPDetector, data: Sequence[CategoryData], device: torch.device) -> None:
+    """Per category, mean and std per grid position and channel of the reconstruction residual and of
+    the fine prompt residual on its fit images (``model.error_normalization: position``), counting a
+    position only where it holds image content (letterboxing), shrunk towards the channel's statistics
+    by ``STATISTICS_PRIOR`` images. Fit images, not the held-out ones: those stay for calibration and
+    validation."""
+    from onenip.models.onenip import prompt_residual
+
+    if detector.cfg.error_normalization != "position":
+        return
+    detector.eval()
+    stride = detector.cfg.backbone.feature_stride
+    for item in data:
+        count = len(item.fit_features)
+        index = torch.linspace(0, count - 1, min(count, STATISTICS_IMAGES)).round().long().unique()
+        recon_moments, fine_moments = _Moments(), _Moments()
+        for start in range(0, len(index), 16):
+            chosen = index[start : start + 16]
+            features = item.fit_features.select(chosen).float().to(device)
+            prompt = detector.choose_prompts(features, item.index)
+            residual = detector.model.reconstruct(features.coarse, prompt.coarse) - features.coarse
+            valid = None if item.fit_valid is None else item.fit_valid[chosen].float().to(device)
+            recon_moments.add(residual, _cell_weight(valid, residual.shape[-2:], stride, len(chosen), device))
+            if features.fine is not None:
+                _, fine = prompt_residual(features.fine, prompt.fine, window=detector.model.residual_window)
+                fine_moments.add(fine, _cell_weight(valid, fine.shape[-2:], stride // 2, len(chosen), device))
+        detector.set_error_statistics(item.index, "recon", *recon_moments.mean_std(STATISTICS_PRIOR))
+        if fine_moments.total is not None:
+            detector.set_error_statistics(item.index, "fine", *fine_moments.mean_std(STATISTICS_PRIOR))
+
+
+def _cell_weight(valid: Tensor | None, grid: tuple[int, int] | torch.Size, stride: int, count: int, device: torch.device) -> Tensor:
+    """(N, 1, h, w): 1 where a grid cell is mostly image content (always, without letterboxing)."""
+    if valid is None:
+        return torch.ones(count, 1, *grid, device=device)
+    return (torch.nn.functional.avg_pool2d(valid, stride) >= 0.5).float()
+
+
 @torch.no_grad()
 def calibrate_scales(detector: OneNIPDetector, data: Sequence[CategoryData], device: torch.device) -> None:
     """Per category, the typical maximum of each error map on held-out training normals.
@@ -661,7 +732,8 @@ def _masked_max(maps: Tensor, valid: Tensor | None) -> Tensor:
 def validate(
     detector: OneNIPDetector, data: Sequence[CategoryData], validations: Sequence[CategoryValidation], params: Params, device: torch.device,
 ) -> Selection:
-    """Calibrate the map scales on held-out normals, then choose the scoring rule on validation data."""
+    """Calibrate the maps on training normals, then choose the scoring rule on validation data."""
+    calibrate_error_statistics(detector, data, device)
     calibrate_scales(detector, data, device)
     per_category = [(v, validation_components(detector, v)) for v in validations]
     default = ScoringRule(tuple(params.model.scoring.weights), params.model.scoring.smoothing_sigma, params.model.scoring.score_pool_size)
@@ -672,6 +744,7 @@ def validate(
 def calibrate_threshold(detector: OneNIPDetector, data: Sequence[CategoryData], threshold_quantile: float, device: torch.device) -> None:
     """Map scales (``calibrate_scales``), then the decision threshold per category: the
     ``threshold_quantile`` of the held-out training normals' image scores under the model's scoring rule."""
+    calibrate_error_statistics(detector, data, device)
     calibrate_scales(detector, data, device)
     for item in data:
         holdout = len(item.holdout_features) > 0

@@ -65,6 +65,12 @@ def build_onenip(cfg: ModelParams, in_features: int, fine_features: int, max_gri
     )
 
 
+def _z_norm(residual: Tensor, mean: Tensor, std: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
+    """L2 norm over channels of ``(residual - mean) / std``, upsampled to ``size``."""
+    norm = ((residual - mean) / std).pow(2).sum(dim=1, keepdim=True).sqrt()
+    return F.interpolate(norm, size=tuple(size), mode="bilinear", align_corners=False)
+
+
 def nearest_prompt(queries: Tensor, prompts: Tensor) -> Tensor:
     """(B,) index of the prompt whose grid-mean feature is most similar (cosine) to each query's."""
     q = F.normalize(queries.mean(dim=(-2, -1)), dim=1)
@@ -117,6 +123,13 @@ class OneNIPDetector(nn.Module):
         for k, category in enumerate(self.categories):
             h, w = grids[category]
             self.register_buffer(f"prompt_{k}", torch.zeros(bank, extractor.num_features, h, w))
+            # statistics of the error maps' residuals on training normals (mean 0, std 1: the raw errors)
+            self.register_buffer(f"recon_mean_{k}", torch.zeros(extractor.num_features, h, w))
+            self.register_buffer(f"recon_std_{k}", torch.ones(extractor.num_features, h, w))
+            if extractor.num_fine_features:
+                fine_shape = (extractor.num_fine_features, h * ratio, w * ratio)
+                self.register_buffer(f"fine_mean_{k}", torch.zeros(fine_shape))
+                self.register_buffer(f"fine_std_{k}", torch.ones(fine_shape))
             if extractor.num_fine_features:
                 self.register_buffer(f"prompt_fine_{k}", torch.zeros(bank, extractor.num_fine_features, h * ratio, w * ratio))
         count = len(self.categories)
@@ -196,7 +209,22 @@ class OneNIPDetector(nn.Module):
             image_size=self.geometries[self.categories[k]].size,
             encoded_prompts=encoded,
         )
-        return normalised_components(out.recon_map, out.refined_map, out.residual_map, self.recon_scale[k], self.residual_scale[k])
+        recon_map, residual_map = out.recon_map, out.residual_map
+        if self.cfg.error_normalization == "position":
+            # the residuals as z-scores of their per-position, per-channel statistics on training normals
+            size = out.recon_map.shape[-2:]
+            recon_map = _z_norm(out.recon_features - features.coarse, *self.error_statistics(k, "recon"), size)
+            if out.fine_residual is not None:
+                residual_map = _z_norm(out.fine_residual, *self.error_statistics(k, "fine"), size)
+        return normalised_components(recon_map, out.refined_map, residual_map, self.recon_scale[k], self.residual_scale[k])
+
+    def error_statistics(self, k: int, which: str) -> tuple[Tensor, Tensor]:
+        """(mean, std) per channel and position of category k's ``recon`` or ``fine`` residual."""
+        return getattr(self, f"{which}_mean_{k}"), getattr(self, f"{which}_std_{k}")
+
+    def set_error_statistics(self, k: int, which: str, mean: Tensor, std: Tensor) -> None:
+        getattr(self, f"{which}_mean_{k}").copy_(mean)
+        getattr(self, f"{which}_std_{k}").copy_(std)
 
     def forward_features(self, features: Features, category: int, valid: Tensor | None = None) -> DetectorOutput:
         """Score cached features of category index ``category`` with its stored prompt and the scoring rule."""

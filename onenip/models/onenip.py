@@ -61,6 +61,8 @@ class OneNIPOutput(NamedTuple):
     """(B, 1, 4h, 4w) refiner logits at the refiner's own resolution (the Dice loss takes their sigmoid)."""
     recon_features: Tensor
     """(B, C, h, w) reconstructed features."""
+    fine_residual: Tensor | None = None
+    """(B, C_fine, 2h, 2w) per-channel ``|query - nearest prompt patch|`` (None without fine path)."""
 
 
 def neighbor_mask(feature_size: tuple[int, int], neighbor_size: tuple[int, int]) -> Tensor:
@@ -431,8 +433,18 @@ class OneNIP(nn.Module):
 
         Training calls this instead of ``forward``, which also upsamples every map to the image size.
         """
+        return self._reconstruct_refine(query_features, prompt_features, query_fine, prompt_fine, encoded_prompts)[:3]
+
+    def _reconstruct_refine(
+        self,
+        query_features: Tensor,
+        prompt_features: Tensor,
+        query_fine: Tensor | None,
+        prompt_fine: Tensor | None,
+        encoded_prompts: Tensor | None,
+    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
         recon = self.reconstruct(query_features, prompt_features, encoded_prompts)
-        distance, fine_input = None, None
+        distance, residual, fine_input = None, None, None
         if self.fine_features:
             if query_fine is None or prompt_fine is None:
                 msg = "this model has a fine path: pass query_fine and prompt_fine (stride-8 features)"
@@ -444,7 +456,7 @@ class OneNIP(nn.Module):
             distance, residual = prompt_residual(query_fine, prompt_fine, window=self.residual_window)
             fine_input = torch.cat([residual, distance], dim=1)
         logits = self.refiner((recon - query_features).abs(), fine_input)
-        return recon, logits, distance
+        return recon, logits, distance, residual
 
     def forward(
         self,
@@ -467,7 +479,7 @@ class OneNIP(nn.Module):
             encoded_prompts: optional ``encode(prompt_features)`` computed earlier (see ``reconstruct``).
         """
         size = image_size or (query_features.shape[-2] * 16, query_features.shape[-1] * 16)
-        recon, logits, distance = self.reconstruct_and_refine(
+        recon, logits, distance, residual = self._reconstruct_refine(
             query_features, prompt_features, query_fine, prompt_fine, encoded_prompts,
         )
 
@@ -481,6 +493,7 @@ class OneNIP(nn.Module):
             residual_map=None if distance is None else up(distance),
             refiner_logits=logits,
             recon_features=recon,
+            fine_residual=residual,
         )
 
 

@@ -299,3 +299,35 @@ def test_prompt_bank_covers_the_variety_and_each_query_uses_its_nearest_prompt(t
             from onenip.models.scoring import score_maps
 
             assert score_maps(one, loaded.scoring)[1].item() == pytest.approx(scored[i].item(), rel=1e-4, abs=1e-5)
+
+
+def test_error_normalisation_is_a_per_position_z_score() -> None:
+    from onenip.config import ModelParams
+    from onenip.models.scoring import ScoringRule
+    from onenip.training import _Moments
+
+    # moments: a position seen by no image falls back to the channel's statistics
+    moments = _Moments()
+    values = torch.tensor([1.0, 3.0])[:, None, None, None].expand(2, 1, 1, 2).clone()
+    weight = torch.zeros(2, 1, 1, 2)
+    weight[:, :, :, 0] = 1
+    moments.add(values, weight)
+    mean, std = moments.mean_std(prior=1.0)
+    assert mean[0, 0, 0].item() == pytest.approx(2.0) and std[0, 0, 0].item() == pytest.approx(1.0)
+    # no image covers position 1: the channel's statistics (mean 2, std 1) stand in
+    assert mean[0, 0, 1].item() == pytest.approx(2.0) and std[0, 0, 1].item() == pytest.approx(1.0)
+
+    cfg = ModelParams.model_validate(TINY_MODEL | {"backbone": {"input_size": 64, "fine_indices": []}})
+    detector = OneNIPDetector(cfg, ["plate"], pretrained=False).eval()
+    features = Features(torch.randn(2, detector.feature_extractor.num_features, 4, 4), None)
+    detector.scoring = ScoringRule((1.0, 0.0, 0.0), 0.0, 1)
+    with torch.no_grad():
+        raw = detector.components(features, 0)[0]  # mean 0, std 1: the raw L2 error
+        out = detector.model(features.coarse, detector.prompt(0).coarse)
+        assert torch.allclose(raw, out.recon_map, atol=1e-5)
+        detector.set_error_statistics(0, "recon", torch.zeros(detector.feature_extractor.num_features, 4, 4),
+                                      torch.full((detector.feature_extractor.num_features, 4, 4), 2.0))  # fmt: skip
+        assert torch.allclose(detector.components(features, 0)[0], raw / 2, atol=1e-5)
+        shifted_mean = (out.recon_features - features.coarse)[0]  # residual of query 0 as the mean: its map is 0
+        detector.set_error_statistics(0, "recon", shifted_mean, torch.ones_like(shifted_mean))
+        assert detector.components(features, 0)[0][0].abs().max() < 1e-4
