@@ -104,7 +104,7 @@ def run_row(args: argparse.Namespace) -> dict[str, Any]:
         "train_minutes": minutes,
         "epochs": params.train.epochs,
         "kept_epoch": detector.metadata.get("kept_epoch"),
-        "scoring_rule": detector.scoring.to_dict(),
+        "scoring_rule": detector.scoring[args.category].to_dict(),
         "input_geometry": detector.geometry(args.category).to_dict(),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "overrides": overrides,

@@ -114,7 +114,7 @@ def run_onenip(args: argparse.Namespace) -> list[dict[str, Any]]:
                 "train_minutes_scope": "whole network (all categories)" if args.mode == "unified" else "this category",
                 "epochs": params.train.epochs,
                 "kept_epoch": detector.metadata.get("kept_epoch"),
-                "scoring_rule": detector.scoring.to_dict(),
+                "scoring_rule": detector.scoring[category].to_dict(),
                 "validation_metrics": (selection.get("metrics") or {}).get(category),
                 "input_geometry": detector.geometry(category).to_dict(),
                 "inference": {

@@ -601,8 +601,8 @@ def train_onenip(
         model.load_state_dict(best.state)
         kept_epoch = best.epoch
     selection = validate(detector, data, validations, params, device) if validations else None
-    if selection is not None and selection.table:
-        detector.scoring = selection.rule
+    if selection is not None:
+        detector.scoring = dict(selection.rules)
     calibrate_threshold(detector, data, params.eval.threshold_quantile, device)
     model_dir = detector.save(
         output_dir / "model",
@@ -614,7 +614,8 @@ def train_onenip(
             "epochs": cfg.epochs,
             "kept_epoch": kept_epoch,
             "selection": None if selection is None else {
-                "rule": selection.rule.to_dict(), "score": selection.score, "metrics": selection.metrics,
+                "rules": {c: r.to_dict() for c, r in selection.rules.items()}, "score": selection.score,
+                "metrics": selection.metrics,
                 "validation_methods": list(params.validation.methods),
                 "validation_images": {v.category: len(v.labels) for v in validations},
             },

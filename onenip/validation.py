@@ -7,9 +7,9 @@ and fixed. A refiner trained on the training synthesis would look perfect on ano
 synthesis; anomalies of unseen families measure what matters, how the maps transfer to defect types
 the model never saw (on real defects the refiner alone can be far worse than the reconstruction error).
 
-On it ``select_scoring`` chooses the scoring rule (blend weights of the three component maps, Gaussian
-sigma, score pooling window) by the mean of image AUROC, pixel AUROC and AUPRO over the categories, and
-the training loop keeps the epoch whose best rule validates best. Selection runs on maps at a quarter
+On it ``select_scoring`` chooses each category's scoring rule (blend weights of the three component
+maps, Gaussian sigma, score pooling window) by the mean of image AUROC, pixel AUROC and AUPRO, and the
+training loop keeps the latest epoch that validates about as well as the best one. Selection runs on maps at a quarter
 of the input resolution (sigma and pooling scaled alike), which ranks rules as the full maps do at a
 sixteenth of the cost.
 """
@@ -116,12 +116,14 @@ def candidate_rules(cfg: ValidationParams, has_residual: bool) -> list[tuple[tup
 
 @dataclass
 class Selection:
-    rule: ScoringRule
+    rules: dict[str, ScoringRule]
+    """Per category, the chosen rule (the default where the category has too little validation data)."""
     score: float
+    """Mean over the categories that voted of their best rule's score (what the epoch choice compares)."""
     metrics: dict[str, dict[str, float]]
     """Per category: the validation metrics of the chosen rule."""
-    table: list[dict[str, object]]
-    """Every candidate with its mean score."""
+    table: dict[str, list[dict[str, object]]]
+    """Per category, every candidate with its score."""
 
 
 def _downscaled(maps: Tensor, factor: int) -> Tensor:
@@ -147,45 +149,50 @@ def select_scoring(
     cfg: ValidationParams,
     default: ScoringRule,
 ) -> Selection:
-    """Choose (weights, sigma, pool) by the mean over categories of the ``SELECTION_METRICS``.
+    """Choose (weights, sigma, pool) per category by the mean of the ``SELECTION_METRICS``.
 
-    Categories with fewer than ``cfg.min_normals`` held-out normals do not vote; when none is left the
-    ``default`` rule is returned unchanged. Ties keep the earlier candidate.
+    One network serves products as different as a bottle and a magnetic tile; the map that
+    transfers best differs between them, so each category gets its own rule. A category with fewer
+    than ``cfg.min_normals`` held-out normals (or no validation anomaly) keeps ``default`` and does
+    not count in the score. Ties keep the earlier candidate.
     """
-    usable = [(v, c) for v, c in per_category if v.num_normals >= cfg.min_normals and int(v.labels.sum()) > 0]
-    if not usable:
-        return Selection(default, float("nan"), {}, [])
-    has_residual = all(c[2] is not None for _, c in usable)
+    rules: dict[str, ScoringRule] = {}
+    metrics: dict[str, dict[str, float]] = {}
+    tables: dict[str, list[dict[str, object]]] = {}
+    scores = []
+    for validation, components in per_category:
+        if validation.num_normals < cfg.min_normals or int(validation.labels.sum()) == 0:
+            rules[validation.category] = default
+            continue
+        score, rule, chosen, table = _select_one(validation, components, cfg)
+        rules[validation.category], metrics[validation.category], tables[validation.category] = rule, chosen, table
+        scores.append(score)
+    return Selection(rules, float(np.mean(scores)) if scores else float("nan"), metrics, tables)
+
+
+def _select_one(
+    validation: CategoryValidation, components: list[Tensor | None], cfg: ValidationParams,
+) -> tuple[float, ScoringRule, dict[str, float], list[dict[str, object]]]:
     factor = SELECTION_DOWNSCALE
-    prepared = []
-    for validation, components in usable:
-        masks = _downscaled(validation.masks.float(), factor) >= 0.5
-        valid = None if validation.valid is None else _downscaled(validation.valid.float(), factor) >= 0.5
-        prepared.append((validation, components, masks, valid))
+    masks = (_downscaled(validation.masks.float(), factor) >= 0.5)[:, 0].numpy()
+    valid = None if validation.valid is None else _downscaled(validation.valid.float(), factor) >= 0.5
+    labels = validation.labels.numpy()
     table: list[dict[str, object]] = []
-    best: tuple[float, ScoringRule, dict[str, dict[str, float]]] | None = None
-    for weights, sigma in candidate_rules(cfg, has_residual):
-        pixel_metrics: list[dict[str, float]] = []
-        smoothed_maps = []
-        for validation, components, masks, valid in prepared:
-            smoothed = gaussian_smooth(blend(components, weights), sigma / factor)
-            if valid is not None:
-                smoothed = smoothed * valid
-            smoothed_maps.append(smoothed)
-            pixel_metrics.append(_pixel_metrics(smoothed[:, 0].numpy(), masks[:, 0].numpy()))
+    best: tuple[float, ScoringRule, dict[str, float]] | None = None
+    for weights, sigma in candidate_rules(cfg, components[2] is not None):
+        smoothed = gaussian_smooth(blend(components, weights), sigma / factor)
+        if valid is not None:
+            smoothed = smoothed * valid
+        pixel = _pixel_metrics(smoothed[:, 0].numpy(), masks)
         for pool in cfg.score_pool_sizes:
             rule = ScoringRule(weights, sigma, int(pool))
-            per_cat: dict[str, dict[str, float]] = {}
-            for (validation, _, _, _), smoothed, pixel in zip(prepared, smoothed_maps, pixel_metrics, strict=True):
-                scores = image_scores(smoothed, max(1, round(pool / factor))).numpy()
-                image = rank_auroc(scores, validation.labels.numpy())
-                per_cat[validation.category] = {"image_AUROC": image, **pixel}
-            score = float(np.mean([np.mean([m[name] for name in SELECTION_METRICS]) for m in per_cat.values()]))
+            found = {"image_AUROC": rank_auroc(image_scores(smoothed, max(1, round(pool / factor))).numpy(), labels), **pixel}
+            score = float(np.mean([found[name] for name in SELECTION_METRICS]))
             table.append({**rule.to_dict(), "score": score})
             if best is None or score > best[0] + 1e-9:
-                best = (score, rule, per_cat)
+                best = (score, rule, found)
     assert best is not None
-    return Selection(best[1], best[0], best[2], table)
+    return best[0], best[1], best[2], table
 
 
 def rank_auroc(scores: np.ndarray, labels: np.ndarray) -> float:

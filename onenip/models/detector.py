@@ -2,9 +2,8 @@
 
 Each category has its own input geometry (``onenip.data.geometry``: height x width, squashed or
 letterboxed), its ONE normal prompt (coarse and fine features), the scales that normalise its error
-maps and its decision threshold. The scoring rule (blend weights, smoothing, pooling) belongs to the
-model. Saved as ``model.safetensors`` (state dict only) + ``onenip.json`` (model and backbone params,
-categories, geometries, scoring rule, prompt provenance, calibration rule). Loading never unpickles.
+maps, its scoring rule (blend weights, smoothing, pooling) and its decision threshold. Saved as ``model.safetensors`` (state dict only) + ``onenip.json`` (model and backbone params,
+categories, geometries, scoring rules, prompt provenance, calibration rule). Loading never unpickles.
 """
 
 from __future__ import annotations
@@ -136,7 +135,9 @@ class OneNIPDetector(nn.Module):
         self.register_buffer("recon_scale", torch.ones(count))
         self.register_buffer("residual_scale", torch.ones(count))
         self.register_buffer("score_threshold", torch.full((count,), float("inf")))
-        self.scoring = ScoringRule(tuple(cfg.scoring.weights), cfg.scoring.smoothing_sigma, cfg.scoring.score_pool_size)
+        default_rule = ScoringRule(tuple(cfg.scoring.weights), cfg.scoring.smoothing_sigma, cfg.scoring.score_pool_size)
+        self.scoring: dict[str, ScoringRule] = dict.fromkeys(self.categories, default_rule)
+        """Per category, how its maps are blended and scored (chosen on validation data in training)."""
         self.metadata: dict[str, Any] = {}
         self._prompt_cache: dict[int, tuple[tuple, Tensor]] = {}
 
@@ -229,7 +230,7 @@ class OneNIPDetector(nn.Module):
     def forward_features(self, features: Features, category: int, valid: Tensor | None = None) -> DetectorOutput:
         """Score cached features of category index ``category`` with its stored prompt and the scoring rule."""
         components = self.components(features, int(category))
-        anomaly_map, scores = score_maps(components, self.scoring, valid)
+        anomaly_map, scores = score_maps(components, self.scoring[self.categories[int(category)]], valid)
         return DetectorOutput(anomaly_map, scores, components)
 
     def forward(self, images: Tensor, category: int, valid: Tensor | None = None) -> DetectorOutput:
@@ -270,7 +271,7 @@ class OneNIPDetector(nn.Module):
             "model": self.cfg.model_dump(mode="json"),
             "categories": self.categories,
             "geometries": {c: g.to_dict() for c, g in self.geometries.items()},
-            "scoring": self.scoring.to_dict(),
+            "scoring": {category: rule.to_dict() for category, rule in self.scoring.items()},
             "metadata": self.metadata,
         }
         tmp = folder / f".{CONFIG_FILE}.tmp"
@@ -301,6 +302,6 @@ class OneNIPDetector(nn.Module):
         detector = cls(ModelParams.model_validate(config["model"]), config["categories"], geometries, pretrained=False)
         state = load_file(str(weights_path), device=str(map_location))
         detector.load_state_dict(state, strict=True)
-        detector.scoring = ScoringRule.from_dict(config["scoring"])
+        detector.scoring = {category: ScoringRule.from_dict(rule) for category, rule in config["scoring"].items()}
         detector.metadata = config.get("metadata", {})
         return detector.to(map_location).eval()

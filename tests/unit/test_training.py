@@ -219,10 +219,10 @@ def test_scoring_rule_and_epoch_are_chosen_on_validation_and_stored(tmp_path: Pa
     base = tiny_params(tmp_path, epochs=2, holdout_fraction=0.3)
     result = train_onenip(manifest, base, tmp_path / "run", progress=False)
     selection = result.selection
-    assert selection is not None and selection.table  # 5 held-out normals >= min_normals: a choice was made
+    assert selection is not None and selection.table["plate"]  # 5 held-out normals >= min_normals: a choice was made
     assert [h["epoch"] for h in result.history] == [1, 2] and all("val_score" in h for h in result.history)
     loaded = OneNIPDetector.load(tmp_path / "run" / "model")
-    assert loaded.scoring == selection.rule
+    assert loaded.scoring == selection.rules
     meta = loaded.metadata["selection"]
     assert meta["validation_methods"] == ["warp", "smudge", "spots"]
     assert meta["validation_images"]["plate"] == 5 * 2  # 5 normals + 1 anomaly each
@@ -231,12 +231,12 @@ def test_scoring_rule_and_epoch_are_chosen_on_validation_and_stored(tmp_path: Pa
     kept = max(h["epoch"] for h in result.history if h["val_score"] >= top - base.validation.epoch_tolerance)
     assert loaded.metadata["kept_epoch"] == kept
     # the candidates are the weight simplex (step 0.5 with the residual) x sigmas x pools
-    assert len(selection.table) == 6 * 2 * 2
-    assert max(row["score"] for row in selection.table) == pytest.approx(selection.score)
+    assert len(selection.table["plate"]) == 6 * 2 * 2
+    assert max(row["score"] for row in selection.table["plate"]) == pytest.approx(selection.score)
 
     fixed = base.model_copy(update={"validation": base.validation.model_copy(update={"select": False})})
     kept = train_onenip(manifest, fixed, tmp_path / "fixed", progress=False)
-    assert kept.selection is None and kept.detector.scoring.weights == (0.5, 0.5, 0.0)
+    assert kept.selection is None and kept.detector.scoring["plate"].weights == (0.5, 0.5, 0.0)
 
 
 def test_the_latest_epoch_within_tolerance_of_the_best_is_kept() -> None:
@@ -298,7 +298,7 @@ def test_prompt_bank_covers_the_variety_and_each_query_uses_its_nearest_prompt(t
             one = loaded.components(features.select([i]), 0, loaded.prompt(0).select([int(index[i])]))
             from onenip.models.scoring import score_maps
 
-            assert score_maps(one, loaded.scoring)[1].item() == pytest.approx(scored[i].item(), rel=1e-4, abs=1e-5)
+            assert score_maps(one, loaded.scoring["plate"])[1].item() == pytest.approx(scored[i].item(), rel=1e-4, abs=1e-5)
 
 
 def test_error_normalisation_is_a_per_position_z_score() -> None:
@@ -320,7 +320,7 @@ def test_error_normalisation_is_a_per_position_z_score() -> None:
     cfg = ModelParams.model_validate(TINY_MODEL | {"backbone": {"input_size": 64, "fine_indices": []}})
     detector = OneNIPDetector(cfg, ["plate"], pretrained=False).eval()
     features = Features(torch.randn(2, detector.feature_extractor.num_features, 4, 4), None)
-    detector.scoring = ScoringRule((1.0, 0.0, 0.0), 0.0, 1)
+    detector.scoring["plate"] = ScoringRule((1.0, 0.0, 0.0), 0.0, 1)
     with torch.no_grad():
         raw = detector.components(features, 0)[0]  # mean 0, std 1: the raw L2 error
         out = detector.model(features.coarse, detector.prompt(0).coarse)

@@ -1,0 +1,61 @@
+"""Choices on validation data: per-category rule selection, rank AUROC."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from onenip.config import ValidationParams
+from onenip.features import Features
+from onenip.models.scoring import ScoringRule
+from onenip.validation import CategoryValidation, candidate_rules, rank_auroc, select_scoring
+
+
+def _validation(name: str, normals: int = 6, anomalies: int = 6) -> CategoryValidation:
+    n = normals + anomalies
+    masks = torch.zeros(n, 1, 32, 32, dtype=torch.bool)
+    masks[normals:, :, 8:16, 8:16] = True
+    labels = torch.tensor([0] * normals + [1] * anomalies)
+    return CategoryValidation(name, Features(torch.zeros(n, 1, 2, 2), None), labels, masks, None, ["normal"] * n)
+
+
+def _maps(validation: CategoryValidation, informative: bool, seed: int) -> torch.Tensor:
+    noise = torch.rand(len(validation.labels), 1, 8, 8, generator=torch.Generator().manual_seed(seed))
+    if informative:  # the anomaly region (quarter-size grid) lights up
+        noise[validation.labels == 1, :, 2:4, 2:4] += 5.0
+    return noise
+
+
+def test_each_category_gets_the_rule_its_validation_data_favours() -> None:
+    cfg = ValidationParams(smoothing_sigmas=(0.0,), score_pool_sizes=(1,), weight_step=1.0, min_normals=4)
+    a, b, tiny = _validation("a"), _validation("b"), _validation("tiny", normals=2)
+    per_category = [
+        (a, [_maps(a, True, 0), _maps(a, False, 1), None]),  # reconstruction error finds a's defects
+        (b, [_maps(b, False, 2), _maps(b, True, 3), None]),  # the refiner finds b's
+        (tiny, [_maps(tiny, True, 4), _maps(tiny, False, 5), None]),
+    ]
+    default = ScoringRule()
+    selection = select_scoring(per_category, cfg, default)
+    assert selection.rules["a"].weights == (1.0, 0.0, 0.0)
+    assert selection.rules["b"].weights == (0.0, 1.0, 0.0)
+    assert selection.rules["tiny"] == default  # too few held-out normals: the default, and no vote
+    assert set(selection.metrics) == {"a", "b"}
+    assert selection.score == pytest.approx(1.0)
+
+
+def test_candidates_cover_the_weight_simplex_and_skip_a_missing_residual() -> None:
+    cfg = ValidationParams(weight_step=0.5, smoothing_sigmas=(0.0, 4.0))
+    with_residual = candidate_rules(cfg, True)
+    assert len(with_residual) == 6 * 2 and all(abs(sum(w) - 1) < 1e-9 for w, _ in with_residual)
+    assert {w for w, _ in candidate_rules(cfg, False)} == {(1.0, 0.0, 0.0), (0.5, 0.5, 0.0), (0.0, 1.0, 0.0)}
+
+
+def test_rank_auroc_equals_sklearn_with_ties() -> None:
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 5, size=200).astype(float)  # many ties
+    labels = rng.integers(0, 2, size=200)
+    assert rank_auroc(scores, labels) == pytest.approx(roc_auc_score(labels, scores))
+    with pytest.raises(ValueError, match="both"):
+        rank_auroc(scores, np.zeros(200))
