@@ -523,6 +523,7 @@ def train_onenip(
     for epoch in range(start_epoch, cfg.epochs):
         epoch_start = time.perf_counter()
         generation = epoch // params.synthesis.regenerate_every if params.synthesis.regenerate_every else 0
+        synthesis_start = time.perf_counter()
         for item in data:
             pool = pools.get(item.name)
             if pool is None or pool.generation != generation:
@@ -530,6 +531,7 @@ def train_onenip(
                     item, synthesizers[item.name], detector.feature_extractor, params,
                     seed=cfg.seed, generation=generation, progress=progress,
                 )
+        synthesis_seconds = time.perf_counter() - synthesis_start
         # Everything random in this epoch derives from (seed, epoch): resume == uninterrupted.
         torch.manual_seed(cfg.seed * 100_003 + epoch)
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
@@ -576,11 +578,14 @@ def train_onenip(
         record = {key: value / max(1, len(batches)) for key, value in totals.items()}
         record["epoch"] = epoch + 1
         record["lr"] = optimizer.param_groups[0]["lr"]
-        record["train_seconds"] = time.perf_counter() - epoch_start
+        record["synthesis_seconds"] = synthesis_seconds
+        record["train_seconds"] = time.perf_counter() - epoch_start - synthesis_seconds
         last = epoch + 1 == cfg.epochs
         if validations and ((epoch + 1) % params.validation.every_epochs == 0 or last):
+            validation_start = time.perf_counter()
             selection = validate(detector, data, validations, params, device)
             record["val_score"] = selection.score
+            record["validation_seconds"] = time.perf_counter() - validation_start
             if keeps(best, selection.score, params.validation.epoch_tolerance):
                 top = selection.score if best is None else max(best.top_score, selection.score)
                 state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
