@@ -636,62 +636,78 @@ STATISTICS_PRIOR = 10.0
 """Pseudo-count pulling each position's statistics towards the channel's (few images at a position)."""
 
 
-class _Moments:
-    """Weighted first and second moments per channel and position, accumulated over batches."""
+def error_statistics(
+    residuals: Tensor, weights: Tensor, prior: float = 10.0, whiten: bool = True, ridge: float = 0.01,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Statistics that turn a residual map into z-scores: ``(mean (C, h, w), whitening (C, C), std (C, h, w))``.
 
-    def __init__(self) -> None:
-        self.total: Tensor | None = None
-        self.total_sq: Tensor | None = None
-        self.weight: Tensor | None = None
+    ``mean``: per position and channel, weighted by ``weights`` (N, 1, h, w: 1 where the cell holds image
+    content), shrunk towards the channel's mean by ``prior`` pseudo-images (a position few images
+    cover gets the channel's statistics). ``whitening``: ``L^-1`` of the Cholesky factor of the
+    channels' covariance of the centred residual, pooled over positions, with a ``ridge`` of the mean
+    variance on the diagonal (identity when ``whiten`` is false): correlated channels (neighbouring
+    backbone channels often move together) then count once. ``std``: per position and channel of the
+    whitened residual, shrunk alike. The z-score is ``whitening @ (r - mean) / std``.
+    """
+    residuals = residuals.double()
+    weights = weights.double()
+    channels = residuals.shape[1]
 
-    def add(self, values: Tensor, weight: Tensor) -> None:
-        parts = ((values * weight).sum(0), (values.pow(2) * weight).sum(0), weight.sum(0))
-        if self.total is None:
-            self.total, self.total_sq, self.weight = parts
-        else:
-            self.total, self.total_sq, self.weight = self.total + parts[0], self.total_sq + parts[1], self.weight + parts[2]  # type: ignore[operator]
+    def shrunk(total: Tensor, channel: Tensor, weight: Tensor) -> Tensor:
+        return (total + prior * channel[:, None, None]) / (weight + prior)
 
-    def mean_std(self, prior: float) -> tuple[Tensor, Tensor]:
-        """Per-position statistics shrunk towards the channel's by ``prior`` pseudo-images."""
-        assert self.total is not None and self.total_sq is not None and self.weight is not None
-        channel_mean = self.total.sum(dim=(1, 2)) / self.weight.sum()
-        channel_sq = self.total_sq.sum(dim=(1, 2)) / self.weight.sum()
-        mean = (self.total + prior * channel_mean[:, None, None]) / (self.weight + prior)
-        second = (self.total_sq + prior * channel_sq[:, None, None]) / (self.weight + prior)
-        floor = 1e-3 * float(channel_sq.mean().clamp_min(0).sqrt()) + 1e-6
-        return mean, (second - mean.pow(2)).clamp_min(0).sqrt().clamp_min(floor)
+    weight = weights.sum(0)  # (1, h, w)
+    channel_mean = (residuals * weights).sum(dim=(0, 2, 3)) / weights.sum()
+    mean = shrunk((residuals * weights).sum(0), channel_mean, weight)
+    centred = residuals - mean
+    if whiten:
+        flat = (centred * weights.sqrt()).permute(0, 2, 3, 1).reshape(-1, channels)
+        covariance = flat.t() @ flat / weights.sum()
+        covariance += ridge * covariance.diagonal().mean() * torch.eye(channels, dtype=covariance.dtype)
+        whitening = torch.linalg.inv(torch.linalg.cholesky(covariance))
+        centred = torch.einsum("ij,njhw->nihw", whitening, centred)
+    else:
+        whitening = torch.eye(channels, dtype=residuals.dtype)
+    channel_sq = (centred.pow(2) * weights).sum(dim=(0, 2, 3)) / weights.sum()
+    second = shrunk((centred.pow(2) * weights).sum(0), channel_sq, weight)
+    floor = 1e-3 * float(channel_sq.mean().clamp_min(0).sqrt()) + 1e-6
+    return mean.float(), whitening.float(), second.clamp_min(0).sqrt().clamp_min(floor).float()
 
 
 @torch.no_grad()
 def calibrate_error_statistics(detector: OneNIPDetector, data: Sequence[CategoryData], device: torch.device) -> None:
-    """Per category, mean and std per grid position and channel of the reconstruction residual and of
-    the fine prompt residual on its fit images (``model.error_normalization: position``), counting a
-    position only where it holds image content (letterboxing), shrunk towards the channel's statistics
-    by ``STATISTICS_PRIOR`` images. Fit images, not the held-out ones: those stay for calibration and
-    validation."""
+    """Per category, the z-score statistics (``error_statistics``) of the reconstruction residual and of
+    the fine prompt residual on up to ``STATISTICS_IMAGES`` fit images (``model.error_normalization``),
+    counting a grid cell only where it holds image content (letterboxing). Fit images, not the held-out
+    ones: those stay for calibration and validation."""
     from onenip.models.onenip import prompt_residual
 
-    if detector.cfg.error_normalization != "position":
+    if detector.cfg.error_normalization == "none":
         return
+    whiten = detector.cfg.error_normalization == "whitened"
     detector.eval()
     stride = detector.cfg.backbone.feature_stride
     for item in data:
         count = len(item.fit_features)
         index = torch.linspace(0, count - 1, min(count, STATISTICS_IMAGES)).round().long().unique()
-        recon_moments, fine_moments = _Moments(), _Moments()
+        recon, recon_w, fine, fine_w = [], [], [], []
         for start in range(0, len(index), 16):
             chosen = index[start : start + 16]
             features = item.fit_features.select(chosen).float().to(device)
             prompt = detector.choose_prompts(features, item.index)
             residual = detector.model.reconstruct(features.coarse, prompt.coarse) - features.coarse
             valid = None if item.fit_valid is None else item.fit_valid[chosen].float().to(device)
-            recon_moments.add(residual, _cell_weight(valid, residual.shape[-2:], stride, len(chosen), device))
+            recon.append(residual.half().cpu())
+            recon_w.append(_cell_weight(valid, residual.shape[-2:], stride, len(chosen), device).cpu())
             if features.fine is not None:
-                _, fine = prompt_residual(features.fine, prompt.fine, window=detector.model.residual_window)
-                fine_moments.add(fine, _cell_weight(valid, fine.shape[-2:], stride // 2, len(chosen), device))
-        detector.set_error_statistics(item.index, "recon", *recon_moments.mean_std(STATISTICS_PRIOR))
-        if fine_moments.total is not None:
-            detector.set_error_statistics(item.index, "fine", *fine_moments.mean_std(STATISTICS_PRIOR))
+                _, fine_residual = prompt_residual(features.fine, prompt.fine, window=detector.model.residual_window)
+                fine.append(fine_residual.half().cpu())
+                fine_w.append(_cell_weight(valid, fine_residual.shape[-2:], stride // 2, len(chosen), device).cpu())
+        stats = error_statistics(torch.cat(recon).float(), torch.cat(recon_w), STATISTICS_PRIOR, whiten)
+        detector.set_error_statistics(item.index, "recon", *stats)
+        if fine:
+            stats = error_statistics(torch.cat(fine).float(), torch.cat(fine_w), STATISTICS_PRIOR, whiten)
+            detector.set_error_statistics(item.index, "fine", *stats)
 
 
 def _cell_weight(valid: Tensor | None, grid: tuple[int, int] | torch.Size, stride: int, count: int, device: torch.device) -> Tensor:

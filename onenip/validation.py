@@ -103,12 +103,13 @@ def build_category_validation(
 
 
 def candidate_rules(cfg: ValidationParams, has_residual: bool) -> list[tuple[tuple[float, float, float], float]]:
-    """(weights, sigma) pairs: the simplex of weights in ``weight_step`` steps, times the sigmas."""
+    """(weights, sigma) pairs: the simplex of weights in ``weight_step`` steps with the refiner's
+    weight at most ``max_refiner_weight``, times the sigmas."""
     steps = round(1 / cfg.weight_step)
     weights = []
     for a, b in itertools.product(range(steps + 1), repeat=2):
         c = steps - a - b
-        if c < 0 or (c > 0 and not has_residual):
+        if c < 0 or (c > 0 and not has_residual) or b / steps > cfg.max_refiner_weight + 1e-9:
             continue
         weights.append((a / steps, b / steps, c / steps))
     return [(w, float(s)) for w in weights for s in cfg.smoothing_sigmas]

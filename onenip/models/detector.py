@@ -64,9 +64,10 @@ def build_onenip(cfg: ModelParams, in_features: int, fine_features: int, max_gri
     )
 
 
-def _z_norm(residual: Tensor, mean: Tensor, std: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
-    """L2 norm over channels of ``(residual - mean) / std``, upsampled to ``size``."""
-    norm = ((residual - mean) / std).pow(2).sum(dim=1, keepdim=True).sqrt()
+def _z_norm(residual: Tensor, mean: Tensor, whitening: Tensor, std: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
+    """L2 norm over channels of ``whitening @ (residual - mean) / std``, upsampled to ``size``."""
+    centred = torch.einsum("ij,bjhw->bihw", whitening.to(residual.dtype), residual - mean)
+    norm = (centred / std).pow(2).sum(dim=1, keepdim=True).sqrt()
     return F.interpolate(norm, size=tuple(size), mode="bilinear", align_corners=False)
 
 
@@ -124,10 +125,12 @@ class OneNIPDetector(nn.Module):
             self.register_buffer(f"prompt_{k}", torch.zeros(bank, extractor.num_features, h, w))
             # statistics of the error maps' residuals on training normals (mean 0, std 1: the raw errors)
             self.register_buffer(f"recon_mean_{k}", torch.zeros(extractor.num_features, h, w))
+            self.register_buffer(f"recon_whiten_{k}", torch.eye(extractor.num_features))
             self.register_buffer(f"recon_std_{k}", torch.ones(extractor.num_features, h, w))
             if extractor.num_fine_features:
                 fine_shape = (extractor.num_fine_features, h * ratio, w * ratio)
                 self.register_buffer(f"fine_mean_{k}", torch.zeros(fine_shape))
+                self.register_buffer(f"fine_whiten_{k}", torch.eye(extractor.num_fine_features))
                 self.register_buffer(f"fine_std_{k}", torch.ones(fine_shape))
             if extractor.num_fine_features:
                 self.register_buffer(f"prompt_fine_{k}", torch.zeros(bank, extractor.num_fine_features, h * ratio, w * ratio))
@@ -211,7 +214,7 @@ class OneNIPDetector(nn.Module):
             encoded_prompts=encoded,
         )
         recon_map, residual_map = out.recon_map, out.residual_map
-        if self.cfg.error_normalization == "position":
+        if self.cfg.error_normalization != "none":
             # the residuals as z-scores of their per-position, per-channel statistics on training normals
             size = out.recon_map.shape[-2:]
             recon_map = _z_norm(out.recon_features - features.coarse, *self.error_statistics(k, "recon"), size)
@@ -219,13 +222,13 @@ class OneNIPDetector(nn.Module):
                 residual_map = _z_norm(out.fine_residual, *self.error_statistics(k, "fine"), size)
         return normalised_components(recon_map, out.refined_map, residual_map, self.recon_scale[k], self.residual_scale[k])
 
-    def error_statistics(self, k: int, which: str) -> tuple[Tensor, Tensor]:
-        """(mean, std) per channel and position of category k's ``recon`` or ``fine`` residual."""
-        return getattr(self, f"{which}_mean_{k}"), getattr(self, f"{which}_std_{k}")
+    def error_statistics(self, k: int, which: str) -> tuple[Tensor, Tensor, Tensor]:
+        """(mean, whitening, std) of category k's ``recon`` or ``fine`` residual (see ``training.error_statistics``)."""
+        return tuple(getattr(self, f"{which}_{part}_{k}") for part in ("mean", "whiten", "std"))  # type: ignore[return-value]
 
-    def set_error_statistics(self, k: int, which: str, mean: Tensor, std: Tensor) -> None:
-        getattr(self, f"{which}_mean_{k}").copy_(mean)
-        getattr(self, f"{which}_std_{k}").copy_(std)
+    def set_error_statistics(self, k: int, which: str, mean: Tensor, whitening: Tensor, std: Tensor) -> None:
+        for part, value in (("mean", mean), ("whiten", whitening), ("std", std)):
+            getattr(self, f"{which}_{part}_{k}").copy_(value)
 
     def forward_features(self, features: Features, category: int, valid: Tensor | None = None) -> DetectorOutput:
         """Score cached features of category index ``category`` with its stored prompt and the scoring rule."""

@@ -231,7 +231,8 @@ def test_scoring_rule_and_epoch_are_chosen_on_validation_and_stored(tmp_path: Pa
     kept = max(h["epoch"] for h in result.history if h["val_score"] >= top - base.validation.epoch_tolerance)
     assert loaded.metadata["kept_epoch"] == kept
     # the candidates are the weight simplex (step 0.5 with the residual) x sigmas x pools
-    assert len(selection.table["plate"]) == 6 * 2 * 2
+    # the refiner's weight is capped at 0.5: (0, 1, 0) is not a candidate
+    assert len(selection.table["plate"]) == 5 * 2 * 2
     scored = [row["score"] for row in selection.table["plate"] if row["score"] is not None]  # the AUPRO finalists
     assert 0 < len(scored) <= 8 * 2 and max(scored) == pytest.approx(selection.score)
 
@@ -305,30 +306,39 @@ def test_prompt_bank_covers_the_variety_and_each_query_uses_its_nearest_prompt(t
 def test_error_normalisation_is_a_per_position_z_score() -> None:
     from onenip.config import ModelParams
     from onenip.models.scoring import ScoringRule
-    from onenip.training import _Moments
+    from onenip.training import error_statistics
 
-    # moments: a position seen by no image falls back to the channel's statistics
-    moments = _Moments()
+    # statistics: a position no image covers falls back to the channel's statistics
     values = torch.tensor([1.0, 3.0])[:, None, None, None].expand(2, 1, 1, 2).clone()
     weight = torch.zeros(2, 1, 1, 2)
     weight[:, :, :, 0] = 1
-    moments.add(values, weight)
-    mean, std = moments.mean_std(prior=1.0)
+    mean, whitening, std = error_statistics(values, weight, prior=1.0, whiten=False)
     assert mean[0, 0, 0].item() == pytest.approx(2.0) and std[0, 0, 0].item() == pytest.approx(1.0)
-    # no image covers position 1: the channel's statistics (mean 2, std 1) stand in
     assert mean[0, 0, 1].item() == pytest.approx(2.0) and std[0, 0, 1].item() == pytest.approx(1.0)
+    assert torch.equal(whitening, torch.eye(1))
+    # whitening: two perfectly correlated channels become one direction of unit variance
+    generator = torch.Generator().manual_seed(0)
+    base = torch.randn(400, 1, 3, 3, generator=generator)
+    pair = torch.cat([base, 2 * base + 0.01 * torch.randn(400, 1, 3, 3, generator=generator)], dim=1)
+    mean, whitening, std = error_statistics(pair, torch.ones(400, 1, 3, 3), prior=1.0, whiten=True, ridge=1e-4)
+    z = torch.einsum("ij,njhw->nihw", whitening, pair - mean) / std
+    covariance = torch.cov(z.permute(1, 0, 2, 3).reshape(2, -1))
+    assert torch.allclose(covariance, torch.eye(2), atol=0.05)  # decorrelated, unit variance
 
     cfg = ModelParams.model_validate(TINY_MODEL | {"backbone": {"input_size": 64, "fine_indices": []}})
     detector = OneNIPDetector(cfg, ["plate"], pretrained=False).eval()
-    features = Features(torch.randn(2, detector.feature_extractor.num_features, 4, 4), None)
+    channels = detector.feature_extractor.num_features
+    features = Features(torch.randn(2, channels, 4, 4), None)
     detector.scoring["plate"] = ScoringRule((1.0, 0.0, 0.0), 0.0, 1)
     with torch.no_grad():
-        raw = detector.components(features, 0)[0]  # mean 0, std 1: the raw L2 error
+        raw = detector.components(features, 0)[0]  # mean 0, identity, std 1: the raw L2 error
         out = detector.model(features.coarse, detector.prompt(0).coarse)
         assert torch.allclose(raw, out.recon_map, atol=1e-5)
-        detector.set_error_statistics(0, "recon", torch.zeros(detector.feature_extractor.num_features, 4, 4),
-                                      torch.full((detector.feature_extractor.num_features, 4, 4), 2.0))  # fmt: skip
+        zeros, eye = torch.zeros(channels, 4, 4), torch.eye(channels)
+        detector.set_error_statistics(0, "recon", zeros, eye, torch.full((channels, 4, 4), 2.0))
         assert torch.allclose(detector.components(features, 0)[0], raw / 2, atol=1e-5)
+        detector.set_error_statistics(0, "recon", zeros, 3 * eye, torch.ones(channels, 4, 4))
+        assert torch.allclose(detector.components(features, 0)[0], raw * 3, atol=1e-4)
         shifted_mean = (out.recon_features - features.coarse)[0]  # residual of query 0 as the mean: its map is 0
-        detector.set_error_statistics(0, "recon", shifted_mean, torch.ones_like(shifted_mean))
+        detector.set_error_statistics(0, "recon", shifted_mean, eye, torch.ones_like(shifted_mean))
         assert detector.components(features, 0)[0][0].abs().max() < 1e-4

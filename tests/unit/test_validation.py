@@ -29,7 +29,7 @@ def _maps(validation: CategoryValidation, informative: bool, seed: int) -> torch
 
 
 def test_each_category_gets_the_rule_its_validation_data_favours() -> None:
-    cfg = ValidationParams(smoothing_sigmas=(0.0,), score_pool_sizes=(1,), weight_step=1.0, min_normals=4)
+    cfg = ValidationParams(smoothing_sigmas=(0.0,), score_pool_sizes=(1,), weight_step=1.0, min_normals=4, max_refiner_weight=1.0)
     a, b, tiny = _validation("a"), _validation("b"), _validation("tiny", normals=2)
     per_category = [
         (a, [_maps(a, True, 0), _maps(a, False, 1), None]),  # reconstruction error finds a's defects
@@ -46,10 +46,13 @@ def test_each_category_gets_the_rule_its_validation_data_favours() -> None:
 
 
 def test_candidates_cover_the_weight_simplex_and_skip_a_missing_residual() -> None:
-    cfg = ValidationParams(weight_step=0.5, smoothing_sigmas=(0.0, 4.0))
+    cfg = ValidationParams(weight_step=0.5, smoothing_sigmas=(0.0, 4.0), max_refiner_weight=1.0)
     with_residual = candidate_rules(cfg, True)
     assert len(with_residual) == 6 * 2 and all(abs(sum(w) - 1) < 1e-9 for w, _ in with_residual)
     assert {w for w, _ in candidate_rules(cfg, False)} == {(1.0, 0.0, 0.0), (0.5, 0.5, 0.0), (0.0, 1.0, 0.0)}
+    # by default the refiner gets at most the paper's half of the map
+    capped = candidate_rules(ValidationParams(weight_step=0.25), True)
+    assert max(w[1] for w, _ in capped) == 0.5 and (0.5, 0.5, 0.0) in {w for w, _ in capped}
 
 
 def test_rank_auroc_equals_sklearn_with_ties() -> None:
