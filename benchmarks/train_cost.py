@@ -1,6 +1,9 @@
 """Cost of OneNIP's parts on this machine, to choose width, depth and the synthetic-anomaly strategy.
 
-Times, on random tensors of the real shapes (lite0, 256 px: 192 x 16 x 16 features):
+Times, on random tensors of the real shapes (lite0, 256 px: 192 x 16 x 16 features, 152 x 32 x 32 fine):
+  * one training step split by module (input projection, encoder, decoder, final attention, output
+    projection, refiner; forward and backward, from module hooks) and the rest (prompt residual, loss,
+    optimizer);
   * one training step per query (the query and its synthetic copy, batch 8), per (d, layers);
   * inference of the reconstructor + maps per image (no backbone);
   * the frozen backbone per image and one synthetic anomaly per image,
@@ -42,17 +45,30 @@ def _timed(fn, repeats: int) -> float:  # noqa: ANN001
     return (time.perf_counter() - started) / repeats
 
 
-def model_costs(embed_dim: int, layers: int, batch: int = 8, repeats: int = 3) -> dict[str, float]:
+def _step_inputs(batch: int, grid: tuple[int, int], fine: int) -> tuple:
+    h, w = grid
+    queries = torch.randn(2 * batch, 192, h, w)
+    prompts = torch.randn(batch, 192, h, w)
+    fine_q = torch.randn(2 * batch, fine, 2 * h, 2 * w) if fine else None
+    fine_p = torch.randn(batch, fine, 2 * h, 2 * w) if fine else None
+    masks = (torch.rand(2 * batch, 1, 4 * h, 4 * w) > 0.9).float()
+    return queries, prompts, fine_q, fine_p, masks
+
+
+def _build(embed_dim: int, layers: int, grid: tuple[int, int], fine: int) -> OneNIP:
     torch.manual_seed(0)
-    model = OneNIP(192, (16, 16), (256, 256), embed_dim=embed_dim, num_heads=8, num_encoder_layers=layers, num_decoder_layers=layers)
+    return OneNIP(192, grid, embed_dim=embed_dim, num_heads=8, num_encoder_layers=layers, num_decoder_layers=layers, fine_features=fine)
+
+
+def model_costs(embed_dim: int, layers: int, batch: int = 8, repeats: int = 3, fine: int = 152) -> dict[str, float]:
+    grid = (16, 16)
+    model = _build(embed_dim, layers, grid, fine)
     optimizer = torch.optim.AdamW(model.parameters(), 1e-4)
-    queries = torch.randn(2 * batch, 192, 16, 16)
-    prompts = torch.randn(batch, 192, 16, 16)
-    masks = (torch.rand(2 * batch, 1, 256, 256) > 0.9).float()
+    queries, prompts, fine_q, fine_p, masks = _step_inputs(batch, grid, fine)
 
     def step() -> None:
-        recon, logits = model.reconstruct_and_refine(queries, prompts)
-        loss = onenip_loss(recon, queries, logits, masks)
+        recon, logits, _ = model.reconstruct_and_refine(queries, prompts, fine_q, fine_p)
+        loss = onenip_loss(recon, queries, logits, masks, image_pixels=256 * 256)
         optimizer.zero_grad()
         loss.total.backward()
         optimizer.step()
@@ -61,7 +77,8 @@ def model_costs(embed_dim: int, layers: int, batch: int = 8, repeats: int = 3) -
     train = _timed(step, repeats) / batch
     model.eval()
     with torch.no_grad():
-        infer = _timed(lambda: model(queries[:batch], prompts[:1]), repeats) / batch
+        infer = _timed(lambda: model(queries[:batch], prompts[:1], None if fine_q is None else fine_q[:batch],
+                                     None if fine_p is None else fine_p[:1]), repeats) / batch  # fmt: skip
     return {
         "embed_dim": embed_dim,
         "layers": layers,
@@ -71,10 +88,66 @@ def model_costs(embed_dim: int, layers: int, batch: int = 8, repeats: int = 3) -
     }
 
 
+def step_profile(embed_dim: int = 128, layers: int = 2, batch: int = 8, repeats: int = 5, fine: int = 152) -> dict[str, float]:
+    """Milliseconds per training step (batch queries + their synthetic copies) spent in each part,
+    forward and backward, from module hooks; the rest (prompt residual, loss, optimizer) by difference."""
+    grid = (16, 16)
+    model = _build(embed_dim, layers, grid, fine)
+    optimizer = torch.optim.AdamW(model.parameters(), 1e-4)
+    queries, prompts, fine_q, fine_p, masks = _step_inputs(batch, grid, fine)
+    parts = {"input_proj": model.input_proj, "encoder": model.encoder, "decoder": model.decoder,
+             "final_attention": model.final_prompt_to_image, "output_proj": model.output_proj, "refiner": model.refiner}  # fmt: skip
+    spent = dict.fromkeys(parts, 0.0)
+    started: dict[str, float] = {}
+
+    def hooks(name: str, module: torch.nn.Module) -> None:
+        def begin(*_: object) -> None:
+            started[name] = time.perf_counter()
+
+        def end(*_: object) -> None:
+            spent[name] += time.perf_counter() - started.pop(name)
+
+        module.register_forward_pre_hook(begin)
+        module.register_forward_hook(end)
+        module.register_full_backward_pre_hook(begin)
+        module.register_full_backward_hook(end)
+
+    for name, module in parts.items():
+        if isinstance(module, torch.nn.ModuleList):  # hooks on each layer, summed
+            for layer in module:
+                hooks(name, layer)
+        else:
+            hooks(name, module)
+    model.train()
+
+    def step() -> None:
+        recon, logits, _ = model.reconstruct_and_refine(queries, prompts, fine_q, fine_p)
+        loss = onenip_loss(recon, queries, logits, masks, image_pixels=256 * 256)
+        optimizer.zero_grad()
+        loss.total.backward()
+        optimizer.step()
+
+    import warnings
+
+    warnings.filterwarnings("ignore", message="Full backward hook is firing")  # input_proj: its inputs need no grad
+    step()  # warm-up, not counted
+    for name in spent:
+        spent[name] = 0.0
+    began = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    step_ms = (time.perf_counter() - began) * 1000 / repeats
+    result = {name: value * 1000 / repeats for name, value in spent.items()}
+    result["prompt residual, loss, optimizer, rest"] = step_ms - sum(result.values())
+    result["step"] = step_ms
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train_cost.json"))
     args = parser.parse_args()
+    profile = step_profile()
     rows = [model_costs(d, layers) for d, layers in [(64, 2), (128, 1), (128, 2), (128, 4), (256, 2), (256, 4)]]
     extractor = FeatureExtractor("tf_efficientnet_lite0", pretrained=False)
     images = torch.rand(16, 3, 256, 256)
@@ -83,6 +156,11 @@ def main() -> int:
     generator = torch.Generator().manual_seed(0)
     synthesis_ms = _timed(lambda: [synthesizer(images[i], generator) for i in range(16)], 2) / 16 * 1000
     print(f"threads: OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}")
+    print("\nOne training step (d 128, 2 + 2 layers, batch 8 + 8 synthetic, 16 x 16 grid, fine path), ms:")
+    print("| part | ms (forward + backward) |\n|---|---|")
+    for name, value in profile.items():
+        print(f"| {name} | {value:.0f} |")
+    print()
     print("| d | layers (enc = dec) | params M | train ms / query (+ its synthetic copy) | reconstructor ms / image |")
     print("|---|---|---|---|---|")
     for row in rows:
@@ -91,7 +169,8 @@ def main() -> int:
     print(f"on-the-fly synthetic anomalies add {backbone_ms + synthesis_ms:.0f} ms per query per step; a pool of K copies costs "
           f"K x {backbone_ms + synthesis_ms:.0f} ms per image once")  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"threads": os.environ["OMP_NUM_THREADS"], "models": rows, "backbone_ms_per_image": backbone_ms,
+    args.out.write_text(json.dumps({"threads": os.environ["OMP_NUM_THREADS"], "step_profile_ms": profile, "models": rows,
+                                    "backbone_ms_per_image": backbone_ms,
                                     "synthesis_ms_per_image": synthesis_ms}, indent=2))  # fmt: skip
     return 0
 
