@@ -274,7 +274,7 @@ def predict(
 
     cfg = _load(params)
     try:
-        model_dir, model_category = registry.resolve_model(model, cfg, Path.cwd())
+        resolved = registry.resolve_model(model, cfg, Path.cwd())
     except registry.RegistryError as error:
         raise ConfigError(str(error)) from None
     paths = collect_images(inputs)
@@ -282,10 +282,14 @@ def predict(
         msg = f"No image files in {', '.join(map(str, inputs))}"
         raise DatasetError(msg)
     try:
-        predictor = Predictor.load(model_dir, category or model_category, device=resolve_device(cfg.train.device))
+        # A registered version answers for its own category only (the one its gate passed for).
+        predictor = Predictor.load(
+            resolved.folder, category, device=resolve_device(cfg.train.device),
+            served_category=resolved.category, model_name_pattern=resolved.name_pattern,
+        )  # fmt: skip
     except ValueError as error:
         raise DatasetError(str(error)) from None
-    report = predict_files(predictor, paths, out, category or model_category, batch_size=batch_size, heatmaps=heatmaps)
+    report = predict_files(predictor, paths, out, category or resolved.category, batch_size=batch_size, heatmaps=heatmaps)
     anomalous = sum(bool(r["is_anomaly"]) for r in report.predictions)
     console.print(f"Scored {len(report.predictions)} of {len(paths)} images: {anomalous} anomalous at the model's threshold.")
     console.print(f"Wrote {report.csv_path}, {report.json_path}" + (f" and heatmaps under {out / 'heatmaps'}" if heatmaps else ""))

@@ -27,18 +27,64 @@ class Prediction:
     (``InputGeometry.map_to_image`` brings it to the image's own size)."""
 
 
-class Predictor:
-    """A loaded detector plus the preprocessing it was trained with (each category's input geometry)."""
+class CategoryNotServed(ValueError):
+    """A registered model version was asked for a category other than its own."""
 
-    def __init__(self, detector: OneNIPDetector, default_category: str | None = None) -> None:
+
+class Predictor:
+    """A loaded detector plus the preprocessing it was trained with (each category's input geometry).
+
+    ``served_category`` restricts the predictor to one category: a registered model version passed its
+    gate for its own category only, so the unified network's other categories (which may have failed
+    theirs) must not be reachable through it. ``model_name_pattern`` (``onenip-elpv-{category}``)
+    lets the refusal name the model to use instead.
+    """
+
+    def __init__(
+        self,
+        detector: OneNIPDetector,
+        default_category: str | None = None,
+        *,
+        served_category: str | None = None,
+        model_name_pattern: str | None = None,
+    ) -> None:
         self.detector = detector.eval()
+        if served_category is not None:
+            detector.category_index(served_category)
+            if default_category not in (None, served_category):
+                raise self._not_served(default_category, served_category, model_name_pattern)
+            default_category = served_category
         if default_category is not None:
             detector.category_index(default_category)  # unknown category -> ValueError naming the known ones
         self.default_category = default_category or (detector.categories[0] if len(detector.categories) == 1 else None)
+        self.served_category = served_category
+        self.model_name_pattern = model_name_pattern
 
     @classmethod
-    def load(cls, model_dir: str | Path, default_category: str | None = None, device: str | torch.device = "cpu") -> Predictor:
-        return cls(OneNIPDetector.load(model_dir, map_location=device), default_category)
+    def load(
+        cls,
+        model_dir: str | Path,
+        default_category: str | None = None,
+        device: str | torch.device = "cpu",
+        *,
+        served_category: str | None = None,
+        model_name_pattern: str | None = None,
+    ) -> Predictor:
+        return cls(
+            OneNIPDetector.load(model_dir, map_location=device), default_category,
+            served_category=served_category, model_name_pattern=model_name_pattern,
+        )  # fmt: skip
+
+    @staticmethod
+    def _not_served(category: str, served: str, pattern: str | None) -> CategoryNotServed:
+        own = f"models:/{pattern.format(category=served)}" if pattern else "This model version"
+        advice = (
+            f"use models:/{pattern.format(category=category)}@champion (each category is served by its own model, "
+            "promoted only when it passed its gate)"
+            if pattern
+            else "use that category's own registered model"
+        )
+        return CategoryNotServed(f"{own} serves category {served!r} only, not {category!r}: {advice}")
 
     @property
     def device(self) -> torch.device:
@@ -68,6 +114,8 @@ class Predictor:
 
     def _category(self, category: str | None) -> str:
         category = category or self.default_category
+        if self.served_category is not None and category != self.served_category:
+            raise self._not_served(category, self.served_category, self.model_name_pattern)
         if category is None:
             msg = f"This model knows several categories {self.detector.categories}; say which one"
             raise ValueError(msg)

@@ -1,7 +1,8 @@
 """The registered model: an ``mlflow.pyfunc`` wrapper around ``onenip.inference.Predictor``.
 
 Input: a DataFrame with a column ``image`` (base64 of an encoded image file: PNG, JPEG, TIFF, BMP)
-and an optional ``category`` column, or a uint8 array (N, H, W, 3) / (H, W, 3). Output: one row per
+and an optional ``category`` column (a version serves its own category only: any other gets a 400
+naming the model to use), or a uint8 array (N, H, W, 3) / (H, W, 3). Output: one row per
 image with ``category``, ``score``, ``threshold``, ``is_anomaly`` and, with the parameter
 ``return_map=True``, ``anomaly_map`` (nested lists at the model's input size).
 
@@ -99,7 +100,12 @@ class OneNIPPyfunc(mlflow.pyfunc.PythonModel):
         from onenip.inference import Predictor
 
         config = context.model_config or {}
-        self.predictor = Predictor.load(context.artifacts[MODEL_ARTIFACT], default_category=config.get("category"))
+        # A version serves only the category it was registered (and gated) for.
+        self.predictor = Predictor.load(
+            context.artifacts[MODEL_ARTIFACT],
+            served_category=config.get("category"),
+            model_name_pattern=config.get("model_name_pattern"),
+        )
 
     # No type hints here: MLflow would try to derive a schema from them; SIGNATURE is the schema.
     def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
@@ -152,14 +158,23 @@ class OneNIPPyfunc(mlflow.pyfunc.PythonModel):
         raise _bad_input(msg)
 
 
-def log_pyfunc_model(model_dir: str | Path, category: str, example_image: Image.Image) -> Any:
-    """Log the pyfunc model into the active run; returns MLflow's ModelInfo."""
+def log_pyfunc_model(
+    model_dir: str | Path, category: str, example_image: Image.Image, model_name_pattern: str | None = None,
+) -> Any:
+    """Log the pyfunc model into the active run; returns MLflow's ModelInfo.
+
+    The model serves ``category`` only; ``model_name_pattern`` (``onenip-elpv-{category}``) names the
+    models of the other categories in the refusal a request for one of them gets.
+    """
+    config: dict[str, str] = {"category": category}
+    if model_name_pattern:
+        config["model_name_pattern"] = model_name_pattern
     example = pd.DataFrame({"image": [encode_image(example_image.resize((64, 64)))], "category": [category]})
     return mlflow.pyfunc.log_model(
         name="model",
         python_model=str(Path(__file__).with_name("pyfunc_entry.py")),  # models from code: no pickle
         artifacts={MODEL_ARTIFACT: str(model_dir)},
-        model_config={"category": category},
+        model_config=config,
         signature=SIGNATURE,
         input_example=example,
         pip_requirements=PIP_REQUIREMENTS,

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import mlflow
 from filelock import FileLock
@@ -59,6 +59,11 @@ def connect(params: Params, project_root: str | Path = ".") -> MlflowClient:
 
 def model_name(params: Params, dataset: str, category: str) -> str:
     return params.pipeline.model_name.format(dataset=dataset, category=category)
+
+
+def model_name_pattern(params: Params, dataset: str) -> str:
+    """The dataset's model names with ``{category}`` left open: ``onenip-elpv-{category}``."""
+    return params.pipeline.model_name.format(dataset=dataset, category="{category}")
 
 
 def experiment_id(client: MlflowClient, params: Params, dataset: str, project_root: str | Path = ".") -> str:
@@ -131,13 +136,21 @@ def end_run(client: MlflowClient, run_id: str, status: str = "FINISHED") -> None
 
 # -- registry -------------------------------------------------------------------------------------
 def register_model(
-    client: MlflowClient, run_id: str, model_dir: str | Path, name: str, category: str, example_image: Any, tags: dict[str, str],
+    client: MlflowClient,
+    run_id: str,
+    model_dir: str | Path,
+    name: str,
+    category: str,
+    example_image: Any,
+    tags: dict[str, str],
+    name_pattern: str | None = None,
 ) -> Any:
-    """Log the pyfunc model into ``run_id`` and register it as a new version of ``name``."""
+    """Log the pyfunc model into ``run_id`` and register it as a new version of ``name``; the version
+    serves ``category`` only."""
     from onenip.pyfunc import log_pyfunc_model
 
     with mlflow.start_run(run_id=run_id):
-        info = log_pyfunc_model(model_dir, category, example_image)
+        info = log_pyfunc_model(model_dir, category, example_image, name_pattern)
     version = mlflow.register_model(info.model_uri, name, tags={k: str(v) for k, v in tags.items()})
     return client.get_model_version(name, version.version)
 
@@ -300,9 +313,18 @@ def describe(client: MlflowClient, prefix: str = "onenip-") -> list[VersionRow]:
 
 
 # -- resolving a model for predict ------------------------------------------------------------------
-def resolve_model(uri: str, params: Params, project_root: str | Path = ".") -> tuple[Path, str | None]:
+class ResolvedModel(NamedTuple):
+    folder: Path
+    """Holds ``onenip.json`` + ``model.safetensors``."""
+    category: str | None
+    """The one category a registered version serves; None for a local folder (all its categories)."""
+    name_pattern: str | None = None
+    """``onenip-elpv-{category}``: names the other categories' models in a refusal."""
+
+
+def resolve_model(uri: str, params: Params, project_root: str | Path = ".") -> ResolvedModel:
     """``models:/<name>@<alias>``, ``models:/<name>/<version>``, ``runs:/<run_id>/model`` or a local
-    folder -> (folder with ``onenip.json`` + ``model.safetensors``, the model's category if it has one).
+    folder -> the model folder and, for a logged model, the category it serves.
     """
     import yaml
 
@@ -320,23 +342,23 @@ def resolve_model(uri: str, params: Params, project_root: str | Path = ".") -> t
         except (MlflowException, OSError) as error:
             msg = f"Cannot download model {uri}: {error}"
             raise RegistryError(msg) from error
-        category = None
+        config: dict[str, Any] = {}
         mlmodel = local / "MLmodel"
         if mlmodel.is_file():
             flavor = (yaml.safe_load(mlmodel.read_text()) or {}).get("flavors", {}).get("python_function", {})
             # MLflow writes log_model(model_config=...) as the flavor's "config"
-            category = (flavor.get("config") or flavor.get("model_config") or {}).get("category")
+            config = flavor.get("config") or flavor.get("model_config") or {}
         folders = [p.parent for p in local.rglob("onenip.json")]
         if not folders:
             msg = f"{uri} is not an onenip model (no onenip.json inside)"
             raise RegistryError(msg)
-        return folders[0], category
+        return ResolvedModel(folders[0], config.get("category"), config.get("model_name_pattern"))
     path = Path(uri)
     if (path / "onenip.json").is_file():
-        return path, None
+        return ResolvedModel(path, None)
     folders = sorted(p.parent for p in path.glob("**/model/onenip.json")) if path.is_dir() else []
     if len(folders) == 1:
-        return folders[0], None
+        return ResolvedModel(folders[0], None)
     msg = (
         f"No onenip model at {uri}: give a model folder (onenip.json + model.safetensors), a run folder with one "
         "model, or models:/<name>@<alias>"

@@ -299,7 +299,10 @@ def retrain(
                 version_tags = tags | {f"onenip.metric.{k}": f"{v:.6f}" for k, v in report.metrics.items() if isinstance(v, float)}
                 example = read_image(jobs.first_test_image(dataset.root, c))
                 with registry.registry_lock(params, root_dir):
-                    version = registry.register_model(client, run_id, trained.model_dir, model, c, example, version_tags)
+                    version = registry.register_model(
+                        client, run_id, trained.model_dir, model, c, example, version_tags,
+                        registry.model_name_pattern(params, dataset.name),
+                    )
                     decision = registry.gate_and_promote(
                         client, model, version.version, report.metrics, params.gates, has_masks=report.has_masks,
                     )

@@ -82,6 +82,6 @@ def test_unwritable_artifact_store_fails_cleanly_and_keeps_champion(registered_p
              for name in NAMES}  # fmt: skip
     assert after == before  # no new version, no alias moved
     for name in NAMES:  # and the champion still loads
-        model_dir, _ = registry.resolve_model(f"models:/{name}@champion", load_params(registered_project / "params.yaml"),
-                                              registered_project)  # fmt: skip
+        model_dir = registry.resolve_model(f"models:/{name}@champion", load_params(registered_project / "params.yaml"),
+                                           registered_project).folder  # fmt: skip
         assert (model_dir / "model.safetensors").is_file()

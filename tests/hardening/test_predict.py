@@ -74,6 +74,17 @@ def test_predict_scores_good_files_and_names_every_bad_one(registered_project: P
         assert name in result.output
 
 
+def test_predict_refuses_another_category_through_a_registered_version(registered_project: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    monkeypatch.chdir(registered_project)
+    image = sorted((registered_project / "data/widgets/widget/test").rglob("*.png"))[0]
+    result = CliRunner().invoke(app, ["predict", str(image), "--model", "models:/onenip-widgets-plate@champion",
+                                      "--category", "widget", "--out", str(tmp_path / "o")])  # fmt: skip
+    assert result.exit_code != 0
+    assert "serves category 'plate' only" in result.output and "onenip-widgets-widget@champion" in result.output
+    assert not (tmp_path / "o" / "predictions.csv").exists()
+
+
 def test_predict_model_folder_matches_registry_model(registered_project: Path, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     monkeypatch.chdir(registered_project)
@@ -89,9 +100,9 @@ def test_predict_model_folder_matches_registry_model(registered_project: Path, t
     from onenip.registry import resolve_model
 
     # the registered model carries its category (needed when one unified network serves several)
-    _, category = resolve_model("models:/onenip-widgets-widget@champion", load_params(registered_project / "params.yaml"),
-                                registered_project)  # fmt: skip
-    assert category == "widget"
+    resolved = resolve_model("models:/onenip-widgets-widget@champion", load_params(registered_project / "params.yaml"),
+                             registered_project)  # fmt: skip
+    assert resolved.category == "widget" and resolved.name_pattern == "onenip-widgets-{category}"
     a, b = pd.read_csv(tmp_path / "a/predictions.csv"), pd.read_csv(tmp_path / "b/predictions.csv")
     assert a["score"][0] == pytest.approx(b["score"][0], rel=1e-6)
 

@@ -77,7 +77,7 @@ def test_served_scores_match_predict(server: str, registered_project: Path, tmp_
     response = post(server, frame(*(b64(p.read_bytes()) for p in images)) | {"params": {"return_map": True}})
     assert response.status_code == 200, response.text
     rows = response.json()["predictions"]
-    model_dir, category = resolve_model(MODEL, load_params(registered_project / "params.yaml"), registered_project)
+    model_dir, category, _ = resolve_model(MODEL, load_params(registered_project / "params.yaml"), registered_project)
     local = Predictor.load(model_dir, category).predict([Image.open(p).convert("RGB") for p in images])
     for row, expected in zip(rows, local, strict=True):
         assert row["score"] == pytest.approx(expected.score, rel=1e-5)
@@ -106,3 +106,17 @@ def test_bad_payloads_get_clear_errors_and_server_stays_up(server: str, register
     response = requests.post(f"{server}/invocations", data=b"\x00\x01garbage", headers={"Content-Type": "application/json"}, timeout=30)
     assert 400 <= response.status_code < 500
     assert post(server, frame(b64(good))).status_code == 200
+
+
+def test_a_version_serves_only_its_own_category(server: str, registered_project: Path) -> None:
+    """The gate cannot be bypassed: the plate champion is a unified network that also knows 'widget',
+    but widget images must go to widget's own (gated) model, so the plate version refuses them."""
+    good = next((registered_project / "data/widgets/widget/test/good").glob("*.png")).read_bytes()
+    response = post(server, {"dataframe_split": {"columns": ["image", "category"], "data": [[b64(good), "widget"]]}})
+    assert response.status_code == 400, response.text[:500]
+    assert "serves category 'plate' only" in response.text
+    assert "models:/onenip-widgets-widget@champion" in response.text
+    mixed = {"dataframe_split": {"columns": ["image", "category"], "data": [[b64(good), "plate"], [b64(good), "widget"]]}}
+    assert post(server, mixed).status_code == 400  # no partial answer that slips the other category through
+    own = post(server, {"dataframe_split": {"columns": ["image", "category"], "data": [[b64(good), "plate"]]}})
+    assert own.status_code == 200 and own.json()["predictions"][0]["category"] == "plate"

@@ -23,7 +23,8 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> OneNIPPyfunc:
     detector.score_threshold.fill_(0.5)
     detector.save(folder)
     wrapper = OneNIPPyfunc()
-    wrapper.load_context(SimpleNamespace(artifacts={MODEL_ARTIFACT: str(folder)}, model_config={"category": "plate"}))
+    config = {"category": "plate", "model_name_pattern": "onenip-demo-{category}"}
+    wrapper.load_context(SimpleNamespace(artifacts={MODEL_ARTIFACT: str(folder)}, model_config=config))
     return wrapper
 
 
@@ -38,10 +39,19 @@ def test_dataframe_and_array_inputs_agree(model: OneNIPPyfunc) -> None:
     assert frame["category"].tolist() == ["plate", "plate"] and frame["threshold"].eq(0.5).all()
     single = model.predict(None, images[0])
     assert single["score"][0] == pytest.approx(frame["score"][0], rel=1e-5)
-    mixed = model.predict(None, pd.DataFrame({"image": [encode_image(images[0])] * 2, "category": ["plate", "widget"]}),
+    named = model.predict(None, pd.DataFrame({"image": [encode_image(images[0])] * 2, "category": ["plate", None]}),
                           params={"return_map": True})  # fmt: skip
-    assert mixed["category"].tolist() == ["plate", "widget"]
-    assert np.asarray(mixed["anomaly_map"][0]).shape == (64, 64)
+    assert named["category"].tolist() == ["plate", "plate"]
+    assert np.asarray(named["anomaly_map"][0]).shape == (64, 64)
+
+
+def test_a_version_serves_only_its_registered_category(model: OneNIPPyfunc) -> None:
+    """The network also knows 'widget', whose own model may have failed its gate: no way round it."""
+    frame = pd.DataFrame({"image": [encode_image(image(0))] * 2, "category": ["plate", "widget"]})
+    with pytest.raises(MlflowException, match=r"serves category 'plate' only, not 'widget'") as error:
+        model.predict(None, frame)
+    assert "models:/onenip-demo-widget@champion" in error.value.message
+    assert error.value.error_code == "INVALID_PARAMETER_VALUE"  # the scoring server's 400
 
 
 @pytest.mark.parametrize(
