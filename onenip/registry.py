@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import mlflow
-from filelock import FileLock
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -167,21 +166,71 @@ def version_metrics(version: Any) -> dict[str, float]:
     return {key[len(prefix) :]: float(value) for key, value in version.tags.items() if key.startswith(prefix)}
 
 
+LOCK_PREFIX = "_lock."
+"""Registered models named ``_lock.<model>`` exist only while a run holds that model's promotion lock."""
+
+
 @contextmanager
-def registry_lock(params: Params, project_root: str | Path = ".", timeout: float = 120.0) -> Iterator[None]:
-    """Serialise alias moves of concurrent retrains on this machine (a file lock beside the store).
+def registry_lock(
+    client: MlflowClient, name: str, *, timeout: float = 300.0, stale_after: float = 900.0, poll: float = 0.5,
+) -> Iterator[None]:
+    """Serialise promotions of the registered model ``name`` across processes AND machines.
 
     Reading the champion and moving aliases must not interleave between two runs, or both could
-    promote against the same old champion. For a shared MLflow server across machines, run
-    promotions from one scheduler (see README, "Scaling out").
+    promote against the same old champion. The lock lives in the registry itself, so it spans every
+    machine that talks to the same tracking server: acquiring is creating the registered model
+    ``_lock.<name>``, which the store's unique constraint on names makes atomic (the second creator
+    gets RESOURCE_ALREADY_EXISTS); releasing deletes it. A lock older than ``stale_after`` seconds
+    (its holder crashed) is broken; clocks of the machines are assumed roughly in sync.
     """
-    lock_path = Path(project_root).resolve() / ".onenip-registry.lock"
+    import socket
+    import uuid
+
+    lock = f"{LOCK_PREFIX}{name}"
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.create_registered_model(
+                lock, tags={f"{TAG_PREFIX}lock_owner": owner, f"{TAG_PREFIX}lock_since": f"{time.time():.3f}"},
+                description=f"Promotion lock of {name}, held by {owner}; deleted when the promotion ends.",
+            )  # fmt: skip
+            break
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                msg = f"Cannot take the promotion lock {lock!r} in the registry: {error.message}"
+                raise RegistryError(msg) from error
+        holder = _lock_holder(client, lock)
+        if holder is not None and time.time() - holder[1] > stale_after:
+            _delete_lock(client, lock, holder[0])  # the holder died mid-promotion
+            continue
+        if time.monotonic() > deadline:
+            who = holder[0] if holder else "another run"
+            msg = f"Promotion lock {lock!r} held by {who} for more than {timeout:.0f} s; delete that registered model if its run is gone"
+            raise RegistryError(msg)
+        time.sleep(poll)
     try:
-        with FileLock(str(lock_path), timeout=timeout):
-            yield
-    except TimeoutError as error:
-        msg = f"Registry lock {lock_path} held for more than {timeout:.0f} s by another run"
-        raise RegistryError(msg) from error
+        yield
+    finally:
+        _delete_lock(client, lock, owner)
+
+
+def _lock_holder(client: MlflowClient, lock: str) -> tuple[str, float] | None:
+    try:
+        tags = client.get_registered_model(lock).tags
+    except MlflowException:
+        return None  # released in between
+    return tags.get(f"{TAG_PREFIX}lock_owner", "?"), float(tags.get(f"{TAG_PREFIX}lock_since", "0"))
+
+
+def _delete_lock(client: MlflowClient, lock: str, owner: str) -> None:
+    holder = _lock_holder(client, lock)
+    if holder is None or holder[0] != owner:
+        return  # already released or broken and re-taken: never delete someone else's lock
+    try:
+        client.delete_registered_model(lock)
+    except MlflowException:
+        pass
 
 
 def gate_and_promote(

@@ -298,7 +298,7 @@ def retrain(
                 })  # fmt: skip
                 version_tags = tags | {f"onenip.metric.{k}": f"{v:.6f}" for k, v in report.metrics.items() if isinstance(v, float)}
                 example = read_image(jobs.first_test_image(dataset.root, c))
-                with registry.registry_lock(params, root_dir):
+                with registry.registry_lock(client, model):
                     version = registry.register_model(
                         client, run_id, trained.model_dir, model, c, example, version_tags,
                         registry.model_name_pattern(params, dataset.name),

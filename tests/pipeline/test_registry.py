@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
@@ -126,7 +127,7 @@ def test_concurrent_promotions_leave_consistent_aliases(client: MlflowClient, tm
 
     def promote(version: str, metrics: dict[str, float]) -> None:
         try:
-            with registry.registry_lock(Params(), tmp_path):
+            with registry.registry_lock(client, NAME, poll=0.05):
                 registry.gate_and_promote(client, NAME, version, metrics, GATES, has_masks=True)
         except BaseException as error:  # noqa: BLE001
             errors.append(error)
@@ -143,3 +144,21 @@ def test_concurrent_promotions_leave_consistent_aliases(client: MlflowClient, tm
     # the champion passed, and 'previous' is exactly the version it was compared against
     assert tags[champion]["onenip.gate"] == "passed"
     assert tags[champion]["onenip.compared_to"] == previous
+
+
+def test_registry_lock_is_exclusive_breaks_stale_locks_and_names_the_holder(client: MlflowClient) -> None:
+    lock = f"{registry.LOCK_PREFIX}{NAME}"
+    with registry.registry_lock(client, NAME):
+        holder = client.get_registered_model(lock).tags["onenip.lock_owner"]
+        with pytest.raises(registry.RegistryError, match="held by") as error:
+            with registry.registry_lock(client, NAME, timeout=0.3, poll=0.05):
+                pass
+        assert holder in str(error.value)
+    with pytest.raises(MlflowException):  # released
+        client.get_registered_model(lock)
+    # a holder that died mid-promotion: its lock is broken once older than stale_after
+    client.create_registered_model(lock, tags={"onenip.lock_owner": "gone:1", "onenip.lock_since": "0"})
+    with registry.registry_lock(client, NAME, timeout=5, stale_after=60):
+        assert client.get_registered_model(lock).tags["onenip.lock_owner"] != "gone:1"
+    assert all(not m.name.startswith(registry.LOCK_PREFIX) for m in client.search_registered_models())
+    assert all(row.name == NAME for row in registry.describe(client))  # locks never show as models
