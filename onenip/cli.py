@@ -206,6 +206,23 @@ def schedule(
     serve_retrain(load_params(params, profile=profile), str(params), profile, cron)
 
 
+@app.command("deploy")
+@_user_errors
+def deploy(
+    pool: Annotated[str, typer.Option("--pool", help="Prefect work pool (type process) whose workers run it.")],
+    params: ParamsOption = DEFAULT_PARAMS_PATH,
+    profile: ProfileOption = None,
+    cron: Annotated[str | None, typer.Option("--cron", help="Override pipeline.schedule_cron.")] = None,
+) -> None:
+    """Register the scheduled ``retrain`` deployment with the Prefect server at PREFECT_API_URL."""
+    from pipelines.deployments import DEPLOYMENT_NAME, deploy_retrain
+
+    cfg = load_params(params, profile=profile)
+    deployment_id = deploy_retrain(cfg, str(params), pool, Path.cwd(), profile, cron)
+    console.print(f"Deployment scheduled-retrain/{DEPLOYMENT_NAME} ({deployment_id}) on work pool {pool!r}, "
+                  f"cron {cron or cfg.pipeline.schedule_cron!r}. Start a worker: prefect worker start -p {pool}")
+
+
 @app.command("promote")
 @_user_errors
 def promote(
@@ -245,13 +262,52 @@ def show_registry(params: ParamsOption = DEFAULT_PARAMS_PATH) -> None:
     cfg = _load(params)
     client = registry.connect(cfg, Path.cwd())
     table = Table(title=f"MLflow registry ({registry.tracking_uri(cfg, Path.cwd())})")
-    for column in ("model", "version", "aliases", "gate", "category data version", "I-AUROC", "P-AUROC", "run"):
+    for column in ("model", "version", "aliases", "gate", "category data version", "I-AUROC", "P-AUROC", "runtime", "run"):
         table.add_column(column)
     for row in registry.describe(client, prefix=cfg.pipeline.model_name.split("{")[0]):
         table.add_row(row.name, row.version, ", ".join(row.aliases) or "-", row.gate, row.data_version,
                       f"{row.metrics.get('image_AUROC', float('nan')):.4f}", f"{row.metrics.get('pixel_AUROC', float('nan')):.4f}",
-                      row.run_id[:12])  # fmt: skip
+                      row.runtime, row.run_id[:12])  # fmt: skip
     console.print(table)
+
+
+@app.command("export")
+@_user_errors
+def export(
+    model: Annotated[str, typer.Argument(help="models:/<name>@champion, models:/<name>/<version>, runs:/<id>/model, or a model folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the graph and export.json.")],
+    fmt: Annotated[str, typer.Option("--format", help="onnx or openvino.")] = "onnx",
+    category: Annotated[str | None, typer.Option("--category", help="Category (needed for a multi-category model folder).")] = None,
+    params: ParamsOption = DEFAULT_PARAMS_PATH,
+) -> None:
+    """Export one category's whole scoring graph (image -> anomaly map and score) for ONNX Runtime or OpenVINO."""
+    from onenip import registry
+    from onenip.export import ExportError, export_category
+    from onenip.models.detector import OneNIPDetector
+
+    if fmt not in ("onnx", "openvino"):
+        msg = f"--format must be onnx or openvino, got {fmt!r}"
+        raise ConfigError(msg)
+    cfg = _load(params)
+    try:
+        resolved = registry.resolve_model(model, cfg, Path.cwd())
+    except registry.RegistryError as error:
+        raise ConfigError(str(error)) from None
+    detector = OneNIPDetector.load(resolved.folder)
+    if resolved.category and category not in (None, resolved.category):
+        msg = f"{model} serves category {resolved.category!r} only, not {category!r}"
+        raise ConfigError(msg)
+    chosen = category or resolved.category or (detector.categories[0] if len(detector.categories) == 1 else None)
+    if chosen is None:
+        msg = f"This model knows several categories {detector.categories}; say which one with --category"
+        raise ConfigError(msg)
+    try:
+        detector.category_index(chosen)
+        graph = export_category(detector, chosen, out, fmt=fmt)  # type: ignore[arg-type]
+    except (ValueError, ExportError) as error:
+        raise ConfigError(str(error)) from None
+    geometry = detector.geometry(chosen)
+    console.print(f"Exported {chosen!r} ({geometry.height}x{geometry.width}{', letterboxed' if geometry.letterbox else ''}) to {graph}")
 
 
 @app.command("predict")
@@ -263,6 +319,7 @@ def predict(
     category: Annotated[str | None, typer.Option("--category", help="Category (needed for a multi-category model folder).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
     heatmaps: Annotated[bool, typer.Option("--heatmaps/--no-heatmaps", help="Write heatmap overlay PNGs.")] = True,
+    runtime: Annotated[str, typer.Option("--runtime", help="torch, onnx, openvino, or auto (onnx when installed).")] = "auto",
     params: ParamsOption = DEFAULT_PARAMS_PATH,
 ) -> None:
     """Score images: per image the score, the decision at the model's calibrated threshold and a
@@ -285,7 +342,7 @@ def predict(
         # A registered version answers for its own category only (the one its gate passed for).
         predictor = Predictor.load(
             resolved.folder, category, device=resolve_device(cfg.train.device),
-            served_category=resolved.category, model_name_pattern=resolved.name_pattern,
+            served_category=resolved.category, model_name_pattern=resolved.name_pattern, runtime=runtime,
         )  # fmt: skip
     except ValueError as error:
         raise DatasetError(str(error)) from None

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,8 +48,15 @@ class Predictor:
         *,
         served_category: str | None = None,
         model_name_pattern: str | None = None,
+        runtime: str = "torch",
+        export_root: str | Path | None = None,
     ) -> None:
         self.detector = detector.eval()
+        self.runtime = resolve_runtime(runtime)
+        if self.runtime != "torch" and detector.device.type != "cpu":
+            self.runtime = "torch"  # the exported graphs are CPU graphs; on a GPU torch is the fast path
+        self.export_root = Path(export_root) if export_root else None
+        self._graphs: dict[str, Any] = {}
         if served_category is not None:
             detector.category_index(served_category)
             if default_category not in (None, served_category):
@@ -69,10 +77,15 @@ class Predictor:
         *,
         served_category: str | None = None,
         model_name_pattern: str | None = None,
+        runtime: str = "torch",
     ) -> Predictor:
+        """``runtime``: torch, onnx, openvino or auto (onnx when ONNX Runtime is installed). Graphs
+        exported at registration (``<model_dir>/export/<category>``) are used; others are exported
+        on first use into a temporary folder."""
         return cls(
             OneNIPDetector.load(model_dir, map_location=device), default_category,
             served_category=served_category, model_name_pattern=model_name_pattern,
+            runtime=runtime, export_root=Path(model_dir) / EXPORT_FOLDER,
         )  # fmt: skip
 
     @staticmethod
@@ -144,18 +157,72 @@ class Predictor:
             valid = None
             if geometry.letterbox:
                 valid = torch.stack([geometry.valid_mask(h, w)[None] for h, w in sizes]).to(self.device)
-            with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
-                output = self.detector(batch, k, valid)
-            scores = output.pred_score.float().cpu().tolist()
+            if self.runtime == "torch":
+                with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
+                    output = self.detector(batch, k, valid)
+                scores = output.pred_score.float().cpu().tolist()
+                full_maps = output.anomaly_map.float().cpu().numpy() if return_maps else None
+            else:
+                full_maps, raw = self.graph(category)(batch.numpy(), None if valid is None else valid.numpy())
+                scores = [float(v) for v in raw]
             maps: list[np.ndarray | None] = [None] * len(scores)
-            if return_maps:
-                full = output.anomaly_map.float().cpu().numpy()[:, 0]
-                maps = [_content(geometry, m, h, w) for m, (h, w) in zip(full, sizes, strict=True)]
+            if return_maps and full_maps is not None:
+                maps = [_content(geometry, m, h, w) for m, (h, w) in zip(full_maps[:, 0], sizes, strict=True)]
             results.extend(
                 Prediction(category, score, threshold, score > threshold, anomaly_map)
                 for score, anomaly_map in zip(scores, maps, strict=True)
             )
         return results
+
+
+    def graph(self, category: str) -> Any:
+        """The exported scoring graph of ``category`` on this predictor's runtime (loaded once)."""
+        if category not in self._graphs:
+            from onenip.export import EXPORT_JSON, export_category, load_export
+
+            folder = self.export_root / safe_name(category) if self.export_root else None
+            if folder is None or not (folder / EXPORT_JSON).is_file():
+                import tempfile
+
+                folder = Path(tempfile.mkdtemp(prefix="onenip-export-")) / safe_name(category)
+                export_category(self.detector, category, folder, fmt="openvino" if self.runtime == "openvino" else "onnx")
+            info, graph = load_export(folder, self.runtime, threads=_threads())
+            if info.category != category:
+                msg = f"Export folder {folder} holds category {info.category!r}, not {category!r}"
+                raise ValueError(msg)
+            self._graphs[category] = graph
+        return self._graphs[category]
+
+
+EXPORT_FOLDER = "export"
+"""Inside a model folder: ``export/<category>/`` holds that category's exported graph (``onenip.export``)."""
+
+
+def safe_name(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
+
+
+def resolve_runtime(runtime: str) -> str:
+    """torch | onnx | openvino; ``auto`` is onnx when ONNX Runtime is installed, else torch."""
+    import importlib.util
+
+    if runtime == "auto":
+        return "onnx" if importlib.util.find_spec("onnxruntime") is not None else "torch"
+    if runtime not in ("torch", "onnx", "openvino"):
+        msg = f"Unknown runtime {runtime!r}: use torch, onnx, openvino or auto"
+        raise ValueError(msg)
+    package = {"onnx": "onnxruntime", "openvino": "openvino"}.get(runtime)
+    if package and importlib.util.find_spec(package) is None:
+        msg = f"Runtime {runtime!r} needs the package {package!r}: pip install {package}"
+        raise ValueError(msg)
+    return runtime
+
+
+def _threads() -> int | None:
+    import os
+
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 def _content(geometry: InputGeometry, anomaly_map: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -105,6 +105,7 @@ class OneNIPPyfunc(mlflow.pyfunc.PythonModel):
             context.artifacts[MODEL_ARTIFACT],
             served_category=config.get("category"),
             model_name_pattern=config.get("model_name_pattern"),
+            runtime=config.get("runtime", "torch"),
         )
 
     # No type hints here: MLflow would try to derive a schema from them; SIGNATURE is the schema.
@@ -166,9 +167,20 @@ def log_pyfunc_model(
     The model serves ``category`` only; ``model_name_pattern`` (``onenip-elpv-{category}``) names the
     models of the other categories in the refusal a request for one of them gets.
     """
-    config: dict[str, str] = {"category": category}
+    runtime = serving_runtime()
+    config: dict[str, str] = {"category": category, "runtime": runtime}
     if model_name_pattern:
         config["model_name_pattern"] = model_name_pattern
+    requirements = list(PIP_REQUIREMENTS)
+    if runtime == "onnx":
+        # the category's whole scoring graph travels with the weights (the served model's fast path)
+        from onenip.export import export_category
+        from onenip.inference import EXPORT_FOLDER, safe_name
+        from onenip.models.detector import OneNIPDetector
+
+        detector = OneNIPDetector.load(model_dir)
+        export_category(detector, category, Path(model_dir) / EXPORT_FOLDER / safe_name(category))
+        requirements.append(f"onnxruntime=={_version('onnxruntime')}")
     example = pd.DataFrame({"image": [encode_image(example_image.resize((64, 64)))], "category": [category]})
     return mlflow.pyfunc.log_model(
         name="model",
@@ -177,5 +189,18 @@ def log_pyfunc_model(
         model_config=config,
         signature=SIGNATURE,
         input_example=example,
-        pip_requirements=PIP_REQUIREMENTS,
+        pip_requirements=requirements,
     )
+
+
+def serving_runtime() -> str:
+    """onnx when ONNX Runtime is installed (exported at registration), else torch."""
+    from onenip.inference import resolve_runtime
+
+    return resolve_runtime("auto")
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)

@@ -148,8 +148,12 @@ def register_model(
     serves ``category`` only."""
     from onenip.pyfunc import log_pyfunc_model
 
+    from onenip.pyfunc import serving_runtime
+
+    runtime = serving_runtime()
     with mlflow.start_run(run_id=run_id):
         info = log_pyfunc_model(model_dir, category, example_image, name_pattern)
+    tags = tags | {f"{TAG_PREFIX}runtime": runtime}
     version = mlflow.register_model(info.model_uri, name, tags={k: str(v) for k, v in tags.items()})
     return client.get_model_version(name, version.version)
 
@@ -334,6 +338,8 @@ class VersionRow:
     data_version: str
     metrics: dict[str, float]
     run_id: str
+    runtime: str = "-"
+    """The runtime the served model scores with (onnx: graph exported at registration; torch)."""
 
 
 def describe(client: MlflowClient, prefix: str = "onenip-") -> list[VersionRow]:
@@ -356,6 +362,7 @@ def describe(client: MlflowClient, prefix: str = "onenip-") -> list[VersionRow]:
                     version.tags.get(f"{TAG_PREFIX}category_data_version", "-"),
                     version_metrics(version),
                     version.run_id or "-",
+                    version.tags.get(f"{TAG_PREFIX}runtime", "torch"),
                 ),
             )
     return rows

@@ -193,18 +193,23 @@ class OneNIPDetector(nn.Module):
         """Normalised [recon, refiner, residual] maps of one category's queries at its input size.
 
         ``prompt`` replaces the stored prompt (prompt sensitivity, training-time validation)."""
-        encoded = None
-        if prompt is None:
-            bank = self.prompt(k)
-            encoded = self._encoded_prompt(k, bank.coarse)
-            if bank.coarse.shape[0] == 1:
-                prompt = bank
-            else:
-                index = nearest_prompt(features.coarse, bank.coarse)
-                prompt = bank.select(index)
-                encoded = None if encoded is None else encoded[index]
-        else:
-            prompt = prompt.to(features.coarse.device)
+        if prompt is not None:
+            return self.prompted_components(features, k, prompt.to(features.coarse.device), None)
+        bank = self.prompt(k)
+        return self.bank_components(features, k, bank, self._encoded_prompt(k, bank.coarse))
+
+    def bank_components(self, features: Features, k: int, bank: Features, encoded: Tensor | None) -> list[Tensor | None]:
+        """``components`` against a prompt bank: each query uses its nearest prompt of the bank.
+
+        ``encoded`` is ``model.encode(bank.coarse)`` when known (inference, export), else None."""
+        if bank.coarse.shape[0] > 1:
+            index = nearest_prompt(features.coarse, bank.coarse)
+            bank = bank.select(index)
+            encoded = None if encoded is None else encoded[index]
+        return self.prompted_components(features, k, bank, encoded)
+
+    def prompted_components(self, features: Features, k: int, prompt: Features, encoded: Tensor | None) -> list[Tensor | None]:
+        """``components`` with one prompt per query (or one for all)."""
         out = self.model(
             features.coarse,
             prompt.coarse,

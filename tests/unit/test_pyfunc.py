@@ -75,3 +75,18 @@ def test_model_folder_is_safetensors_and_json_only(tmp_path: Path) -> None:
     detector = OneNIPDetector(ModelParams.model_validate(TINY_MODEL), ["plate"], pretrained=False)
     detector.save(tmp_path / "m")
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model.safetensors", "onenip.json"]
+
+
+def test_onnx_runtime_scores_like_torch(model: OneNIPPyfunc, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    folder = tmp_path / "m"
+    model.predictor.detector.save(folder)
+    fast = OneNIPPyfunc()
+    fast.load_context(SimpleNamespace(artifacts={MODEL_ARTIFACT: str(folder)}, model_config={"category": "plate", "runtime": "onnx"}))
+    assert fast.predictor.runtime == "onnx"
+    frame = pd.DataFrame({"image": [encode_image(image(3)), encode_image(image(4, (90, 20)))]})
+    expected = model.predict(None, frame, params={"return_map": True})
+    got = fast.predict(None, frame, params={"return_map": True})
+    np.testing.assert_allclose(got["score"], expected["score"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(got["anomaly_map"][1]), np.asarray(expected["anomaly_map"][1]), atol=1e-4)
+    assert got["is_anomaly"].tolist() == expected["is_anomaly"].tolist()

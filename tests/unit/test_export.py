@@ -1,0 +1,70 @@
+"""Exported scoring graphs (ONNX Runtime, OpenVINO) against the torch path on tiny detectors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from onenip.config import ModelParams
+from onenip.data.geometry import InputGeometry
+from onenip.export import CategoryScorer, export_category, load_export
+from onenip.models.detector import OneNIPDetector
+from onenip.models.scoring import ScoringRule
+from tests.helpers.tiny import TINY_MODEL
+
+
+@pytest.fixture(scope="module")
+def detector() -> OneNIPDetector:
+    torch.manual_seed(0)
+    cfg = ModelParams.model_validate(TINY_MODEL | {"prompts": 2})
+    geometries = {"plate": InputGeometry(64, 64, False), "strip": InputGeometry(32, 96, True)}
+    model = OneNIPDetector(cfg, ["plate", "strip"], geometries, pretrained=False).eval()
+    for k in range(2):  # prompts and statistics that are not the identity, so every buffer matters
+        bank = model.prompt(k)
+        bank.coarse.normal_()
+        if bank.fine is not None:
+            bank.fine.normal_()
+        mean, whiten, std = model.error_statistics(k, "recon")
+        mean.normal_(0, 0.1), whiten.add_(0.05 * torch.randn_like(whiten)), std.uniform_(0.5, 2)
+    model.scoring["strip"] = ScoringRule((0.5, 0.25, 0.25), 2.0, 4)
+    model.score_threshold.fill_(1.0)
+    return model
+
+
+def images(geometry: InputGeometry, n: int, seed: int) -> torch.Tensor:
+    return torch.rand(n, 3, geometry.height, geometry.width, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("category", ["plate", "strip"])
+def test_onnx_graph_equals_torch(detector: OneNIPDetector, category: str, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    export_category(detector, category, tmp_path)
+    info, graph = load_export(tmp_path, "onnx")
+    geometry = detector.geometry(category)
+    assert (info.height, info.width, info.letterbox, info.threshold) == (geometry.height, geometry.width, geometry.letterbox, 1.0)
+    batch = images(geometry, 3, 1)  # another batch size than at export: the batch axis is dynamic
+    valid = torch.ones(3, 1, geometry.height, geometry.width)
+    valid[1, :, :, :20] = 0  # letterbox padding of one image
+    with torch.no_grad():
+        expected = detector(batch, detector.category_index(category), valid if geometry.letterbox else None)
+    maps, scores = graph(batch.numpy(), valid.numpy() if geometry.letterbox else None)
+    np.testing.assert_allclose(maps, expected.anomaly_map.numpy(), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(scores, expected.pred_score.numpy(), atol=1e-4, rtol=1e-4)
+    if geometry.letterbox:
+        assert np.all(maps[1, :, :, :20] == 0)
+
+
+def test_openvino_graph_equals_torch(detector: OneNIPDetector, tmp_path: Path) -> None:
+    pytest.importorskip("openvino")
+    export_category(detector, "plate", tmp_path, fmt="openvino")
+    assert (tmp_path / "plate.xml").is_file()
+    _, graph = load_export(tmp_path, "openvino")
+    batch = images(detector.geometry("plate"), 2, 2)
+    with torch.no_grad():
+        expected = CategoryScorer(detector, "plate")(batch)
+    maps, scores = graph(batch.numpy())
+    np.testing.assert_allclose(maps, expected[0].numpy(), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(scores, expected[1].numpy(), atol=1e-4, rtol=1e-4)
