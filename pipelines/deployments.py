@@ -1,20 +1,23 @@
 """The scheduled ``retrain`` deployment.
 
 ``onenip schedule`` serves it from this process (``flow.serve``): simplest, no work pool. For a
-team setup, run a Prefect server and a process work pool instead (README, "Scheduled retraining"):
+team setup, a Prefect server and a process work pool run it instead (README, "Team setup"):
 
     prefect server start
     prefect work-pool create onenip --type process
-    prefect deploy pipelines/flows.py:retrain -n weekly -p onenip --cron "0 3 * * 1"
-    prefect worker start -p onenip
+    onenip deploy --pool onenip          # the deployment, on the cron schedule of params.yaml
+    prefect worker start -p onenip       # on every machine that should run trainings
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from prefect import flow
+
 from onenip.config import Params
-from pipelines.flows import retrain, task_runner
+from pipelines.flows import DEFAULT_PARAMS_PATH, retrain, run_retrain, task_runner
 
 DEPLOYMENT_NAME = "weekly-retrain"
 
@@ -41,3 +44,46 @@ def serve_retrain(params: Params, params_path: str, profile: str | None = None, 
     from prefect import serve
 
     serve(retrain_deployment(params, params_path, profile, cron))
+
+
+@flow(name="scheduled-retrain", log_prints=True)
+def scheduled_retrain(
+    params_path: str = str(DEFAULT_PARAMS_PATH),
+    profile: str | None = None,
+    categories: list[str] | None = None,
+    force: bool = False,
+    project_root: str = ".",
+) -> dict[str, dict[str, Any]]:
+    """What a worker runs: ``retrain`` as a subflow, with the task runner params.yaml asks for (a
+    worker loads a flow from its entrypoint, so ``with_options`` must happen inside the run)."""
+    return run_retrain(params_path, profile, categories, force, project_root)
+
+
+def deploy_retrain(
+    params: Params,
+    params_path: str,
+    work_pool: str,
+    project_root: str | Path,
+    profile: str | None = None,
+    cron: str | None = None,
+) -> str:
+    """Register the ``retrain`` deployment with a Prefect server's work pool; returns its id.
+
+    The code is pulled by the worker from this checkout (local storage: workers on other machines
+    need the same path, or a git source); the project (data, params, DVC) is ``project_root``.
+    """
+    from prefect.schedules import Cron
+
+    checkout = Path(__file__).resolve().parents[1]
+    source = scheduled_retrain.from_source(source=str(checkout), entrypoint="pipelines/deployments.py:scheduled_retrain")
+    deployment_id = source.deploy(
+        name=DEPLOYMENT_NAME,
+        work_pool_name=work_pool,
+        schedule=Cron(cron or params.pipeline.schedule_cron, timezone=params.pipeline.schedule_timezone),
+        parameters={"params_path": params_path, "profile": profile, "force": False, "project_root": str(Path(project_root).resolve())},
+        description="Retrain categories whose data changed; promote only through the metric gates.",
+        tags=["onenip", params.data.name],
+        build=False,
+        print_next_steps=False,
+    )
+    return str(deployment_id)

@@ -1,0 +1,198 @@
+"""The team topology on real services started here: retrain through a Prefect server's process work
+pool and worker, tracked on an MLflow server backed by PostgreSQL (artifacts through its proxy), two
+retrains at once against that server, rollback and `mlflow models serve` from it, and a separately
+started Dask scheduler with two workers."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pytest
+import requests
+from mlflow.tracking import MlflowClient
+
+from tests.helpers.project import make_project, write_params
+from tests.services.conftest import BIN, free_port, service_env, start, stop, wait_until
+
+pytestmark = pytest.mark.slow
+MODELS = ("onenip-widgets-plate", "onenip-widgets-widget")
+POOL = "onenip-test"
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_project(tmp_path_factory.mktemp("team-a"))
+
+
+def api_post(api: str, path: str, body: dict) -> list | dict:
+    response = requests.post(f"{api}{path}", json=body, timeout=30)
+    assert response.status_code < 300, response.text[:1000]
+    return response.json()
+
+
+def client_for(url: str) -> MlflowClient:
+    return MlflowClient(tracking_uri=url, registry_uri=url)
+
+
+def aliases(client: MlflowClient, name: str) -> dict[str, str]:
+    return {alias: str(version) for alias, version in client.get_registered_model(name).aliases.items()}
+
+
+def cli(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    assert result.returncode == 0, f"{args}: {result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def test_deployment_runs_through_a_worker_against_the_mlflow_server(
+    prefect_server: tuple[str, dict[str, str]], mlflow_server: str, project: Path,
+) -> None:
+    api, prefect_env = prefect_server
+    env = prefect_env | {"MLFLOW_TRACKING_URI": mlflow_server}
+    cli([str(BIN / "prefect"), "work-pool", "create", POOL, "--type", "process"], project, env)
+    deployed = cli([str(BIN / "onenip"), "deploy", "--pool", POOL, "--params", "params.yaml"], project, env)
+    assert "weekly-retrain" in deployed.stdout
+    [deployment] = api_post(api, "/deployments/filter", {"deployments": {"name": {"any_": ["weekly-retrain"]}}})
+    assert deployment["work_pool_name"] == POOL and deployment["parameters"]["project_root"] == str(project.resolve())
+    assert deployment["schedules"][0]["schedule"]["cron"] == "0 3 * * 1"  # pipeline.schedule_cron
+
+    log = project.parent / "worker.log"
+    worker = start([str(BIN / "prefect"), "worker", "start", "-p", POOL, "--limit", "1"], log, env, cwd=project)
+    try:
+        flow_run = api_post(api, f"/deployments/{deployment['id']}/create_flow_run", {"parameters": {"force": True}})
+        deadline = time.monotonic() + 900
+        while True:
+            state = requests.get(f"{api}/flow_runs/{flow_run['id']}", timeout=10).json()["state"]
+            if state["type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}:
+                break
+            assert time.monotonic() < deadline, f"flow run still {state['type']}:\n{log.read_text()[-3000:]}"
+            assert worker.poll() is None, log.read_text()[-3000:]
+            time.sleep(2)
+    finally:
+        stop(worker)
+    assert state["type"] == "COMPLETED", log.read_text()[-5000:]
+
+    # the server saw the flow run, its retrain subflow, the task runs and the per-category artifacts
+    children = api_post(api, "/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [flow_run["id"]]}}})
+    [retrain] = [r for r in children if r["state_type"] == "COMPLETED"]
+    tasks = api_post(api, "/task_runs/filter", {"flow_runs": {"id": {"any_": [retrain["id"]]}}})
+    assert len(tasks) >= 6 and {t["state_type"] for t in tasks} == {"COMPLETED"}
+    keys = {a["key"] for a in api_post(api, "/artifacts/filter", {})}
+    assert {"onenip-widgets-plate", "onenip-widgets-widget"} <= keys
+
+    client = client_for(mlflow_server)
+    for name in MODELS:
+        assert aliases(client, name) == {"champion": "1"}
+        version = client.get_model_version(name, "1")
+        assert version.tags["onenip.gate"] == "passed"
+        run = client.get_run(version.run_id)
+        assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # stored through the server's proxy
+        local = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="config",
+                                                         tracking_uri=mlflow_server))  # fmt: skip
+        assert any(local.rglob("params.yaml"))
+        assert {"evaluation", "model"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert not [m.name for m in client.search_registered_models() if m.name.startswith("_lock.")]
+
+
+def test_two_retrains_at_once_promote_one_at_a_time(
+    mlflow_server: str, project: Path, tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Two machines (two projects, two processes) retrain the same models against one server."""
+    other = make_project(tmp_path_factory.mktemp("team-b"))
+    code = "import json; from pipelines.flows import run_retrain; print(json.dumps(run_retrain('params.yaml', force=True)))"
+    processes = []
+    for root in (project, other):
+        env = service_env(MLFLOW_TRACKING_URI=mlflow_server, PREFECT_HOME=str(root.parent / "prefect-home"))
+        processes.append(subprocess.Popen([sys.executable, "-c", code], cwd=root, env=env, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True))  # fmt: skip
+    results = [p.communicate(timeout=900) for p in processes]
+    for process, (out, err) in zip(processes, results, strict=True):
+        assert process.returncode == 0, err[-3000:]
+        assert {o["status"] for o in json.loads(out.strip().splitlines()[-1]).values()} == {"promoted"}
+    client = client_for(mlflow_server)
+    for name in MODELS:
+        versions = {str(v.version): v.tags for v in client.search_model_versions(f"name = '{name}'")}
+        assert sorted(versions) == ["1", "2", "3"]
+        compared = {v: tags["onenip.compared_to"] for v, tags in versions.items() if v != "1"}
+        # serialised: the first promotion compared against 1, the second against the first
+        first = next(v for v, c in compared.items() if c == "1")
+        second = next(v for v in compared if v != first)
+        assert compared[second] == first, compared
+        assert aliases(client, name) == {"champion": second, "previous": first}
+
+
+def test_rollback_and_serving_the_champion_from_the_server(mlflow_server: str, project: Path) -> None:
+    client = client_for(mlflow_server)
+    before = aliases(client, MODELS[0])
+    env = service_env(MLFLOW_TRACKING_URI=mlflow_server)
+    cli([str(BIN / "onenip"), "promote", "--category", "plate", "--rollback"], project, env)
+    assert aliases(client, MODELS[0])["champion"] == before["previous"]
+
+    port = free_port()
+    log = project.parent / "serve.log"
+    server = start([str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{MODELS[0]}@champion", "--env-manager", "local",
+                    "-h", "127.0.0.1", "-p", str(port)], log, env, cwd=project)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: requests.get(f"{url}/ping", timeout=2).status_code == 200, server, log, "mlflow models serve")
+        image = base64.b64encode(next((project / "data/widgets/plate/test/good").glob("*.png")).read_bytes()).decode()
+        ok = requests.post(f"{url}/invocations", json={"dataframe_split": {"columns": ["image"], "data": [[image]]}}, timeout=60)
+        assert ok.status_code == 200 and ok.json()["predictions"][0]["category"] == "plate", ok.text[:500]
+        other = {"dataframe_split": {"columns": ["image", "category"], "data": [[image, "widget"]]}}
+        refused = requests.post(f"{url}/invocations", json=other, timeout=60)
+        assert refused.status_code == 400 and "onenip-widgets-widget@champion" in refused.text
+    finally:
+        stop(server)
+
+
+@pytest.fixture
+def dask_cluster(tmp_path: Path) -> Iterator[str]:
+    """``dask scheduler`` and two ``dask worker`` processes, started apart from any flow."""
+    pytest.importorskip("prefect_dask")
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    env = service_env()
+    scheduler = start([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                      tmp_path / "scheduler.log", env)  # fmt: skip
+    workers = [
+        start([str(BIN / "dask"), "worker", address, "--nworkers", "1", "--nthreads", "1", "--no-dashboard"],
+              tmp_path / f"worker{i}.log", env)  # fmt: skip
+        for i in range(2)
+    ]
+    try:
+        from distributed import Client
+
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+        yield address
+    finally:
+        for process in [*workers, scheduler]:
+            stop(process)
+
+
+def test_external_dask_cluster_gives_the_same_results(
+    dask_cluster: str, tmp_path: Path, prefect_harness: None, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from distributed import Client
+
+    from pipelines.flows import run_retrain
+
+    root = make_project(tmp_path)
+    monkeypatch.chdir(root)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    local = run_retrain("params.yaml", project_root=root)
+    write_params(root, pipeline={"task_runner": "dask", "dask_address": dask_cluster, "threads_per_worker": 1})
+    on_cluster = run_retrain("params.yaml", project_root=root, force=True)
+    with Client(dask_cluster, timeout=60) as client:
+        ran = client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.task_prefixes))
+    assert ran, "no task ran on the external scheduler"
+    for category, outcome in local.items():
+        assert on_cluster[category]["status"] == "promoted"
+        assert on_cluster[category]["metrics"] == pytest.approx(outcome["metrics"], abs=1e-6), category
