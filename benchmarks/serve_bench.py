@@ -1,12 +1,13 @@
 """Inference cost of a registered (or saved) onenip model: `onenip predict` throughput and a served
 model's requests/s and latency.
 
-Measures, on real images of one folder:
-  * predict: images/s of ``onenip.inference.predict_files`` (decode, resize, backbone, OneNIP, maps,
-    CSV; heatmap PNGs off) at batch 1 and batch 16, and this process's peak RSS;
-  * serving: ``mlflow models serve -m <uri> --env-manager local`` on 127.0.0.1; sequential POSTs of one
-    image each (requests/s, latency p50/p95) and of 16 images each (images/s), and the server's peak
-    RSS (VmHWM).
+Measures, on real images of one folder, for each runtime (torch, onnx, openvino) side by side:
+  * predict: images/s of ``onenip.inference.predict_files`` (decode, resize, the scoring graph, maps,
+    CSV; heatmap PNGs off) at batch 1 and batch 16, peak RSS of a process that does only that, and the
+    per-stage milliseconds at batch 1;
+  * serving: ``mlflow models serve -m <uri> --env-manager local`` on 127.0.0.1 with ``ONENIP_RUNTIME``
+    set; POSTs of one image each from 1 and from 4 concurrent clients (requests/s, latency p50/p95),
+    of 16 images each (images/s), start-up seconds and the server's peak RSS (VmHWM).
 Prints a table and writes JSON.
 
     OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 .venv/bin/python benchmarks/serve_bench.py \\
@@ -58,10 +59,10 @@ def _tree_peak_rss_mb(pid: int) -> float:
     return max(_peak_rss_mb(p) for p in pids)
 
 
-def bench_predict(model_dir: Path, category: str | None, images: list[Path], batch_size: int) -> float:
+def bench_predict(model_dir: Path, category: str | None, images: list[Path], batch_size: int, runtime: str) -> float:
     from onenip.inference import Predictor, predict_files
 
-    predictor = Predictor.load(model_dir, category)
+    predictor = Predictor.load(model_dir, category, runtime=runtime)
     with tempfile.TemporaryDirectory() as out:
         predict_files(predictor, images[: min(4, len(images))], out, batch_size=batch_size, heatmaps=False, progress=False)  # warm-up
         started = time.perf_counter()
@@ -69,11 +70,80 @@ def bench_predict(model_dir: Path, category: str | None, images: list[Path], bat
         return len(images) / (time.perf_counter() - started)
 
 
-def bench_serving(uri: str, images: list[Path], requests_count: int, project_root: Path) -> dict[str, Any]:
+def profile_stages(model_dir: Path, category: str | None, images: list[Path], runtime: str) -> dict[str, float]:
+    """Milliseconds per image at batch 1: decode, resize (geometry), backbone + head (torch: split),
+    the whole graph (exported runtimes), map crop."""
+    import numpy as np
+    import torch
+
+    from onenip.data.manifest import decode_image
+    from onenip.inference import Predictor, _content
+
+    predictor = Predictor.load(model_dir, category, runtime=runtime)
+    name = predictor._category(None)
+    k = predictor.detector.category_index(name)
+    geometry = predictor.detector.geometry(name)
+    totals = dict.fromkeys(("decode", "resize", "backbone", "head", "graph", "crop"), 0.0)
+    for step, path in enumerate([images[0], *images]):  # the first pass warms up
+        t0 = time.perf_counter()
+        picture = predictor.to_tensor(decode_image(path.read_bytes(), source=str(path)))
+        t1 = time.perf_counter()
+        batch = geometry.apply(picture)[None]
+        valid = geometry.valid_mask(*picture.shape[-2:])[None, None] if geometry.letterbox else None
+        t2 = time.perf_counter()
+        if runtime == "torch":
+            with torch.no_grad():
+                features = predictor.detector.extract(batch)
+                t3 = time.perf_counter()
+                anomaly_map = predictor.detector.forward_features(features, k, valid).anomaly_map.numpy()
+            t4 = time.perf_counter()
+            spent = {"backbone": t3 - t2, "head": t4 - t3}
+        else:
+            anomaly_map, _ = predictor.graph(name)(batch.numpy(), None if valid is None else valid.numpy())
+            t4 = time.perf_counter()
+            spent = {"graph": t4 - t2}
+        _content(geometry, np.asarray(anomaly_map)[0, 0], *picture.shape[-2:])
+        t5 = time.perf_counter()
+        if step:
+            for key, value in {"decode": t1 - t0, "resize": t2 - t1, "crop": t5 - t4, **spent}.items():
+                totals[key] += value
+    return {key: 1000 * value / len(images) for key, value in totals.items() if value}
+
+
+def predict_worker(args: argparse.Namespace) -> dict[str, Any]:
+    """One runtime in its own process (its own peak RSS)."""
+    from onenip.config import load_params
+    from onenip.inference import collect_images
+    from onenip.registry import resolve_model
+
+    resolved = resolve_model(args.model, load_params(args.params), Path.cwd())
+    images = collect_images([args.images])[: args.limit]
+    started = time.perf_counter()
+    from onenip.inference import Predictor
+
+    Predictor.load(resolved.folder, resolved.category, runtime=args.runtime).predict([_open(images[0])])
+    return {
+        "load_and_first_image_s": time.perf_counter() - started,
+        "images_per_s_batch1": bench_predict(resolved.folder, resolved.category, images, 1, args.runtime),
+        "images_per_s_batch16": bench_predict(resolved.folder, resolved.category, images, 16, args.runtime),
+        "stages_ms_batch1": profile_stages(resolved.folder, resolved.category, images[:32], args.runtime),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def _open(path: Path) -> Any:
+    from PIL import Image
+
+    return Image.open(path).convert("RGB")
+
+
+def bench_serving(uri: str, images: list[Path], requests_count: int, project_root: Path, runtime: str) -> dict[str, Any]:
+    from concurrent.futures import ThreadPoolExecutor
+
     import requests
 
     port = _free_port()
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", "ONENIP_RUNTIME": runtime}
     process = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
         cwd=project_root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -96,9 +166,11 @@ def bench_serving(uri: str, images: list[Path], requests_count: int, project_roo
             time.sleep(0.5)
         startup = time.monotonic() - started
         encoded = [base64.b64encode(p.read_bytes()).decode("ascii") for p in images]
-        session = requests.Session()
+        local = __import__("threading").local()
 
         def post(batch: list[str]) -> float:
+            session = getattr(local, "session", None) or requests.Session()
+            local.session = session
             t0 = time.perf_counter()
             response = session.post(f"{url}/invocations", json={"dataframe_split": {"columns": ["image"], "data": [[b] for b in batch]}},
                                     timeout=120)  # fmt: skip
@@ -109,12 +181,20 @@ def bench_serving(uri: str, images: list[Path], requests_count: int, project_roo
         latencies = [post([encoded[i % len(encoded)]]) for i in range(requests_count)]
         batch16 = [post([encoded[(i * 16 + j) % len(encoded)] for j in range(16)]) for i in range(max(2, requests_count // 16))]
         quantiles = statistics.quantiles(latencies, n=20)
+        with ThreadPoolExecutor(4) as pool:  # four clients at once
+            t0 = time.perf_counter()
+            concurrent = list(pool.map(lambda i: post([encoded[i % len(encoded)]]), range(requests_count)))
+            wall = time.perf_counter() - t0
+        quantiles4 = statistics.quantiles(concurrent, n=20)
         return {
             "startup_s": startup,
             "requests_per_s_batch1": len(latencies) / sum(latencies),
             "latency_p50_ms": statistics.median(latencies) * 1000,
             "latency_p95_ms": quantiles[18] * 1000,
             "images_per_s_batch16": 16 * len(batch16) / sum(batch16),
+            "clients4_requests_per_s": len(concurrent) / wall,
+            "clients4_latency_p50_ms": statistics.median(concurrent) * 1000,
+            "clients4_latency_p95_ms": quantiles4[18] * 1000,
             "server_peak_rss_mb": _tree_peak_rss_mb(process.pid),
         }
     finally:
@@ -127,45 +207,57 @@ def main() -> int:
     parser.add_argument("--model", required=True, help="models:/<name>@<alias>, models:/<name>/<version> or a model folder")
     parser.add_argument("--images", type=Path, required=True, help="folder of real images (searched recursively)")
     parser.add_argument("--limit", type=int, default=64, help="images used for predict throughput")
-    parser.add_argument("--requests", type=int, default=48, help="sequential single-image requests to the server")
+    parser.add_argument("--requests", type=int, default=48, help="single-image requests to the server (per client setting)")
+    parser.add_argument("--runtimes", nargs="+", default=["torch", "onnx", "openvino"], choices=["torch", "onnx", "openvino"])
+    parser.add_argument("--no-serving", action="store_true", help="predict only")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serve.json")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--runtime", default="torch", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(predict_worker(args)))
+        return 0
 
-    from onenip.config import load_params
     from onenip.inference import collect_images
-    from onenip.registry import resolve_model
 
-    params = load_params(args.params)
-    model_dir, category = resolve_model(args.model, params, Path.cwd())
     images = collect_images([args.images])[: args.limit]
-    result: dict[str, Any] = {
-        "model": args.model,
-        "images": len(images),
-        "threads": os.environ.get("OMP_NUM_THREADS"),
-        "predict_images_per_s_batch1": bench_predict(model_dir, category, images, 1),
-        "predict_images_per_s_batch16": bench_predict(model_dir, category, images, 16),
-        "predict_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
-    if args.model.startswith("models:/"):
-        result["serving"] = bench_serving(args.model, images, args.requests, Path.cwd())
-    serving = result.get("serving", {})
-    rows = [
-        ("predict, batch 1", f"{result['predict_images_per_s_batch1']:.1f} img/s"),
-        ("predict, batch 16", f"{result['predict_images_per_s_batch16']:.1f} img/s"),
-        ("predict peak RSS", f"{result['predict_peak_rss_mb']:.0f} MB"),
+    result: dict[str, Any] = {"model": args.model, "images": len(images), "threads": os.environ.get("OMP_NUM_THREADS"), "runtimes": {}}
+    for runtime in args.runtimes:
+        worker = subprocess.run(
+            [sys.executable, __file__, "--worker", "--runtime", runtime, "--model", args.model, "--images", str(args.images),
+             "--limit", str(args.limit), "--params", str(args.params)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if worker.returncode:
+            print(f"{runtime}: predict failed\n{worker.stderr[-2000:]}", file=sys.stderr)
+            continue
+        entry = json.loads(worker.stdout.strip().splitlines()[-1])
+        if args.model.startswith("models:/") and not args.no_serving:
+            entry["serving"] = bench_serving(args.model, images, args.requests, Path.cwd(), runtime)
+        result["runtimes"][runtime] = entry
+    names = list(result["runtimes"])
+    rows: list[tuple[str, list[str]]] = [
+        ("predict, batch 1 (img/s)", [f"{result['runtimes'][r]['images_per_s_batch1']:.1f}" for r in names]),
+        ("predict, batch 16 (img/s)", [f"{result['runtimes'][r]['images_per_s_batch16']:.1f}" for r in names]),
+        ("predict peak RSS (MB)", [f"{result['runtimes'][r]['peak_rss_mb']:.0f}" for r in names]),
+        ("batch-1 stages (ms/img)", [", ".join(f"{k} {v:.1f}" for k, v in result["runtimes"][r]["stages_ms_batch1"].items()) for r in names]),
     ]
-    if serving:
+    if all("serving" in result["runtimes"][r] for r in names):
+        serving = [result["runtimes"][r]["serving"] for r in names]
         rows += [
-            ("served, 1 image/request", f"{serving['requests_per_s_batch1']:.1f} req/s"),
-            ("served latency p50 / p95", f"{serving['latency_p50_ms']:.0f} / {serving['latency_p95_ms']:.0f} ms"),
-            ("served, 16 images/request", f"{serving['images_per_s_batch16']:.1f} img/s"),
-            ("server peak RSS", f"{serving['server_peak_rss_mb']:.0f} MB"),
-            ("server start-up", f"{serving['startup_s']:.1f} s"),
+            ("served, 1 client (req/s)", [f"{s['requests_per_s_batch1']:.1f}" for s in serving]),
+            ("served p50 / p95, 1 client (ms)", [f"{s['latency_p50_ms']:.0f} / {s['latency_p95_ms']:.0f}" for s in serving]),
+            ("served, 4 clients (req/s)", [f"{s['clients4_requests_per_s']:.1f}" for s in serving]),
+            ("served p50 / p95, 4 clients (ms)", [f"{s['clients4_latency_p50_ms']:.0f} / {s['clients4_latency_p95_ms']:.0f}" for s in serving]),
+            ("served, 16 images/request (img/s)", [f"{s['images_per_s_batch16']:.1f}" for s in serving]),
+            ("server peak RSS (MB)", [f"{s['server_peak_rss_mb']:.0f}" for s in serving]),
+            ("server start-up (s)", [f"{s['startup_s']:.1f}" for s in serving]),
         ]
-    print(f"| measure ({len(images)} images of {args.images}, {result['threads']} threads) | value |\n|---|---|")
-    for name, value in rows:
-        print(f"| {name} | {value} |")
+    print(f"| measure ({len(images)} images of {args.images}, {result['threads']} threads) | " + " | ".join(names) + " |")
+    print("|---|" + "---|" * len(names))
+    for name, values in rows:
+        print(f"| {name} | " + " | ".join(values) + " |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"Wrote {args.out}")

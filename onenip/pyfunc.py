@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import os
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +106,8 @@ class OneNIPPyfunc(mlflow.pyfunc.PythonModel):
             context.artifacts[MODEL_ARTIFACT],
             served_category=config.get("category"),
             model_name_pattern=config.get("model_name_pattern"),
-            runtime=config.get("runtime", "torch"),
+            # ONENIP_RUNTIME overrides the registered choice (torch | onnx | openvino | auto)
+            runtime=os.environ.get("ONENIP_RUNTIME") or config.get("runtime", "torch"),
         )
 
     # No type hints here: MLflow would try to derive a schema from them; SIGNATURE is the schema.
