@@ -8,7 +8,7 @@ EXTRAS ?= test
 # the test suite sets its own (tests/conftest.py).
 THREADS ?= 2
 
-.PHONY: setup run test bench clean-venv
+.PHONY: setup run test test-fast bench clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ run: setup
 
 test: setup
 	$(PY) -m pytest
+
+# the edit-test loop: everything but the tests marked slow (services, pipelines, real-data training)
+test-fast: setup
+	$(PY) -m pytest -m "not slow"
 
 bench: setup
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,bench]'

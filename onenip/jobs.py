@@ -24,7 +24,9 @@ from onenip.data.manifest import make_manifest
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
-NOT_RESULT_CODE = frozenset({"cli.py", "env.py", "gates.py", "inference.py", "jobs.py", "registry.py", "pyfunc.py", "pyfunc_entry.py"})
+NOT_RESULT_CODE = frozenset(
+    {"cli.py", "env.py", "export.py", "gates.py", "inference.py", "jobs.py", "registry.py", "pyfunc.py", "pyfunc_entry.py"},
+)
 """Modules that cannot change a trained model or its test metrics (CLI, serving, registry, gates)."""
 
 

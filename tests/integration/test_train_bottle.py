@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from PIL import Image
 from typer.testing import CliRunner
 
 from onenip.cli import app
@@ -23,8 +26,9 @@ SMALL = {
 
 def test_small_model_detects_bottle_defects(industrial_root: Path, tmp_path: Path) -> None:
     params = tmp_path / "params.yaml"
-    SMALL["train"]["cache_dir"] = str(tmp_path / "cache")
-    params.write_text(yaml.safe_dump(SMALL))
+    config = copy.deepcopy(SMALL)  # the module's dict stays as written for the other tests
+    config["train"]["cache_dir"] = str(tmp_path / "cache")
+    params.write_text(yaml.safe_dump(config))
     out = tmp_path / "run"
     result = CliRunner().invoke(
         app, ["train", "--data", str(industrial_root), "--category", "bottle", "--out", str(out), "--params", str(params)],
@@ -46,6 +50,18 @@ def test_small_model_detects_bottle_defects(industrial_root: Path, tmp_path: Pat
     again = json.loads((tmp_path / "eval" / "metrics.json").read_text())["bottle"]
     assert again == pytest.approx(metrics, abs=1e-6)
 
+    # The exported graphs score the whole test split like torch: same maps, scores, decisions.
+    from onenip.inference import Predictor
+
+    images = [Image.open(p).convert("RGB") for p in sorted((industrial_root / "bottle" / "test").rglob("*.png"))]
+    reference = Predictor.load(out / "unified" / "model", "bottle", runtime="torch").predict(images, return_maps=True)
+    for runtime in ("onnx", "openvino"):
+        exported = Predictor.load(out / "unified" / "model", "bottle", runtime=runtime).predict(images, return_maps=True)
+        assert [p.is_anomaly for p in exported] == [p.is_anomaly for p in reference], runtime
+        assert np.allclose([p.score for p in exported], [p.score for p in reference], rtol=1e-4, atol=1e-4), runtime
+        worst = max(float(np.abs(a.anomaly_map - b.anomaly_map).max()) for a, b in zip(exported, reference, strict=True))
+        assert worst <= 1e-4 * max(1.0, max(float(np.abs(b.anomaly_map).max()) for b in reference)), (runtime, worst)
+
 
 def test_synthesize_writes_preview(industrial_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "preview.png"
@@ -59,7 +75,21 @@ def test_synthesize_writes_preview(industrial_root: Path, tmp_path: Path) -> Non
         assert image.width > 300 and image.height > 300
 
 
-def test_evaluate_unknown_category_is_one_clear_error(industrial_root: Path, tmp_path: Path) -> None:
+def test_evaluate_missing_model_is_one_clear_error(industrial_root: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["evaluate", "--model", str(tmp_path), "--data", str(industrial_root)])
     assert result.exit_code == 1
     assert "onenip.json" in result.output or "model.safetensors" in result.output
+
+
+def test_evaluate_unknown_category_is_one_clear_error(industrial_root: Path, tmp_path: Path) -> None:
+    """A real saved model that knows 'bottle', asked for a category it was not trained on."""
+    from onenip.config import ModelParams
+    from onenip.models.detector import OneNIPDetector
+    from tests.helpers.tiny import TINY_MODEL
+
+    OneNIPDetector(ModelParams.model_validate(TINY_MODEL), ["bottle"], pretrained=False).save(tmp_path / "model")
+    result = CliRunner().invoke(app, ["evaluate", "--model", str(tmp_path / "model"), "--data", str(industrial_root),
+                                      "--category", "kolektor", "--out", str(tmp_path / "eval")])  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert "not trained on categories ['kolektor']" in result.output and "['bottle']" in result.output
+    assert not (tmp_path / "eval" / "metrics.json").exists()

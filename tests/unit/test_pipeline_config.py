@@ -53,9 +53,32 @@ def test_adding_an_image_changes_only_its_category_version(tmp_path: Path) -> No
     assert cache_key("per-category", [before["widget"]], changed) != cache_key("per-category", [before["widget"]], params)
 
 
-def test_code_version_covers_result_code_only() -> None:
+def test_code_version_covers_result_code_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Edit files of a temporary copy of the package: result code changes the hash, serving code does not."""
+    import shutil
+
     from onenip import jobs
 
-    hashed = {str(p.relative_to(jobs.PACKAGE_DIR)) for p in jobs.PACKAGE_DIR.rglob("*.py")} - jobs.NOT_RESULT_CODE
-    assert {"models/onenip.py", "training.py", "synthesis.py", "metrics.py", "data/transforms.py"} <= hashed
-    assert "cli.py" not in hashed and len(jobs.code_version()) == 16
+    copy = tmp_path / "onenip"
+    shutil.copytree(jobs.PACKAGE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(jobs, "PACKAGE_DIR", copy)
+    original = jobs.code_version()
+    assert len(original) == 16 and jobs.code_version() == original
+
+    def changed_by(relative: str) -> bool:
+        path = copy / relative
+        saved = path.read_bytes()
+        path.write_bytes(saved + b"\n# an edit\n")
+        try:
+            return jobs.code_version() != original
+        finally:
+            path.write_bytes(saved)
+
+    for result_code in ("models/onenip.py", "training.py", "synthesis.py", "metrics.py", "data/transforms.py"):
+        assert changed_by(result_code), result_code
+    for serving_code in ("cli.py", "registry.py", "pyfunc.py", "inference.py", "gates.py"):
+        assert not changed_by(serving_code), serving_code
+    (copy / "models" / "new_head.py").write_text("X = 1\n")  # a new model file counts too
+    assert jobs.code_version() != original
+
+
