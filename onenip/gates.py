@@ -18,12 +18,14 @@ class GateDecision:
     passed: bool
     reasons: list[str] = field(default_factory=list)
     """One line per check, passed or failed, in the order they were made."""
+    failures: list[str] = field(default_factory=list)
+    """The lines of ``reasons`` whose check failed (empty when passed)."""
 
     def summary(self) -> str:
         return ("PASSED" if self.passed else "FAILED") + ": " + "; ".join(self.reasons)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed, "reasons": list(self.reasons)}
+        return {"passed": self.passed, "reasons": list(self.reasons), "failures": list(self.failures)}
 
 
 def _present(value: float | None) -> bool:
@@ -43,30 +45,32 @@ def decide(
     fails the gate (a model is never promoted on metrics nobody measured).
     """
     reasons: list[str] = []
-    passed = True
+    failures: list[str] = []
+
+    def fail(reason: str) -> None:
+        reasons.append(reason)
+        failures.append(reason)
+
     for name, minimum in gates.minimum.items():
         if name.startswith("pixel_") and not has_masks:
             reasons.append(f"{name}: not measured (no masks), minimum {minimum:g} not applied")
             continue
         value = metrics.get(name)
         if not _present(value):
-            passed = False
-            reasons.append(f"{name}: missing, minimum {minimum:g} required")
+            fail(f"{name}: missing, minimum {minimum:g} required")
         elif value < minimum:  # type: ignore[operator]
-            passed = False
-            reasons.append(f"{name} {value:.4f} < minimum {minimum:g}")
+            fail(f"{name} {value:.4f} < minimum {minimum:g}")
         else:
             reasons.append(f"{name} {value:.4f} >= minimum {minimum:g}")
     if champion_metrics is None:
         reasons.append("no champion yet: no-regression rule not applied")
-        return GateDecision(passed, reasons)
+        return GateDecision(not failures, reasons, failures)
     for name in gates.compare:
         new, old = metrics.get(name), champion_metrics.get(name)
         if not (_present(new) and _present(old)):
             continue
         if new < old - gates.max_regression:  # type: ignore[operator]
-            passed = False
-            reasons.append(f"{name} {new:.4f} regresses from champion's {old:.4f} (tolerance {gates.max_regression:g})")
+            fail(f"{name} {new:.4f} regresses from champion's {old:.4f} (tolerance {gates.max_regression:g})")
         else:
             reasons.append(f"{name} {new:.4f} vs champion's {old:.4f}: within tolerance {gates.max_regression:g}")
-    return GateDecision(passed, reasons)
+    return GateDecision(not failures, reasons, failures)

@@ -93,6 +93,8 @@ class CategoryOutcome:
     metrics: dict[str, float] = field(default_factory=dict)
     reasons: list[str] = field(default_factory=list)
     run_id: str | None = None
+    failures: list[str] = field(default_factory=list)
+    """The gate checks that failed (a subset of ``reasons``), or the error that stopped the category."""
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -309,7 +311,9 @@ def retrain(
                 status = "promoted" if decision.passed else "challenger"
                 registry.set_tags(client, run_id, {"onenip.outcome": status, "onenip.model_version": f"{model}/{version.version}"})
                 registry.end_run(client, run_id)
-                outcomes[c] = CategoryOutcome(c, status, model, str(version.version), dict(report.metrics), decision.reasons, run_id)
+                outcomes[c] = CategoryOutcome(
+                    c, status, model, str(version.version), dict(report.metrics), decision.reasons, run_id, decision.failures,
+                )
             except Exception as error:  # noqa: BLE001 - the champion alias did not move; say why
                 registry.end_run(client, run_id, "FAILED")
                 outcomes[c] = CategoryOutcome(c, "failed", model, reasons=[f"logging/registration failed: {error}"], run_id=run_id)

@@ -24,7 +24,7 @@ def run_command(project: Path, prefect_home: Path) -> subprocess.Popen:
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
     for variable in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "PREFECT_PROFILES_PATH"):
         env.pop(variable, None)
-    return subprocess.Popen([sys.executable, "-c", "from onenip.cli import app; app()", "run", "--force"],
+    return subprocess.Popen([sys.executable, "-c", "from pipelines.cli import app; app()", "run", "--force"],
                             cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
 
 

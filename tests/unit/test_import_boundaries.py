@@ -13,6 +13,7 @@ BRIDGES = {
     "mlflow": {"registry.py", "pyfunc.py", "pyfunc_entry.py"},
     "great_expectations": {"data/validate.py"},
     "anomalib": set(),
+    "pipelines": set(),  # the library never depends on orchestration
 }
 
 

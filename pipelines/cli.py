@@ -1,0 +1,96 @@
+"""The ``onenip`` console command: the library's CLI (``onenip.cli``) plus the commands that drive
+orchestration (``run``, ``schedule``, ``deploy``), which live here so that the library never imports
+``pipelines``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from onenip.cli import ParamsOption, ProfileOption, _user_errors, app, console, err_console
+from onenip.config import DEFAULT_PARAMS_PATH, ConfigError, load_params
+
+__all__ = ["app"]
+
+
+def _print_outcomes(outcomes: dict[str, dict[str, Any]]) -> None:
+    table = Table(title="Retrain: per-category result")
+    for column in ("category", "status", "model version", "I-AUROC", "P-AUROC", "P-AP", "decision"):
+        table.add_column(column)
+    for category, outcome in outcomes.items():
+        metrics = outcome.get("metrics") or {}
+
+        def fmt(name: str, metrics: dict[str, Any] = metrics) -> str:
+            value = metrics.get(name)
+            return "-" if value is None else f"{value:.4f}"
+
+        version = f"{outcome['model_name']} v{outcome['version']}" if outcome.get("version") else "-"
+        reasons = outcome.get("reasons") or []
+        # the checks that decided it; all reasons are tags on the version and in the Prefect artifact
+        failing = outcome.get("failures") or []
+        if outcome["status"] == "promoted":
+            decision = "all gates passed"
+        elif failing:
+            decision = "; ".join(failing)
+        else:
+            decision = reasons[0] if reasons else "-"
+        table.add_row(category, outcome["status"], version, fmt("image_AUROC"), fmt("pixel_AUROC"), fmt("pixel_AP"), decision)
+    console.print(table)
+
+
+@app.command("run")
+@_user_errors
+def run_pipeline(
+    params: ParamsOption = DEFAULT_PARAMS_PATH,
+    profile: ProfileOption = None,
+    categories: Annotated[list[str] | None, typer.Option("--category", help="Only these categories (repeat).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Retrain even if data, params and code are unchanged.")] = False,
+) -> None:
+    """The full pipeline (Prefect flow ``retrain``) on the configured dataset: version (DVC), validate
+    (GX), synthesize, cache features, train, evaluate, log (MLflow), register, gate and promote."""
+    from onenip.registry import RegistryError
+    from pipelines.flows import run_retrain
+
+    load_params(params, profile=profile)  # a bad file or profile fails here with one line
+    try:
+        outcomes = run_retrain(params, profile, categories or None, force, Path.cwd())
+    except RegistryError as error:
+        raise ConfigError(str(error)) from None
+    _print_outcomes(outcomes)
+    failed = [c for c, o in outcomes.items() if o["status"] in ("failed", "validation-failed")]
+    if failed:
+        err_console.print(f"[bold red]Failed categories:[/] {', '.join(failed)}")
+        raise typer.Exit(code=1)
+
+
+@app.command("schedule")
+@_user_errors
+def schedule(
+    params: ParamsOption = DEFAULT_PARAMS_PATH,
+    profile: ProfileOption = None,
+    cron: Annotated[str | None, typer.Option("--cron", help="Override pipeline.schedule_cron.")] = None,
+) -> None:
+    """Serve the ``retrain`` deployment on its cron schedule (blocks; Ctrl-C stops serving)."""
+    from pipelines.deployments import serve_retrain
+
+    serve_retrain(load_params(params, profile=profile), str(params), profile, cron)
+
+
+@app.command("deploy")
+@_user_errors
+def deploy(
+    pool: Annotated[str, typer.Option("--pool", help="Prefect work pool (type process) whose workers run it.")],
+    params: ParamsOption = DEFAULT_PARAMS_PATH,
+    profile: ProfileOption = None,
+    cron: Annotated[str | None, typer.Option("--cron", help="Override pipeline.schedule_cron.")] = None,
+) -> None:
+    """Register the scheduled ``retrain`` deployment with the Prefect server at PREFECT_API_URL."""
+    from pipelines.deployments import DEPLOYMENT_NAME, deploy_retrain
+
+    cfg = load_params(params, profile=profile)
+    deployment_id = deploy_retrain(cfg, str(params), pool, Path.cwd(), profile, cron)
+    console.print(f"Deployment scheduled-retrain/{DEPLOYMENT_NAME} ({deployment_id}) on work pool {pool!r}, "
+                  f"cron {cron or cfg.pipeline.schedule_cron!r}. Start a worker: prefect worker start -p {pool}")
