@@ -283,6 +283,7 @@ class PipelineParams(_Section):
     threads_per_worker: int = Field(1, ge=1)
     """Torch/OpenMP threads per Dask worker (set before workers import torch)."""
     retries: int = Field(2, ge=0)
+    """Retries of the data-versioning task on transient DVC failures (a lock held by another run, a remote hiccup)."""
     retry_delay_seconds: float = Field(5.0, ge=0)
     schedule_cron: str = "0 3 * * 1"
     """``onenip schedule``: when the ``retrain`` deployment runs (default Mondays 03:00)."""
@@ -362,3 +363,21 @@ def flatten_params(params: Params) -> dict[str, Any]:
 
     walk("", params.model_dump(mode="json"))
     return flat
+
+
+def result_params_digest(params: Params) -> str:
+    """Hash of every setting that changes a trained model or its test metrics: the model, synthesis,
+    validation, training and evaluation sections, without paths, devices, batch sizes of feature
+    extraction, heatmap counts and prompt-sensitivity trials (reporting only). The one params hash:
+    the pipeline's cache key and the training fingerprint both use it."""
+    import hashlib
+    import json
+
+    payload = {
+        "model": params.model.model_dump(mode="json"),
+        "synthesis": params.synthesis.model_dump(mode="json"),
+        "validation": params.validation.model_dump(mode="json"),
+        "train": params.train.model_dump(mode="json", exclude={"device", "cache_dir", "feature_batch_size"}),
+        "eval": params.eval.model_dump(mode="json", exclude={"num_heatmaps", "prompt_trials"}),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from onenip.config import Params
+from onenip.config import Params, result_params_digest
 from onenip.data.manifest import make_manifest
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -40,17 +40,6 @@ def code_version() -> str:
     return digest.hexdigest()[:16]
 
 
-def training_params_digest(params: Params) -> str:
-    """Hash of everything that changes a trained model or its metrics (not paths, gates, scheduling)."""
-    payload = {
-        "model": params.model.model_dump(mode="json"),
-        "synthesis": params.synthesis.model_dump(mode="json"),
-        "train": params.train.model_dump(mode="json", exclude={"device", "cache_dir", "feature_batch_size"}),
-        "eval": params.eval.model_dump(mode="json", exclude={"num_heatmaps"}),
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def category_data_versions(manifest: pd.DataFrame) -> dict[str, str]:
     """Content hash per category (relative paths, labels and file sha256s): adding one image changes
     its category's version only."""
@@ -66,7 +55,7 @@ def category_data_versions(manifest: pd.DataFrame) -> dict[str, str]:
 
 def cache_key(kind: str, data_versions: Sequence[str], params: Params) -> str:
     """(data version, params, code version) -> a key for Prefect's task cache and the registry."""
-    payload = [kind, sorted(data_versions), training_params_digest(params), code_version()]
+    payload = [kind, sorted(data_versions), result_params_digest(params), code_version()]
     return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:20]
 
 

@@ -419,11 +419,10 @@ def epoch_batches(sizes: Sequence[int], batch_size: int, generator: torch.Genera
 def fingerprint_of(params: Params, data: Sequence[CategoryData]) -> str:
     import hashlib
 
+    from onenip.config import result_params_digest
+
     payload = {
-        "model": params.model.model_dump(mode="json"),
-        "synthesis": params.synthesis.model_dump(mode="json"),
-        "validation": params.validation.model_dump(mode="json"),
-        "train": params.train.model_dump(mode="json", exclude={"device", "feature_batch_size", "cache_dir"}),
+        "params": result_params_digest(params),
         "fit": {d.name: sorted(d.fit["sha256"].tolist()) for d in data},
         "geometries": {d.name: d.geometry.to_dict() for d in data},
     }

@@ -48,7 +48,7 @@ def _transient(task: Any, task_run: Any, state: Any) -> bool:
     return isinstance(error, Exception) and not isinstance(error, DatasetError)
 
 
-@task(name="version data", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=_transient)
+@task(name="version data", cache_policy=NO_CACHE, retry_condition_fn=_transient)
 def version_data(params: Params, project_root: str) -> jobs.DatasetVersion:
     return jobs.version_dataset(params, project_root)
 
@@ -151,7 +151,8 @@ def retrain(
     logger = get_run_logger()
     root_dir = Path(project_root).resolve()
     params = load_params(root_dir / params_path if not Path(params_path).is_absolute() else params_path, profile=profile)
-    dataset = version_data(params, str(root_dir))
+    retrying = version_data.with_options(retries=params.pipeline.retries, retry_delay_seconds=params.pipeline.retry_delay_seconds)
+    dataset = retrying(params, str(root_dir))
     known = sorted(dataset.category_versions)
     wanted = sorted(categories or known)
     unknown = sorted(set(wanted) - set(known))

@@ -82,3 +82,24 @@ def test_code_version_covers_result_code_only(tmp_path: Path, monkeypatch: pytes
     assert jobs.code_version() != original
 
 
+
+
+def test_one_params_hash_covers_what_changes_results_only() -> None:
+    from onenip.config import Params, result_params_digest
+
+    base = result_params_digest(Params())
+    changed = {
+        "validation": Params.model_validate({"validation": {"weight_step": 0.5}}),
+        "model": Params.model_validate({"model": {"embed_dim": 64}}),
+        "train": Params.model_validate({"train": {"epochs": 3}}),
+    }
+    for section, params in changed.items():
+        assert result_params_digest(params) != base, section
+    unchanged = {
+        "prompt_trials": Params.model_validate({"eval": {"prompt_trials": 0}}),
+        "cache_dir": Params.model_validate({"train": {"cache_dir": "/elsewhere"}}),
+        "gates": Params.model_validate({"gates": {"max_regression": 0.5}}),
+        "pipeline": Params.model_validate({"pipeline": {"retries": 7}}),
+    }
+    for setting, params in unchanged.items():
+        assert result_params_digest(params) == base, setting
