@@ -246,7 +246,7 @@ def predict(
     from onenip import registry
     from onenip.data.manifest import DatasetError
     from onenip.inference import Predictor, collect_images, predict_files
-    from onenip.training import resolve_device
+    from onenip.device import resolve_device
 
     cfg = _load(params)
     try:
@@ -341,7 +341,7 @@ def evaluate(
     from onenip.evaluation import evaluate as evaluate_detector
     from onenip.features import FeatureCache
     from onenip.models.detector import OneNIPDetector
-    from onenip.training import resolve_device
+    from onenip.device import resolve_device
 
     cfg = _load(params)
     detector = OneNIPDetector.load(model, map_location=resolve_device(cfg.train.device))

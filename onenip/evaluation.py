@@ -32,7 +32,7 @@ from onenip.metrics import (
     roc_curve_points,
 )
 from onenip.models.detector import OneNIPDetector
-from onenip.plots import plot_curves
+from onenip.plots import heatmap_overlay, plot_curves
 
 
 @dataclass
@@ -74,22 +74,6 @@ def content_masks(geometry: InputGeometry, rows: pd.DataFrame) -> torch.Tensor |
     return torch.stack([geometry.valid_mask(int(h), int(w))[None] for h, w in zip(rows["height"], rows["width"], strict=True)])
 
 
-def _overlay(image: Image.Image, anomaly_map: np.ndarray, vmax: float, mask: np.ndarray | None) -> Image.Image:
-    """Image | heatmap overlay, with the ground-truth outline in green where a mask exists."""
-    from matplotlib import colormaps
-
-    heat = np.clip(anomaly_map / max(vmax, 1e-8), 0, 1)
-    colours = (colormaps["jet"](heat)[..., :3] * 255).astype(np.uint8)
-    base = np.asarray(image.convert("RGB"), dtype=np.float32)
-    blended = (0.55 * base + 0.45 * colours).astype(np.uint8)
-    if mask is not None and mask.any():
-        from scipy import ndimage
-
-        edge = mask & ~ndimage.binary_erosion(mask, iterations=2)
-        blended[edge] = (0, 255, 0)
-    return Image.fromarray(np.concatenate([np.asarray(image.convert("RGB")), blended], axis=1))
-
-
 def write_heatmaps(
     rows: pd.DataFrame, maps: Sequence[np.ndarray], masks: Sequence[np.ndarray | None], folder: Path, count: int, vmax: float,
 ) -> list[Path]:
@@ -109,7 +93,7 @@ def write_heatmaps(
         mask = masks[i]
         name = f"{row['defect_type']}_{Path(row['image_path']).stem}_score{row['pred_score']:.3f}.png"
         path = folder / name
-        _overlay(image, anomaly_map, vmax, None if mask is None else mask.astype(bool)).save(path)
+        heatmap_overlay(image, anomaly_map, vmax, None if mask is None else mask.astype(bool)).save(path)
         written.append(path)
     return written
 

@@ -277,7 +277,7 @@ def predict_files(
     from tqdm.auto import tqdm
 
     from onenip.data.manifest import ImageReadError, decode_image
-    from onenip.evaluation import _overlay
+    from onenip.plots import heatmap_overlay
     from onenip.metrics import resize_maps_to_masks
 
     out_dir = Path(out_dir)
@@ -310,7 +310,7 @@ def predict_files(
                     anomaly_map = resize_maps_to_masks(prediction.anomaly_map[None], (image.height, image.width))[0]
                     vmax = max(2.0 * prediction.threshold, 1e-6)  # same colour scale for every image: red is well past the threshold
                     name = f"{len(rows):05d}_{path.stem}_{'anomaly' if prediction.is_anomaly else 'normal'}.png"
-                    _overlay(image, anomaly_map, vmax, None).save(heatmap_dir / name)
+                    heatmap_overlay(image, anomaly_map, vmax, None).save(heatmap_dir / name)
                     row["heatmap"] = str(heatmap_dir / name)
                 rows.append(row)
         bar.update(len(paths[start : start + batch_size]))

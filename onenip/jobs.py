@@ -159,7 +159,7 @@ def cache_features(root: str | Path, categories: Sequence[str], params: Params, 
     """Backbone features of every image of the categories into the on-disk cache; returns the count."""
     from onenip.features import FeatureCache
     from onenip.models.backbone import build_feature_extractor
-    from onenip.training import resolve_device
+    from onenip.device import resolve_device
 
     from onenip.training import choose_geometries
 
@@ -213,7 +213,7 @@ def evaluate_model(
     from onenip.evaluation import evaluate
     from onenip.features import FeatureCache
     from onenip.models.detector import OneNIPDetector
-    from onenip.training import resolve_device
+    from onenip.device import resolve_device
 
     detector = OneNIPDetector.load(model_dir, map_location=resolve_device(params.train.device))
     manifest = make_manifest(root, list(categories), progress=False)

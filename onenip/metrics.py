@@ -82,7 +82,7 @@ def is_same_shape(first: np.ndarray, second: np.ndarray, names: tuple[str, str] 
         raise ValueError(msg)
 
 
-def is_finite(values: np.ndarray, name: str) -> None:
+def check_finite(values: np.ndarray, name: str) -> None:
     """Raise ``ValueError`` if any value is NaN or infinite."""
     if not np.isfinite(values).all():
         bad = int(values.size - np.isfinite(values).sum())
@@ -183,7 +183,7 @@ def _check_image_inputs(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarra
     labels = _as_numpy(labels)
     is_binary_labels(labels)
     is_same_shape(scores, labels, ("image scores", "image labels"))
-    is_finite(scores, "image scores")
+    check_finite(scores, "image scores")
     labels = labels.astype(bool)
     has_both_classes(int(labels.sum()), int((~labels).sum()), "image")
     return scores, labels
@@ -200,7 +200,7 @@ def _check_pixel_inputs(maps: ArrayLike, masks: ArrayLike) -> tuple[list[np.ndar
     num_anomalous = 0
     for index, (anomaly_map, mask) in enumerate(zip(map_list, mask_list, strict=True)):
         is_same_shape(anomaly_map, mask, (f"anomaly_maps[{index}]", f"masks[{index}]"))
-        is_finite(anomaly_map, f"anomaly_maps[{index}]")
+        check_finite(anomaly_map, f"anomaly_maps[{index}]")
         is_binary_mask(mask, f"masks[{index}]")
         num_anomalous += int(np.count_nonzero(mask))
     num_pixels = sum(mask.size for mask in mask_list)

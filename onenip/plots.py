@@ -1,4 +1,5 @@
-"""ROC and precision-recall plots of ``onenip.metrics`` curves, written as PNG.
+"""Pictures people look at: ROC and precision-recall plots of ``onenip.metrics`` curves, and heatmap
+overlays of anomaly maps, written as PNG.
 
 Uses matplotlib's Agg canvas directly (no pyplot), so it works headless and leaves no global figure state.
 """
@@ -7,8 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from PIL import Image
 
 from onenip.metrics import PrCurve, RocCurve
 
@@ -62,3 +66,19 @@ def plot_curves(
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png")
     return path
+
+
+def heatmap_overlay(image: Image.Image, anomaly_map: np.ndarray, vmax: float, mask: np.ndarray | None) -> Image.Image:
+    """Image | heatmap overlay, with the ground-truth outline in green where a mask exists."""
+    from matplotlib import colormaps
+
+    heat = np.clip(anomaly_map / max(vmax, 1e-8), 0, 1)
+    colours = (colormaps["jet"](heat)[..., :3] * 255).astype(np.uint8)
+    base = np.asarray(image.convert("RGB"), dtype=np.float32)
+    blended = (0.55 * base + 0.45 * colours).astype(np.uint8)
+    if mask is not None and mask.any():
+        from scipy import ndimage
+
+        edge = mask & ~ndimage.binary_erosion(mask, iterations=2)
+        blended[edge] = (0, 255, 0)
+    return Image.fromarray(np.concatenate([np.asarray(image.convert("RGB")), blended], axis=1))

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from onenip.config import Params, SynthesisParams
 from onenip.data.geometry import InputGeometry, aspects_vary, choose_geometry
+from onenip.device import resolve_device
 from onenip.data.manifest import DatasetError
 from onenip.features import FeatureCache, Features, atomic_save_safetensors, extract_features
 from onenip.models.detector import OneNIPDetector
@@ -51,21 +52,6 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_WEIGHTS = "last.safetensors"
 CHECKPOINT_STATE = "last.json"
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto``: CUDA when available, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as error:
-        msg = f"Unknown device {device!r}: use auto, cpu or cuda[:N]"
-        raise ValueError(msg) from error
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        msg = f"Device {device!r} requested but CUDA is not available"
-        raise ValueError(msg)
-    return resolved
 
 
 def split_holdout(frame: pd.DataFrame, fraction: float, min_holdout: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
