@@ -276,12 +276,6 @@ def predict(
         raise typer.Exit(code=2)
 
 
-def _manifest_for(data: Path, categories: list[str] | None) -> Any:
-    from onenip.data.manifest import make_manifest
-
-    return make_manifest(data, categories or None)
-
-
 def _print_metrics(metrics: dict[str, dict[str, float]], title: str) -> None:
     import pandas as pd
 
@@ -307,24 +301,19 @@ def train(
     params: ParamsOption = DEFAULT_PARAMS_PATH,
 ) -> None:
     """Train OneNIP on the normal training images; optionally evaluate on the test split."""
-    from onenip.training import train_models
+    from onenip import jobs
 
     cfg = _load(params)
     if epochs:
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": epochs})})
-    manifest = _manifest_for(data, categories)
-    results = train_models(manifest, cfg, out, mode=mode, resume=resume)
-    for name, result in results.items():
-        console.print(f"{name}: model saved to {result.output_dir / 'model'} ({result.train_seconds / 60:.1f} min training)")
+    trained = jobs.train_models(data, categories, cfg, out, mode=mode, resume=resume)
+    for name, result in trained.items():
+        console.print(f"{name}: model saved to {result.model_dir} ({result.train_seconds / 60:.1f} min training)")
     if evaluate_after:
-        from onenip.evaluation import evaluate as evaluate_detector
-        from onenip.features import FeatureCache
-
         metrics = {}
-        for name, result in results.items():
-            cache = FeatureCache(cfg.train.cache_dir, result.detector.feature_extractor, cfg.model.backbone)
-            evaluation = evaluate_detector(result.detector, manifest, cache, out / name / "eval", num_heatmaps=cfg.eval.num_heatmaps)
-            metrics.update({category: e.metrics for category, e in evaluation.items()})
+        for name, result in trained.items():
+            reports = jobs.evaluate_model(result.model_dir, data, result.categories, cfg, out / name / "eval", progress=True)
+            metrics.update({category: report.metrics for category, report in reports.items()})
         _print_metrics(metrics, f"Test metrics ({out})")
 
 
@@ -338,25 +327,10 @@ def evaluate(
     params: ParamsOption = DEFAULT_PARAMS_PATH,
 ) -> None:
     """Evaluate a saved model: metrics JSON, ROC/PR curve PNGs and heatmap overlays."""
-    from onenip.evaluation import evaluate as evaluate_detector
-    from onenip.features import FeatureCache
-    from onenip.models.detector import OneNIPDetector
-    from onenip.device import resolve_device
+    from onenip import jobs
 
-    cfg = _load(params)
-    detector = OneNIPDetector.load(model, map_location=resolve_device(cfg.train.device))
-    unknown = sorted(set(categories or []) - set(detector.categories))
-    if unknown:
-        from onenip.data.manifest import DatasetError
-
-        msg = f"Model {model} was not trained on categories {unknown}; it knows {detector.categories}"
-        raise DatasetError(msg)
-    manifest = _manifest_for(data, categories or detector.categories)
-    cache = FeatureCache(cfg.train.cache_dir, detector.feature_extractor, detector.cfg.backbone)
-    results = evaluate_detector(
-        detector, manifest, cache, out, categories or None, num_heatmaps=cfg.eval.num_heatmaps,
-    )
-    _print_metrics({c: r.metrics for c, r in results.items()}, f"Test metrics ({model})")
+    reports = jobs.evaluate_model(model, data, categories, _load(params), out, progress=True)
+    _print_metrics({c: r.metrics for c, r in reports.items()}, f"Test metrics ({model})")
     console.print(f"Wrote {out / 'metrics.json'} and per-category curves and heatmaps under {out}")
 
 

@@ -157,10 +157,9 @@ def synthesis_preview(
 
 def cache_features(root: str | Path, categories: Sequence[str], params: Params, *, progress: bool = False) -> int:
     """Backbone features of every image of the categories into the on-disk cache; returns the count."""
+    from onenip.device import resolve_device
     from onenip.features import FeatureCache
     from onenip.models.backbone import build_feature_extractor
-    from onenip.device import resolve_device
-
     from onenip.training import choose_geometries
 
     manifest = make_manifest(root, list(categories), progress=False)
@@ -196,6 +195,27 @@ def train_model(
     return TrainedModel(Path(out_dir) / "model", list(categories), result.history, result.train_seconds)
 
 
+def train_models(
+    root: str | Path,
+    categories: Sequence[str] | None,
+    params: Params,
+    out_dir: str | Path,
+    *,
+    mode: str | None = None,
+    resume: bool = True,
+    progress: bool = True,
+) -> dict[str, TrainedModel]:
+    """``onenip train``: one network (``unified``) or one per category, each in ``out_dir/<name>``."""
+    from onenip.training import train_models as train_networks
+
+    manifest = make_manifest(root, list(categories) if categories else None, progress=False)
+    results = train_networks(manifest, params, out_dir, mode=mode, resume=resume, progress=progress)
+    return {
+        name: TrainedModel(Path(out_dir) / name / "model", list(r.detector.categories), r.history, r.train_seconds)
+        for name, r in results.items()
+    }
+
+
 @dataclass(frozen=True)
 class CategoryReport:
     category: str
@@ -207,18 +227,31 @@ class CategoryReport:
 
 
 def evaluate_model(
-    model_dir: str | Path, root: str | Path, categories: Sequence[str], params: Params, out_dir: str | Path,
+    model_dir: str | Path,
+    root: str | Path,
+    categories: Sequence[str] | None,
+    params: Params,
+    out_dir: str | Path,
+    *,
+    progress: bool = False,
 ) -> dict[str, CategoryReport]:
-    """Test-split metrics, ROC/PR PNGs and heatmaps per category; writes ``metrics.md`` tables too."""
+    """Test-split metrics, ROC/PR PNGs and heatmaps per category (all the model's categories when
+    ``categories`` is None); writes ``metrics.json`` and per-category ``metrics.md`` tables."""
+    from onenip.data.manifest import DatasetError
+    from onenip.device import resolve_device
     from onenip.evaluation import evaluate
     from onenip.features import FeatureCache
     from onenip.models.detector import OneNIPDetector
-    from onenip.device import resolve_device
 
     detector = OneNIPDetector.load(model_dir, map_location=resolve_device(params.train.device))
-    manifest = make_manifest(root, list(categories), progress=False)
+    unknown = sorted(set(categories or []) - set(detector.categories))
+    if unknown:
+        msg = f"Model {model_dir} was not trained on categories {unknown}; it knows {detector.categories}"
+        raise DatasetError(msg)
+    categories = list(categories or detector.categories)
+    manifest = make_manifest(root, categories, progress=False)
     cache = FeatureCache(params.train.cache_dir, detector.feature_extractor, detector.cfg.backbone)
-    results = evaluate(detector, manifest, cache, out_dir, list(categories), num_heatmaps=params.eval.num_heatmaps, progress=False)
+    results = evaluate(detector, manifest, cache, out_dir, categories, num_heatmaps=params.eval.num_heatmaps, progress=progress)
     reports = {}
     for category, result in results.items():
         folder = Path(out_dir) / category
