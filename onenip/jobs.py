@@ -264,6 +264,17 @@ def evaluate_model(
     return reports
 
 
+def outputs_present(step: str, out_dir: str | Path) -> bool:
+    """Are the files of a finished ``train`` (the model) or ``evaluate`` (metrics) step still in
+    ``out_dir``? A cached step result is only reused when they are."""
+    out_dir = Path(out_dir)
+    if step == "train":
+        return (out_dir / "model" / "onenip.json").is_file()
+    if step == "evaluate":
+        return (out_dir / "metrics.json").is_file()
+    return True
+
+
 def write_params(params: Params, path: str | Path) -> Path:
     """The exact effective configuration (after profile and overrides) as YAML."""
     path = Path(path)

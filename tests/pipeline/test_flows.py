@@ -91,7 +91,7 @@ def test_end_to_end_then_cache_hit_then_impossible_gate(project: Path, prefect_h
     run_dir = next(p.parent for p in (project / "runs" / "pipeline" / "widgets").glob("*/model/onenip.json")
                    if json.loads(p.read_text())["categories"] == ["plate"])  # fmt: skip
     local = Predictor.load(run_dir).predict([np.asarray(Image.open(image_path).convert("RGB"))], "plate")[0]
-    assert served["score"][0] == pytest.approx(local.score, rel=1e-5)
+    assert served["score"][0] == pytest.approx(local.score, rel=1e-4, abs=1e-4)  # served by ONNX Runtime
     assert np.asarray(served["anomaly_map"][0]).shape == (64, 64)
 
     # unchanged data, params and code: nothing retrains, no new versions

@@ -1,0 +1,248 @@
+"""The steps of a retrain that are not one job each: what to retrain, recording the run in MLflow,
+registering and gating a category, and the typed outcome per category.
+
+``pipelines.flows.retrain`` calls these in order; they know nothing of Prefect (futures, tasks,
+artifacts stay in the flow), and reach MLflow only through ``onenip.registry``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from onenip import jobs, registry
+from onenip.config import Params, flatten_params
+
+
+class Status(StrEnum):
+    """What happened to a category in a retrain."""
+
+    PROMOTED = "promoted"
+    """Registered, passed its gates, now ``champion``."""
+    CHALLENGER = "challenger"
+    """Registered, failed a gate: ``challenger``; the champion did not move."""
+    UP_TO_DATE = "up-to-date"
+    """A registered version was trained on the same data, params and code: nothing to do."""
+    VALIDATION_FAILED = "validation-failed"
+    """The data failed its checks; not trained."""
+    FAILED = "failed"
+    """An error stopped the category (see ``reasons``)."""
+
+
+@dataclass
+class CategoryOutcome:
+    category: str
+    status: Status
+    model_name: str = ""
+    version: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    reasons: list[str] = field(default_factory=list)
+    run_id: str | None = None
+    failures: list[str] = field(default_factory=list)
+    """The gate checks that failed (a subset of ``reasons``)."""
+
+    @property
+    def failed(self) -> bool:
+        return self.status in (Status.FAILED, Status.VALIDATION_FAILED)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.__dict__ | {"status": str(self.status)}
+
+    def to_markdown(self, dataset: str, tracking_uri: str) -> str:
+        lines = [f"# {dataset} / {self.category}: {self.status}", ""]
+        if self.metrics:
+            lines += ["| metric | value |", "|---|---|"]
+            lines += [f"| {k} | {v:.4f} |" for k, v in self.metrics.items() if isinstance(v, float)]
+            lines.append("")
+        if self.reasons:
+            lines += ["**Gate decision / reasons**", "", *(f"- {reason}" for reason in self.reasons), ""]
+        if self.run_id:
+            lines.append(f"- MLflow run: `{self.run_id}` (tracking `{tracking_uri}`, `runs:/{self.run_id}`)")
+        if self.version:
+            lines.append(f"- Model version: `models:/{self.model_name}/{self.version}`")
+        return "\n".join(lines)
+
+
+def as_dicts(outcomes: dict[str, CategoryOutcome]) -> dict[str, dict[str, Any]]:
+    return {c: o.to_dict() for c, o in sorted(outcomes.items())}
+
+
+# -- plan -------------------------------------------------------------------------------------------
+@dataclass
+class RetrainPlan:
+    """Which networks to train (``todo``: network name -> categories) under which cache keys; the
+    categories already up to date have their outcome."""
+
+    mode: str
+    keys: dict[str, str]
+    todo: dict[str, list[str]]
+    outcomes: dict[str, CategoryOutcome]
+
+    @property
+    def categories(self) -> list[str]:
+        return [c for group in self.todo.values() for c in group]
+
+    def keep_valid(self, valid: set[str], params: Params, dataset: jobs.DatasetVersion) -> dict[str, list[str]]:
+        """The networks to train with only the categories that passed validation; a category that
+        failed leaves the unified network, so its key covers only the valid ones."""
+        groups = {name: [c for c in group if c in valid] for name, group in self.todo.items()}
+        groups = {name: group for name, group in groups.items() if group}
+        if self.mode == "unified" and groups:
+            self.keys["unified"] = jobs.cache_key(self.mode, [dataset.category_versions[c] for c in groups["unified"]], params)
+        return groups
+
+
+def plan_retrain(
+    client: Any, params: Params, dataset: jobs.DatasetVersion, categories: list[str] | None, *, force: bool,
+) -> RetrainPlan:
+    """Group the categories into networks (one unified, or one each) and skip a network whose cache
+    key (data version, params, code) already has a registered version for every category."""
+    known = sorted(dataset.category_versions)
+    wanted = sorted(categories or known)
+    unknown = sorted(set(wanted) - set(known))
+    if unknown:
+        msg = f"Unknown categories {unknown} in data/{dataset.name}; it has {known}"
+        raise ValueError(msg)
+    mode = params.model.mode
+    groups = {"unified": wanted} if mode == "unified" else {c: [c] for c in wanted}
+    keys = {name: jobs.cache_key(mode, [dataset.category_versions[c] for c in group], params) for name, group in groups.items()}
+    plan = RetrainPlan(mode, keys, {}, {})
+    for name, group in groups.items():
+        existing = {
+            c: registry.find_version_with_tag(client, registry.model_name(params, dataset.name, c), f"{registry.TAG_PREFIX}cache_key", keys[name])
+            for c in group
+        }
+        if force or any(v is None for v in existing.values()):
+            plan.todo[name] = group
+            continue
+        for c, version in existing.items():
+            plan.outcomes[c] = CategoryOutcome(
+                c, Status.UP_TO_DATE, registry.model_name(params, dataset.name, c), str(version.version),
+                registry.version_metrics(version),
+                [f"data version {dataset.category_versions[c]}, params and code unchanged since version {version.version} "
+                 f"(gate {version.tags.get(registry.TAG_PREFIX + 'gate', '?')})"],
+            )  # fmt: skip
+    return plan
+
+
+# -- tracking ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Tracking:
+    """The MLflow parent run of one retrain and what every category run inherits."""
+
+    experiment: str
+    parent_run: str
+    tags: dict[str, str]
+    params_file: Path
+    uri: str
+    runs_dir: Path
+
+
+def _git_commit(project_root: Path) -> str:
+    try:
+        completed = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project_root, capture_output=True, text=True, check=True)
+        return completed.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def start_tracking(
+    client: Any, params: Params, dataset: jobs.DatasetVersion, root_dir: Path, params_path: str | Path, flow_run_id: str,
+) -> Tracking:
+    """Open the parent run and log the configuration; fails (RegistryError) before anything is trained
+    when the run cannot be recorded."""
+    runs_dir = root_dir / params.pipeline.runs_dir / dataset.name
+    experiment = registry.experiment_id(client, params, dataset.name, root_dir)
+    tags = {
+        "onenip.data_version": dataset.data_version,
+        "onenip.dataset": dataset.name,
+        "onenip.git_commit": _git_commit(root_dir),
+        "onenip.code_version": jobs.code_version(),
+        "onenip.mode": params.model.mode,
+        "onenip.prefect_flow_run_id": flow_run_id,
+    }
+    parent = registry.start_run(client, experiment, f"retrain-{dataset.name}", tags)
+    params_file = jobs.write_params(params, runs_dir / "params.effective.yaml")
+    uri = registry.tracking_uri(params, root_dir)
+    try:
+        registry.log_artifacts(client, parent, {"config": params_file})
+        source_params = root_dir / params_path
+        if source_params.is_file():
+            registry.log_artifacts(client, parent, {"config": source_params})
+        registry.log_params(client, parent, flatten_params(params))
+    except Exception as error:
+        # Nothing trained or registered yet: stop before spending hours on a run that cannot be recorded.
+        registry.end_run(client, parent, "FAILED")
+        msg = f"Cannot record the run in MLflow ({uri}, artifacts of experiment {experiment}): {error}"
+        raise registry.RegistryError(msg) from error
+    return Tracking(experiment, parent, tags, params_file, uri, runs_dir)
+
+
+def record_validation_failure(client: Any, tracking: Tracking, result: jobs.ValidationOutcome) -> CategoryOutcome:
+    c = result.category
+    run_id = registry.start_run(client, tracking.experiment, c, tracking.tags | {"onenip.category": c}, tracking.parent_run)
+    registry.log_artifacts(client, run_id, {"validation": result.report_json, "": result.report_markdown})
+    registry.set_tags(client, run_id, {"onenip.outcome": Status.VALIDATION_FAILED.value})
+    registry.end_run(client, run_id, "FAILED")
+    return CategoryOutcome(c, Status.VALIDATION_FAILED, reasons=[result.summary], run_id=run_id)
+
+
+def register_category(
+    client: Any,
+    tracking: Tracking,
+    params: Params,
+    dataset: jobs.DatasetVersion,
+    network: str,
+    cache_key: str,
+    trained: jobs.TrainedModel,
+    report: jobs.CategoryReport,
+    preview: Path | None,
+    validation_report: Path,
+) -> CategoryOutcome:
+    """Log one category's run, register its model version, and gate it (under the registry's lock).
+
+    Any error is the category's outcome (``failed``); the champion alias has not moved then."""
+    from onenip.data.manifest import read_image
+
+    c = report.category
+    model = registry.model_name(params, dataset.name, c)
+    tags = tracking.tags | {
+        "onenip.category": c,
+        "onenip.category_data_version": dataset.category_versions[c],
+        "onenip.cache_key": cache_key,
+        "onenip.network": network,
+    }
+    run_id = registry.start_run(client, tracking.experiment, c, tags, tracking.parent_run)
+    try:
+        registry.log_params(client, run_id, flatten_params(params))
+        registry.log_metrics(client, run_id, {k: v for k, v in report.metrics.items() if isinstance(v, float)})
+        registry.log_metrics(client, run_id, {"threshold": report.threshold, "train_seconds": trained.train_seconds})
+        registry.log_history(client, run_id, trained.history)
+        registry.log_artifacts(client, run_id, {
+            "evaluation": report.eval_dir,
+            "synthesis": preview or Path(),
+            "validation": validation_report,
+            "config": tracking.params_file,
+        })  # fmt: skip
+        version_tags = tags | {f"onenip.metric.{k}": f"{v:.6f}" for k, v in report.metrics.items() if isinstance(v, float)}
+        example = read_image(jobs.first_test_image(dataset.root, c))
+        with registry.registry_lock(client, model):
+            version = registry.register_model(
+                client, run_id, trained.model_dir, model, c, example, version_tags, registry.model_name_pattern(params, dataset.name),
+            )
+            decision = registry.gate_and_promote(client, model, version.version, report.metrics, params.gates, has_masks=report.has_masks)
+        status = Status.PROMOTED if decision.passed else Status.CHALLENGER
+        registry.set_tags(client, run_id, {"onenip.outcome": status.value, "onenip.model_version": f"{model}/{version.version}"})
+        registry.end_run(client, run_id)
+        return CategoryOutcome(c, status, model, str(version.version), dict(report.metrics), decision.reasons, run_id, decision.failures)
+    except Exception as error:  # noqa: BLE001 - the champion alias did not move; say why
+        registry.end_run(client, run_id, "FAILED")
+        return CategoryOutcome(c, Status.FAILED, model, reasons=[f"logging/registration failed: {error}"], run_id=run_id)
+
+
+def finish_tracking(client: Any, tracking: Tracking, outcomes: dict[str, CategoryOutcome]) -> None:
+    failed = any(o.status == Status.FAILED for o in outcomes.values())
+    registry.end_run(client, tracking.parent_run, "FAILED" if failed else "FINISHED")
