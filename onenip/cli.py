@@ -47,7 +47,7 @@ def _user_errors(func: F) -> F:
         from onenip.data.manifest import DatasetError
         from onenip.data.versioning import DVCError
         from onenip.models.detector import ModelLoadError
-        from onenip.synthesis import SynthesisError
+        from onenip.synthesis.checks import SynthesisError
 
         try:
             return func(*args, **kwargs)
