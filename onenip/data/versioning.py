@@ -17,7 +17,8 @@ from pathlib import Path
 
 import yaml
 
-from onenip.data.convert import ConversionReport, convert
+from onenip.data.convert.dispatch import convert
+from onenip.data.convert.report import ConversionReport
 from onenip.data.manifest import DatasetError
 from onenip.data.validate import ValidationResult, validate_dataset
 
