@@ -108,7 +108,7 @@ class ValidationOutcome:
 
 def validate_category(root: str | Path, category: str, params: Params, out_dir: str | Path) -> ValidationOutcome:
     """Great Expectations checks for one category; the report is written whether it passes or not."""
-    from onenip.data.validate import validate_dataset
+    from onenip.data.validate.dataset import validate_dataset
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
