@@ -47,7 +47,7 @@ def _user_errors(func: F) -> F:
         from onenip.data.manifest import DatasetError
         from onenip.data.versioning import DVCError
         from onenip.models.detector import ModelLoadError
-        from onenip.synthesis import SynthesisError
+        from onenip.synthesis.checks import SynthesisError
 
         try:
             return func(*args, **kwargs)
@@ -116,7 +116,7 @@ def data_validate(
     params: ParamsOption = DEFAULT_PARAMS_PATH,
 ) -> None:
     """Validate a dataset; exit 1 and list every failed expectation with its files."""
-    from onenip.data.validate import validate_dataset
+    from onenip.data.validate.dataset import validate_dataset
 
     cfg = _load(params).data
     result = validate_dataset(

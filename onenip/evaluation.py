@@ -23,14 +23,10 @@ from onenip.data.geometry import InputGeometry
 from onenip.data.manifest import DatasetError, read_image
 from onenip.data.transforms import load_mask
 from onenip.features import FeatureCache, Features
-from onenip.metrics import (
-    compute_metrics,
-    pixel_pr_curve_points,
-    pixel_roc_curve_points,
-    pr_curve_points,
-    resize_maps_to_masks,
-    roc_curve_points,
-)
+from onenip.metrics.compute import compute_metrics
+from onenip.metrics.image import pr_curve_points, roc_curve_points
+from onenip.metrics.pixel import pixel_pr_curve_points, pixel_roc_curve_points
+from onenip.metrics.resize import resize_maps_to_masks
 from onenip.models.detector import OneNIPDetector
 from onenip.plots import heatmap_overlay, plot_curves
 
@@ -199,7 +195,7 @@ def prompt_sensitivity(
     Returns mean and std over the trials and the AUROC of the stored prompt, so the report shows how
     much the choice of the ONE normal image matters. The stored prompt is restored afterwards.
     """
-    from onenip.metrics import image_auroc
+    from onenip.metrics.image import image_auroc
 
     k = detector.category_index(category)
     rows = manifest[manifest["category"] == category]

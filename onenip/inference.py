@@ -278,7 +278,7 @@ def predict_files(
 
     from onenip.data.manifest import ImageReadError, decode_image
     from onenip.plots import heatmap_overlay
-    from onenip.metrics import resize_maps_to_masks
+    from onenip.metrics.resize import resize_maps_to_masks
 
     out_dir = Path(out_dir)
     heatmap_dir = out_dir / "heatmaps"

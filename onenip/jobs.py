@@ -108,7 +108,7 @@ class ValidationOutcome:
 
 def validate_category(root: str | Path, category: str, params: Params, out_dir: str | Path) -> ValidationOutcome:
     """Great Expectations checks for one category; the report is written whether it passes or not."""
-    from onenip.data.validate import validate_dataset
+    from onenip.data.validate.dataset import validate_dataset
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -137,7 +137,8 @@ def synthesis_preview(
     """A preview grid of the anomalies training will synthesise for this category (the training seed
     unless ``seed`` is given), at the category's input geometry; ``validation`` shows the families the
     validation set uses instead."""
-    from onenip.synthesis import AnomalySynthesizer, make_preview_grid
+    from onenip.synthesis.preview import make_preview_grid
+    from onenip.synthesis.synthesizer import AnomalySynthesizer
     from onenip.training import build_synthesizer, choose_geometries, load_images
 
     manifest = make_manifest(root, [category], progress=False)

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 
 from PIL import Image
 
-from onenip.metrics import PrCurve, RocCurve
+from onenip.metrics.curves import PrCurve, RocCurve
 
 
 def plot_curves(

@@ -37,7 +37,7 @@ from onenip.features import FeatureCache, Features, atomic_save_safetensors, ext
 from onenip.models.detector import OneNIPDetector
 from onenip.models.loss import area_pool_masks, onenip_loss
 from onenip.models.scoring import ScoringRule
-from onenip.synthesis import AnomalySynthesizer
+from onenip.synthesis.synthesizer import AnomalySynthesizer
 from onenip.validation import (
     CategoryValidation,
     Selection,

@@ -28,10 +28,11 @@ from torch import Tensor
 
 from onenip.config import Params, ValidationParams
 from onenip.features import Features, extract_features
-from onenip.metrics import pixel_aupro
+from onenip.metrics.pixel import pixel_aupro
 from onenip.models.onenip import gaussian_smooth
 from onenip.models.scoring import ScoringRule, blend, image_scores
-from onenip.synthesis import VALIDATION_METHODS, AnomalySynthesizer, SynthesisError
+from onenip.synthesis.checks import SynthesisError
+from onenip.synthesis.synthesizer import VALIDATION_METHODS, AnomalySynthesizer
 
 logger = logging.getLogger(__name__)
 

@@ -17,9 +17,11 @@ from pathlib import Path
 
 import yaml
 
-from onenip.data.convert import ConversionReport, convert
+from onenip.data.convert.dispatch import convert
+from onenip.data.convert.report import ConversionReport
 from onenip.data.manifest import DatasetError
-from onenip.data.validate import ValidationResult, validate_dataset
+from onenip.data.validate.dataset import validate_dataset
+from onenip.data.validate.result import ValidationResult
 
 STAGING_DIR = ".onenip-staging"
 """Git- and DVC-ignored folder where an import is converted and validated before it replaces data/."""

@@ -11,7 +11,7 @@ LIBRARY = Path(__file__).resolve().parents[2] / "onenip"
 BRIDGES = {
     "prefect": set(),
     "mlflow": {"registry.py", "pyfunc.py", "pyfunc_entry.py"},
-    "great_expectations": {"data/validate.py"},
+    "great_expectations": {"data/validate/suite.py"},
     "anomalib": set(),
     "pipelines": set(),  # the library never depends on orchestration
 }

@@ -10,6 +10,7 @@ import torch
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
 from onenip import metrics
+from onenip.metrics import pixel as pixel_metrics
 from onenip.metrics import (
     METRIC_NAMES,
     compute_metrics,
@@ -268,11 +269,11 @@ def test_binned_path_warns_when_its_bound_is_loose() -> None:
 def test_auto_switches_to_bins_above_the_pixel_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     maps, masks = _pixel_case(6, num_images=3, size=16)
     binned = pixel_histogram(maps, masks, num_bins=32)
-    monkeypatch.setattr(metrics, "EXACT_PIXEL_LIMIT", maps.size - 1)
+    monkeypatch.setattr(pixel_metrics, "EXACT_PIXEL_LIMIT", maps.size - 1)  # the module that reads it
     with pytest.warns(RuntimeWarning):
         assert pixel_auroc(maps, masks, num_bins=32) == binned.auroc().value
         assert pixel_aupro(maps, masks, num_bins=32) == binned.aupro().value
-    monkeypatch.setattr(metrics, "EXACT_PIXEL_LIMIT", maps.size)
+    monkeypatch.setattr(pixel_metrics, "EXACT_PIXEL_LIMIT", maps.size)
     assert pixel_auroc(maps, masks, num_bins=32) == pytest.approx(
         roc_auc_score(masks.ravel() > 0, maps.ravel()), abs=EXACT_TOL
     )
