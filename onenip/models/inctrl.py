@@ -1,0 +1,131 @@
+"""InCTRL head (Zhu and Pang, CVPR 2024): in-context residual learning from k normal prompt images.
+
+A generalist scorer: trained once on auxiliary categories, it scores an unseen category from k normal
+images without further training. CLIP is not available offline, so the frozen lite backbone's stages
+take the place of CLIP's ViT layers, and there is no text prior. Following the reference:
+
+* multi-layer patch residual: per backbone layer, each query patch's residual to its nearest patch
+  among ALL k prompts' patches, ``0.5 * (1 - cosine)``; averaged over layers -> the residual map;
+* image-level residual: ``mean_k adapter(prompt token) - adapter(query token)``, scored by a small head;
+* holistic head: an MLP over the flattened residual map plus the image-level score (broadcast to every
+  patch) -> holistic score; final score = mean of the holistic score and the max patch residual;
+* loss: binary focal loss (alpha 1, gamma 2) on the final score and on the image-level score, with the
+  scores passed as logits exactly as the reference does (they are already in [0, 1]; the loss then
+  pushes normal scores down and anomalous ones up with bounded gradients).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def patch_residual(query: Tensor, prompts: Tensor, chunk: int = 4) -> Tensor:
+    """(B, C, H, W) query and (K, C, h, w) shared or (B, K, C, h, w) per-query prompts -> (B, H, W):
+    for each query patch, ``min over every prompt patch of 0.5 * (1 - cos)``."""
+    batch, channels, height, width = query.shape
+    if prompts.dim() == 4:
+        prompts = prompts.unsqueeze(0).expand(batch, *prompts.shape)
+    if prompts.shape[0] != batch or prompts.shape[2] != channels:
+        msg = f"prompts {tuple(prompts.shape)} do not match queries {tuple(query.shape)}"
+        raise ValueError(msg)
+    q = F.normalize(query.flatten(2).transpose(1, 2), dim=-1)  # (B, HW, C)
+    p = F.normalize(prompts.permute(0, 1, 3, 4, 2).reshape(batch, -1, channels), dim=-1)  # (B, K*h*w, C)
+    out = []
+    for start in range(0, batch, chunk):  # a (chunk, HW, K*h*w) similarity at a time
+        similarity = torch.bmm(q[start : start + chunk], p[start : start + chunk].transpose(1, 2))
+        out.append(0.5 * (1 - similarity.amax(dim=-1)))
+    return torch.cat(out).view(batch, height, width)
+
+
+def multi_layer_residual(query_layers: list[Tensor], prompt_layers: list[Tensor], size: tuple[int, int]) -> Tensor:
+    """Mean over layers of ``patch_residual``, each layer's map brought to ``size`` (B, H, W)."""
+    maps = []
+    for query, prompts in zip(query_layers, prompt_layers, strict=True):
+        residual = patch_residual(query, prompts)
+        if tuple(residual.shape[-2:]) != tuple(size):
+            residual = F.interpolate(residual[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+        maps.append(residual)
+    return torch.stack(maps).mean(dim=0)
+
+
+class Adapter(nn.Module):
+    """Linear -> ReLU -> Linear -> ReLU, no biases, bottleneck ``dim // reduction`` (as the reference)."""
+
+    def __init__(self, dim: int, reduction: int = 4) -> None:
+        super().__init__()
+        self.fc = nn.Sequential(
+            nn.Linear(dim, dim // reduction, bias=False), nn.ReLU(), nn.Linear(dim // reduction, dim, bias=False), nn.ReLU(),
+        )  # fmt: skip
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(x)
+
+
+class ScoreHead(nn.Module):
+    """Linear(d, 128) -> ReLU -> BN -> Linear(128, 64) -> ReLU -> BN -> Linear(64, 1) -> sigmoid."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(dim, 128), nn.ReLU(), nn.BatchNorm1d(128), nn.Linear(128, 64), nn.ReLU(), nn.BatchNorm1d(64), nn.Linear(64, 1),
+        )  # fmt: skip
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.sigmoid(self.net(x)).squeeze(-1)
+
+
+class InCTRLOutput(NamedTuple):
+    score: Tensor
+    """(B,) final image score: mean of the holistic score and the max patch residual."""
+    image_score: Tensor
+    """(B,) image-level residual score (trained with its own focal term)."""
+    residual_map: Tensor
+    """(B, H, W) multi-layer patch residual on the head's grid."""
+    holistic_score: Tensor
+    """(B,)"""
+
+
+class InCTRLHead(nn.Module):
+    """The trainable part of InCTRL on top of frozen multi-layer patch features and a pooled token.
+
+    Args:
+        grid: (H, W) of the residual map the holistic head reads (fixed: it is an MLP over H*W).
+        token_dim: channels of the pooled image token.
+    """
+
+    def __init__(self, grid: tuple[int, int], token_dim: int, reduction: int = 4) -> None:
+        super().__init__()
+        self.grid = (int(grid[0]), int(grid[1]))
+        self.adapter = Adapter(token_dim, reduction)
+        self.image_head = ScoreHead(token_dim)
+        self.holistic_head = ScoreHead(self.grid[0] * self.grid[1])
+
+    def forward(
+        self, query_layers: list[Tensor], prompt_layers: list[Tensor], query_token: Tensor, prompt_tokens: Tensor,
+    ) -> InCTRLOutput:
+        """``prompt_layers``: per layer (K, C, h, w) shared or (B, K, C, h, w) per query;
+        ``prompt_tokens``: (K, D) shared or (B, K, D)."""
+        residual = multi_layer_residual(query_layers, prompt_layers, self.grid)
+        if prompt_tokens.dim() == 2:
+            prompt_tokens = prompt_tokens.unsqueeze(0).expand(query_token.shape[0], *prompt_tokens.shape)
+        token_residual = self.adapter(prompt_tokens).mean(dim=1) - self.adapter(query_token)
+        image_score = self.image_head(token_residual)
+        flat = residual.flatten(1)
+        holistic = self.holistic_head(flat + image_score[:, None])
+        score = (holistic + flat.amax(dim=1)) / 2
+        return InCTRLOutput(score, image_score, residual, holistic)
+
+
+def focal_loss(scores: Tensor, targets: Tensor, alpha: float = 1.0, gamma: float = 2.0) -> Tensor:
+    """The reference's binary focal loss, applied to the scores as logits (see the module docstring)."""
+    bce = F.binary_cross_entropy_with_logits(scores, targets.float(), reduction="none")
+    return (alpha * (1 - torch.exp(-bce)) ** gamma * bce).mean()
+
+
+def inctrl_loss(output: InCTRLOutput, targets: Tensor) -> Tensor:
+    """Focal loss on the final score plus focal loss on the image-level score (the reference's sum)."""
+    return focal_loss(output.score, targets) + focal_loss(output.image_score, targets)

@@ -1,0 +1,58 @@
+"""InCTRL head maths against brute-force references on small random tensors (issue "Few-shot generalist")."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from onenip.models.inctrl import InCTRLHead, focal_loss, inctrl_loss, multi_layer_residual, patch_residual
+
+
+def brute_force_residual(query: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+    batch, _, height, width = query.shape
+    out = torch.empty(batch, height, width)
+    for b in range(batch):
+        bank = prompts if prompts.dim() == 4 else prompts[b]
+        patches = [bank[k, :, i, j] for k in range(bank.shape[0]) for i in range(bank.shape[2]) for j in range(bank.shape[3])]
+        for i in range(height):
+            for j in range(width):
+                out[b, i, j] = min(0.5 * (1 - F.cosine_similarity(query[b, :, i, j], p, dim=0)) for p in patches)
+    return out
+
+
+def test_nearest_prompt_residual_equals_brute_force() -> None:
+    generator = torch.Generator().manual_seed(0)
+    query = torch.randn(3, 5, 4, 3, generator=generator)
+    shared = torch.randn(2, 5, 3, 4, generator=generator)  # k = 2 prompts, another grid size
+    per_query = torch.randn(3, 2, 5, 2, 2, generator=generator)
+    torch.testing.assert_close(patch_residual(query, shared, chunk=2), brute_force_residual(query, shared), atol=1e-6, rtol=0)
+    torch.testing.assert_close(patch_residual(query, per_query), brute_force_residual(query, per_query), atol=1e-6, rtol=0)
+
+
+def test_identical_query_and_prompt_give_a_zero_map() -> None:
+    layers = [torch.randn(2, 6, 4, 4), torch.randn(2, 3, 8, 8)]
+    residual = multi_layer_residual(layers, [layer[:, None] for layer in layers], (8, 8))  # each query its own prompt
+    assert residual.shape == (2, 8, 8) and residual.abs().max().item() < 1e-6
+    ones = torch.ones(1, 4, 2, 2)
+    assert torch.allclose(patch_residual(ones, -ones), torch.ones(1, 2, 2))  # opposite directions: 0.5 * (1 - (-1))
+
+
+def test_head_shapes_and_loss() -> None:
+    torch.manual_seed(0)
+    head = InCTRLHead((4, 4), token_dim=12)
+    query = [torch.randn(6, 8, 4, 4), torch.randn(6, 5, 2, 2)]
+    prompts = [torch.randn(3, 8, 4, 4), torch.randn(3, 5, 2, 2)]  # k = 3 shared prompts
+    out = head(query, prompts, torch.randn(6, 12), torch.randn(3, 12))
+    assert out.score.shape == out.image_score.shape == out.holistic_score.shape == (6,)
+    assert out.residual_map.shape == (6, 4, 4)
+    assert torch.all((out.score >= 0) & (out.score <= 1))
+    # final score = mean of the holistic score and the max patch residual
+    torch.testing.assert_close(out.score, (out.holistic_score + out.residual_map.flatten(1).amax(1)) / 2)
+    targets = torch.tensor([0, 1, 0, 1, 0, 1])
+    loss = inctrl_loss(out, targets)
+    loss.backward()
+    assert loss.item() > 0 and head.adapter.fc[0].weight.grad is not None
+    # the reference's focal loss (alpha 1, gamma 2) on scores taken as logits
+    scores = torch.tensor([0.2, 0.9])
+    bce = F.binary_cross_entropy_with_logits(scores, torch.tensor([0.0, 1.0]), reduction="none")
+    torch.testing.assert_close(focal_loss(scores, torch.tensor([0, 1])), ((1 - torch.exp(-bce)) ** 2 * bce).mean())
