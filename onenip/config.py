@@ -290,6 +290,22 @@ class PipelineParams(_Section):
     schedule_timezone: str = "UTC"
 
 
+class GeneralistParams(_Section):
+    """The few-shot generalist (InCTRL head on the frozen backbone): trained once on auxiliary
+    categories, it scores a new category from k normal prompt images without training."""
+
+    train_shots: tuple[int, ...] = (1, 2, 4, 8)
+    """k drawn per training step from these (the prompts of each query come from its own category)."""
+    epochs: int = Field(4, ge=1)
+    batch_size: int = Field(16, ge=2)
+    learning_rate: float = Field(1e-3, gt=0)
+    real_anomalies: bool = False
+    """Also train on the auxiliary categories' real test anomalies (only when the user allows it)."""
+    smoothing_sigma: float = Field(4.0, ge=0)
+    shots: int = Field(4, ge=1)
+    """Onboarding default: normal prompt images per new category."""
+
+
 class Params(_Section):
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()
@@ -299,6 +315,7 @@ class Params(_Section):
     eval: EvalParams = EvalParams()
     gates: GateParams = GateParams()
     pipeline: PipelineParams = PipelineParams()
+    generalist: GeneralistParams = GeneralistParams()
 
 
 class ConfigError(ValueError):

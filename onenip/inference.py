@@ -53,8 +53,9 @@ class Predictor:
     ) -> None:
         self.detector = detector.eval()
         self.runtime = resolve_runtime(runtime)
-        if self.runtime != "torch" and detector.device.type != "cpu":
-            self.runtime = "torch"  # the exported graphs are CPU graphs; on a GPU torch is the fast path
+        if self.runtime != "torch" and (detector.device.type != "cpu" or not isinstance(detector, OneNIPDetector)):
+            # exported graphs are CPU graphs of OneNIP; on a GPU, or for a generalist model, torch runs it
+            self.runtime = "torch"
         self.export_root = Path(export_root) if export_root else None
         self._graphs: dict[str, Any] = {}
         if served_category is not None:
@@ -82,8 +83,10 @@ class Predictor:
         """``runtime``: torch, onnx, openvino or auto (onnx when ONNX Runtime is installed). Graphs
         exported at registration (``<model_dir>/export/<category>``) are used; others are exported
         on first use into a temporary folder."""
+        from onenip.models.generalist import load_any_detector
+
         return cls(
-            OneNIPDetector.load(model_dir, map_location=device), default_category,
+            load_any_detector(model_dir, map_location=device), default_category,
             served_category=served_category, model_name_pattern=model_name_pattern,
             runtime=runtime, export_root=Path(model_dir) / EXPORT_FOLDER,
         )  # fmt: skip

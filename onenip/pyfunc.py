@@ -169,7 +169,7 @@ def log_pyfunc_model(
     The model serves ``category`` only; ``model_name_pattern`` (``onenip-elpv-{category}``) names the
     models of the other categories in the refusal a request for one of them gets.
     """
-    runtime = serving_runtime()
+    runtime = serving_runtime(model_dir)
     config: dict[str, str] = {"category": category, "runtime": runtime}
     if model_name_pattern:
         config["model_name_pattern"] = model_name_pattern
@@ -195,10 +195,16 @@ def log_pyfunc_model(
     )
 
 
-def serving_runtime() -> str:
-    """onnx when ONNX Runtime is installed (exported at registration), else torch."""
+def serving_runtime(model_dir: str | Path) -> str:
+    """onnx when ONNX Runtime is installed (the graph is exported at registration), else torch; a
+    generalist (onboarded) model runs in torch."""
+    import json
+
     from onenip.inference import resolve_runtime
 
+    config = Path(model_dir) / "onenip.json"
+    if config.is_file() and json.loads(config.read_text()).get("kind") == "inctrl":
+        return "torch"
     return resolve_runtime("auto")
 
 

@@ -150,7 +150,7 @@ def register_model(
 
     from onenip.pyfunc import serving_runtime
 
-    runtime = serving_runtime()
+    runtime = serving_runtime(model_dir)
     with mlflow.start_run(run_id=run_id):
         info = log_pyfunc_model(model_dir, category, example_image, name_pattern)
     tags = tags | {f"{TAG_PREFIX}runtime": runtime}

@@ -246,3 +246,61 @@ def register_category(
 def finish_tracking(client: Any, tracking: Tracking, outcomes: dict[str, CategoryOutcome]) -> None:
     failed = any(o.status == Status.FAILED for o in outcomes.values())
     registry.end_run(client, tracking.parent_run, "FAILED" if failed else "FINISHED")
+
+
+# -- few-shot generalist --------------------------------------------------------------------------------
+def record_generalist(client: Any, params: Params, result: Any, categories: list[str], project_root: Path) -> dict[str, Any]:
+    """The generalist's MLflow run: validation metrics (auxiliary categories, training data only), its
+    gate on them (``gates.minimum['image_AUROC']`` against the mean validation AUROC), the model files."""
+    experiment = registry.experiment_id(client, params, "generalist", project_root)
+    tags = {"onenip.kind": "inctrl-generalist", "onenip.auxiliary_categories": ",".join(categories), "onenip.code_version": jobs.code_version()}
+    run_id = registry.start_run(client, experiment, "generalist", tags)
+    registry.log_params(client, run_id, flatten_params(params))
+    registry.log_metrics(client, run_id, dict(result.validation) | {"train_seconds": result.train_seconds})
+    registry.log_history(client, run_id, result.history)
+    registry.log_artifacts(client, run_id, {"model": result.model_dir})
+    minimum = params.gates.minimum.get("image_AUROC", 0.0)
+    value = result.validation.get("val_image_AUROC", float("nan"))
+    passed = value >= minimum
+    registry.set_tags(client, run_id, {"onenip.gate": "passed" if passed else "failed",
+                                       "onenip.gate_reasons": f"val_image_AUROC {value:.4f} vs minimum {minimum:g}"})  # fmt: skip
+    registry.end_run(client, run_id)
+    return {"run_id": run_id, "passed": passed, "validation": dict(result.validation), "model_dir": str(result.model_dir)}
+
+
+def register_onboarded(client: Any, params: Params, dataset: str, result: Any, root: Path, project_root: Path) -> CategoryOutcome:
+    """Register an onboarded category like a trained one: run, version, gate, aliases; the kind and the
+    prompts are tags and artifacts of the version, so the registry shows which kind each version is."""
+    import csv
+
+    from onenip.data.manifest import read_image
+
+    c = result.category
+    model = registry.model_name(params, dataset, c)
+    experiment = registry.experiment_id(client, params, dataset, project_root)
+    tags = {"onenip.category": c, "onenip.kind": "onboarded-inctrl", "onenip.shots": str(result.shots), "onenip.dataset": dataset,
+            "onenip.code_version": jobs.code_version()}  # fmt: skip
+    run_id = registry.start_run(client, experiment, f"onboard-{c}", tags)
+    try:
+        prompts_csv = result.model_dir.parent / "prompts.csv"
+        with prompts_csv.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["prompt", "image_path"])
+            writer.writerows(enumerate(result.prompt_paths))
+        registry.log_metrics(client, run_id, dict(result.metrics) | {"threshold": result.threshold, "onboard_seconds": result.seconds})
+        eval_dir = result.model_dir.parent / "eval"
+        registry.log_artifacts(client, run_id, {"prompts": prompts_csv, "evaluation": eval_dir if eval_dir.is_dir() else Path()})
+        version_tags = tags | {f"onenip.metric.{k}": f"{v:.6f}" for k, v in result.metrics.items()}
+        version_tags["onenip.prompts"] = ";".join(Path(p).name for p in result.prompt_paths)
+        example = read_image(result.prompt_paths[0])
+        with registry.registry_lock(client, model):
+            version = registry.register_model(client, run_id, result.model_dir, model, c, example, version_tags,
+                                              registry.model_name_pattern(params, dataset))  # fmt: skip
+            decision = registry.gate_and_promote(client, model, version.version, result.metrics, params.gates, has_masks=result.has_masks)
+        status = Status.PROMOTED if decision.passed else Status.CHALLENGER
+        registry.set_tags(client, run_id, {"onenip.outcome": status.value, "onenip.model_version": f"{model}/{version.version}"})
+        registry.end_run(client, run_id)
+        return CategoryOutcome(c, status, model, str(version.version), dict(result.metrics), decision.reasons, run_id, decision.failures)
+    except Exception as error:  # noqa: BLE001 - the champion alias did not move; say why
+        registry.end_run(client, run_id, "FAILED")
+        return CategoryOutcome(c, Status.FAILED, model, reasons=[f"registration failed: {error}"], run_id=run_id)

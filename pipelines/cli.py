@@ -94,3 +94,43 @@ def deploy(
     deployment_id = deploy_retrain(cfg, str(params), pool, Path.cwd(), profile, cron)
     console.print(f"Deployment scheduled-retrain/{DEPLOYMENT_NAME} ({deployment_id}) on work pool {pool!r}, "
                   f"cron {cron or cfg.pipeline.schedule_cron!r}. Start a worker: prefect worker start -p {pool}")
+
+
+@app.command("generalist")
+@_user_errors
+def train_generalist(
+    data: Annotated[Path, typer.Option("--data", help="Dataset root (MVTec AD layout) of the auxiliary categories.")],
+    categories: Annotated[list[str], typer.Option("--category", help="An auxiliary category to train on (repeat).")],
+    params: ParamsOption = DEFAULT_PARAMS_PATH,
+    profile: ProfileOption = None,
+) -> None:
+    """Train the few-shot generalist (InCTRL head) once on auxiliary categories (flow ``train-generalist``)."""
+    from pipelines.flows import generalist
+
+    load_params(params, profile=profile)
+    result = generalist(str(data.resolve()), list(categories), str(params), profile, str(Path.cwd()))
+    gate = "passed" if result["passed"] else "FAILED"
+    console.print(f"Generalist saved to {result['model_dir']} (MLflow run {result['run_id']}); validation "
+                  f"{result['validation'].get('val_image_AUROC', float('nan')):.4f}, gate {gate}")  # fmt: skip
+
+
+@app.command("onboard")
+@_user_errors
+def onboard(
+    data: Annotated[Path, typer.Option("--data", help="Dataset root (MVTec AD layout) holding the new category.")],
+    category: Annotated[str, typer.Option("--category", help="The new category.")],
+    generalist: Annotated[Path, typer.Option("--generalist", help="The trained generalist's model folder.")],
+    shots: Annotated[int | None, typer.Option("--shots", min=1, help="Normal prompt images (default generalist.shots).")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="Dataset name for the model name (default data.name).")] = None,
+    params: ParamsOption = DEFAULT_PARAMS_PATH,
+    profile: ProfileOption = None,
+) -> None:
+    """Onboard a category from k normal images with no training: prompts, threshold, evaluation, gate,
+    registered version (``champion`` when it passes); predict and serve it like a trained one."""
+    from pipelines.flows import onboard_category
+
+    load_params(params, profile=profile)
+    outcome = onboard_category(str(data.resolve()), category, str(generalist.resolve()), shots, dataset, str(params), profile, str(Path.cwd()))
+    _print_outcomes({category: outcome})
+    if outcome["status"] == "failed":
+        raise typer.Exit(code=1)

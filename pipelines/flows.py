@@ -202,6 +202,53 @@ def train_category(
     return retrain(params_path, profile, [category], force, project_root)[category]
 
 
+# -- few-shot generalist -----------------------------------------------------------------------------
+@task(name="train generalist", cache_policy=NO_CACHE)
+def train_generalist(root: Path, categories: list[str], params: Params, out_dir: Path) -> Any:
+    from onenip.generalist import train_generalist as train
+
+    return train(root, categories, params, out_dir, progress=True)
+
+
+@task(name="onboard", cache_policy=NO_CACHE, task_run_name="onboard {category}")
+def onboard(generalist_dir: Path, root: Path, category: str, shots: int, params: Params, out_dir: Path) -> Any:
+    from onenip.generalist import onboard_category
+
+    return onboard_category(generalist_dir, root, category, shots, params, out_dir, progress=True)
+
+
+def _setup(params_path: str, profile: str | None, project_root: str) -> tuple[Path, Params]:
+    root_dir = Path(project_root).resolve()
+    return root_dir, load_params(root_dir / params_path if not Path(params_path).is_absolute() else params_path, profile=profile)
+
+
+@flow(name="train-generalist", log_prints=True)
+def generalist(
+    data_root: str, categories: list[str], params_path: str = str(DEFAULT_PARAMS_PATH), profile: str | None = None,
+    project_root: str = ".",
+) -> dict[str, Any]:  # fmt: skip
+    """Train the InCTRL generalist once on auxiliary categories; record it (validation, gate) in MLflow."""
+    root_dir, params = _setup(params_path, profile, project_root)
+    out_dir = root_dir / params.pipeline.runs_dir / "generalist"
+    result = train_generalist(Path(data_root), sorted(categories), params, out_dir)
+    return steps.record_generalist(registry.connect(params, root_dir), params, result, sorted(categories), root_dir)
+
+
+@flow(name="onboard", log_prints=True)
+def onboard_category(
+    data_root: str, category: str, generalist_dir: str, shots: int | None = None, dataset: str | None = None,
+    params_path: str = str(DEFAULT_PARAMS_PATH), profile: str | None = None, project_root: str = ".",
+) -> dict[str, Any]:  # fmt: skip
+    """A new category from k normal images and the generalist: prompts, threshold, evaluation, gate, register."""
+    root_dir, params = _setup(params_path, profile, project_root)
+    name = dataset or params.data.name
+    out_dir = root_dir / params.pipeline.runs_dir / name / "onboard" / category
+    result = onboard(Path(generalist_dir), Path(data_root), category, shots or params.generalist.shots, params, out_dir)
+    outcome = steps.register_onboarded(registry.connect(params, root_dir), params, name, result, Path(data_root), root_dir)
+    _markdown(_artifact_key(name, category), outcome.to_markdown(name, registry.tracking_uri(params, root_dir)), f"{category}: {outcome.status}")
+    return outcome.to_dict()
+
+
 # -- task runners ---------------------------------------------------------------------------------
 def task_runner(params: Params) -> Any:
     """Local threads by default; Dask (LocalCluster, or an existing scheduler) from params.yaml."""

@@ -1,0 +1,252 @@
+"""Few-shot generalist mode (InCTRL): train once on auxiliary categories, onboard a new category from
+k normal images with no training.
+
+Training draws balanced batches: normal queries (fit normals) and anomalous ones (fresh synthetic
+anomalies every epoch, plus the auxiliary categories' real test anomalies when
+``generalist.real_anomalies`` allows it); each query gets k prompts from its own category's fit normals,
+never itself nor the image its anomaly was made from. Onboarding picks the k prompts deterministically
+(the typical image, then k-center greedy), calibrates the threshold on the category's other normal
+training images (never on test), and evaluates on its labelled test images when there are any.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from onenip.config import Params
+from onenip.data.geometry import square_geometry
+from onenip.data.manifest import DatasetError, make_manifest
+from onenip.device import resolve_device
+from onenip.features import FeatureCache, Features
+from onenip.models.generalist import GeneralistDetector
+from onenip.models.inctrl import inctrl_loss
+
+
+@dataclass
+class GeneralistResult:
+    detector: GeneralistDetector
+    model_dir: Path
+    history: list[dict[str, float]] = field(default_factory=list)
+    train_seconds: float = 0.0
+    validation: dict[str, float] = field(default_factory=dict)
+
+
+def _generalist_params(params: Params) -> Params:
+    # one fixed square input for every category: the holistic head reads a fixed-size residual map
+    model = params.model.model_copy(update={"keep_aspect": False, "input_sizes": {}})
+    return params.model_copy(update={"model": model})
+
+
+def _draw_prompts(count: int, k: int, exclude: Sequence[int], generator: torch.Generator) -> list[list[int]]:
+    """k prompt indices per query from ``count`` fit images, never the query's own/source image."""
+    rows = []
+    for skip in exclude:
+        pool = torch.randperm(count, generator=generator).tolist()
+        rows.append([i for i in pool if i != skip][:k])
+    return rows
+
+
+def _stack_prompts(fit: Features, rows: list[list[int]]) -> Features:
+    coarse = torch.stack([fit.coarse[r] for r in rows]).float()
+    fine = torch.stack([fit.fine[r] for r in rows]).float()  # type: ignore[index]
+    return Features(coarse, fine)
+
+
+def train_generalist(
+    root: str | Path, categories: Sequence[str], params: Params, out_dir: str | Path, *, progress: bool = True,
+) -> GeneralistResult:
+    """The InCTRL head on the auxiliary ``categories`` of ``root``; saved to ``out_dir/model``."""
+    from onenip.synthesis import AnomalySynthesizer
+    from onenip.training import SyntheticPool, build_synthesizer, prepare_category_data
+
+    started = time.perf_counter()
+    params = _generalist_params(params)
+    cfg = params.generalist
+    device = resolve_device(params.train.device)
+    torch.manual_seed(params.train.seed)
+    generator = torch.Generator().manual_seed(params.train.seed)
+    manifest = make_manifest(root, list(categories), progress=False)
+    detector = GeneralistDetector(params.model.backbone, smoothing_sigma=cfg.smoothing_sigma).to(device)
+    extractor = detector.feature_extractor.eval()
+    geometry = square_geometry(params.model.backbone.input_size)
+    cache = FeatureCache(params.train.cache_dir, extractor, params.model.backbone)
+    data = [prepare_category_data(manifest, params, cache, c, i, geometry, progress) for i, c in enumerate(categories)]
+    real: dict[str, Features] = {}
+    if cfg.real_anomalies:
+        for c in categories:
+            rows = manifest[(manifest["category"] == c) & (manifest["split"] == "test") & (manifest["label_index"] == 1)]
+            if len(rows):
+                real[c] = cache.get(rows["image_path"].tolist(), rows["sha256"].tolist(), geometry, progress=False, dtype=torch.float16)
+    synthesizer = build_synthesizer(params.synthesis)
+    optimizer = torch.optim.AdamW(detector.head.parameters(), lr=cfg.learning_rate, betas=(0.9, 0.999))
+    half = cfg.batch_size // 2
+    history: list[dict[str, float]] = []
+    for epoch in range(1, cfg.epochs + 1):
+        pools = {}
+        for item in data:
+            pool = SyntheticPool.build(item, synthesizer, extractor, params, seed=params.train.seed, generation=epoch, progress=progress)
+            anomalies, sources = pool.features, [i // pool.pool_size for i in range(len(pool.features))]
+            if item.name in real:
+                anomalies = Features.cat([anomalies, real[item.name]])
+                sources += [-1] * len(real[item.name])
+            pools[item.name] = (anomalies, sources)
+        steps = max(1, sum(len(item.fit_features) for item in data) // half)
+        detector.head.train()
+        losses = []
+        bar = tqdm(range(steps), desc=f"Generalist epoch {epoch}/{cfg.epochs}", disable=not progress)
+        for _ in bar:
+            item = data[int(torch.randint(len(data), (1,), generator=generator))]
+            fit, (anomalies, sources) = item.fit_features, pools[item.name]
+            k = int(cfg.train_shots[int(torch.randint(len(cfg.train_shots), (1,), generator=generator))])
+            k = max(1, min(k, len(fit) - 1))
+            normal_idx = torch.randint(len(fit), (half,), generator=generator).tolist()
+            anomaly_idx = torch.randint(len(anomalies), (half,), generator=generator).tolist()
+            queries = Features(
+                torch.cat([fit.coarse[normal_idx], anomalies.coarse[anomaly_idx]]).float(),
+                torch.cat([fit.fine[normal_idx], anomalies.fine[anomaly_idx]]).float(),  # type: ignore[index]
+            )
+            prompts = _stack_prompts(fit, _draw_prompts(len(fit), k, normal_idx + [sources[i] for i in anomaly_idx], generator))
+            targets = torch.cat([torch.zeros(half), torch.ones(half)]).to(device)
+            out = detector.score_features(queries.to(device), prompts.to(device))
+            loss = inctrl_loss(out, targets)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss))
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        record = {"epoch": float(epoch), "loss": float(np.mean(losses))}
+        history.append(record)
+    detector.head.eval()
+    validation = validate_generalist(detector, data, params, AnomalySynthesizer(methods=params.validation.methods), device)
+    out = Path(out_dir) / "model"
+    detector.save(out, metadata={"auxiliary_categories": list(categories), "history": history, "validation": validation,
+                                 "train_seconds": time.perf_counter() - started})  # fmt: skip
+    return GeneralistResult(detector, out, history, time.perf_counter() - started, validation)
+
+
+@torch.no_grad()
+def validate_generalist(detector: GeneralistDetector, data: Sequence[Any], params: Params, synthesizer: Any, device: torch.device) -> dict[str, float]:
+    """Image AUROC per auxiliary category on training data only: its held-out normals against anomalies
+    of the validation families (never used in training) made on them, k = ``generalist.shots`` prompts."""
+    from onenip.metrics import image_auroc
+    from onenip.features import extract_features
+    from onenip.training import select_prompts
+
+    detector.eval()
+    result: dict[str, float] = {}
+    for item in data:
+        if len(item.holdout_features) < 2:
+            continue
+        prompts = item.fit_features.select(select_prompts(item.fit_features.coarse.float(), params.generalist.shots)).float().to(device)
+        generator = torch.Generator().manual_seed(params.train.seed + item.index)
+        bad = torch.stack([synthesizer(img.float() / 255, generator=generator).image for img in item.holdout_images])
+        anomalies = extract_features(detector.feature_extractor, bad.to(device), params.model.backbone, params.train.feature_batch_size)
+        normal = detector.score_features(item.holdout_features.float().to(device), prompts).score
+        anomalous = detector.score_features(anomalies.to(device), prompts).score
+        scores = torch.cat([normal, anomalous]).cpu().numpy()
+        labels = np.r_[np.zeros(len(normal)), np.ones(len(anomalous))]
+        result[f"val_image_AUROC_{item.name}"] = float(image_auroc(scores, labels))
+    if result:
+        result["val_image_AUROC"] = float(np.mean(list(result.values())))
+    return result
+
+
+# -- onboarding ---------------------------------------------------------------------------------------
+@dataclass
+class OnboardResult:
+    model_dir: Path
+    category: str
+    shots: int
+    prompt_paths: list[str]
+    threshold: float
+    metrics: dict[str, float]
+    has_masks: bool
+    seconds: float
+
+
+def onboard_category(
+    generalist_dir: str | Path,
+    root: str | Path,
+    category: str,
+    shots: int,
+    params: Params,
+    out_dir: str | Path,
+    *,
+    progress: bool = True,
+    prompt_paths: Sequence[str] | None = None,
+) -> OnboardResult:
+    """A model for ``category`` from the trained generalist and ``shots`` of its normal images
+    (chosen deterministically; ``prompt_paths`` gives them explicitly, e.g. random sets in a benchmark)."""
+    from onenip.evaluation import evaluate
+    from onenip.training import select_prompts
+
+    started = time.perf_counter()
+    params = _generalist_params(params)
+    device = resolve_device(params.train.device)
+    manifest = make_manifest(root, [category], progress=False)
+    normals = manifest[(manifest["split"] == "train") & (manifest["label_index"] == 0)].sort_values("image_path").reset_index(drop=True)
+    if normals.empty:
+        msg = f"Category {category!r} under {root} has no normal training images (train/good) to take prompts from"
+        raise DatasetError(msg)
+    if shots > len(normals):
+        msg = f"{shots} shots asked for {category!r}, but it has only {len(normals)} normal training images"
+        raise DatasetError(msg)
+    detector = GeneralistDetector.load(generalist_dir, map_location=device)
+    if detector.categories:
+        msg = f"{generalist_dir} is already an onboarded model ({detector.categories}); give the generalist itself"
+        raise DatasetError(msg)
+    geometry = square_geometry(params.model.backbone.input_size)
+    cache = FeatureCache(params.train.cache_dir, detector.feature_extractor, params.model.backbone)
+    features = cache.get(normals["image_path"].tolist(), normals["sha256"].tolist(), geometry, progress=progress)
+    if prompt_paths is None:
+        chosen = select_prompts(features.coarse, shots)
+    else:
+        where = {str(path): i for i, path in enumerate(normals["image_path"])}
+        unknown = [p for p in prompt_paths if str(p) not in where]
+        if unknown:
+            msg = f"Prompt images {unknown} are not normal training images of {category!r}"
+            raise DatasetError(msg)
+        chosen = [where[str(p)] for p in prompt_paths]
+        shots = len(chosen)
+    k = detector.add_category(category, features.coarse[chosen], features.fine[chosen])  # type: ignore[index]
+    rest = [i for i in range(len(normals)) if i not in set(chosen)]
+    with torch.no_grad():
+        if rest:  # the threshold from the category's other normal images, never from test
+            scores = detector.forward_features(features.select(rest).to(device), k).pred_score.float().cpu().numpy()
+        else:  # only the prompts: each scored against the others (leave one out); k = 1 gives no basis
+            scores = np.array([]) if shots < 2 else np.array([
+                float(detector.score_features(features.select([i]).to(device), features.select([j for j in chosen if j != i]).to(device)).score)
+                for i in chosen
+            ])  # fmt: skip
+    if not len(scores):
+        msg = f"{category!r}: no normal image besides the single prompt to calibrate a threshold on; add images or use more shots"
+        raise DatasetError(msg)
+    threshold = float(np.quantile(scores, params.eval.threshold_quantile))
+    detector.score_threshold[k] = threshold
+    out = Path(out_dir) / "model"
+    prompt_paths = normals["image_path"].iloc[chosen].tolist()
+    metrics: dict[str, float] = {}
+    has_masks = False
+    tests = manifest[manifest["split"] == "test"]
+    if len(tests) and tests["label_index"].nunique() == 2:
+        results = evaluate(detector, manifest, cache, Path(out_dir) / "eval", [category], num_heatmaps=params.eval.num_heatmaps,
+                           progress=progress)  # type: ignore[arg-type]  # fmt: skip
+        metrics = {key: float(v) for key, v in results[category].metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        has_masks = results[category].has_masks
+    detector.save(out, metadata={"kind": "onboarded", "generalist": str(generalist_dir), "category": category, "shots": shots,
+                                 "prompt_paths": prompt_paths, "threshold": threshold, "metrics": metrics})  # fmt: skip
+    return OnboardResult(out, category, shots, prompt_paths, threshold, metrics, has_masks, time.perf_counter() - started)
+
+
+def prompt_table(result: OnboardResult) -> pd.DataFrame:
+    return pd.DataFrame({"prompt": range(len(result.prompt_paths)), "image_path": result.prompt_paths})

@@ -1,0 +1,184 @@
+"""GeneralistDetector: the frozen backbone + an InCTRL head, and per onboarded category its k prompts.
+
+The same interface as ``OneNIPDetector`` where ``onenip.inference.Predictor`` needs it (categories,
+geometry, ``score_threshold``, ``forward(images, k, valid)`` -> ``DetectorOutput``, save / load), so an
+onboarded category is predicted and served exactly like a trained one.
+
+Layers of the patch residual (the lite backbone in place of CLIP's ViT layers 7/9/11): each fine stage
+(lite0: 40 channels at stride 8, 112 channels brought to stride 8) and the coarse stride-16 stack; the
+residual map lives on the fine grid; the image token is the coarse grid's mean.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from onenip.config import BackboneParams
+from onenip.data.geometry import InputGeometry, square_geometry
+from onenip.data.transforms import normalize
+from onenip.features import Features
+from onenip.models.backbone import build_feature_extractor
+from onenip.models.detector import CONFIG_FILE, WEIGHTS_FILE, DetectorOutput, ModelLoadError
+from onenip.models.inctrl import InCTRLHead, InCTRLOutput
+from onenip.models.onenip import gaussian_smooth
+
+KIND = "inctrl"
+FORMAT_VERSION = 1
+
+
+def layers_of(features: Features, fine_dims: Sequence[int]) -> list[Tensor]:
+    """The residual's layers: each fine stage's channels, then the coarse stack."""
+    if features.fine is None:
+        msg = "the generalist needs fine backbone stages (model.backbone.fine_indices)"
+        raise ValueError(msg)
+    return [*torch.split(features.fine, list(fine_dims), dim=1), features.coarse]
+
+
+def token_of(features: Features) -> Tensor:
+    return features.coarse.mean(dim=(-2, -1))
+
+
+class GeneralistDetector(nn.Module):
+    """Scores any category from its stored k normal prompts; trained once on auxiliary categories."""
+
+    kind = KIND
+
+    def __init__(self, backbone: BackboneParams, categories: Sequence[str] = (), shots: Sequence[int] = (), *,
+                 pretrained: bool = True, smoothing_sigma: float = 4.0) -> None:  # fmt: skip
+        super().__init__()
+        self.backbone_cfg = backbone
+        self.feature_extractor = build_feature_extractor(backbone, pretrained=pretrained)
+        extractor = self.feature_extractor
+        if not extractor.num_fine_features:
+            msg = "the generalist needs fine backbone stages: set model.backbone.fine_indices"
+            raise ValueError(msg)
+        self.geometry_ = square_geometry(backbone.input_size)
+        coarse = self.geometry_.grid(backbone.feature_stride)
+        ratio = backbone.feature_stride // extractor.fine_stride
+        self.grid = (coarse[0] * ratio, coarse[1] * ratio)
+        self.head = InCTRLHead(self.grid, extractor.num_features)
+        self.smoothing_sigma = float(smoothing_sigma)
+        self.categories: list[str] = []
+        self.metadata: dict[str, Any] = {}
+        self.register_buffer("score_threshold", torch.zeros(0))
+        for category, k in zip(categories, shots, strict=True):
+            self.add_category(category, torch.zeros(k, extractor.num_features, *coarse), torch.zeros(k, extractor.num_fine_features, *self.grid))
+
+    # -- the interface Predictor uses --------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.score_threshold.device
+
+    def category_index(self, category: str) -> int:
+        try:
+            return self.categories.index(category)
+        except ValueError:
+            msg = f"Unknown category {category!r}; this model knows {self.categories}"
+            raise ValueError(msg) from None
+
+    def geometry(self, category: str | int) -> InputGeometry:
+        if isinstance(category, str):
+            self.category_index(category)
+        return self.geometry_
+
+    def prompt(self, k: int) -> Features:
+        return Features(getattr(self, f"prompt_{k}"), getattr(self, f"prompt_fine_{k}"))
+
+    def add_category(self, category: str, coarse: Tensor, fine: Tensor, threshold: float = float("inf")) -> int:
+        """Store a category's k prompt features (onboarding); returns its index."""
+        if category in self.categories:
+            msg = f"category {category!r} is already onboarded"
+            raise ValueError(msg)
+        k = len(self.categories)
+        self.categories.append(category)
+        self.register_buffer(f"prompt_{k}", coarse.detach().float().clone())
+        self.register_buffer(f"prompt_fine_{k}", fine.detach().float().clone())
+        self.score_threshold = torch.cat([self.score_threshold, torch.tensor([threshold], device=self.score_threshold.device)])
+        return k
+
+    def extract(self, images: Tensor) -> Features:
+        coarse, fine = self.feature_extractor.forward_pyramid(normalize(images, self.backbone_cfg.mean, self.backbone_cfg.std))
+        return Features(coarse, fine)
+
+    def score_features(self, features: Features, prompts: Features) -> InCTRLOutput:
+        """Queries (B, ...) against k prompts shared by all queries (K, ...) or per query (B, K, ...)."""
+        fine_dims = self.feature_extractor.fine_dims
+        if prompts.coarse.dim() == 4:
+            prompt_layers = layers_of(prompts, fine_dims)
+            prompt_tokens = token_of(prompts)
+        else:  # (B, K, C, h, w): flatten to split channels, then restore
+            b, k = prompts.coarse.shape[:2]
+            flat = Features(prompts.coarse.flatten(0, 1), prompts.fine.flatten(0, 1))  # type: ignore[union-attr]
+            prompt_layers = [layer.view(b, k, *layer.shape[1:]) for layer in layers_of(flat, fine_dims)]
+            prompt_tokens = token_of(flat).view(b, k, -1)
+        return self.head(layers_of(features, fine_dims), prompt_layers, token_of(features), prompt_tokens)
+
+    def forward_features(self, features: Features, category: int, valid: Tensor | None = None) -> DetectorOutput:
+        out = self.score_features(features, self.prompt(int(category)))
+        size = self.geometry_.size
+        anomaly_map = nn.functional.interpolate(out.residual_map[:, None], size=size, mode="bilinear", align_corners=False)
+        anomaly_map = gaussian_smooth(anomaly_map, self.smoothing_sigma)
+        if valid is not None:
+            anomaly_map = anomaly_map * valid.to(anomaly_map.dtype)
+        return DetectorOutput(anomaly_map, out.score, [None, None, anomaly_map])
+
+    def forward(self, images: Tensor, category: int, valid: Tensor | None = None) -> DetectorOutput:
+        return self.forward_features(self.extract(images), category, valid)
+
+    # -- persistence ------------------------------------------------------------------------------
+    def save(self, folder: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+        from onenip.features import atomic_save_safetensors
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_save_safetensors({k: v.detach().cpu() for k, v in self.state_dict().items()}, folder / WEIGHTS_FILE)
+        if metadata is not None:
+            self.metadata = dict(metadata)
+        config = {
+            "kind": KIND,
+            "format_version": FORMAT_VERSION,
+            "backbone": self.backbone_cfg.model_dump(mode="json"),
+            "categories": self.categories,
+            "shots": [int(getattr(self, f"prompt_{k}").shape[0]) for k in range(len(self.categories))],
+            "smoothing_sigma": self.smoothing_sigma,
+            "metadata": self.metadata,
+        }
+        tmp = folder / f".{CONFIG_FILE}.tmp"
+        tmp.write_text(json.dumps(config, indent=2))
+        tmp.replace(folder / CONFIG_FILE)
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, map_location: str | torch.device = "cpu") -> GeneralistDetector:
+        folder = Path(folder)
+        config = json.loads((folder / CONFIG_FILE).read_text())
+        if config.get("kind") != KIND or config.get("format_version") != FORMAT_VERSION:
+            msg = f"{folder} is not a generalist (InCTRL) model of format {FORMAT_VERSION}"
+            raise ModelLoadError(msg)
+        detector = cls(BackboneParams.model_validate(config["backbone"]), config["categories"], config["shots"],
+                       pretrained=False, smoothing_sigma=config.get("smoothing_sigma", 4.0))  # fmt: skip
+        detector.load_state_dict(load_file(str(folder / WEIGHTS_FILE), device=str(map_location)), strict=True)
+        detector.metadata = config.get("metadata", {})
+        return detector.to(map_location).eval()
+
+
+def load_any_detector(folder: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """A saved model folder -> ``OneNIPDetector`` or ``GeneralistDetector``, by its ``onenip.json``."""
+    from onenip.models.detector import OneNIPDetector
+
+    config_path = Path(folder) / CONFIG_FILE
+    if config_path.is_file():
+        try:
+            kind = json.loads(config_path.read_text()).get("kind")
+        except json.JSONDecodeError:
+            kind = None
+        if kind == KIND:
+            return GeneralistDetector.load(folder, map_location)
+    return OneNIPDetector.load(folder, map_location)

@@ -1,0 +1,50 @@
+"""Few-shot onboarding through the flows: train the generalist on the project's categories, onboard an
+unseen category from k normal images, find it registered as champion with its prompts, and predict
+with it through the registry exactly like a trained model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from onenip import registry
+from onenip.config import load_params
+from tests.helpers.project import write_params
+from tests.helpers.trees import make_mvtec_tree
+
+pytestmark = pytest.mark.slow
+
+
+def test_generalist_then_onboard_then_predict(project: Path, prefect_harness: None, tmp_path: Path) -> None:
+    from pipelines.cli import app
+    from pipelines.flows import generalist, onboard_category
+
+    write_params(project, generalist={"epochs": 1, "batch_size": 8, "train_shots": [1, 2], "shots": 2})
+    source = Path(load_params(project / "params.yaml").data.source)
+    trained = generalist(str(source), ["plate", "widget"], "params.yaml", None, str(project))
+    assert set(trained["validation"]) >= {"val_image_AUROC"} and Path(trained["model_dir"], "onenip.json").is_file()
+
+    new = make_mvtec_tree(tmp_path / "new", categories=("gear",), n_train=8, n_test_good=3, n_test_bad=3, size=64, seed=3)
+    outcome = onboard_category(str(new), "gear", trained["model_dir"], 2, None, "params.yaml", None, str(project))
+    assert outcome["status"] == "promoted", outcome  # the tiny gates are 0: it passes
+    client = registry.connect(load_params(project / "params.yaml"), project)
+    version = client.get_model_version_by_alias("onenip-widgets-gear", "champion")
+    assert version.tags["onenip.kind"] == "onboarded-inctrl" and version.tags["onenip.shots"] == "2"
+    assert version.tags["onenip.runtime"] == "torch" and len(version.tags["onenip.prompts"].split(";")) == 2
+    listing = CliRunner().invoke(app, ["registry"])
+    assert listing.exit_code == 0 and "onenip-widgets-gear" in listing.output
+
+    out = tmp_path / "pred"
+    result = CliRunner().invoke(app, ["predict", str(new / "gear" / "test"), "--model", "models:/onenip-widgets-gear@champion",
+                                      "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(out / "predictions.csv")
+    assert len(frame) == 6 and frame["category"].eq("gear").all()
+    # k larger than the normal images available: one clear error, nothing registered
+    failed = CliRunner().invoke(app, ["onboard", "--data", str(new), "--category", "gear", "--generalist", trained["model_dir"],
+                                      "--shots", "50"])  # fmt: skip
+    assert failed.exit_code == 1 and "50 shots asked for 'gear', but it has only 8" in failed.output
+    assert len(client.search_model_versions("name = 'onenip-widgets-gear'")) == 1
