@@ -187,7 +187,8 @@ def show_registry(params: ParamsOption = DEFAULT_PARAMS_PATH) -> None:
         table.add_row(row.name, row.version, ", ".join(row.aliases) or "-", row.gate, row.data_version,
                       f"{row.metrics.get('image_AUROC', float('nan')):.4f}", f"{row.metrics.get('pixel_AUROC', float('nan')):.4f}",
                       row.runtime, row.run_id[:12])  # fmt: skip
-    console.print(table)
+    # model names must not be cut, also in a pipe or a narrow terminal (rich would shrink to 80 columns)
+    Console(width=max(console.width, 160)).print(table)
 
 
 @app.command("export")

@@ -66,13 +66,19 @@ def model_name_pattern(params: Params, dataset: str) -> str:
 
 
 def experiment_id(client: MlflowClient, params: Params, dataset: str, project_root: str | Path = ".") -> str:
-    """One experiment per dataset; new ones put artifacts under ``pipeline.artifact_root``."""
+    """One experiment per dataset; new ones put artifacts under ``pipeline.artifact_root``, except on a
+    tracking server, where a relative ``artifact_root`` (a local folder) is left to the server (its
+    ``--artifacts-destination``, reached through its proxy: ``mlflow-artifacts:/``)."""
     name = params.pipeline.experiment.format(dataset=dataset)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
     root = params.pipeline.artifact_root
-    location = root if "://" in root else (Path(project_root).resolve() / root).as_uri()
+    on_server = tracking_uri(params, project_root).startswith(("http://", "https://"))
+    if on_server and "://" not in root:
+        location = None
+    else:
+        location = root if "://" in root else (Path(project_root).resolve() / root).as_uri()
     try:
         return client.create_experiment(name, artifact_location=location)
     except MlflowException:  # created meanwhile by a concurrent run

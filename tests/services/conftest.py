@@ -110,7 +110,8 @@ def postgres() -> Iterator[str]:
     try:
         subprocess.run([*as_user, str(pg_bin / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "onenip", "mlflow"],
                        check=True, capture_output=True)  # fmt: skip
-        yield f"postgresql://onenip@127.0.0.1:{port}/mlflow"
+        # SQLAlchemy 2.1 would pick the psycopg (3) driver for postgresql://; the driver installed is psycopg2
+        yield f"postgresql+psycopg2://onenip@127.0.0.1:{port}/mlflow"
     finally:
         subprocess.run([*as_user, str(pg_bin / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], check=False, capture_output=True)
         shutil.rmtree(root, ignore_errors=True)

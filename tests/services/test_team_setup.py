@@ -96,8 +96,11 @@ def test_deployment_runs_through_a_worker_against_the_mlflow_server(
         assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # stored through the server's proxy
         local = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="config",
                                                          tracking_uri=mlflow_server))  # fmt: skip
-        assert any(local.rglob("params.yaml"))
-        assert {"evaluation", "model"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert any(local.rglob("params.effective.yaml"))
+        assert {"evaluation", "validation", "config"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+        source = client.get_model_version_download_uri(name, "1")
+        model = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=mlflow_server))
+        assert any(model.rglob("onenip.json")) and any(model.rglob("*.onnx"))  # weights and ONNX graph, via the proxy
     assert not [m.name for m in client.search_registered_models() if m.name.startswith("_lock.")]
 
 
