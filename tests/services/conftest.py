@@ -41,7 +41,7 @@ def free_port() -> int:
 
 def service_env(**extra: str) -> dict[str, str]:
     """The test's environment without anything pointing at another Prefect/MLflow, venv bin first."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MLFLOW_TRACKING"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MLFLOW_TRACKING", "MLFLOW_REGISTRY"))}
     return env | QUIET_ENV | {"PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}"} | extra
 
 
