@@ -18,6 +18,7 @@ from onenip.data.versioning import import_dataset, read_data_version
 from tests.helpers.faults import tree_hashes
 from tests.helpers.trees import make_mvtec_tree
 
+pytestmark = pytest.mark.slow  # spawns git and DVC
 runner = CliRunner()
 
 
