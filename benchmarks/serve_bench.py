@@ -167,6 +167,7 @@ def bench_serving(uri: str, images: list[Path], requests_count: int, project_roo
         startup = time.monotonic() - started
         encoded = [base64.b64encode(p.read_bytes()).decode("ascii") for p in images]
         local = __import__("threading").local()
+        errors: list[str] = []
 
         def post(batch: list[str]) -> float:
             session = getattr(local, "session", None) or requests.Session()
@@ -174,7 +175,8 @@ def bench_serving(uri: str, images: list[Path], requests_count: int, project_roo
             t0 = time.perf_counter()
             response = session.post(f"{url}/invocations", json={"dataframe_split": {"columns": ["image"], "data": [[b] for b in batch]}},
                                     timeout=120)  # fmt: skip
-            response.raise_for_status()
+            if response.status_code != 200:
+                errors.append(f"{response.status_code}: {response.text[:300]}")
             return time.perf_counter() - t0
 
         post(encoded[:1])  # warm-up
@@ -195,6 +197,8 @@ def bench_serving(uri: str, images: list[Path], requests_count: int, project_roo
             "clients4_requests_per_s": len(concurrent) / wall,
             "clients4_latency_p50_ms": statistics.median(concurrent) * 1000,
             "clients4_latency_p95_ms": quantiles4[18] * 1000,
+            "failed_requests": len(errors),
+            "first_errors": errors[:3],
             "server_peak_rss_mb": _tree_peak_rss_mb(process.pid),
         }
     finally:
