@@ -12,7 +12,9 @@ Rows, each adding one change to the row above (per-category networks, same data,
 5. ``+ resolution``: the refiner's fine skip path (stride-8 prompt residual) and the residual map;
 6. ``+ epochs``: the default number of epochs (rows 1-5 use ``--short-epochs``).
 
-Grey-aware synthesis and CutPaste's 0.4 colour jitter are in every row (not switchable). Every row is
+Grey-aware synthesis, CutPaste's 0.4 colour jitter and the error maps as whitened per-position z-scores
+of the residuals on training normals (``model.error_normalization: whitened``) are in every row: row 1
+is therefore "the mask fix and the whitened error maps". Every row is
 a subprocess (its own peak RSS). Prints a markdown table and writes ``ablation.json``/``.md``:
 
     OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 .venv/bin/python benchmarks/ablation.py --categories kolektor magnetic_tile
