@@ -227,20 +227,29 @@ def register_category(
             "validation": validation_report,
             "config": tracking.params_file,
         })  # fmt: skip
-        version_tags = tags | {f"onenip.metric.{k}": f"{v:.6f}" for k, v in report.metrics.items() if isinstance(v, float)}
         example = read_image(jobs.first_test_image(dataset.root, c))
-        with registry.registry_lock(client, model):
-            version = registry.register_model(
-                client, run_id, trained.model_dir, model, c, example, version_tags, registry.model_name_pattern(params, dataset.name),
-            )
-            decision = registry.gate_and_promote(client, model, version.version, report.metrics, params.gates, has_masks=report.has_masks)
-        status = Status.PROMOTED if decision.passed else Status.CHALLENGER
-        registry.set_tags(client, run_id, {"onenip.outcome": status.value, "onenip.model_version": f"{model}/{version.version}"})
-        registry.end_run(client, run_id)
-        return CategoryOutcome(c, status, model, str(version.version), dict(report.metrics), decision.reasons, run_id, decision.failures)
+        return _register_and_gate(client, params, dataset.name, run_id, trained.model_dir, c, example, tags, report.metrics, report.has_masks)
     except Exception as error:  # noqa: BLE001 - the champion alias did not move; say why
         registry.end_run(client, run_id, "FAILED")
         return CategoryOutcome(c, Status.FAILED, model, reasons=[f"logging/registration failed: {error}"], run_id=run_id)
+
+
+def _register_and_gate(
+    client: Any, params: Params, dataset: str, run_id: str, model_dir: Path, category: str, example: Any,
+    tags: dict[str, str], metrics: dict[str, float], has_masks: bool,
+) -> CategoryOutcome:  # fmt: skip
+    """Register ``model_dir`` as a new version and gate it, under the registry's lock; close the run."""
+    model = registry.model_name(params, dataset, category)
+    version_tags = tags | {f"onenip.metric.{k}": f"{v:.6f}" for k, v in metrics.items() if isinstance(v, float)}
+    with registry.registry_lock(client, model):
+        version = registry.register_model(
+            client, run_id, model_dir, model, category, example, version_tags, registry.model_name_pattern(params, dataset),
+        )
+        decision = registry.gate_and_promote(client, model, version.version, metrics, params.gates, has_masks=has_masks)
+    status = Status.PROMOTED if decision.passed else Status.CHALLENGER
+    registry.set_tags(client, run_id, {"onenip.outcome": status.value, "onenip.model_version": f"{model}/{version.version}"})
+    registry.end_run(client, run_id)
+    return CategoryOutcome(category, status, model, str(version.version), dict(metrics), decision.reasons, run_id, decision.failures)
 
 
 def finish_tracking(client: Any, tracking: Tracking, outcomes: dict[str, CategoryOutcome]) -> None:
@@ -290,17 +299,9 @@ def register_onboarded(client: Any, params: Params, dataset: str, result: Any, r
         registry.log_metrics(client, run_id, dict(result.metrics) | {"threshold": result.threshold, "onboard_seconds": result.seconds})
         eval_dir = result.model_dir.parent / "eval"
         registry.log_artifacts(client, run_id, {"prompts": prompts_csv, "evaluation": eval_dir if eval_dir.is_dir() else Path()})
-        version_tags = tags | {f"onenip.metric.{k}": f"{v:.6f}" for k, v in result.metrics.items()}
-        version_tags["onenip.prompts"] = ";".join(Path(p).name for p in result.prompt_paths)
+        tags = tags | {"onenip.prompts": ";".join(Path(p).name for p in result.prompt_paths)}
         example = read_image(result.prompt_paths[0])
-        with registry.registry_lock(client, model):
-            version = registry.register_model(client, run_id, result.model_dir, model, c, example, version_tags,
-                                              registry.model_name_pattern(params, dataset))  # fmt: skip
-            decision = registry.gate_and_promote(client, model, version.version, result.metrics, params.gates, has_masks=result.has_masks)
-        status = Status.PROMOTED if decision.passed else Status.CHALLENGER
-        registry.set_tags(client, run_id, {"onenip.outcome": status.value, "onenip.model_version": f"{model}/{version.version}"})
-        registry.end_run(client, run_id)
-        return CategoryOutcome(c, status, model, str(version.version), dict(result.metrics), decision.reasons, run_id, decision.failures)
+        return _register_and_gate(client, params, dataset, run_id, result.model_dir, c, example, tags, result.metrics, result.has_masks)
     except Exception as error:  # noqa: BLE001 - the champion alias did not move; say why
         registry.end_run(client, run_id, "FAILED")
         return CategoryOutcome(c, Status.FAILED, model, reasons=[f"registration failed: {error}"], run_id=run_id)
