@@ -172,3 +172,54 @@ def load_export(folder: str | Path, runtime: Literal["onnx", "openvino"], thread
         graph = folder / meta["onnx"]  # OpenVINO reads ONNX directly
     info = ExportInfo(**{k: meta[k] for k in ("category", "height", "width", "letterbox", "threshold", "format", "opset")})
     return info, GraphScorer(graph, runtime, threads)
+
+
+class ExportedModel:
+    """What ``Predictor`` needs of a detector (categories, geometry, thresholds), read from the export
+    folders alone: serving an exported graph builds no torch model (faster start-up, less memory)."""
+
+    def __init__(self, categories: list[str], infos: dict[str, ExportInfo]) -> None:
+        self.categories = list(categories)
+        self.infos = infos
+        self.score_threshold = torch.tensor([infos[c].threshold if c in infos else float("inf") for c in self.categories])
+        self.device = torch.device("cpu")
+
+    def eval(self) -> ExportedModel:
+        return self
+
+    def category_index(self, category: str) -> int:
+        try:
+            return self.categories.index(category)
+        except ValueError:
+            msg = f"Unknown category {category!r}; this model knows {self.categories}"
+            raise ValueError(msg) from None
+
+    def geometry(self, category: str | int) -> Any:
+        from onenip.data.geometry import InputGeometry
+
+        name = self.categories[category] if isinstance(category, int) else category
+        self.category_index(name)
+        if name not in self.infos:
+            msg = f"No exported graph for category {name!r}; load the model with runtime='torch'"
+            raise ValueError(msg)
+        info = self.infos[name]
+        return InputGeometry(info.height, info.width, info.letterbox)
+
+    @classmethod
+    def from_folder(cls, model_dir: str | Path, categories: list[str]) -> ExportedModel | None:
+        """None unless every one of ``categories`` has an export under ``model_dir/export``."""
+        from onenip.inference import EXPORT_FOLDER, safe_name
+
+        model_dir = Path(model_dir)
+        config = model_dir / "onenip.json"
+        if not config.is_file() or not categories:
+            return None
+        known = json.loads(config.read_text()).get("categories", [])
+        infos = {}
+        for category in categories:
+            meta = model_dir / EXPORT_FOLDER / safe_name(category) / EXPORT_JSON
+            if category not in known or not meta.is_file():
+                return None
+            data = json.loads(meta.read_text())
+            infos[category] = ExportInfo(**{k: data[k] for k in ("category", "height", "width", "letterbox", "threshold", "format", "opset")})
+        return cls(known, infos)

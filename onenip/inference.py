@@ -53,7 +53,9 @@ class Predictor:
     ) -> None:
         self.detector = detector.eval()
         self.runtime = resolve_runtime(runtime)
-        if self.runtime != "torch" and (detector.device.type != "cpu" or not isinstance(detector, OneNIPDetector)):
+        from onenip.export import ExportedModel
+
+        if self.runtime != "torch" and (detector.device.type != "cpu" or not isinstance(detector, (OneNIPDetector, ExportedModel))):
             # exported graphs are CPU graphs of OneNIP; on a GPU, or for a generalist model, torch runs it
             self.runtime = "torch"
         self.export_root = Path(export_root) if export_root else None
@@ -83,6 +85,14 @@ class Predictor:
         """``runtime``: torch, onnx, openvino or auto (onnx when ONNX Runtime is installed). Graphs
         exported at registration (``<model_dir>/export/<category>``) are used; others are exported
         on first use into a temporary folder."""
+        wanted = [c for c in (served_category, default_category) if c]
+        if resolve_runtime(runtime) != "torch" and torch.device(device).type == "cpu":
+            from onenip.export import ExportedModel
+
+            exported = ExportedModel.from_folder(model_dir, wanted)
+            if exported is not None:  # the graphs are all it takes: no torch model is built
+                return cls(exported, default_category, served_category=served_category,  # type: ignore[arg-type]
+                           model_name_pattern=model_name_pattern, runtime=runtime, export_root=Path(model_dir) / EXPORT_FOLDER)  # fmt: skip
         from onenip.models.generalist import load_any_detector
 
         return cls(
