@@ -11,6 +11,7 @@ code feeds every runtime, so the runtimes differ only in the graph.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -144,6 +145,7 @@ class GraphScorer:
             model = ov.Core().read_model(str(path))
             self.compiled = ov.Core().compile_model(model, "CPU", config | {"INFERENCE_PRECISION_HINT": "f32"})
             self.inputs = [i.get_any_name() for i in self.compiled.inputs]
+            self._local = threading.local()
 
     def __call__(self, images: np.ndarray, valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         feeds = {"images": np.ascontiguousarray(images, dtype=np.float32)}
@@ -154,7 +156,12 @@ class GraphScorer:
         if self.runtime == "onnx":
             anomaly_map, scores = self.session.run(["anomaly_map", "score"], feeds)
         else:
-            result = self.compiled(feeds)
+            # one infer request per thread: a compiled model's implicit request is not thread-safe (a
+            # server scores concurrent requests from several threads)
+            request = getattr(self._local, "request", None)
+            if request is None:
+                request = self._local.request = self.compiled.create_infer_request()
+            result = request.infer(feeds)
             anomaly_map, scores = result[self.compiled.output("anomaly_map")], result[self.compiled.output("score")]
         return np.asarray(anomaly_map), np.asarray(scores)
 

@@ -68,3 +68,19 @@ def test_openvino_graph_equals_torch(detector: OneNIPDetector, tmp_path: Path) -
     maps, scores = graph(batch.numpy())
     np.testing.assert_allclose(maps, expected[0].numpy(), atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(scores, expected[1].numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_graphs_score_concurrent_calls(detector: OneNIPDetector, tmp_path: Path) -> None:
+    """A server scores requests from several threads at once: every runtime must allow it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pytest.importorskip("openvino")
+    export_category(detector, "plate", tmp_path, fmt="openvino")
+    batches = [images(detector.geometry("plate"), 1, seed).numpy() for seed in range(8)]
+    for runtime in ("onnx", "openvino"):
+        _, graph = load_export(tmp_path, runtime)
+        alone = [graph(b)[1] for b in batches]
+        with ThreadPoolExecutor(4) as pool:
+            together = list(pool.map(lambda b: graph(b)[1], batches))
+        for a, b in zip(alone, together, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5)
