@@ -36,6 +36,7 @@ METRICS = ("image_AUROC", "image_AP", "pixel_AUROC", "pixel_AUPRO")
 
 def joined_root(roots: list[Path], folder: Path) -> tuple[Path, list[str]]:
     categories = []
+    folder.mkdir(parents=True, exist_ok=True)
     for root in roots:
         for category in sorted(p for p in root.iterdir() if (p / "train" / "good").is_dir()):
             (folder / category.name).symlink_to(category.resolve(), target_is_directory=True)
