@@ -2,7 +2,7 @@
 model's requests/s and latency.
 
 Measures, on real images of one folder, for each runtime (torch, onnx, openvino) side by side:
-  * predict: images/s of ``onenip.inference.predict_files`` (decode, resize, the scoring graph, maps,
+  * predict: images/s of ``onenip.prediction.predict_files`` (decode, resize, the scoring graph, maps,
     CSV; heatmap PNGs off) at batch 1 and batch 16, peak RSS of a process that does only that, and the
     per-stage milliseconds at batch 1;
   * serving: ``mlflow models serve -m <uri> --env-manager local`` on 127.0.0.1 with ``ONENIP_RUNTIME``
@@ -60,9 +60,9 @@ def _tree_peak_rss_mb(pid: int) -> float:
 
 
 def bench_predict(model_dir: Path, category: str | None, images: list[Path], batch_size: int, runtime: str) -> float:
-    from onenip.inference import Predictor, predict_files
+    from onenip.prediction import load_predictor, predict_files
 
-    predictor = Predictor.load(model_dir, category, runtime=runtime)
+    predictor = load_predictor(model_dir, category, runtime=runtime)
     with tempfile.TemporaryDirectory() as out:
         predict_files(predictor, images[: min(4, len(images))], out, batch_size=batch_size, heatmaps=False, progress=False)  # warm-up
         started = time.perf_counter()
@@ -72,26 +72,26 @@ def bench_predict(model_dir: Path, category: str | None, images: list[Path], bat
 
 def profile_stages(model_dir: Path, category: str | None, images: list[Path], runtime: str) -> dict[str, float]:
     """Milliseconds per image at batch 1: decode, resize (geometry), backbone + head (torch: split),
-    the whole graph (exported runtimes), map crop."""
-    import numpy as np
-    import torch
-
+    the whole graph (exported runtimes: numpy preprocessing, no torch), map crop."""
     from onenip.data.manifest import decode_image
-    from onenip.inference import Predictor, _content
+    from onenip.prediction import crop_content, image_to_array, load_predictor
 
-    predictor = Predictor.load(model_dir, category, runtime=runtime)
+    predictor = load_predictor(model_dir, category, runtime=runtime)
     name = predictor._category(None)
-    k = predictor.detector.category_index(name)
-    geometry = predictor.detector.geometry(name)
+    geometry = predictor.geometry(name) if runtime != "torch" else predictor.detector.geometry(name)
     totals = dict.fromkeys(("decode", "resize", "backbone", "head", "graph", "crop"), 0.0)
     for step, path in enumerate([images[0], *images]):  # the first pass warms up
         t0 = time.perf_counter()
-        picture = predictor.to_tensor(decode_image(path.read_bytes(), source=str(path)))
-        t1 = time.perf_counter()
-        batch = geometry.apply(picture)[None]
-        valid = geometry.valid_mask(*picture.shape[-2:])[None, None] if geometry.letterbox else None
-        t2 = time.perf_counter()
+        image = decode_image(path.read_bytes(), source=str(path))
         if runtime == "torch":
+            import torch
+
+            picture = predictor.to_tensor(image)
+            t1 = time.perf_counter()
+            batch = geometry.apply(picture)[None]
+            valid = geometry.valid_mask(*picture.shape[-2:])[None, None] if geometry.letterbox else None
+            t2 = time.perf_counter()
+            k = predictor.detector.category_index(name)
             with torch.no_grad():
                 features = predictor.detector.extract(batch)
                 t3 = time.perf_counter()
@@ -99,10 +99,15 @@ def profile_stages(model_dir: Path, category: str | None, images: list[Path], ru
             t4 = time.perf_counter()
             spent = {"backbone": t3 - t2, "head": t4 - t3}
         else:
-            anomaly_map, _ = predictor.graph(name)(batch.numpy(), None if valid is None else valid.numpy())
+            picture = image_to_array(image)
+            t1 = time.perf_counter()
+            batch = geometry.apply_array(picture)[None]
+            valid = geometry.valid_mask_array(*picture.shape[-2:])[None, None].astype("float32") if geometry.letterbox else None
+            t2 = time.perf_counter()
+            anomaly_map, _ = predictor.graph(name)(batch, valid)
             t4 = time.perf_counter()
             spent = {"graph": t4 - t2}
-        _content(geometry, np.asarray(anomaly_map)[0, 0], *picture.shape[-2:])
+        crop_content(geometry, anomaly_map[0, 0], *picture.shape[-2:])
         t5 = time.perf_counter()
         if step:
             for key, value in {"decode": t1 - t0, "resize": t2 - t1, "crop": t5 - t4, **spent}.items():
@@ -113,15 +118,15 @@ def profile_stages(model_dir: Path, category: str | None, images: list[Path], ru
 def predict_worker(args: argparse.Namespace) -> dict[str, Any]:
     """One runtime in its own process (its own peak RSS)."""
     from onenip.config import load_params
-    from onenip.inference import collect_images
+    from onenip.prediction import collect_images
     from onenip.registry import resolve_model
 
     resolved = resolve_model(args.model, load_params(args.params), Path.cwd())
     images = collect_images([args.images])[: args.limit]
     started = time.perf_counter()
-    from onenip.inference import Predictor
+    from onenip.prediction import load_predictor
 
-    Predictor.load(resolved.folder, resolved.category, runtime=args.runtime).predict([_open(images[0])])
+    load_predictor(resolved.folder, resolved.category, runtime=args.runtime).predict([_open(images[0])])
     return {
         "load_and_first_image_s": time.perf_counter() - started,
         "images_per_s_batch1": bench_predict(resolved.folder, resolved.category, images, 1, args.runtime),
@@ -223,7 +228,7 @@ def main() -> int:
         print(json.dumps(predict_worker(args)))
         return 0
 
-    from onenip.inference import collect_images
+    from onenip.prediction import collect_images
 
     images = collect_images([args.images])[: args.limit]
     result: dict[str, Any] = {"model": args.model, "images": len(images), "threads": os.environ.get("OMP_NUM_THREADS"), "runtimes": {}}

@@ -246,8 +246,7 @@ def predict(
     heatmap overlay; unreadable files are listed and skipped, the rest are scored."""
     from onenip import registry
     from onenip.data.manifest import DatasetError
-    from onenip.inference import Predictor, collect_images, predict_files
-    from onenip.device import resolve_device
+    from onenip.prediction import collect_images, load_predictor, predict_files
 
     cfg = _load(params)
     try:
@@ -260,8 +259,8 @@ def predict(
         raise DatasetError(msg)
     try:
         # A registered version answers for its own category only (the one its gate passed for).
-        predictor = Predictor.load(
-            resolved.folder, category, device=resolve_device(cfg.train.device),
+        predictor = load_predictor(
+            resolved.folder, category, device=cfg.train.device,
             served_category=resolved.category, model_name_pattern=resolved.name_pattern, runtime=runtime,
         )  # fmt: skip
     except ValueError as error:

@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
-import torch
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+
+def cuda_present() -> bool:
+    """Whether CUDA can be used, without importing torch where no NVIDIA driver is loaded (the served
+    exported graphs never import torch on a CPU machine)."""
+    if not Path("/proc/driver/nvidia/version").exists():
+        return False
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto``: CUDA when available, else CPU."""
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

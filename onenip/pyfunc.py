@@ -1,4 +1,5 @@
-"""The registered model: an ``mlflow.pyfunc`` wrapper around ``onenip.inference.Predictor``.
+"""The registered model: an ``mlflow.pyfunc`` wrapper around ``onenip.prediction.load_predictor`` (the
+exported graph in ONNX Runtime without importing torch when the version carries one, else torch).
 
 Input: a DataFrame with a column ``image`` (base64 of an encoded image file: PNG, JPEG, TIFF, BMP)
 and an optional ``category`` column (a version serves its own category only: any other gets a 400
@@ -98,11 +99,11 @@ class OneNIPPyfunc(mlflow.pyfunc.PythonModel):
     """Loads the detector from the ``onenip_model`` artifact; the category comes from model_config."""
 
     def load_context(self, context: Any) -> None:
-        from onenip.inference import Predictor
+        from onenip.prediction import load_predictor
 
         config = context.model_config or {}
         # A version serves only the category it was registered (and gated) for.
-        self.predictor = Predictor.load(
+        self.predictor = load_predictor(
             context.artifacts[MODEL_ARTIFACT],
             served_category=config.get("category"),
             model_name_pattern=config.get("model_name_pattern"),
@@ -177,8 +178,8 @@ def log_pyfunc_model(
     if runtime == "onnx":
         # the category's whole scoring graph travels with the weights (the served model's fast path)
         from onenip.export import export_category
-        from onenip.inference import EXPORT_FOLDER, safe_name
         from onenip.models.detector import OneNIPDetector
+        from onenip.runtime import EXPORT_FOLDER, safe_name
 
         detector = OneNIPDetector.load(model_dir)
         export_category(detector, category, Path(model_dir) / EXPORT_FOLDER / safe_name(category))
@@ -200,7 +201,7 @@ def serving_runtime(model_dir: str | Path) -> str:
     generalist (onboarded) model runs in torch."""
     import json
 
-    from onenip.inference import resolve_runtime
+    from onenip.runtime import resolve_runtime
 
     config = Path(model_dir) / "onenip.json"
     if config.is_file() and json.loads(config.read_text()).get("kind") == "inctrl":

@@ -14,11 +14,17 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import Tensor
+
+from onenip.data.resample import resize_chw
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+# torch is imported inside the tensor methods only: the served model (an exported graph) uses the
+# numpy twins (``apply_array``, ``valid_mask_array``) and must start without loading torch.
 
 PAD_VALUE = 0.0
 """Letterbox padding (black): what a camera sees beside a product, the same for every image."""
@@ -64,14 +70,32 @@ class InputGeometry:
         resized = _resize(image, (height, width))
         if (height, width) == self.size:
             return resized
+        import torch
+
         out = torch.full((image.shape[0], self.height, self.width), PAD_VALUE, dtype=resized.dtype)
         out[:, top : top + height, left : left + width] = resized
         return out
 
     def valid_mask(self, image_height: int, image_width: int) -> Tensor:
         """(height, width) bool: True where the input holds image content, False on padding."""
+        import torch
+
+        return torch.from_numpy(self.valid_mask_array(image_height, image_width))
+
+    def apply_array(self, image: np.ndarray) -> np.ndarray:
+        """``apply`` in numpy (the exported graphs' preprocessing): (3, H, W) float32 in [0, 1]."""
+        top, left, height, width = self.content_box(image.shape[-2], image.shape[-1])
+        resized = np.clip(resize_chw(image, (height, width), antialias=True), 0.0, 1.0)
+        if (height, width) == self.size:
+            return resized
+        out = np.full((image.shape[0], self.height, self.width), PAD_VALUE, dtype=np.float32)
+        out[:, top : top + height, left : left + width] = resized
+        return out
+
+    def valid_mask_array(self, image_height: int, image_width: int) -> np.ndarray:
+        """``valid_mask`` in numpy: (height, width) bool."""
         top, left, height, width = self.content_box(image_height, image_width)
-        mask = torch.zeros(self.size, dtype=torch.bool)
+        mask = np.zeros(self.size, dtype=bool)
         mask[top : top + height, left : left + width] = True
         return mask
 
@@ -81,11 +105,16 @@ class InputGeometry:
         crop = np.ascontiguousarray(anomaly_map[top : top + height, left : left + width], dtype=np.float32)
         if crop.shape == (image_height, image_width):
             return crop
+        import torch
+        import torch.nn.functional as F  # noqa: N812
+
         tensor = torch.from_numpy(crop)[None, None]
         return F.interpolate(tensor, size=(image_height, image_width), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
 def _resize(image: Tensor, size: tuple[int, int]) -> Tensor:
+    import torch.nn.functional as F  # noqa: N812
+
     if tuple(image.shape[-2:]) == size:
         return image.clamp(0.0, 1.0)
     out = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]

@@ -94,19 +94,23 @@ def test_onnx_runtime_scores_like_torch(model: OneNIPPyfunc, tmp_path: Path) -> 
 
 def test_exported_graph_serves_without_building_the_torch_model(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
-    from onenip.export import ExportedModel, export_category
+    from onenip.export import export_category
     from onenip.inference import Predictor
+    from onenip.prediction import ExportedPredictor, load_predictor
 
     folder = tmp_path / "m"
     detector = OneNIPDetector(ModelParams.model_validate(TINY_MODEL), ["plate", "widget"], pretrained=False)
     detector.score_threshold.fill_(0.5)
     detector.save(folder)
     export_category(detector, "plate", folder / "export" / "plate")
-    light = Predictor.load(folder, served_category="plate", runtime="onnx")
-    assert isinstance(light.detector, ExportedModel) and light.runtime == "onnx"
+    light = load_predictor(folder, served_category="plate", runtime="onnx")
+    assert isinstance(light, ExportedPredictor) and light.runtime == "onnx"
     full = Predictor.load(folder, "plate", runtime="torch")
     picture = image(5)
     assert light.predict([picture])[0].score == pytest.approx(full.predict([picture])[0].score, rel=1e-4, abs=1e-4)
     with pytest.raises(ValueError, match="serves category 'plate' only"):
         light.predict([picture], "widget")
-    assert not isinstance(Predictor.load(folder, "widget", runtime="onnx").detector, ExportedModel)  # no export: full model
+    with pytest.raises(ValueError, match="Unknown category 'bolt'"):
+        load_predictor(folder, served_category="bolt", runtime="onnx")
+    assert isinstance(load_predictor(folder, "widget", runtime="onnx"), Predictor)  # no export: full model
+    assert isinstance(load_predictor(folder, "plate", runtime="torch"), Predictor)

@@ -1,0 +1,95 @@
+"""The torch-free serving path: numpy preprocessing with torch's arithmetic, exported graphs that score
+like the torch model (letterboxed too), and a fresh interpreter that serves a model without torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+from onenip.config import ModelParams
+from onenip.data.geometry import InputGeometry
+from onenip.data.resample import resize_chw, resize_weights
+from onenip.models.detector import OneNIPDetector
+from tests.helpers.tiny import TINY_MODEL
+
+REPO = Path(__file__).resolve().parents[2]
+SIZES = [((300, 300), (256, 256)), ((1024, 626), (256, 240)), ((100, 80), (256, 272)), ((512, 1250), (160, 400)),
+         ((7, 9), (3, 20)), ((33, 17), (16, 16)), ((256, 256), (256, 255))]  # fmt: skip
+
+
+@pytest.mark.parametrize("antialias", [True, False])
+@pytest.mark.parametrize(("source", "target"), SIZES)
+def test_numpy_resize_is_torch_interpolate(source: tuple[int, int], target: tuple[int, int], antialias: bool) -> None:
+    image = np.random.default_rng(sum(source)).random((3, *source), dtype=np.float32)
+    expected = F.interpolate(torch.from_numpy(image)[None], size=target, mode="bilinear", align_corners=False, antialias=antialias)[0]
+    np.testing.assert_allclose(resize_chw(image, target, antialias=antialias), expected.numpy(), atol=5e-5)
+
+
+def test_resize_weights_rows_sum_to_one_and_identity_keeps_the_image() -> None:
+    for source, target in SIZES:
+        np.testing.assert_allclose(resize_weights(source[0], target[0]).sum(axis=1), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(resize_weights(5, 5), np.eye(5, dtype=np.float32))
+    with pytest.raises(ValueError, match="sizes must be positive"):
+        resize_weights(0, 4)
+
+
+@pytest.mark.parametrize("geometry", [InputGeometry(64, 64), InputGeometry(48, 80), InputGeometry(64, 48, letterbox=True)])
+def test_geometry_array_twins_equal_the_tensor_methods(geometry: InputGeometry) -> None:
+    for height, width in [(90, 40), (30, 70), (64, 64)]:
+        image = np.random.default_rng(height).random((3, height, width), dtype=np.float32)
+        np.testing.assert_allclose(geometry.apply_array(image), geometry.apply(torch.from_numpy(image)).numpy(), atol=5e-5)
+        np.testing.assert_array_equal(geometry.valid_mask_array(height, width), geometry.valid_mask(height, width).numpy())
+
+
+def _saved_model(folder: Path, geometries: dict[str, InputGeometry] | None = None) -> OneNIPDetector:
+    from onenip.export import export_category
+
+    detector = OneNIPDetector(ModelParams.model_validate(TINY_MODEL), ["plate", "tile"], geometries, pretrained=False)
+    detector.score_threshold.fill_(0.5)
+    detector.save(folder)
+    for category in detector.categories:
+        export_category(detector, category, folder / "export" / category)
+    return detector
+
+
+def test_exported_predictor_scores_like_torch_on_letterboxed_and_squashed_inputs(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    from onenip.inference import Predictor
+    from onenip.prediction import ExportedPredictor, load_predictor
+
+    _saved_model(tmp_path, {"tile": InputGeometry(48, 80, letterbox=True)})
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 255, size=shape, dtype=np.uint8) for shape in [(90, 40, 3), (30, 70, 3), (64, 64)]]
+    for category in ("plate", "tile"):
+        exported = load_predictor(tmp_path, category, runtime="onnx")
+        assert isinstance(exported, ExportedPredictor)
+        reference = Predictor.load(tmp_path, category, runtime="torch").predict(images, return_maps=True)
+        got = exported.predict(images, return_maps=True)
+        for a, b in zip(got, reference, strict=True):
+            assert a.score == pytest.approx(b.score, abs=1e-4) and a.is_anomaly == b.is_anomaly
+            assert a.anomaly_map.shape == b.anomaly_map.shape
+            np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, atol=1e-4)
+
+
+def test_serving_an_exported_model_never_imports_torch(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    _saved_model(tmp_path)
+    script = (
+        "import sys, numpy as np\n"
+        "from types import SimpleNamespace\n"
+        "from onenip.pyfunc import MODEL_ARTIFACT, OneNIPPyfunc\n"
+        "model = OneNIPPyfunc()\n"
+        f"model.load_context(SimpleNamespace(artifacts={{MODEL_ARTIFACT: {str(tmp_path)!r}}}, model_config={{'category': 'plate', 'runtime': 'onnx'}}))\n"
+        "frame = model.predict(None, np.zeros((40, 50, 3), np.uint8))\n"
+        "assert frame['category'].tolist() == ['plate'], frame\n"
+        "print('torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "False", "the exported path imported torch"
