@@ -5,9 +5,12 @@ costs seconds of start-up and hundreds of MB of memory. Its preprocessing theref
 the weights torch uses (``mode="bilinear", align_corners=False``, with or without ``antialias``), so the
 exported path and the torch path see the same input (differences are float rounding, ~1e-6).
 
-Each axis is a matrix product with a (out, in) weight matrix: output pixel ``i`` samples the input
-around ``center = (i + 0.5) * in / out`` with a triangle filter that is stretched by the scale when
-shrinking with antialias (every input pixel contributes) and of width one otherwise (plain bilinear).
+Output pixel ``i`` samples the input around ``center = (i + 0.5) * in / out`` with a triangle filter
+that is stretched by the scale when shrinking with antialias (every input pixel contributes) and of
+width one otherwise (plain bilinear). That is Pillow's BILINEAR filter (torch's antialiased kernel was
+ported from it), so Pillow resizes each channel as a float32 ("F") image: single-threaded C, no BLAS
+threads that would spin beside the runtime's own. Plain bilinear shrinking (no antialias), which Pillow
+does not offer, is a product with the (out, in) weight matrices of ``resize_weights``.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
+from PIL import Image
 
 
 @lru_cache(maxsize=64)
@@ -43,8 +47,14 @@ def resize_weights(in_size: int, out_size: int, antialias: bool = True) -> np.nd
 def resize_chw(image: np.ndarray, size: tuple[int, int], *, antialias: bool = True) -> np.ndarray:
     """(C, H, W) or (H, W) float32 -> the same at ``size`` (height, width)."""
     height, width = image.shape[-2:]
+    image = np.asarray(image, dtype=np.float32)
     if (height, width) == tuple(size):
-        return np.asarray(image, dtype=np.float32)
+        return image
+    if antialias or (size[0] >= height and size[1] >= width):
+        channels = image.reshape(-1, height, width)
+        resized = [np.asarray(Image.fromarray(np.ascontiguousarray(c)).resize((size[1], size[0]), Image.Resampling.BILINEAR))
+                   for c in channels]  # fmt: skip
+        return np.stack(resized).reshape(*image.shape[:-2], *size)
     rows = resize_weights(height, size[0], antialias)
     cols = resize_weights(width, size[1], antialias)
-    return np.matmul(np.matmul(rows, np.asarray(image, dtype=np.float32)), cols.T)
+    return np.matmul(np.matmul(rows, image), cols.T)
