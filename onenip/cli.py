@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -51,7 +52,13 @@ def _user_errors(func: F) -> F:
 
         try:
             return func(*args, **kwargs)
-        except (DatasetError, ConfigError, DVCError, ModelLoadError, SynthesisError) as error:
+        except Exception as error:
+            # a RegistryError can only come from an already imported onenip.registry (importing it
+            # here would load MLflow for every command)
+            registry = sys.modules.get("onenip.registry")
+            known = (DatasetError, ConfigError, DVCError, ModelLoadError, SynthesisError) + ((registry.RegistryError,) if registry else ())
+            if not isinstance(error, known):
+                raise
             err_console.print(f"[bold red]Error:[/] {error}", highlight=False, markup=True, soft_wrap=True)
             raise typer.Exit(code=1) from None
 

@@ -304,6 +304,8 @@ class GeneralistParams(_Section):
     smoothing_sigma: float = Field(4.0, ge=0)
     shots: int = Field(4, ge=1)
     """Onboarding default: normal prompt images per new category."""
+    model_name: str = "onenip-generalist"
+    """The registered model of the generalist; its ``champion`` onboards new categories."""
 
 
 class Params(_Section):

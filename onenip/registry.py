@@ -164,6 +164,18 @@ def register_model(
     return client.get_model_version(name, version.version)
 
 
+def register_artifact_folder(client: MlflowClient, run_id: str, artifact_path: str, name: str, tags: dict[str, str]) -> Any:
+    """Register a folder logged into ``run_id`` (not a pyfunc model: the generalist's weights, which
+    serve nothing alone) as a new version of ``name``; ``resolve_model`` downloads it like any other."""
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name)
+    source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
+    version = client.create_model_version(name, source, run_id=run_id, tags={k: str(v) for k, v in tags.items()})
+    return client.get_model_version(name, version.version)
+
+
 def _aliased(client: MlflowClient, name: str, alias: str) -> Any | None:
     try:
         return client.get_model_version_by_alias(name, alias)

@@ -271,13 +271,24 @@ def record_generalist(client: Any, params: Params, result: Any, categories: list
     minimum = params.gates.minimum.get("image_AUROC", 0.0)
     value = result.validation.get("val_image_AUROC", float("nan"))
     passed = value >= minimum
-    registry.set_tags(client, run_id, {"onenip.gate": "passed" if passed else "failed",
-                                       "onenip.gate_reasons": f"val_image_AUROC {value:.4f} vs minimum {minimum:g}"})  # fmt: skip
+    gate = {"onenip.gate": "passed" if passed else "failed", "onenip.gate_reasons": f"val_image_AUROC {value:.4f} vs minimum {minimum:g}"}
+    registry.set_tags(client, run_id, gate)
     registry.end_run(client, run_id)
-    return {"run_id": run_id, "passed": passed, "validation": dict(result.validation), "model_dir": str(result.model_dir)}
+    # its own registered model: a passing version becomes champion (what `onenip onboard` uses by
+    # default), a failing one challenger; the champion moves only through the gate
+    name = params.generalist.model_name
+    version_tags = tags | gate | {f"onenip.metric.{k}": f"{v:.6g}" for k, v in result.validation.items()}
+    with registry.registry_lock(client, name):
+        version = registry.register_artifact_folder(client, run_id, "model", name, version_tags)
+        alias = "champion" if passed else "challenger"
+        client.set_registered_model_alias(name, alias, version.version)
+    return {"run_id": run_id, "passed": passed, "validation": dict(result.validation), "model_dir": str(result.model_dir),
+            "model_name": name, "version": str(version.version), "alias": alias}  # fmt: skip
 
 
-def register_onboarded(client: Any, params: Params, dataset: str, result: Any, root: Path, project_root: Path) -> CategoryOutcome:
+def register_onboarded(
+    client: Any, params: Params, dataset: str, result: Any, root: Path, project_root: Path, *, generalist: str = "",
+) -> CategoryOutcome:
     """Register an onboarded category like a trained one: run, version, gate, aliases; the kind and the
     prompts are tags and artifacts of the version, so the registry shows which kind each version is."""
     import csv
@@ -288,7 +299,7 @@ def register_onboarded(client: Any, params: Params, dataset: str, result: Any, r
     model = registry.model_name(params, dataset, c)
     experiment = registry.experiment_id(client, params, dataset, project_root)
     tags = {"onenip.category": c, "onenip.kind": "onboarded-inctrl", "onenip.shots": str(result.shots), "onenip.dataset": dataset,
-            "onenip.code_version": jobs.code_version()}  # fmt: skip
+            "onenip.code_version": jobs.code_version(), "onenip.generalist": generalist}  # fmt: skip
     run_id = registry.start_run(client, experiment, f"onboard-{c}", tags)
     try:
         prompts_csv = result.model_dir.parent / "prompts.csv"

@@ -111,7 +111,8 @@ def train_generalist(
     result = generalist(str(data.resolve()), list(categories), str(params), profile, str(Path.cwd()))
     gate = "passed" if result["passed"] else "FAILED"
     console.print(f"Generalist saved to {result['model_dir']} (MLflow run {result['run_id']}); validation "
-                  f"{result['validation'].get('val_image_AUROC', float('nan')):.4f}, gate {gate}")  # fmt: skip
+                  f"{result['validation'].get('val_image_AUROC', float('nan')):.4f}, gate {gate}; registered as "
+                  f"models:/{result['model_name']}/{result['version']} (@{result['alias']})")  # fmt: skip
 
 
 @app.command("onboard")
@@ -119,7 +120,9 @@ def train_generalist(
 def onboard(
     data: Annotated[Path, typer.Option("--data", help="Dataset root (MVTec AD layout) holding the new category.")],
     category: Annotated[str, typer.Option("--category", help="The new category.")],
-    generalist: Annotated[Path, typer.Option("--generalist", help="The trained generalist's model folder.")],
+    generalist: Annotated[
+        str | None, typer.Option("--generalist", help="The generalist: models:/<name>@<alias> or a model folder (default: generalist.model_name@champion)."),
+    ] = None,
     shots: Annotated[int | None, typer.Option("--shots", min=1, help="Normal prompt images (default generalist.shots).")] = None,
     dataset: Annotated[str | None, typer.Option("--dataset", help="Dataset name for the model name (default data.name).")] = None,
     params: ParamsOption = DEFAULT_PARAMS_PATH,
@@ -130,7 +133,8 @@ def onboard(
     from pipelines.flows import onboard_category
 
     load_params(params, profile=profile)
-    outcome = onboard_category(str(data.resolve()), category, str(generalist.resolve()), shots, dataset, str(params), profile, str(Path.cwd()))
+    source = generalist if generalist is None or generalist.startswith(("models:/", "runs:/")) else str(Path(generalist).resolve())
+    outcome = onboard_category(str(data.resolve()), category, source, shots, dataset, str(params), profile, str(Path.cwd()))
     _print_outcomes({category: outcome})
     if outcome["status"] == "failed":
         raise typer.Exit(code=1)

@@ -236,15 +236,19 @@ def generalist(
 
 @flow(name="onboard", log_prints=True)
 def onboard_category(
-    data_root: str, category: str, generalist_dir: str, shots: int | None = None, dataset: str | None = None,
+    data_root: str, category: str, generalist: str | None = None, shots: int | None = None, dataset: str | None = None,
     params_path: str = str(DEFAULT_PARAMS_PATH), profile: str | None = None, project_root: str = ".",
 ) -> dict[str, Any]:  # fmt: skip
-    """A new category from k normal images and the generalist: prompts, threshold, evaluation, gate, register."""
+    """A new category from k normal images and the generalist (a folder or a models:/ URI; default the
+    registered generalist's champion): prompts, threshold, evaluation, gate, register."""
     root_dir, params = _setup(params_path, profile, project_root)
     name = dataset or params.data.name
+    source = generalist or f"models:/{params.generalist.model_name}@champion"
+    generalist_dir = registry.resolve_model(source, params, root_dir).folder
     out_dir = root_dir / params.pipeline.runs_dir / name / "onboard" / category
-    result = onboard(Path(generalist_dir), Path(data_root), category, shots or params.generalist.shots, params, out_dir)
-    outcome = steps.register_onboarded(registry.connect(params, root_dir), params, name, result, Path(data_root), root_dir)
+    result = onboard(generalist_dir, Path(data_root), category, shots or params.generalist.shots, params, out_dir)
+    client = registry.connect(params, root_dir)
+    outcome = steps.register_onboarded(client, params, name, result, Path(data_root), root_dir, generalist=source)
     _markdown(_artifact_key(name, category), outcome.to_markdown(name, registry.tracking_uri(params, root_dir)), f"{category}: {outcome.status}")
     return outcome.to_dict()
 

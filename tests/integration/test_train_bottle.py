@@ -50,13 +50,21 @@ def test_small_model_detects_bottle_defects(industrial_root: Path, tmp_path: Pat
     again = json.loads((tmp_path / "eval" / "metrics.json").read_text())["bottle"]
     assert again == pytest.approx(metrics, abs=1e-6)
 
-    # The exported graphs score the whole test split like torch: same maps, scores, decisions.
+    # The exported graphs score the whole test split like torch: same maps, scores, decisions. The graph
+    # sits where registration puts it, so the served path runs: numpy preprocessing, no torch model.
+    from onenip.export import export_category
     from onenip.inference import Predictor
+    from onenip.models.detector import OneNIPDetector
+    from onenip.prediction import ExportedPredictor, load_predictor
 
+    model_dir = out / "unified" / "model"
+    export_category(OneNIPDetector.load(model_dir), "bottle", model_dir / "export" / "bottle", fmt="openvino")
     images = [Image.open(p).convert("RGB") for p in sorted((industrial_root / "bottle" / "test").rglob("*.png"))]
-    reference = Predictor.load(out / "unified" / "model", "bottle", runtime="torch").predict(images, return_maps=True)
+    reference = Predictor.load(model_dir, "bottle", runtime="torch").predict(images, return_maps=True)
     for runtime in ("onnx", "openvino"):
-        exported = Predictor.load(out / "unified" / "model", "bottle", runtime=runtime).predict(images, return_maps=True)
+        predictor = load_predictor(model_dir, "bottle", runtime=runtime)
+        assert isinstance(predictor, ExportedPredictor), runtime
+        exported = predictor.predict(images, return_maps=True)
         assert [p.is_anomaly for p in exported] == [p.is_anomaly for p in reference], runtime
         assert np.allclose([p.score for p in exported], [p.score for p in reference], rtol=1e-4, atol=1e-4), runtime
         worst = max(float(np.abs(a.anomaly_map - b.anomaly_map).max()) for a, b in zip(exported, reference, strict=True))

@@ -26,12 +26,19 @@ def test_generalist_then_onboard_then_predict(project: Path, prefect_harness: No
     source = Path(load_params(project / "params.yaml").data.source)
     trained = generalist(str(source), ["plate", "widget"], "params.yaml", None, str(project))
     assert set(trained["validation"]) >= {"val_image_AUROC"} and Path(trained["model_dir"], "onenip.json").is_file()
+    client = registry.connect(load_params(project / "params.yaml"), project)
+    # the generalist is its own registered model; passing its gate made it champion
+    generalist_version = client.get_model_version_by_alias("onenip-generalist", "champion")
+    assert trained["alias"] == "champion" and str(generalist_version.version) == trained["version"]
+    assert generalist_version.tags["onenip.kind"] == "inctrl-generalist" and generalist_version.tags["onenip.gate"] == "passed"
+    assert generalist_version.tags["onenip.auxiliary_categories"] == "plate,widget"
 
     new = make_mvtec_tree(tmp_path / "new", categories=("gear",), n_train=8, n_test_good=3, n_test_bad=3, size=64, seed=3)
-    outcome = onboard_category(str(new), "gear", trained["model_dir"], 2, None, "params.yaml", None, str(project))
+    # no generalist given: the registered champion is downloaded and used
+    outcome = onboard_category(str(new), "gear", None, 2, None, "params.yaml", None, str(project))
     assert outcome["status"] == "promoted", outcome  # the tiny gates are 0: it passes
-    client = registry.connect(load_params(project / "params.yaml"), project)
     version = client.get_model_version_by_alias("onenip-widgets-gear", "champion")
+    assert version.tags["onenip.generalist"] == "models:/onenip-generalist@champion"
     assert version.tags["onenip.kind"] == "onboarded-inctrl" and version.tags["onenip.shots"] == "2"
     assert version.tags["onenip.runtime"] == "torch" and len(version.tags["onenip.prompts"].split(";")) == 2
     listing = CliRunner().invoke(app, ["registry"])
@@ -48,3 +55,6 @@ def test_generalist_then_onboard_then_predict(project: Path, prefect_harness: No
                                       "--shots", "50"])  # fmt: skip
     assert failed.exit_code == 1 and "50 shots asked for 'gear', but it has only 8" in failed.output
     assert len(client.search_model_versions("name = 'onenip-widgets-gear'")) == 1
+    # a generalist alias that does not exist: one clear error naming it
+    missing = CliRunner().invoke(app, ["onboard", "--data", str(new), "--category", "gear", "--generalist", "models:/onenip-generalist@nope"])
+    assert missing.exit_code != 0 and "nope" in missing.output
