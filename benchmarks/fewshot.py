@@ -4,6 +4,8 @@ For each left-out category: train the InCTRL generalist on all the others, then 
 category from k in ``--shots`` normal prompt images, ``--trials`` random prompt sets each (mean and std),
 next to anomalib PatchCore fitted on the same k images (its memory bank is the k images). Image AUROC,
 image AP, pixel AUROC and AUPRO where masks exist, onboarding seconds, generalist training minutes.
+``--transfer`` adds OneNIP's own transfer on the same prompt sets: a unified OneNIP trained on the others
+(``--transfer-profile``, default ``fast``), prompted with the k images (``onenip.models.transfer``).
 Categories from several roots (``../shared/datasets/industrial``, an ELPV root from
 ``onenip.data.convert.convert_elpv``) are joined through a temporary folder of symlinks.
 
@@ -53,6 +55,36 @@ def summarise(values: list[dict[str, float]]) -> dict[str, Any]:
     return out
 
 
+def onenip_transfer(root: Path, left_out: str, auxiliary: list[str], params: Any, prompt_sets: dict[int, list[list[str]]],
+                    out: Path) -> tuple[float, dict[int, list[dict[str, float]]]]:  # fmt: skip
+    """Train a unified OneNIP on ``auxiliary``; score ``left_out`` with each prompt set (``OneNIPTransfer``:
+    minimum reconstruction error over the k prompts). Returns training minutes and runs per k."""
+    from onenip.data.geometry import square_geometry
+    from onenip.data.manifest import make_manifest
+    from onenip.evaluation import evaluate
+    from onenip.features import FeatureCache
+    from onenip.models.transfer import OneNIPTransfer
+    from onenip.training import train_models
+
+    started = time.perf_counter()
+    manifest = make_manifest(root, auxiliary, progress=False)
+    detector = train_models(manifest, params, out, auxiliary, mode="unified", resume=False, progress=True)["unified"].detector.eval()
+    train_minutes = (time.perf_counter() - started) / 60
+    cache = FeatureCache(params.train.cache_dir, detector.feature_extractor, params.model.backbone)
+    target = make_manifest(root, [left_out], progress=False)
+    geometry = square_geometry(params.model.backbone.input_size)
+    runs: dict[int, list[dict[str, float]]] = {}
+    for shots, sets in prompt_sets.items():
+        for prompts in sets:
+            t0 = time.perf_counter()
+            rows = target.set_index("image_path").loc[prompts]
+            features = cache.get(list(prompts), rows["sha256"].tolist(), geometry, progress=False)
+            model = OneNIPTransfer(detector, left_out, features, smoothing_sigma=params.generalist.smoothing_sigma)
+            metrics = evaluate(model, target, cache, None, [left_out], num_heatmaps=0, progress=False)[left_out].metrics  # type: ignore[arg-type]
+            runs.setdefault(shots, []).append({m: metrics.get(m) for m in METRICS} | {"seconds": time.perf_counter() - t0})
+    return train_minutes, runs
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT)
@@ -62,6 +94,9 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=None, help="override generalist.epochs")
     parser.add_argument("--no-patchcore", action="store_true")
+    parser.add_argument("--transfer", action="store_true", help="also OneNIP's transfer: a unified OneNIP trained on the others")
+    parser.add_argument("--no-generalist", action="store_true", help="skip the generalist (e.g. a transfer-only run)")
+    parser.add_argument("--transfer-profile", default="fast", help="params profile for the transfer OneNIP (default fast)")
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "fewshot")
     args = parser.parse_args()
@@ -72,24 +107,32 @@ def main() -> int:
 
     overrides = {"generalist": {"epochs": args.epochs}} if args.epochs else None
     params = load_params(args.params, overrides=overrides)
+    transfer_params = load_params(args.params, profile=args.transfer_profile) if args.transfer else None
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         root, categories = joined_root([args.root] + ([args.elpv] if args.elpv else []), Path(tmp) / "root")
         for left_out in args.left_out or categories:
             auxiliary = [c for c in categories if c != left_out]
-            started = time.perf_counter()
-            trained = train_generalist(root, auxiliary, params, Path(tmp) / f"gen-{left_out}", progress=True)
-            train_minutes = (time.perf_counter() - started) / 60
             manifest = make_manifest(root, [left_out], progress=False)
             normals = sorted(manifest[(manifest["split"] == "train") & (manifest["label_index"] == 0)]["image_path"])
+            # the same random prompt sets for every method
+            prompt_sets = {k: [random.Random(1000 * k + t).sample(normals, k) for t in range(args.trials)] for k in args.shots}
+            trained, train_minutes = None, None
+            if not args.no_generalist:
+                started = time.perf_counter()
+                trained = train_generalist(root, auxiliary, params, Path(tmp) / f"gen-{left_out}", progress=True)
+                train_minutes = (time.perf_counter() - started) / 60
+            transfer_minutes, transfer_runs = None, {}
+            if transfer_params is not None:
+                transfer_minutes, transfer_runs = onenip_transfer(root, left_out, auxiliary, transfer_params, prompt_sets, Path(tmp) / f"onenip-{left_out}")
             for shots in args.shots:
                 generalist_runs, patchcore_runs = [], []
-                for trial in range(args.trials):
-                    prompts = random.Random(1000 * shots + trial).sample(normals, shots)
-                    result = onboard_category(trained.model_dir, root, left_out, shots, params, Path(tmp) / f"on-{left_out}-{shots}-{trial}",
-                                              progress=False, prompt_paths=prompts)  # fmt: skip
-                    generalist_runs.append({m: result.metrics.get(m) for m in METRICS} | {"seconds": result.seconds})
+                for trial, prompts in enumerate(prompt_sets[shots]):
+                    if trained is not None:
+                        result = onboard_category(trained.model_dir, root, left_out, shots, params, Path(tmp) / f"on-{left_out}-{shots}-{trial}",
+                                                  progress=False, prompt_paths=prompts)  # fmt: skip
+                        generalist_runs.append({m: result.metrics.get(m) for m in METRICS} | {"seconds": result.seconds})
                     if not args.no_patchcore:
                         from benchmarks.peers import run_peer
 
@@ -97,23 +140,27 @@ def main() -> int:
                         peer = run_peer("patchcore", left_out, root, coreset_ratio=1.0, manifest=few, num_timed_single=1)
                         patchcore_runs.append({m: peer["metrics"].get(m) for m in METRICS} | {"seconds": peer["train_minutes"] * 60})
                 row = {"left_out": left_out, "auxiliary": auxiliary, "shots": shots, "trials": args.trials,
-                       "generalist_train_minutes": train_minutes, "generalist_validation": trained.validation,
-                       "generalist": summarise(generalist_runs), "patchcore": summarise(patchcore_runs)}  # fmt: skip
+                       "generalist_train_minutes": train_minutes, "generalist_validation": trained.validation if trained else None,
+                       "generalist": summarise(generalist_runs), "patchcore": summarise(patchcore_runs),
+                       "onenip_transfer": summarise(transfer_runs.get(shots, [])), "onenip_transfer_train_minutes": transfer_minutes}  # fmt: skip
                 rows.append(row)
-                g, p = row["generalist"], row["patchcore"]
-                print(f"{left_out} k={shots}: generalist I-AUROC {g['image_AUROC']['mean']:.3f} +- {g['image_AUROC']['std']:.3f}"
-                      + (f", PatchCore {p['image_AUROC']['mean']:.3f} +- {p['image_AUROC']['std']:.3f}" if p else ""), flush=True)  # fmt: skip
+                parts = [f"{name} {block['image_AUROC']['mean']:.3f} +- {block['image_AUROC']['std']:.3f}"
+                         for name, block in (("generalist", row["generalist"]), ("PatchCore", row["patchcore"]), ("OneNIP transfer", row["onenip_transfer"]))
+                         if block]  # fmt: skip
+                print(f"{left_out} k={shots}: I-AUROC " + ", ".join(parts), flush=True)
                 (args.out / "fewshot.json").write_text(json.dumps(rows, indent=2))
-    lines = ["| left out | k | generalist I-AUROC | PatchCore I-AUROC | generalist P-AUROC | generalist AUPRO | onboarding s | generalist train min |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| left out | k | generalist I-AUROC | PatchCore I-AUROC | OneNIP transfer I-AUROC | generalist P-AUROC | generalist AUPRO "
+             "| PatchCore AUPRO | onboarding s | generalist train min |",
+             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
 
     def cell(block: dict[str, Any], metric: str) -> str:
         return f"{block[metric]['mean']:.3f} +- {block[metric]['std']:.3f}" if metric in block else "-"
 
     for row in rows:
+        minutes = "-" if row["generalist_train_minutes"] is None else f"{row['generalist_train_minutes']:.1f}"
         lines.append(f"| {row['left_out']} | {row['shots']} | {cell(row['generalist'], 'image_AUROC')} | {cell(row['patchcore'], 'image_AUROC')} "
-                     f"| {cell(row['generalist'], 'pixel_AUROC')} | {cell(row['generalist'], 'pixel_AUPRO')} "
-                     f"| {cell(row['generalist'], 'seconds')} | {row['generalist_train_minutes']:.1f} |")  # fmt: skip
+                     f"| {cell(row['onenip_transfer'], 'image_AUROC')} | {cell(row['generalist'], 'pixel_AUROC')} "
+                     f"| {cell(row['generalist'], 'pixel_AUPRO')} | {cell(row['patchcore'], 'pixel_AUPRO')} | {cell(row['generalist'], 'seconds')} | {minutes} |")  # fmt: skip
     table = "\n".join(lines)
     print(table)
     (args.out / "fewshot.md").write_text(table + "\n")
