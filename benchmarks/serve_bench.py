@@ -74,16 +74,17 @@ def profile_stages(model_dir: Path, category: str | None, images: list[Path], ru
     """Milliseconds per image at batch 1: decode, resize (geometry), backbone + head (torch: split),
     the whole graph (exported runtimes: numpy preprocessing, no torch), map crop."""
     from onenip.data.manifest import decode_image
-    from onenip.prediction import crop_content, image_to_array, load_predictor
+    from onenip.prediction import ExportedPredictor, crop_content, image_to_array, load_predictor
 
     predictor = load_predictor(model_dir, category, runtime=runtime)
+    exported = isinstance(predictor, ExportedPredictor)  # else torch (or a graph exported on first use)
     name = predictor._category(None)
-    geometry = predictor.geometry(name) if runtime != "torch" else predictor.detector.geometry(name)
+    geometry = predictor.geometry(name) if exported else predictor.detector.geometry(name)
     totals = dict.fromkeys(("decode", "resize", "backbone", "head", "graph", "crop"), 0.0)
     for step, path in enumerate([images[0], *images]):  # the first pass warms up
         t0 = time.perf_counter()
         image = decode_image(path.read_bytes(), source=str(path))
-        if runtime == "torch":
+        if not exported:
             import torch
 
             picture = predictor.to_tensor(image)
@@ -93,9 +94,13 @@ def profile_stages(model_dir: Path, category: str | None, images: list[Path], ru
             t2 = time.perf_counter()
             k = predictor.detector.category_index(name)
             with torch.no_grad():
-                features = predictor.detector.extract(batch)
-                t3 = time.perf_counter()
-                anomaly_map = predictor.detector.forward_features(features, k, valid).anomaly_map.numpy()
+                if runtime == "torch":
+                    features = predictor.detector.extract(batch)
+                    t3 = time.perf_counter()
+                    anomaly_map = predictor.detector.forward_features(features, k, valid).anomaly_map.numpy()
+                else:
+                    t3 = t2
+                    anomaly_map, _ = predictor.graph(name)(batch.numpy(), None if valid is None else valid.numpy())
             t4 = time.perf_counter()
             spent = {"backbone": t3 - t2, "head": t4 - t3}
         else:

@@ -47,16 +47,19 @@ def _user_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from onenip.data.manifest import DatasetError
         from onenip.data.versioning import DVCError
-        from onenip.models.detector import ModelLoadError
-        from onenip.synthesis.checks import SynthesisError
+        from onenip.runtime import ExportError
 
         try:
             return func(*args, **kwargs)
         except Exception as error:
-            # a RegistryError can only come from an already imported onenip.registry (importing it
-            # here would load MLflow for every command)
-            registry = sys.modules.get("onenip.registry")
-            known = (DatasetError, ConfigError, DVCError, ModelLoadError, SynthesisError) + ((registry.RegistryError,) if registry else ())
+            # These error types can only come from modules already imported; importing them here
+            # would load MLflow or torch for every command (`onenip predict` on an exported graph
+            # never imports torch).
+            known: tuple[type[Exception], ...] = (DatasetError, ConfigError, DVCError, ExportError)
+            for module, name in (("onenip.registry", "RegistryError"), ("onenip.models.detector", "ModelLoadError"),
+                                 ("onenip.synthesis.checks", "SynthesisError")):  # fmt: skip
+                if module in sys.modules:
+                    known += (getattr(sys.modules[module], name),)
             if not isinstance(error, known):
                 raise
             err_console.print(f"[bold red]Error:[/] {error}", highlight=False, markup=True, soft_wrap=True)
@@ -230,7 +233,7 @@ def export(
         raise ConfigError(msg)
     try:
         detector.category_index(chosen)
-        graph = export_category(detector, chosen, out, fmt=fmt)  # type: ignore[arg-type]
+        graph = export_category(detector, chosen, out, fmt=fmt, weights=resolved.folder / "model.safetensors")  # type: ignore[arg-type]
     except (ValueError, ExportError) as error:
         raise ConfigError(str(error)) from None
     geometry = detector.geometry(chosen)
@@ -272,6 +275,9 @@ def predict(
         )  # fmt: skip
     except ValueError as error:
         raise DatasetError(str(error)) from None
+    if predictor.default_category is None and not category:
+        msg = f"{model} knows several categories; say which one with --category"
+        raise ConfigError(msg)
     report = predict_files(predictor, paths, out, category or resolved.category, batch_size=batch_size, heatmaps=heatmaps)
     anomalous = sum(bool(r["is_anomaly"]) for r in report.predictions)
     console.print(f"Scored {len(report.predictions)} of {len(paths)} images: {anomalous} anomalous at the model's threshold.")

@@ -10,9 +10,10 @@ if TYPE_CHECKING:
 
 
 def cuda_present() -> bool:
-    """Whether CUDA can be used, without importing torch where no NVIDIA driver is loaded (the served
-    exported graphs never import torch on a CPU machine)."""
-    if not Path("/proc/driver/nvidia/version").exists():
+    """Whether CUDA can be used, without importing torch where no GPU driver is present (the served
+    exported graphs never import torch on a CPU machine). Driver traces: NVIDIA on Linux, WSL2's
+    ``/dev/dxg``, ROCm's ``/dev/kfd``; where one exists torch decides."""
+    if not any(Path(p).exists() for p in ("/proc/driver/nvidia/version", "/dev/nvidia0", "/dev/dxg", "/dev/kfd")):
         return False
     import torch
 

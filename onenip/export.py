@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from onenip.features import Features
 from onenip.models.detector import OneNIPDetector
 from onenip.models.scoring import score_maps
-from onenip.runtime import EXPORT_JSON, OPSET, ExportInfo, _import, safe_name
+from onenip.runtime import EXPORT_JSON, OPSET, ExportInfo, _import, file_sha256, safe_name
 from onenip.runtime import ExportError, GraphScorer, load_export  # noqa: F401  (running a graph lives in onenip.runtime)
 
 Runtime = Literal["torch", "onnx", "openvino"]
@@ -59,8 +59,12 @@ class CategoryScorer(nn.Module):
 
 def export_category(
     detector: OneNIPDetector, category: str, out_dir: str | Path, fmt: Literal["onnx", "openvino"] = "onnx",
+    *, weights: str | Path | None = None,
 ) -> Path:
-    """Write ``<category>.onnx`` (and ``<category>.xml/.bin`` for OpenVINO) plus ``export.json``; returns the graph file."""
+    """Write ``<category>.onnx`` (and ``<category>.xml/.bin`` for OpenVINO) plus ``export.json``; returns the graph file.
+
+    ``weights``: the saved ``model.safetensors`` the detector was loaded from; its hash is recorded so
+    that a predictor never serves this graph for different weights."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     scorer = CategoryScorer(detector.float().cpu(), category)
@@ -86,5 +90,8 @@ def export_category(
         ov.save_model(model, str(graph), compress_to_fp16=False)
     threshold = float(detector.score_threshold[detector.category_index(category)])
     info = ExportInfo(category, geometry.height, geometry.width, geometry.letterbox, threshold, fmt)
-    (out / EXPORT_JSON).write_text(json.dumps(info.to_dict() | {"graph": graph.name, "onnx": onnx_path.name}, indent=2))
+    record = info.to_dict() | {"graph": graph.name, "onnx": onnx_path.name}
+    if weights is not None:
+        record["weights_sha256"] = file_sha256(weights)
+    (out / EXPORT_JSON).write_text(json.dumps(record, indent=2))
     return graph

@@ -184,9 +184,11 @@ def onboard_category(
     *,
     progress: bool = True,
     prompt_paths: Sequence[str] | None = None,
+    source: str | None = None,
 ) -> OnboardResult:
     """A model for ``category`` from the trained generalist and ``shots`` of its normal images
-    (chosen deterministically; ``prompt_paths`` gives them explicitly, e.g. random sets in a benchmark)."""
+    (chosen deterministically; ``prompt_paths`` gives them explicitly, e.g. random sets in a benchmark).
+    ``source`` (``models:/onenip-generalist/3``) is recorded as the generalist instead of the folder."""
     from onenip.evaluation import evaluate
     from onenip.training import select_prompts
 
@@ -243,7 +245,7 @@ def onboard_category(
                            progress=progress)  # type: ignore[arg-type]  # fmt: skip
         metrics = {key: float(v) for key, v in results[category].metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
         has_masks = results[category].has_masks
-    detector.save(out, metadata={"kind": "onboarded", "generalist": str(generalist_dir), "category": category, "shots": shots,
+    detector.save(out, metadata={"kind": "onboarded", "generalist": source or str(generalist_dir), "category": category, "shots": shots,
                                  "prompt_paths": prompt_paths, "threshold": threshold, "metrics": metrics})  # fmt: skip
     return OnboardResult(out, category, shots, prompt_paths, threshold, metrics, has_masks, time.perf_counter() - started)
 

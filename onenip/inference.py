@@ -1,5 +1,7 @@
-"""Score new images with a saved detector: the code path shared by ``onenip predict`` and the MLflow
-pyfunc model (``onenip.pyfunc``), so a served model and the CLI give the same numbers."""
+"""Score new images with a saved torch detector (``Predictor``): what ``onenip.prediction.load_predictor``
+returns for the torch runtime, a GPU, a generalist model or a category without an exported graph. The
+CLI and the MLflow pyfunc both go through ``load_predictor``, so a served model and the CLI give the
+same numbers."""
 
 from __future__ import annotations
 

@@ -21,7 +21,8 @@ import numpy as np
 from PIL import Image
 
 from onenip.data.geometry import InputGeometry
-from onenip.runtime import EXPORT_FOLDER, ExportInfo, GraphScorer, load_export, resolve_runtime, runtime_threads, safe_name
+from onenip.data.manifest import to_rgb
+from onenip.runtime import EXPORT_FOLDER, EXPORT_JSON, ExportInfo, GraphScorer, file_sha256, load_export, resolve_runtime, runtime_threads, safe_name
 
 
 @dataclass
@@ -32,7 +33,8 @@ class Prediction:
     is_anomaly: bool
     anomaly_map: np.ndarray | None = None
     """(h, w) float32 at the category's input resolution, letterbox padding removed, when asked for
-    (``InputGeometry.map_to_image`` brings it to the image's own size)."""
+    (``onenip.data.resample.resize_chw(map, (height, width), antialias=False)`` brings it to the
+    image's own size, as ``predict_files`` does for heatmaps)."""
 
 
 class CategoryNotServed(ValueError):
@@ -117,6 +119,8 @@ def as_rgb_uint8(image: Image.Image | np.ndarray) -> np.ndarray:
             top = 65535.0 if image.dtype == np.uint16 else (1.0 if image.dtype.kind == "f" else 255.0)
             image = np.clip(np.rint(image.astype(np.float32) * (255.0 / top)), 0, 255).astype(np.uint8)
         return image
+    if image.mode != "RGB":  # grey, 16-bit, RGBA, palette: the same conversion as decoding a file
+        image = to_rgb(image)
     return np.asarray(image, dtype=np.uint8)
 
 
@@ -207,18 +211,33 @@ class ExportedPredictor(CategoryChoice):
         """None unless every one of ``categories`` (all the model's categories when none is named) has
         an export under ``model_dir/export``."""
         model_dir = Path(model_dir)
-        config = model_dir / "onenip.json"
-        if not config.is_file():
-            return None
-        record = json.loads(config.read_text())
+        try:
+            record = json.loads((model_dir / "onenip.json").read_text())
+        except (OSError, ValueError):
+            return None  # the torch loader names what is wrong with the folder
         known = record.get("categories", [])
         categories = list(categories) or list(known)
-        if not categories:
+        if not categories or record.get("kind") == "inctrl":
             return None
         folders = {category: model_dir / EXPORT_FOLDER / safe_name(category) for category in categories}
-        if record.get("kind") == "inctrl" or any(c not in known or not (f / "export.json").is_file() for c, f in folders.items()):
+        weights = model_dir / "model.safetensors"
+        if any(c not in known or not export_matches(f, weights, runtime) for c, f in folders.items()):
             return None
         return cls(known, folders, runtime, **choice)
+
+
+def export_matches(folder: Path, weights: Path, runtime: str) -> bool:
+    """The export folder holds the graph ``runtime`` reads, made from these weights (a model folder
+    retrained in place after an export must not be served by the stale graph)."""
+    try:
+        meta = json.loads((folder / EXPORT_JSON).read_text())
+    except (OSError, ValueError):
+        return False
+    graph = meta.get("onnx") if runtime == "onnx" else (meta.get("graph") or meta.get("onnx"))
+    if not graph or not (folder / graph).is_file():
+        return False
+    recorded = meta.get("weights_sha256")
+    return recorded is None or (weights.is_file() and recorded == file_sha256(weights))
 
 
 def load_predictor(
@@ -244,6 +263,8 @@ def load_predictor(
             served_category=served_category, model_name_pattern=model_name_pattern,
         )  # fmt: skip
         if exported is not None:
+            if exported.default_category is not None:
+                exported.graph(exported.default_category)  # load now: a broken graph fails here, not on a request
             return exported
     from onenip.device import resolve_device
     from onenip.inference import Predictor

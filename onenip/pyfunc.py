@@ -182,7 +182,7 @@ def log_pyfunc_model(
         from onenip.runtime import EXPORT_FOLDER, safe_name
 
         detector = OneNIPDetector.load(model_dir)
-        export_category(detector, category, Path(model_dir) / EXPORT_FOLDER / safe_name(category))
+        export_category(detector, category, Path(model_dir) / EXPORT_FOLDER / safe_name(category), weights=Path(model_dir) / "model.safetensors")
         requirements.append(f"onnxruntime=={_version('onnxruntime')}")
     example = pd.DataFrame({"image": [encode_image(example_image.resize((64, 64)))], "category": [category]})
     return mlflow.pyfunc.log_model(

@@ -396,6 +396,16 @@ class ResolvedModel(NamedTuple):
     """``onenip-elpv-{category}``: names the other categories' models in a refusal."""
 
 
+def pin_model_uri(uri: str, params: Params, project_root: str | Path = ".") -> str:
+    """``models:/<name>@<alias>`` -> ``models:/<name>/<version>`` (what the alias points at now), so a
+    record keeps naming the same model after the alias moves; any other URI or path unchanged."""
+    if not uri.startswith("models:/") or "@" not in uri:
+        return uri
+    name, _, alias = uri[len("models:/") :].partition("@")
+    version = get_version(connect(params, project_root), name, alias)
+    return f"models:/{name}/{version.version}"
+
+
 def resolve_model(uri: str, params: Params, project_root: str | Path = ".") -> ResolvedModel:
     """``models:/<name>@<alias>``, ``models:/<name>/<version>``, ``runs:/<run_id>/model`` or a local
     folder -> the model folder and, for a logged model, the category it serves.

@@ -7,6 +7,7 @@ artifacts stay in the flow), and reach MLflow only through ``onenip.registry``.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -259,8 +260,8 @@ def finish_tracking(client: Any, tracking: Tracking, outcomes: dict[str, Categor
 
 # -- few-shot generalist --------------------------------------------------------------------------------
 def record_generalist(client: Any, params: Params, result: Any, categories: list[str], project_root: Path) -> dict[str, Any]:
-    """The generalist's MLflow run: validation metrics (auxiliary categories, training data only), its
-    gate on them (``gates.minimum['image_AUROC']`` against the mean validation AUROC), the model files."""
+    """The generalist's MLflow run (validation metrics on the auxiliary categories' training data only,
+    the model files) and its registered version, gated on the mean validation image AUROC."""
     experiment = registry.experiment_id(client, params, "generalist", project_root)
     tags = {"onenip.kind": "inctrl-generalist", "onenip.auxiliary_categories": ",".join(categories), "onenip.code_version": jobs.code_version()}
     run_id = registry.start_run(client, experiment, "generalist", tags)
@@ -268,22 +269,20 @@ def record_generalist(client: Any, params: Params, result: Any, categories: list
     registry.log_metrics(client, run_id, dict(result.validation) | {"train_seconds": result.train_seconds})
     registry.log_history(client, run_id, result.history)
     registry.log_artifacts(client, run_id, {"model": result.model_dir})
-    minimum = params.gates.minimum.get("image_AUROC", 0.0)
-    value = result.validation.get("val_image_AUROC", float("nan"))
-    passed = value >= minimum
-    gate = {"onenip.gate": "passed" if passed else "failed", "onenip.gate_reasons": f"val_image_AUROC {value:.4f} vs minimum {minimum:g}"}
-    registry.set_tags(client, run_id, gate)
     registry.end_run(client, run_id)
-    # its own registered model: a passing version becomes champion (what `onenip onboard` uses by
-    # default), a failing one challenger; the champion moves only through the gate
+    # Its own registered model, gated like a category's (``gates.minimum`` and no regression against
+    # the current champion, on the validation image AUROC; no masks there): champion when it passes
+    # (the old one becomes ``previous``, so a rollback works), challenger otherwise.
     name = params.generalist.model_name
-    version_tags = tags | gate | {f"onenip.metric.{k}": f"{v:.6g}" for k, v in result.validation.items()}
+    metrics = {"image_AUROC": result.validation.get("val_image_AUROC")}
+    version_tags = tags | {f"onenip.metric.{k}": f"{v:.6g}" for k, v in metrics.items() if v is not None}
     with registry.registry_lock(client, name):
         version = registry.register_artifact_folder(client, run_id, "model", name, version_tags)
-        alias = "champion" if passed else "challenger"
-        client.set_registered_model_alias(name, alias, version.version)
-    return {"run_id": run_id, "passed": passed, "validation": dict(result.validation), "model_dir": str(result.model_dir),
-            "model_name": name, "version": str(version.version), "alias": alias}  # fmt: skip
+        decision = registry.gate_and_promote(client, name, str(version.version), metrics, params.gates, has_masks=False)
+    registry.set_tags(client, run_id, {"onenip.gate": "passed" if decision.passed else "failed", "onenip.gate_reasons": json.dumps(decision.reasons)})
+    return {"run_id": run_id, "passed": decision.passed, "reasons": decision.reasons, "validation": dict(result.validation),
+            "model_dir": str(result.model_dir), "model_name": name, "version": str(version.version),
+            "alias": "champion" if decision.passed else "challenger"}  # fmt: skip
 
 
 def register_onboarded(

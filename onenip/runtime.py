@@ -46,6 +46,16 @@ def resolve_runtime(runtime: str) -> str:
     return runtime
 
 
+def file_sha256(path: str | Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def runtime_threads() -> int | None:
     """The thread count the runtime should use: ``OMP_NUM_THREADS`` when set."""
     value = os.environ.get("OMP_NUM_THREADS", "")

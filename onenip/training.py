@@ -512,6 +512,8 @@ def train_onenip(
         for item in data:
             pool = pools.get(item.name)
             if pool is None or pool.generation != generation:
+                pools.pop(item.name, None)  # free the old pool first: never two of a category in memory
+                del pool
                 pools[item.name] = SyntheticPool.build(
                     item, synthesizers[item.name], detector.feature_extractor, params,
                     seed=cfg.seed, generation=generation, progress=progress,

@@ -211,10 +211,10 @@ def train_generalist(root: Path, categories: list[str], params: Params, out_dir:
 
 
 @task(name="onboard", cache_policy=NO_CACHE, task_run_name="onboard {category}")
-def onboard(generalist_dir: Path, root: Path, category: str, shots: int, params: Params, out_dir: Path) -> Any:
+def onboard(generalist_dir: Path, root: Path, category: str, shots: int, params: Params, out_dir: Path, source: str) -> Any:
     from onenip.generalist import onboard_category
 
-    return onboard_category(generalist_dir, root, category, shots, params, out_dir, progress=True)
+    return onboard_category(generalist_dir, root, category, shots, params, out_dir, progress=True, source=source)
 
 
 def _setup(params_path: str, profile: str | None, project_root: str) -> tuple[Path, Params]:
@@ -243,10 +243,11 @@ def onboard_category(
     registered generalist's champion): prompts, threshold, evaluation, gate, register."""
     root_dir, params = _setup(params_path, profile, project_root)
     name = dataset or params.data.name
-    source = generalist or f"models:/{params.generalist.model_name}@champion"
+    # the version the alias points at now: the onboarded model records which generalist made it
+    source = registry.pin_model_uri(generalist or f"models:/{params.generalist.model_name}@champion", params, root_dir)
     generalist_dir = registry.resolve_model(source, params, root_dir).folder
     out_dir = root_dir / params.pipeline.runs_dir / name / "onboard" / category
-    result = onboard(generalist_dir, Path(data_root), category, shots or params.generalist.shots, params, out_dir)
+    result = onboard(generalist_dir, Path(data_root), category, shots or params.generalist.shots, params, out_dir, source)
     client = registry.connect(params, root_dir)
     outcome = steps.register_onboarded(client, params, name, result, Path(data_root), root_dir, generalist=source)
     _markdown(_artifact_key(name, category), outcome.to_markdown(name, registry.tracking_uri(params, root_dir)), f"{category}: {outcome.status}")

@@ -88,7 +88,7 @@ def discover_categories(root: str | Path) -> list[str]:
     )
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any PIL mode to 8-bit RGB.
 
     16-bit and float grayscale (``I;16``, ``I``, ``F``) are scaled by their dtype's range rather than by
@@ -138,7 +138,7 @@ def read_image(path: str | Path) -> Image.Image:
         with Image.open(path) as image:
             _check_size(image, str(path))
             image.load()
-            return _to_rgb(image)
+            return to_rgb(image)
     except ImageReadError:
         raise
     except Image.DecompressionBombError as error:  # PIL refuses even the header of giant images
@@ -173,7 +173,7 @@ def decode_image(data: bytes, source: str = "<bytes>") -> Image.Image:
         with Image.open(io.BytesIO(data)) as image:
             _check_size(image, source)
             image.load()
-            return _to_rgb(image)
+            return to_rgb(image)
     except ImageReadError:
         raise
     except Image.DecompressionBombError as error:

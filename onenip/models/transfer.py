@@ -32,6 +32,7 @@ class OneNIPTransfer(nn.Module):
         self.register_buffer("prompt_coarse", prompts.coarse.detach().float().clone())
         self.register_buffer("prompt_fine", None if prompts.fine is None else prompts.fine.detach().float().clone())
         self.register_buffer("score_threshold", torch.tensor([float("inf")]))
+        self.to(detector.device)  # the prompts where the trained network is (CUDA after GPU training)
 
     @property
     def device(self) -> torch.device:

@@ -32,13 +32,21 @@ def test_generalist_then_onboard_then_predict(project: Path, prefect_harness: No
     assert trained["alias"] == "champion" and str(generalist_version.version) == trained["version"]
     assert generalist_version.tags["onenip.kind"] == "inctrl-generalist" and generalist_version.tags["onenip.gate"] == "passed"
     assert generalist_version.tags["onenip.auxiliary_categories"] == "plate,widget"
+    # a second generalist that fails its gate becomes challenger; the champion stays
+    floor = load_params(project / "params.yaml").gates.minimum["image_AUROC"]
+    write_params(project, gates={"minimum": {"image_AUROC": 1.01}})
+    failed_generalist = generalist(str(source), ["plate", "widget"], "params.yaml", None, str(project))
+    assert failed_generalist["alias"] == "challenger" and not failed_generalist["passed"]
+    assert str(client.get_model_version_by_alias("onenip-generalist", "champion").version) == trained["version"]
+    assert str(client.get_model_version_by_alias("onenip-generalist", "challenger").version) == failed_generalist["version"]
+    write_params(project, gates={"minimum": {"image_AUROC": floor}})
 
     new = make_mvtec_tree(tmp_path / "new", categories=("gear",), n_train=8, n_test_good=3, n_test_bad=3, size=64, seed=3)
     # no generalist given: the registered champion is downloaded and used
     outcome = onboard_category(str(new), "gear", None, 2, None, "params.yaml", None, str(project))
     assert outcome["status"] == "promoted", outcome  # the tiny gates are 0: it passes
     version = client.get_model_version_by_alias("onenip-widgets-gear", "champion")
-    assert version.tags["onenip.generalist"] == "models:/onenip-generalist@champion"
+    assert version.tags["onenip.generalist"] == f"models:/onenip-generalist/{trained['version']}"  # the version, not the alias
     assert version.tags["onenip.kind"] == "onboarded-inctrl" and version.tags["onenip.shots"] == "2"
     assert version.tags["onenip.runtime"] == "torch" and len(version.tags["onenip.prompts"].split(";")) == 2
     listing = CliRunner().invoke(app, ["registry"])
@@ -57,4 +65,4 @@ def test_generalist_then_onboard_then_predict(project: Path, prefect_harness: No
     assert len(client.search_model_versions("name = 'onenip-widgets-gear'")) == 1
     # a generalist alias that does not exist: one clear error naming it
     missing = CliRunner().invoke(app, ["onboard", "--data", str(new), "--category", "gear", "--generalist", "models:/onenip-generalist@nope"])
-    assert missing.exit_code != 0 and "nope" in missing.output
+    assert missing.exit_code == 1 and isinstance(missing.exception, SystemExit) and "'nope'" in missing.output

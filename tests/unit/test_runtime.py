@@ -93,3 +93,82 @@ def test_serving_an_exported_model_never_imports_torch(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "False", "the exported path imported torch"
+
+
+def test_a_broken_or_stale_export_falls_back_to_torch(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    import json
+
+    from onenip.export import export_category
+    from onenip.inference import Predictor
+    from onenip.prediction import ExportedPredictor, load_predictor
+
+    detector = _saved_model(tmp_path)
+    export_category(detector, "plate", tmp_path / "export" / "plate", weights=tmp_path / "model.safetensors")
+    assert isinstance(load_predictor(tmp_path, "plate", runtime="onnx"), ExportedPredictor)
+    meta_path = tmp_path / "export" / "plate" / "export.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps(meta | {"weights_sha256": "0" * 64}))  # the weights changed since the export
+    assert isinstance(load_predictor(tmp_path, "plate", runtime="onnx"), Predictor)
+    meta_path.write_text(json.dumps(meta))
+    (tmp_path / "export" / "plate" / meta["onnx"]).unlink()  # the graph file is gone
+    assert isinstance(load_predictor(tmp_path, "plate", runtime="onnx"), Predictor)
+
+
+def test_several_exported_categories_without_a_default_need_one_named(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    from onenip.prediction import ExportedPredictor, load_predictor
+
+    _saved_model(tmp_path)
+    predictor = load_predictor(tmp_path, runtime="onnx")
+    assert isinstance(predictor, ExportedPredictor) and predictor.default_category is None
+    picture = np.zeros((40, 50, 3), np.uint8)
+    with pytest.raises(ValueError, match="knows several categories"):
+        predictor.predict([picture])
+    assert predictor.predict([picture], "tile")[0].category == "tile"
+
+
+def test_non_rgb_images_are_converted_like_decoded_files() -> None:
+    from PIL import Image
+
+    from onenip.data.manifest import to_rgb
+    from onenip.prediction import as_rgb_uint8
+
+    grey16 = Image.fromarray(np.array([[0, 300], [40000, 65535]], dtype=np.uint16))
+    grey = Image.fromarray(np.array([[0, 128], [200, 255]], dtype=np.uint8))
+    rgba = Image.new("RGBA", (2, 2), (10, 20, 30, 40))
+    for image in (grey16, grey, rgba):
+        converted = as_rgb_uint8(image)
+        assert converted.shape == (2, 2, 3) and converted.dtype == np.uint8
+        np.testing.assert_array_equal(converted, np.asarray(to_rgb(image)))
+    assert as_rgb_uint8(grey16)[0, 1, 0] == round(300 * 255 / 65535)  # scaled by the dtype's range, no wrap-around
+
+
+def test_maps_resize_to_the_image_like_torch() -> None:
+    anomaly_map = np.random.default_rng(0).random((16, 20), dtype=np.float32)
+    expected = F.interpolate(torch.from_numpy(anomaly_map)[None, None], size=(70, 90), mode="bilinear", align_corners=False)[0, 0]
+    np.testing.assert_allclose(resize_chw(anomaly_map, (70, 90), antialias=False), expected.numpy(), atol=5e-5)
+
+
+def test_onenip_predict_on_an_exported_model_never_imports_torch(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    from PIL import Image
+
+    _saved_model(tmp_path / "model")
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((40, 50, 3), 40 * i, np.uint8)).save(images / f"{i}.png")
+    script = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from onenip.cli import app\n"
+        f"result = CliRunner().invoke(app, ['predict', {str(images)!r}, '--model', {str(tmp_path / 'model')!r}, '--out', {str(tmp_path / 'out')!r},"
+        " '--runtime', 'onnx', '--category', 'tile'])\n"
+        "assert result.exit_code == 0, result.output\n"
+        "print('torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "False", "onenip predict imported torch"
+    assert len(list((tmp_path / "out" / "heatmaps").glob("*.png"))) == 2

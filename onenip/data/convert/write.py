@@ -22,7 +22,7 @@ from onenip.data.convert.report import (
     CategoryCounts,
     ConversionReport,
 )
-from onenip.data.manifest import IMG_EXTENSIONS, NORMAL_DIR, DatasetError, ImageReadError, Split, _to_rgb
+from onenip.data.manifest import IMG_EXTENSIONS, NORMAL_DIR, DatasetError, ImageReadError, Split, to_rgb
 
 # Fixed encoder settings: Pillow writes no timestamps into PNGs, so the same pixels always give the same bytes.
 _PNG_SAVE_KWARGS: dict[str, Any] = {"format": "PNG", "optimize": False, "compress_level": 6}
@@ -67,7 +67,7 @@ def _mask_values(path: Path) -> np.ndarray:
             mask.load()
             if mask.mode in ("L", "1"):
                 return np.asarray(mask.convert("L"))
-            return np.asarray(_to_rgb(mask)).max(axis=2)
+            return np.asarray(to_rgb(mask)).max(axis=2)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         msg = f"Cannot decode mask {path}: {error}"
         raise ImageReadError(msg) from error
