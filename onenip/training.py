@@ -619,6 +619,8 @@ def train_onenip(
 
 STATISTICS_IMAGES = 256
 """Training normals per category that the residual statistics are estimated on (evenly spread)."""
+STATISTICS_CHUNK = 16
+"""Images per chunk when the residual statistics are summed (bounds the float64 temporaries)."""
 STATISTICS_PRIOR = 10.0
 """Pseudo-count pulling each position's statistics towards the channel's (few images at a position)."""
 
@@ -636,27 +638,42 @@ def error_statistics(
     backbone channels often move together) then count once. ``std``: per position and channel of the
     whitened residual, shrunk alike. The z-score is ``whitening @ (r - mean) / std``.
     """
-    residuals = residuals.double()
-    weights = weights.double()
+    # Three passes over chunks of images, sums in float64: the residuals stay in their own dtype, so
+    # memory is the input plus one chunk (a whole-batch float64 copy of the stride-8 residuals of 256
+    # images was over a gigabyte, several times over in temporaries).
     channels = residuals.shape[1]
+    chunks = [slice(start, start + STATISTICS_CHUNK) for start in range(0, len(residuals), STATISTICS_CHUNK)]
 
-    def shrunk(total: Tensor, channel: Tensor, weight: Tensor) -> Tensor:
+    def part(index: slice) -> tuple[Tensor, Tensor]:
+        return residuals[index].double(), weights[index].double()
+
+    weight = weights.double().sum(0)  # (1, h, w)
+    total_weight = weight.sum()
+    weighted = sum((r * w).sum(0) for r, w in map(part, chunks))  # (C, h, w)
+    channel_mean = weighted.sum(dim=(1, 2)) / total_weight
+
+    def shrunk(total: Tensor, channel: Tensor) -> Tensor:
         return (total + prior * channel[:, None, None]) / (weight + prior)
 
-    weight = weights.sum(0)  # (1, h, w)
-    channel_mean = (residuals * weights).sum(dim=(0, 2, 3)) / weights.sum()
-    mean = shrunk((residuals * weights).sum(0), channel_mean, weight)
-    centred = residuals - mean
+    mean = shrunk(weighted, channel_mean)
     if whiten:
-        flat = (centred * weights.sqrt()).permute(0, 2, 3, 1).reshape(-1, channels)
-        covariance = flat.t() @ flat / weights.sum()
+        covariance = torch.zeros(channels, channels, dtype=torch.float64)
+        for r, w in map(part, chunks):
+            flat = ((r - mean) * w.sqrt()).permute(0, 2, 3, 1).reshape(-1, channels)
+            covariance += flat.t() @ flat
+        covariance /= total_weight
         covariance += ridge * covariance.diagonal().mean() * torch.eye(channels, dtype=covariance.dtype)
         whitening = torch.linalg.inv(torch.linalg.cholesky(covariance))
-        centred = torch.einsum("ij,njhw->nihw", whitening, centred)
     else:
-        whitening = torch.eye(channels, dtype=residuals.dtype)
-    channel_sq = (centred.pow(2) * weights).sum(dim=(0, 2, 3)) / weights.sum()
-    second = shrunk((centred.pow(2) * weights).sum(0), channel_sq, weight)
+        whitening = torch.eye(channels, dtype=torch.float64)
+    squares = torch.zeros_like(mean)
+    for r, w in map(part, chunks):
+        centred = r - mean
+        if whiten:
+            centred = torch.einsum("ij,njhw->nihw", whitening, centred)
+        squares += (centred.pow(2) * w).sum(0)
+    channel_sq = squares.sum(dim=(1, 2)) / total_weight
+    second = shrunk(squares, channel_sq)
     floor = 1e-3 * float(channel_sq.mean().clamp_min(0).sqrt()) + 1e-6
     return mean.float(), whitening.float(), second.clamp_min(0).sqrt().clamp_min(floor).float()
 
@@ -690,10 +707,10 @@ def calibrate_error_statistics(detector: OneNIPDetector, data: Sequence[Category
                 _, fine_residual = prompt_residual(features.fine, prompt.fine, window=detector.model.residual_window)
                 fine.append(fine_residual.half().cpu())
                 fine_w.append(_cell_weight(valid, fine_residual.shape[-2:], stride // 2, len(chosen), device).cpu())
-        stats = error_statistics(torch.cat(recon).float(), torch.cat(recon_w), STATISTICS_PRIOR, whiten)
+        stats = error_statistics(torch.cat(recon), torch.cat(recon_w), STATISTICS_PRIOR, whiten)
         detector.set_error_statistics(item.index, "recon", *stats)
         if fine:
-            stats = error_statistics(torch.cat(fine).float(), torch.cat(fine_w), STATISTICS_PRIOR, whiten)
+            stats = error_statistics(torch.cat(fine), torch.cat(fine_w), STATISTICS_PRIOR, whiten)
             detector.set_error_statistics(item.index, "fine", *stats)
 
 

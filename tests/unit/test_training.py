@@ -342,3 +342,31 @@ def test_error_normalisation_is_a_per_position_z_score() -> None:
         shifted_mean = (out.recon_features - features.coarse)[0]  # residual of query 0 as the mean: its map is 0
         detector.set_error_statistics(0, "recon", shifted_mean, eye, torch.ones_like(shifted_mean))
         assert detector.components(features, 0)[0][0].abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("whiten", [True, False])
+def test_error_statistics_in_chunks_equal_the_whole_batch_formula(whiten: bool) -> None:
+    """The chunked float64 sums give the statistics of the one-shot formula (half-precision input too)."""
+    from onenip.training import STATISTICS_CHUNK, error_statistics
+
+    generator = torch.Generator().manual_seed(1)
+    n, channels, prior, ridge = 2 * STATISTICS_CHUNK + 5, 6, 10.0, 0.01
+    residuals = (torch.randn(n, channels, 5, 4, generator=generator) * torch.linspace(0.5, 2, channels)[:, None, None]).half()
+    weights = (torch.rand(n, 1, 5, 4, generator=generator) > 0.2).float()
+    r, w = residuals.double(), weights.double()
+    weight = w.sum(0)
+    channel_mean = (r * w).sum(dim=(0, 2, 3)) / w.sum()
+    mean = ((r * w).sum(0) + prior * channel_mean[:, None, None]) / (weight + prior)
+    centred = r - mean
+    whitening = torch.eye(channels, dtype=torch.float64)
+    if whiten:
+        flat = (centred * w.sqrt()).permute(0, 2, 3, 1).reshape(-1, channels)
+        covariance = flat.t() @ flat / w.sum()
+        covariance += ridge * covariance.diagonal().mean() * torch.eye(channels, dtype=torch.float64)
+        whitening = torch.linalg.inv(torch.linalg.cholesky(covariance))
+        centred = torch.einsum("ij,njhw->nihw", whitening, centred)
+    channel_sq = (centred.pow(2) * w).sum(dim=(0, 2, 3)) / w.sum()
+    std = (((centred.pow(2) * w).sum(0) + prior * channel_sq[:, None, None]) / (weight + prior)).sqrt()
+    got = error_statistics(residuals, weights, prior, whiten, ridge)
+    for value, expected in zip(got, (mean, whitening, std), strict=True):
+        torch.testing.assert_close(value, expected.float(), rtol=1e-5, atol=1e-6)
