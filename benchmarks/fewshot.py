@@ -93,7 +93,16 @@ def main() -> int:
     parser.add_argument("--shots", nargs="+", type=int, default=[1, 2, 4, 8])
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=None, help="override generalist.epochs")
+    parser.add_argument("--real-anomalies", action="store_true",
+                        help="generalist.real_anomalies: also train on the auxiliary categories' real anomalies (InCTRL's protocol)")
+    parser.add_argument("--holistic-input", choices=("map", "sorted"), default=None, help="override generalist.holistic_input")
     parser.add_argument("--no-patchcore", action="store_true")
+    parser.add_argument("--patchcore-from", type=Path, default=None,
+                        help="reuse PatchCore's rows of an earlier fewshot.json (same left-out, k and trials: the prompt sets are "
+                             "seeded, so they are the same images) instead of refitting it")  # fmt: skip
+    parser.add_argument("--trained", default=None,
+                        help="folder pattern with {left_out} of generalists already trained on the other categories with the same "
+                             "params (their saved train_seconds and validation are reported) instead of training them here")  # fmt: skip
     parser.add_argument("--transfer", action="store_true", help="also OneNIP's transfer: a unified OneNIP trained on the others")
     parser.add_argument("--no-generalist", action="store_true", help="skip the generalist (e.g. a transfer-only run)")
     parser.add_argument("--transfer-profile", default="fast", help="params profile for the transfer OneNIP (default fast)")
@@ -105,11 +114,15 @@ def main() -> int:
     from onenip.data.manifest import make_manifest
     from onenip.generalist import onboard_category, train_generalist
 
-    overrides = {"generalist": {"epochs": args.epochs}} if args.epochs else None
+    generalist = {"epochs": args.epochs, "holistic_input": args.holistic_input, "real_anomalies": True if args.real_anomalies else None}
+    overrides = {"generalist": {key: value for key, value in generalist.items() if value is not None}}
     params = load_params(args.params, overrides=overrides)
     transfer_params = load_params(args.params, profile=args.transfer_profile) if args.transfer else None
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
+    earlier = {}
+    if args.patchcore_from:
+        earlier = {(r["left_out"], r["shots"], r["trials"]): r["patchcore"] for r in json.loads(args.patchcore_from.read_text()) if r.get("patchcore")}
     with tempfile.TemporaryDirectory() as tmp:
         root, categories = joined_root([args.root] + ([args.elpv] if args.elpv else []), Path(tmp) / "root")
         for left_out in args.left_out or categories:
@@ -119,7 +132,22 @@ def main() -> int:
             # the same random prompt sets for every method
             prompt_sets = {k: [random.Random(1000 * k + t).sample(normals, k) for t in range(args.trials)] for k in args.shots}
             trained, train_minutes = None, None
-            if not args.no_generalist:
+            existing = Path(args.trained.format(left_out=left_out)) if args.trained else None
+            if not args.no_generalist and existing is not None and (existing / "onenip.json").is_file():
+                from onenip.generalist import GeneralistResult
+                from onenip.models.generalist import GeneralistDetector
+
+                loaded = GeneralistDetector.load(existing)
+                if sorted(loaded.metadata.get("auxiliary_categories", [])) != sorted(auxiliary):
+                    raise SystemExit(f"{existing} was trained on {loaded.metadata.get('auxiliary_categories')}, not {auxiliary}")
+                if loaded.head.holistic_input != params.generalist.holistic_input:
+                    raise SystemExit(f"{existing} has holistic_input {loaded.head.holistic_input!r}, params say {params.generalist.holistic_input!r}")
+                if loaded.metadata.get("real_anomalies", params.generalist.real_anomalies) != params.generalist.real_anomalies:
+                    raise SystemExit(f"{existing} was trained with real_anomalies={loaded.metadata.get('real_anomalies', False)}")
+                trained = GeneralistResult(loaded, existing, loaded.metadata.get("history", []), loaded.metadata["train_seconds"],
+                                           loaded.metadata.get("validation", {}))  # fmt: skip
+                train_minutes = trained.train_seconds / 60
+            elif not args.no_generalist:
                 started = time.perf_counter()
                 trained = train_generalist(root, auxiliary, params, Path(tmp) / f"gen-{left_out}", progress=True)
                 train_minutes = (time.perf_counter() - started) / 60
@@ -133,7 +161,7 @@ def main() -> int:
                         result = onboard_category(trained.model_dir, root, left_out, shots, params, Path(tmp) / f"on-{left_out}-{shots}-{trial}",
                                                   progress=False, prompt_paths=prompts)  # fmt: skip
                         generalist_runs.append({m: result.metrics.get(m) for m in METRICS} | {"seconds": result.seconds})
-                    if not args.no_patchcore:
+                    if not args.no_patchcore and (left_out, shots, args.trials) not in earlier:
                         from benchmarks.peers import run_peer
 
                         few = manifest[(manifest["split"] == "test") | manifest["image_path"].isin(prompts)]
@@ -141,7 +169,8 @@ def main() -> int:
                         patchcore_runs.append({m: peer["metrics"].get(m) for m in METRICS} | {"seconds": peer["train_minutes"] * 60})
                 row = {"left_out": left_out, "auxiliary": auxiliary, "shots": shots, "trials": args.trials,
                        "generalist_train_minutes": train_minutes, "generalist_validation": trained.validation if trained else None,
-                       "generalist": summarise(generalist_runs), "patchcore": summarise(patchcore_runs),
+                       "generalist": summarise(generalist_runs),
+                       "patchcore": earlier.get((left_out, shots, args.trials)) or summarise(patchcore_runs),
                        "onenip_transfer": summarise(transfer_runs.get(shots, [])), "onenip_transfer_train_minutes": transfer_minutes}  # fmt: skip
                 rows.append(row)
                 parts = [f"{name} {block['image_AUROC']['mean']:.3f} +- {block['image_AUROC']['std']:.3f}"

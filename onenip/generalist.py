@@ -76,7 +76,7 @@ def train_generalist(
     torch.manual_seed(params.train.seed)
     generator = torch.Generator().manual_seed(params.train.seed)
     manifest = make_manifest(root, list(categories), progress=False)
-    detector = GeneralistDetector(params.model.backbone, smoothing_sigma=cfg.smoothing_sigma).to(device)
+    detector = GeneralistDetector(params.model.backbone, smoothing_sigma=cfg.smoothing_sigma, holistic_input=cfg.holistic_input).to(device)
     extractor = detector.feature_extractor.eval()
     geometry = square_geometry(params.model.backbone.input_size)
     cache = FeatureCache(params.train.cache_dir, extractor, params.model.backbone)
@@ -129,7 +129,8 @@ def train_generalist(
     detector.head.eval()
     validation = validate_generalist(detector, data, params, AnomalySynthesizer(methods=params.validation.methods), device)
     out = Path(out_dir) / "model"
-    detector.save(out, metadata={"auxiliary_categories": list(categories), "history": history, "validation": validation,
+    detector.save(out, metadata={"auxiliary_categories": list(categories), "real_anomalies": bool(real), "history": history,
+                                 "validation": validation,
                                  "train_seconds": time.perf_counter() - started})  # fmt: skip
     return GeneralistResult(detector, out, history, time.perf_counter() - started, validation)
 

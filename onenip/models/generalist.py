@@ -51,7 +51,7 @@ class GeneralistDetector(nn.Module):
     kind = KIND
 
     def __init__(self, backbone: BackboneParams, categories: Sequence[str] = (), shots: Sequence[int] = (), *,
-                 pretrained: bool = True, smoothing_sigma: float = 4.0) -> None:  # fmt: skip
+                 pretrained: bool = True, smoothing_sigma: float = 4.0, holistic_input: str = "map") -> None:  # fmt: skip
         super().__init__()
         self.backbone_cfg = backbone
         self.feature_extractor = build_feature_extractor(backbone, pretrained=pretrained)
@@ -63,7 +63,7 @@ class GeneralistDetector(nn.Module):
         coarse = self.geometry_.grid(backbone.feature_stride)
         ratio = backbone.feature_stride // extractor.fine_stride
         self.grid = (coarse[0] * ratio, coarse[1] * ratio)
-        self.head = InCTRLHead(self.grid, extractor.num_features)
+        self.head = InCTRLHead(self.grid, extractor.num_features, holistic_input=holistic_input)
         self.smoothing_sigma = float(smoothing_sigma)
         self.categories: list[str] = []
         self.metadata: dict[str, Any] = {}
@@ -148,6 +148,7 @@ class GeneralistDetector(nn.Module):
             "categories": self.categories,
             "shots": [int(getattr(self, f"prompt_{k}").shape[0]) for k in range(len(self.categories))],
             "smoothing_sigma": self.smoothing_sigma,
+            "holistic_input": self.head.holistic_input,
             "metadata": self.metadata,
         }
         tmp = folder / f".{CONFIG_FILE}.tmp"
@@ -163,7 +164,8 @@ class GeneralistDetector(nn.Module):
             msg = f"{folder} is not a generalist (InCTRL) model of format {FORMAT_VERSION}"
             raise ModelLoadError(msg)
         detector = cls(BackboneParams.model_validate(config["backbone"]), config["categories"], config["shots"],
-                       pretrained=False, smoothing_sigma=config.get("smoothing_sigma", 4.0))  # fmt: skip
+                       pretrained=False, smoothing_sigma=config.get("smoothing_sigma", 4.0),
+                       holistic_input=config.get("holistic_input", "map"))  # fmt: skip
         detector.load_state_dict(load_file(str(folder / WEIGHTS_FILE), device=str(map_location)), strict=True)
         detector.metadata = config.get("metadata", {})
         return detector.to(map_location).eval()

@@ -8,7 +8,10 @@ take the place of CLIP's ViT layers, and there is no text prior. Following the r
   among ALL k prompts' patches, ``0.5 * (1 - cosine)``; averaged over layers -> the residual map;
 * image-level residual: ``mean_k adapter(prompt token) - adapter(query token)``, scored by a small head;
 * holistic head: an MLP over the flattened residual map plus the image-level score (broadcast to every
-  patch) -> holistic score; final score = mean of the holistic score and the max patch residual;
+  patch) -> holistic score; final score = mean of the holistic score and the max patch residual.
+  The reference's MLP reads the map in patch order; ``holistic_input="sorted"`` feeds it the same
+  residuals in descending order, so its weights describe how residuals are distributed rather than
+  where (a 32x32 position-tied MLP trained on four categories did not transfer to a fifth);
 * loss: binary focal loss (alpha 1, gamma 2) on the final score and on the image-level score, with the
   scores passed as logits exactly as the reference does (they are already in [0, 1]; the loss then
   pushes normal scores down and anomalous ones up with bounded gradients).
@@ -78,6 +81,12 @@ class ScoreHead(nn.Module):
         return torch.sigmoid(self.net(x)).squeeze(-1)
 
 
+HOLISTIC_INPUTS = ("map", "sorted")
+"""``map``: an MLP over the residual map in patch order, as the reference (its weights are tied to
+positions, which on the lite backbone's 32x32 grid did not transfer to unseen categories: see
+benchmarks/README "Few-shot"); ``sorted``: the same values in descending order (position-free)."""
+
+
 class InCTRLOutput(NamedTuple):
     score: Tensor
     """(B,) final image score: mean of the holistic score and the max patch residual."""
@@ -95,10 +104,17 @@ class InCTRLHead(nn.Module):
     Args:
         grid: (H, W) of the residual map the holistic head reads (fixed: it is an MLP over H*W).
         token_dim: channels of the pooled image token.
+        holistic_input: what the holistic MLP reads: ``"map"`` the residual map in patch order (the
+            reference), ``"sorted"`` the same H*W residuals sorted in descending order, so the head
+            sees how the residuals are distributed and not where (see ``HOLISTIC_INPUTS``).
     """
 
-    def __init__(self, grid: tuple[int, int], token_dim: int, reduction: int = 4) -> None:
+    def __init__(self, grid: tuple[int, int], token_dim: int, reduction: int = 4, holistic_input: str = "map") -> None:
         super().__init__()
+        if holistic_input not in HOLISTIC_INPUTS:
+            msg = f"holistic_input must be one of {HOLISTIC_INPUTS}, got {holistic_input!r}"
+            raise ValueError(msg)
+        self.holistic_input = holistic_input
         self.grid = (int(grid[0]), int(grid[1]))
         self.adapter = Adapter(token_dim, reduction)
         self.image_head = ScoreHead(token_dim)
@@ -115,7 +131,8 @@ class InCTRLHead(nn.Module):
         token_residual = self.adapter(prompt_tokens).mean(dim=1) - self.adapter(query_token)
         image_score = self.image_head(token_residual)
         flat = residual.flatten(1)
-        holistic = self.holistic_head(flat + image_score[:, None])
+        ordered = flat.sort(dim=1, descending=True).values if self.holistic_input == "sorted" else flat
+        holistic = self.holistic_head(ordered + image_score[:, None])
         score = (holistic + flat.amax(dim=1)) / 2
         return InCTRLOutput(score, image_score, residual, holistic)
 

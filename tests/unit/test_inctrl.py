@@ -56,3 +56,38 @@ def test_head_shapes_and_loss() -> None:
     scores = torch.tensor([0.2, 0.9])
     bce = F.binary_cross_entropy_with_logits(scores, torch.tensor([0.0, 1.0]), reduction="none")
     torch.testing.assert_close(focal_loss(scores, torch.tensor([0, 1])), ((1 - torch.exp(-bce)) ** 2 * bce).mean())
+
+
+def test_sorted_holistic_input_reads_where_residuals_are_not() -> None:
+    torch.manual_seed(0)
+    head = InCTRLHead((4, 4), token_dim=12, holistic_input="sorted").eval()
+    reference = InCTRLHead((4, 4), token_dim=12).eval()
+    reference.load_state_dict(head.state_dict())
+    query = torch.randn(5, 8, 4, 4)
+    moved = query.flip(-1).transpose(-2, -1)  # the same patches at other places
+    prompts, token, prompt_tokens = [torch.randn(2, 8, 4, 4)], torch.randn(5, 12), torch.randn(2, 12)
+    with torch.no_grad():
+        out, out_moved = head([query], prompts, token, prompt_tokens), head([moved], prompts, token, prompt_tokens)
+        by_place = reference([query], prompts, token, prompt_tokens), reference([moved], prompts, token, prompt_tokens)
+    assert not torch.allclose(out.residual_map, out_moved.residual_map)
+    torch.testing.assert_close(out.holistic_score, out_moved.holistic_score)
+    assert not torch.allclose(by_place[0].holistic_score, by_place[1].holistic_score)  # the reference's map head is tied to places
+    # the sorted head is the map head fed the residuals in descending order
+    ordered = out.residual_map.flatten(1).sort(dim=1, descending=True).values
+    with torch.no_grad():
+        torch.testing.assert_close(out.holistic_score, reference.holistic_head(ordered + out.image_score[:, None]))
+    try:
+        InCTRLHead((4, 4), token_dim=12, holistic_input="histogram")
+    except ValueError as error:
+        assert "histogram" in str(error)
+    else:
+        raise AssertionError("an unknown holistic input was accepted")
+
+
+def test_generalist_keeps_its_holistic_input_when_saved(tmp_path) -> None:  # noqa: ANN001
+    from onenip.config import BackboneParams
+    from onenip.models.generalist import GeneralistDetector
+
+    detector = GeneralistDetector(BackboneParams(input_size=64), ["plate"], [2], pretrained=False, holistic_input="sorted")
+    loaded = GeneralistDetector.load(detector.save(tmp_path / "model"))
+    assert loaded.head.holistic_input == "sorted" and loaded.categories == ["plate"]
