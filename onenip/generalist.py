@@ -208,6 +208,10 @@ def onboard_category(
     if detector.categories:
         msg = f"{generalist_dir} is already an onboarded model ({detector.categories}); give the generalist itself"
         raise DatasetError(msg)
+    if detector.metadata.get("real_anomalies") and category in detector.metadata.get("auxiliary_categories", []):
+        msg = (f"{generalist_dir} was trained on the real test anomalies of {category!r} (generalist.real_anomalies), so its test "
+               f"metrics and gate would be inflated; onboard it with a generalist trained without them")  # fmt: skip
+        raise DatasetError(msg)
     geometry = square_geometry(params.model.backbone.input_size)
     cache = FeatureCache(params.train.cache_dir, detector.feature_extractor, params.model.backbone)
     features = cache.get(normals["image_path"].tolist(), normals["sha256"].tolist(), geometry, progress=progress)

@@ -62,3 +62,17 @@ def test_onboarding_errors_are_clear(trained: tuple[Path, Path, Params], tmp_pat
     empty = make_mvtec_tree(tmp_path / "empty", categories=("bare",), n_train=0, n_test_good=2, n_test_bad=2, size=64)
     with pytest.raises(DatasetError, match="no normal training images"):
         onboard_category(generalist, empty, "bare", 2, params, tmp_path / "y", progress=False)
+
+
+def test_a_generalist_trained_on_real_anomalies_refuses_their_category(trained: tuple[Path, Path, Params], tmp_path: Path) -> None:
+    from onenip.models.generalist import GeneralistDetector
+
+    root, generalist, params = trained
+    detector = GeneralistDetector.load(generalist)
+    assert detector.metadata["real_anomalies"] is False and detector.metadata["auxiliary_categories"] == ["plate", "widget"]
+    assert detector.head.holistic_input == params.generalist.holistic_input == "sorted"
+    onboard_category(generalist, root, "plate", 2, params, tmp_path / "synthetic-only", progress=False)  # saw no test image of plate
+    with_real = detector.save(tmp_path / "with-real", metadata=detector.metadata | {"real_anomalies": True})
+    with pytest.raises(DatasetError, match=r"real test anomalies of 'plate'"):
+        onboard_category(with_real, root, "plate", 2, params, tmp_path / "x", progress=False)
+    assert onboard_category(with_real, root, "gear", 2, params, tmp_path / "gear", progress=False).shots == 2  # unseen: fine
