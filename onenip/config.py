@@ -302,9 +302,10 @@ class GeneralistParams(_Section):
     real_anomalies: bool = False
     """Also train on the auxiliary categories' real test anomalies (only when the user allows it)."""
     smoothing_sigma: float = Field(4.0, ge=0)
-    holistic_input: Literal["map", "sorted"] = "sorted"
-    """What the holistic head reads: the residual map sorted in descending order (position-free; transferred
-    better to left-out categories, benchmarks/README "Few-shot") or in patch order (``map``, the reference)."""
+    holistic_input: Literal["map", "sorted"] = "map"
+    """What the holistic head reads: the residual map in patch order (``map``, the reference) or sorted in
+    descending order (``sorted``, position-free; with real anomalies better on kolektor, far worse on
+    bottle at k >= 4: benchmarks/README "Few-shot")."""
     shots: int = Field(4, ge=1)
     """Onboarding default: normal prompt images per new category."""
     model_name: str = "onenip-generalist"

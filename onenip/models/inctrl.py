@@ -11,7 +11,7 @@ take the place of CLIP's ViT layers, and there is no text prior. Following the r
   patch) -> holistic score; final score = mean of the holistic score and the max patch residual.
   The reference's MLP reads the map in patch order; ``holistic_input="sorted"`` feeds it the same
   residuals in descending order, so its weights describe how residuals are distributed rather than
-  where (a 32x32 position-tied MLP trained on four categories did not transfer to a fifth);
+  where (an option: measured leave-one-category-out it helped kolektor and hurt bottle);
 * loss: binary focal loss (alpha 1, gamma 2) on the final score and on the image-level score, with the
   scores passed as logits exactly as the reference does (they are already in [0, 1]; the loss then
   pushes normal scores down and anomalous ones up with bounded gradients).
@@ -83,8 +83,8 @@ class ScoreHead(nn.Module):
 
 HOLISTIC_INPUTS = ("map", "sorted")
 """``map``: an MLP over the residual map in patch order, as the reference (its weights are tied to
-positions, which on the lite backbone's 32x32 grid did not transfer to unseen categories: see
-benchmarks/README "Few-shot"); ``sorted``: the same values in descending order (position-free)."""
+positions); ``sorted``: the same values in descending order (position-free). benchmarks/README "Few-shot"
+compares them."""
 
 
 class InCTRLOutput(NamedTuple):

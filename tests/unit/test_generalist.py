@@ -70,7 +70,7 @@ def test_a_generalist_trained_on_real_anomalies_refuses_their_category(trained: 
     root, generalist, params = trained
     detector = GeneralistDetector.load(generalist)
     assert detector.metadata["real_anomalies"] is False and detector.metadata["auxiliary_categories"] == ["plate", "widget"]
-    assert detector.head.holistic_input == params.generalist.holistic_input == "sorted"
+    assert detector.head.holistic_input == params.generalist.holistic_input == "map"
     onboard_category(generalist, root, "plate", 2, params, tmp_path / "synthetic-only", progress=False)  # saw no test image of plate
     with_real = detector.save(tmp_path / "with-real", metadata=detector.metadata | {"real_anomalies": True})
     with pytest.raises(DatasetError, match=r"real test anomalies of 'plate'"):
