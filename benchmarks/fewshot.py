@@ -48,7 +48,7 @@ def joined_root(roots: list[Path], folder: Path) -> tuple[Path, list[str]]:
 
 def summarise(values: list[dict[str, float]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for metric in (*METRICS, "seconds"):
+    for metric in (*METRICS, "seconds", "head_weight"):
         series = [v[metric] for v in values if v.get(metric) is not None]
         if series:
             out[metric] = {"mean": float(np.mean(series)), "std": float(np.std(series))}
@@ -160,7 +160,7 @@ def main() -> int:
                     if trained is not None:
                         result = onboard_category(trained.model_dir, root, left_out, shots, params, Path(tmp) / f"on-{left_out}-{shots}-{trial}",
                                                   progress=False, prompt_paths=prompts)  # fmt: skip
-                        generalist_runs.append({m: result.metrics.get(m) for m in METRICS} | {"seconds": result.seconds})
+                        generalist_runs.append({m: result.metrics.get(m) for m in METRICS} | {"seconds": result.seconds, "head_weight": result.head_weight})
                     if not args.no_patchcore and (left_out, shots, args.trials) not in earlier:
                         from benchmarks.peers import run_peer
 
@@ -179,8 +179,8 @@ def main() -> int:
                 print(f"{left_out} k={shots}: I-AUROC " + ", ".join(parts), flush=True)
                 (args.out / "fewshot.json").write_text(json.dumps(rows, indent=2))
     lines = ["| left out | k | generalist I-AUROC | PatchCore I-AUROC | OneNIP transfer I-AUROC | generalist P-AUROC | generalist AUPRO "
-             "| PatchCore AUPRO | onboarding s | generalist train min |",
-             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "| PatchCore AUPRO | onboarding s | head weight | generalist train min |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
 
     def cell(block: dict[str, Any], metric: str) -> str:
         return f"{block[metric]['mean']:.3f} +- {block[metric]['std']:.3f}" if metric in block else "-"
@@ -189,7 +189,8 @@ def main() -> int:
         minutes = "-" if row["generalist_train_minutes"] is None else f"{row['generalist_train_minutes']:.1f}"
         lines.append(f"| {row['left_out']} | {row['shots']} | {cell(row['generalist'], 'image_AUROC')} | {cell(row['patchcore'], 'image_AUROC')} "
                      f"| {cell(row['onenip_transfer'], 'image_AUROC')} | {cell(row['generalist'], 'pixel_AUROC')} "
-                     f"| {cell(row['generalist'], 'pixel_AUPRO')} | {cell(row['patchcore'], 'pixel_AUPRO')} | {cell(row['generalist'], 'seconds')} | {minutes} |")  # fmt: skip
+                     f"| {cell(row['generalist'], 'pixel_AUPRO')} | {cell(row['patchcore'], 'pixel_AUPRO')} | {cell(row['generalist'], 'seconds')} "
+                     f"| {cell(row['generalist'], 'head_weight')} | {minutes} |")  # fmt: skip
     table = "\n".join(lines)
     print(table)
     (args.out / "fewshot.md").write_text(table + "\n")

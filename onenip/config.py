@@ -308,6 +308,23 @@ class GeneralistParams(_Section):
     bottle at k >= 4: benchmarks/README "Few-shot")."""
     shots: int = Field(4, ge=1)
     """Onboarding default: normal prompt images per new category."""
+    head_weights: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    """Onboarding chooses the holistic head's share of the image score among these (0: the max patch
+    residual alone; 0.5: InCTRL's mean) on the category's own normals plus synthetic anomalies of the
+    validation families, never on test; ties go to the one nearest 0.5. One value fixes it."""
+    validation_images: int = Field(32, ge=1)
+    """Normal images (not prompts) that get a synthetic anomaly for choosing the head weight."""
+    calibration_images: int = Field(256, ge=1)
+    """At most this many normal images (not prompts, evenly spaced) score the threshold and the head
+    weight's normal side: a quantile needs no more, and each costs a k-prompt residual."""
+
+    @field_validator("head_weights")
+    @classmethod
+    def _weights_in_unit_interval(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not value or any(not 0 <= w <= 1 for w in value):
+            msg = f"generalist.head_weights must be non-empty values in [0, 1], got {list(value)}"
+            raise ValueError(msg)
+        return value
     model_name: str = "onenip-generalist"
     """The registered model of the generalist; its ``champion`` onboards new categories."""
 

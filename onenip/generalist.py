@@ -5,8 +5,9 @@ Training draws balanced batches: normal queries (fit normals) and anomalous ones
 anomalies every epoch, plus the auxiliary categories' real test anomalies when
 ``generalist.real_anomalies`` allows it); each query gets k prompts from its own category's fit normals,
 never itself nor the image its anomaly was made from. Onboarding picks the k prompts deterministically
-(the typical image, then k-center greedy), calibrates the threshold on the category's other normal
-training images (never on test), and evaluates on its labelled test images when there are any.
+(the typical image, then k-center greedy), chooses how much the holistic head counts in the image score
+on the category's other normal training images plus synthetic anomalies made on them, calibrates the
+threshold on those normals (never on test), and evaluates on its labelled test images when there are any.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from onenip.data.geometry import square_geometry
 from onenip.data.manifest import DatasetError, make_manifest
 from onenip.device import resolve_device
 from onenip.features import FeatureCache, Features
-from onenip.models.generalist import GeneralistDetector
-from onenip.models.inctrl import inctrl_loss
+from onenip.models.generalist import INCTRL_HEAD_WEIGHT, GeneralistDetector
+from onenip.models.inctrl import InCTRLOutput, inctrl_loss
 
 
 @dataclass
@@ -122,7 +123,7 @@ def train_generalist(
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
         record = {"epoch": float(epoch), "loss": float(np.mean(losses))}
         history.append(record)
@@ -173,6 +174,8 @@ class OnboardResult:
     metrics: dict[str, float]
     has_masks: bool
     seconds: float
+    head_weight: float = INCTRL_HEAD_WEIGHT
+    selection: dict[str, Any] = field(default_factory=dict)
 
 
 def onboard_category(
@@ -227,9 +230,16 @@ def onboard_category(
         shots = len(chosen)
     k = detector.add_category(category, features.coarse[chosen], features.fine[chosen])  # type: ignore[index]
     rest = [i for i in range(len(normals)) if i not in set(chosen)]
+    calibration = _evenly_spaced(rest, params.generalist.calibration_images)
+    selection: dict[str, Any] = {"head_weight": INCTRL_HEAD_WEIGHT, "reason": "InCTRL's mean: too few normal images besides the prompts"}
     with torch.no_grad():
         if rest:  # the threshold from the category's other normal images, never from test
-            scores = detector.forward_features(features.select(rest).to(device), k).pred_score.float().cpu().numpy()
+            normal_out = detector.score_features(features.select(calibration).to(device), detector.prompt(k))
+            if len(calibration) >= params.validation.min_normals:
+                paths = normals["image_path"].iloc[_evenly_spaced(calibration, params.generalist.validation_images)].tolist()
+                selection = choose_head_weight(detector, k, normal_out, paths, params, device)
+            detector.head_weight[k] = selection["head_weight"]
+            scores = detector.image_score(normal_out, k).float().cpu().numpy()
         else:  # only the prompts: each scored against the others (leave one out); k = 1 gives no basis
             scores = np.array([]) if shots < 2 else np.array([
                 float(detector.score_features(features.select([i]).to(device), features.select([j for j in chosen if j != i]).to(device)).score)
@@ -251,8 +261,53 @@ def onboard_category(
         metrics = {key: float(v) for key, v in results[category].metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
         has_masks = results[category].has_masks
     detector.save(out, metadata={"kind": "onboarded", "generalist": source or str(generalist_dir), "category": category, "shots": shots,
-                                 "prompt_paths": prompt_paths, "threshold": threshold, "metrics": metrics})  # fmt: skip
-    return OnboardResult(out, category, shots, prompt_paths, threshold, metrics, has_masks, time.perf_counter() - started)
+                                 "prompt_paths": prompt_paths, "threshold": threshold, "calibration_images": len(calibration),
+                                 "head_weight_selection": selection, "metrics": metrics})  # fmt: skip
+    return OnboardResult(out, category, shots, prompt_paths, threshold, metrics, has_masks, time.perf_counter() - started,
+                         float(detector.head_weight[k]), selection)
+
+
+def _evenly_spaced(items: Sequence[int], count: int) -> list[int]:
+    if len(items) <= count:
+        return list(items)
+    return [items[int(i)] for i in np.linspace(0, len(items) - 1, count).round()]
+
+
+@torch.no_grad()
+def choose_head_weight(detector: GeneralistDetector, category: int, normal_out: InCTRLOutput, anomaly_sources: Sequence[str],
+                       params: Params, device: torch.device) -> dict[str, Any]:  # fmt: skip
+    """The holistic head's share of the category's image score, from its training data only.
+
+    Each of ``anomaly_sources`` (normal images that are not prompts) gets one anomaly of the validation
+    families (seeded, never used to train the head); every candidate of ``generalist.head_weights`` is
+    scored by image AUROC of ``normal_out`` (the category's calibration normals) against them. The head
+    learned synthetic anomalies of other families on other categories: where it does not carry over to
+    this category, the weight goes to the max patch residual, which has no trained part."""
+    from onenip.features import extract_features
+    from onenip.metrics import image_auroc
+    from onenip.synthesis import AnomalySynthesizer
+    from onenip.training import load_images
+
+    candidates = sorted({float(w) for w in params.generalist.head_weights})
+    if len(candidates) == 1:
+        return {"head_weight": candidates[0], "reason": "generalist.head_weights has one value"}
+    images, _ = load_images(list(anomaly_sources), detector.geometry_)
+    synthesizer = AnomalySynthesizer(methods=params.validation.methods)
+    generator = torch.Generator().manual_seed(params.train.seed)
+    anomalous = torch.stack([synthesizer(image.float() / 255, generator=generator).image for image in images])
+    features = extract_features(detector.feature_extractor, anomalous.to(device), detector.backbone_cfg, params.train.feature_batch_size)
+    anomaly_out = detector.score_features(features, detector.prompt(category))
+    labels = np.r_[np.zeros(len(normal_out.score)), np.ones(len(anomaly_out.score))]
+    aurocs = {}
+    for weight in candidates:
+        detector.head_weight[category] = weight
+        scores = torch.cat([detector.image_score(normal_out, category), detector.image_score(anomaly_out, category)])
+        aurocs[weight] = float(image_auroc(scores.float().cpu().numpy(), labels))
+    best = max(aurocs.values())
+    chosen = min((w for w, v in aurocs.items() if v == best), key=lambda w: abs(w - INCTRL_HEAD_WEIGHT))
+    return {"head_weight": chosen, "val_image_AUROC": {str(w): v for w, v in aurocs.items()},
+            "normal_images": len(labels) - len(anomaly_sources), "anomalous_images": len(anomaly_sources),
+            "methods": list(params.validation.methods)}  # fmt: skip
 
 
 def prompt_table(result: OnboardResult) -> pd.DataFrame:

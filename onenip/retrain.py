@@ -306,7 +306,8 @@ def register_onboarded(
             writer = csv.writer(handle)
             writer.writerow(["prompt", "image_path"])
             writer.writerows(enumerate(result.prompt_paths))
-        registry.log_metrics(client, run_id, dict(result.metrics) | {"threshold": result.threshold, "onboard_seconds": result.seconds})
+        registry.log_metrics(client, run_id, dict(result.metrics) | {"threshold": result.threshold, "onboard_seconds": result.seconds,
+                                                                       "head_weight": result.head_weight})  # fmt: skip
         eval_dir = result.model_dir.parent / "eval"
         registry.log_artifacts(client, run_id, {"prompts": prompts_csv, "evaluation": eval_dir if eval_dir.is_dir() else Path()})
         tags = tags | {"onenip.prompts": ";".join(Path(p).name for p in result.prompt_paths)}

@@ -31,6 +31,8 @@ from onenip.models.onenip import gaussian_smooth
 
 KIND = "inctrl"
 FORMAT_VERSION = 1
+INCTRL_HEAD_WEIGHT = 0.5
+"""The holistic head's share of the image score in InCTRL: the mean of the head and the max residual."""
 
 
 def layers_of(features: Features, fine_dims: Sequence[int]) -> list[Tensor]:
@@ -68,6 +70,7 @@ class GeneralistDetector(nn.Module):
         self.categories: list[str] = []
         self.metadata: dict[str, Any] = {}
         self.register_buffer("score_threshold", torch.zeros(0))
+        self.register_buffer("head_weight", torch.zeros(0))
         for category, k in zip(categories, shots, strict=True):
             self.add_category(category, torch.zeros(k, extractor.num_features, *coarse), torch.zeros(k, extractor.num_fine_features, *self.grid))
 
@@ -91,7 +94,7 @@ class GeneralistDetector(nn.Module):
     def prompt(self, k: int) -> Features:
         return Features(getattr(self, f"prompt_{k}"), getattr(self, f"prompt_fine_{k}"))
 
-    def add_category(self, category: str, coarse: Tensor, fine: Tensor, threshold: float = float("inf")) -> int:
+    def add_category(self, category: str, coarse: Tensor, fine: Tensor, threshold: float = float("inf"), head_weight: float = INCTRL_HEAD_WEIGHT) -> int:
         """Store a category's k prompt features (onboarding); returns its index."""
         if category in self.categories:
             msg = f"category {category!r} is already onboarded"
@@ -101,6 +104,7 @@ class GeneralistDetector(nn.Module):
         self.register_buffer(f"prompt_{k}", coarse.detach().float().clone())
         self.register_buffer(f"prompt_fine_{k}", fine.detach().float().clone())
         self.score_threshold = torch.cat([self.score_threshold, torch.tensor([threshold], device=self.score_threshold.device)])
+        self.head_weight = torch.cat([self.head_weight, torch.tensor([float(head_weight)], device=self.head_weight.device)])
         return k
 
     def extract(self, images: Tensor) -> Features:
@@ -120,6 +124,11 @@ class GeneralistDetector(nn.Module):
             prompt_tokens = token_of(flat).view(b, k, -1)
         return self.head(layers_of(features, fine_dims), prompt_layers, token_of(features), prompt_tokens)
 
+    def image_score(self, out: InCTRLOutput, category: int) -> Tensor:
+        """The category's image score: its ``head_weight`` between the holistic head and the max residual."""
+        weight = self.head_weight[int(category)]
+        return weight * out.holistic_score + (1 - weight) * out.residual_map.flatten(1).amax(dim=1)
+
     def forward_features(self, features: Features, category: int, valid: Tensor | None = None) -> DetectorOutput:
         out = self.score_features(features, self.prompt(int(category)))
         size = self.geometry_.size
@@ -127,7 +136,7 @@ class GeneralistDetector(nn.Module):
         anomaly_map = gaussian_smooth(anomaly_map, self.smoothing_sigma)
         if valid is not None:
             anomaly_map = anomaly_map * valid.to(anomaly_map.dtype)
-        return DetectorOutput(anomaly_map, out.score, [None, None, anomaly_map])
+        return DetectorOutput(anomaly_map, self.image_score(out, category), [None, None, anomaly_map])
 
     def forward(self, images: Tensor, category: int, valid: Tensor | None = None) -> DetectorOutput:
         return self.forward_features(self.extract(images), category, valid)
@@ -166,7 +175,10 @@ class GeneralistDetector(nn.Module):
         detector = cls(BackboneParams.model_validate(config["backbone"]), config["categories"], config["shots"],
                        pretrained=False, smoothing_sigma=config.get("smoothing_sigma", 4.0),
                        holistic_input=config.get("holistic_input", "map"))  # fmt: skip
-        detector.load_state_dict(load_file(str(folder / WEIGHTS_FILE), device=str(map_location)), strict=True)
+        state = load_file(str(folder / WEIGHTS_FILE), device=str(map_location))
+        # models onboarded before head_weight existed scored with InCTRL's mean
+        state.setdefault("head_weight", torch.full((len(config["categories"]),), INCTRL_HEAD_WEIGHT))
+        detector.load_state_dict(state, strict=True)
         detector.metadata = config.get("metadata", {})
         return detector.to(map_location).eval()
 

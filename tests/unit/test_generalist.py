@@ -76,3 +76,33 @@ def test_a_generalist_trained_on_real_anomalies_refuses_their_category(trained: 
     with pytest.raises(DatasetError, match=r"real test anomalies of 'plate'"):
         onboard_category(with_real, root, "plate", 2, params, tmp_path / "x", progress=False)
     assert onboard_category(with_real, root, "gear", 2, params, tmp_path / "gear", progress=False).shots == 2  # unseen: fine
+
+
+def test_onboarding_chooses_the_head_weight_on_training_data(trained: tuple[Path, Path, Params], tmp_path: Path) -> None:
+    import torch
+
+    from onenip.models.generalist import GeneralistDetector
+
+    root, generalist, params = trained
+    result = onboard_category(generalist, root, "gear", 2, params, tmp_path / "gear", progress=False)
+    table = {float(w): v for w, v in result.selection["val_image_AUROC"].items()}
+    assert sorted(table) == sorted(params.generalist.head_weights)
+    best = max(table.values())
+    # the best validation AUROC; among equals the one nearest InCTRL's mean
+    assert table[result.head_weight] == best
+    assert abs(result.head_weight - 0.5) == min(abs(w - 0.5) for w, v in table.items() if v == best)
+    # 8 normals are not prompts: all calibrate, each also gets one synthetic anomaly of the validation families
+    assert result.selection["normal_images"] == 8 and result.selection["anomalous_images"] == 8
+    assert result.selection["methods"] == list(params.validation.methods)
+    saved = GeneralistDetector.load(result.model_dir)
+    assert float(saved.head_weight[0]) == result.head_weight
+    assert saved.metadata["head_weight_selection"]["head_weight"] == result.head_weight
+    # the stored weight is what predictions use
+    features = saved.extract(torch.rand(3, 3, 64, 64))
+    with torch.no_grad():
+        out = saved.score_features(features, saved.prompt(0))
+        expected = result.head_weight * out.holistic_score + (1 - result.head_weight) * out.residual_map.flatten(1).amax(1)
+        assert torch.allclose(saved.forward_features(features, 0).pred_score, expected)
+    fixed = params.model_copy(update={"generalist": params.generalist.model_copy(update={"head_weights": (0.0,)})})
+    residual_only = onboard_category(generalist, root, "gear", 2, fixed, tmp_path / "fixed", progress=False)
+    assert residual_only.head_weight == 0.0 and "one value" in residual_only.selection["reason"]

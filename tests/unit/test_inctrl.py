@@ -29,6 +29,24 @@ def test_nearest_prompt_residual_equals_brute_force() -> None:
     torch.testing.assert_close(patch_residual(query, per_query), brute_force_residual(query, per_query), atol=1e-6, rtol=0)
 
 
+def test_bf16_candidate_search_gives_the_exact_residual() -> None:
+    import pytest
+
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("this CPU has no native bfloat16: the search is never used here")
+    generator = torch.Generator().manual_seed(1)
+    query = torch.randn(3, 16, 6, 6, generator=generator)
+    shared = torch.randn(4, 16, 8, 8, generator=generator)  # 256 prompt patches
+    per_query = torch.randn(3, 2, 16, 8, 8, generator=generator)
+    for prompts in (shared, per_query):
+        exact = patch_residual(query, prompts, search="exact")
+        torch.testing.assert_close(exact, brute_force_residual(query, prompts), atol=1e-6, rtol=0)
+        # the candidates' exact cosines decide: equal to float32 precision, not to bfloat16's
+        torch.testing.assert_close(patch_residual(query, prompts, chunk=2, search="bf16"), exact, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="search must be"):
+        patch_residual(query, shared, search="fast")
+
+
 def test_identical_query_and_prompt_give_a_zero_map() -> None:
     layers = [torch.randn(2, 6, 4, 4), torch.randn(2, 3, 8, 8)]
     residual = multi_layer_residual(layers, [layer[:, None] for layer in layers], (8, 8))  # each query its own prompt
@@ -91,3 +109,27 @@ def test_generalist_keeps_its_holistic_input_when_saved(tmp_path) -> None:  # no
     detector = GeneralistDetector(BackboneParams(input_size=64), ["plate"], [2], pretrained=False, holistic_input="sorted")
     loaded = GeneralistDetector.load(detector.save(tmp_path / "model"))
     assert loaded.head.holistic_input == "sorted" and loaded.categories == ["plate"]
+
+
+def test_head_weight_blends_holistic_and_max_residual_and_old_models_load_with_inctrls_mean(tmp_path) -> None:
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from onenip.config import BackboneParams
+    from onenip.models.generalist import GeneralistDetector
+
+    detector = GeneralistDetector(BackboneParams(input_size=64), pretrained=False).eval()
+    features = detector.extract(torch.rand(2, 3, 64, 64))
+    detector.add_category("a", features.coarse[:1], features.fine[:1])  # type: ignore[index]
+    with torch.no_grad():
+        out = detector.score_features(features, detector.prompt(0))
+        assert torch.allclose(detector.forward_features(features, 0).pred_score, out.score)  # default: InCTRL's mean
+        detector.head_weight[0] = 0.0
+        assert torch.allclose(detector.forward_features(features, 0).pred_score, out.residual_map.flatten(1).amax(1))
+    folder = detector.save(tmp_path / "m")
+    state = load_file(str(folder / "model.safetensors"))
+    del state["head_weight"]  # a model onboarded before the weight existed
+    save_file(state, str(folder / "model.safetensors"))
+    assert json.loads((folder / "onenip.json").read_text())["categories"] == ["a"]
+    assert GeneralistDetector.load(folder).head_weight.tolist() == [0.5]
