@@ -231,18 +231,24 @@ def onboard_category(
     k = detector.add_category(category, features.coarse[chosen], features.fine[chosen])  # type: ignore[index]
     rest = [i for i in range(len(normals)) if i not in set(chosen)]
     calibration = _evenly_spaced(rest, params.generalist.calibration_images)
-    selection: dict[str, Any] = {"head_weight": INCTRL_HEAD_WEIGHT, "reason": "InCTRL's mean: too few normal images besides the prompts"}
+    weights = sorted({float(w) for w in params.generalist.head_weights})
+    if len(weights) == 1:
+        selection: dict[str, Any] = {"head_weight": weights[0], "reason": "generalist.head_weights has one value"}
+    else:
+        selection = {"head_weight": INCTRL_HEAD_WEIGHT, "reason": "InCTRL's mean: too few normal images besides the prompts to choose"}
     with torch.no_grad():
         if rest:  # the threshold from the category's other normal images, never from test
             normal_out = detector.score_features(features.select(calibration).to(device), detector.prompt(k))
-            if len(calibration) >= params.validation.min_normals:
+            if len(weights) > 1 and len(calibration) >= params.validation.min_normals:
                 paths = normals["image_path"].iloc[_evenly_spaced(calibration, params.generalist.validation_images)].tolist()
                 selection = choose_head_weight(detector, k, normal_out, paths, params, device)
             detector.head_weight[k] = selection["head_weight"]
             scores = detector.image_score(normal_out, k).float().cpu().numpy()
         else:  # only the prompts: each scored against the others (leave one out); k = 1 gives no basis
+            detector.head_weight[k] = selection["head_weight"]
             scores = np.array([]) if shots < 2 else np.array([
-                float(detector.score_features(features.select([i]).to(device), features.select([j for j in chosen if j != i]).to(device)).score)
+                float(detector.image_score(detector.score_features(features.select([i]).to(device),
+                                                                   features.select([j for j in chosen if j != i]).to(device)), k))
                 for i in chosen
             ])  # fmt: skip
     if not len(scores):
@@ -296,6 +302,8 @@ def choose_head_weight(detector: GeneralistDetector, category: int, normal_out: 
     generator = torch.Generator().manual_seed(params.train.seed)
     anomalous = torch.stack([synthesizer(image.float() / 255, generator=generator).image for image in images])
     features = extract_features(detector.feature_extractor, anomalous.to(device), detector.backbone_cfg, params.train.feature_batch_size)
+    # rounded as the feature cache rounds the normals (float16), so both sides carry the same error
+    features = Features(features.coarse.half().float(), None if features.fine is None else features.fine.half().float()).to(device)
     anomaly_out = detector.score_features(features, detector.prompt(category))
     labels = np.r_[np.zeros(len(normal_out.score)), np.ones(len(anomaly_out.score))]
     aurocs = {}

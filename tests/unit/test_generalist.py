@@ -106,3 +106,8 @@ def test_onboarding_chooses_the_head_weight_on_training_data(trained: tuple[Path
     fixed = params.model_copy(update={"generalist": params.generalist.model_copy(update={"head_weights": (0.0,)})})
     residual_only = onboard_category(generalist, root, "gear", 2, fixed, tmp_path / "fixed", progress=False)
     assert residual_only.head_weight == 0.0 and "one value" in residual_only.selection["reason"]
+    # every normal image a prompt: nothing to choose on; a fixed value still holds, else InCTRL's mean
+    all_prompts = onboard_category(generalist, root, "gear", 10, fixed, tmp_path / "all-fixed", progress=False)
+    assert all_prompts.head_weight == 0.0 and GeneralistDetector.load(all_prompts.model_dir).head_weight.tolist() == [0.0]
+    default = onboard_category(generalist, root, "gear", 10, params, tmp_path / "all", progress=False)
+    assert default.head_weight == 0.5 and "too few" in default.selection["reason"]
