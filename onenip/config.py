@@ -85,8 +85,9 @@ class ScoringParams(_Section):
     These are the defaults (the paper's blend); with ``validation.select`` the rule is chosen per model
     on validation data made from training images, and stored in the model."""
 
-    weights: tuple[float, float, float] = (0.5, 0.5, 0.0)
-    """Weights of the normalised reconstruction error, the refiner probability and the prompt residual."""
+    weights: tuple[float, float, float] | tuple[float, float, float, float] = (0.5, 0.5, 0.0, 0.0)
+    """Weights of the normalised reconstruction error, the refiner probability, the prompt residual and
+    the per-position Gaussian's distance (three numbers: the Gaussian gets 0)."""
     smoothing_sigma: float = Field(4.0, ge=0)
     score_pool_size: int = Field(16, ge=1)
     """Image score = max of the map average-pooled with this window (paper: 16)."""
@@ -127,6 +128,9 @@ class ModelParams(_Section):
     once. Positions and channels that vary on normal images count less."""
     residual_window: int | None = None
     """Prompt residual: only prompt patches within this many fine cells (window side) count; None: all."""
+    gaussian_channels: int = Field(100, ge=0)
+    """Per-position Gaussian of the training normals' fine features (PaDiM's statistic,
+    ``onenip.models.gaussian``): channels of its seeded random subset (PaDiM: 100); 0: no Gaussian map."""
     scoring: ScoringParams = ScoringParams()
     keep_aspect: bool = True
     """Each category's input keeps the aspect of its training images (about ``input_size**2`` pixels);

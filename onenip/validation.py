@@ -7,8 +7,8 @@ and fixed. A refiner trained on the training synthesis would look perfect on ano
 synthesis; anomalies of unseen families measure what matters, how the maps transfer to defect types
 the model never saw (on real defects the refiner alone can be far worse than the reconstruction error).
 
-On it ``select_scoring`` chooses each category's scoring rule (blend weights of the three component
-maps, Gaussian sigma, score pooling window) by the mean of image AUROC, pixel AUROC and AUPRO, and the
+On it ``select_scoring`` chooses each category's scoring rule (blend weights of the four component
+maps, Gaussian sigma, score pooling window) by the mean of image AUROC, pixel AUROC, pixel AP and AUPRO, and the
 training loop keeps the latest epoch that validates about as well as the best one. Selection runs on maps at a quarter
 of the input resolution (sigma and pooling scaled alike), which ranks rules as the full maps do at a
 sixteenth of the cost.
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from sklearn.metrics import average_precision_score
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -30,14 +31,14 @@ from onenip.config import Params, ValidationParams
 from onenip.features import Features, extract_features
 from onenip.metrics.pixel import pixel_aupro
 from onenip.models.onenip import gaussian_smooth
-from onenip.models.scoring import ScoringRule, blend, image_scores
+from onenip.models.scoring import COMPONENTS, ScoringRule, blend, pooled_map
 from onenip.synthesis.checks import SynthesisError
 from onenip.synthesis.synthesizer import VALIDATION_METHODS, AnomalySynthesizer
 
 logger = logging.getLogger(__name__)
 
 SELECTION_DOWNSCALE = 4
-SELECTION_METRICS = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO")
+SELECTION_METRICS = ("image_AUROC", "pixel_AUROC", "pixel_AP", "pixel_AUPRO")
 
 
 @dataclass
@@ -103,16 +104,17 @@ def build_category_validation(
     return CategoryValidation(category, features, labels, torch.cat(masks), torch.cat(valids) if valids else None, methods)
 
 
-def candidate_rules(cfg: ValidationParams, has_residual: bool) -> list[tuple[tuple[float, float, float], float]]:
-    """(weights, sigma) pairs: the simplex of weights in ``weight_step`` steps with the refiner's
-    weight at most ``max_refiner_weight``, times the sigmas."""
+def candidate_rules(cfg: ValidationParams, has_residual: bool, has_gaussian: bool = False) -> list[tuple[tuple[float, ...], float]]:
+    """(weights, sigma) pairs: the simplex of (recon, refiner, residual, gaussian) weights in
+    ``weight_step`` steps, without the maps this model lacks and with the refiner's weight at most
+    ``max_refiner_weight``, times the sigmas."""
     steps = round(1 / cfg.weight_step)
     weights = []
-    for a, b in itertools.product(range(steps + 1), repeat=2):
-        c = steps - a - b
-        if c < 0 or (c > 0 and not has_residual) or b / steps > cfg.max_refiner_weight + 1e-9:
+    for a, b, c in itertools.product(range(steps + 1), repeat=3):
+        d = steps - a - b - c
+        if d < 0 or (c > 0 and not has_residual) or (d > 0 and not has_gaussian) or b / steps > cfg.max_refiner_weight + 1e-9:
             continue
-        weights.append((a / steps, b / steps, c / steps))
+        weights.append((a / steps, b / steps, c / steps, d / steps))
     return [(w, float(s)) for w in weights for s in cfg.smoothing_sigmas]
 
 
@@ -136,7 +138,7 @@ def _downscaled(maps: Tensor, factor: int) -> Tensor:
 def validation_components(detector: torch.nn.Module, validation: CategoryValidation, batch_size: int = 16) -> list[Tensor | None]:
     """The detector's normalised component maps of a category's validation images, at a quarter size."""
     k = detector.category_index(validation.category)
-    parts: list[list[Tensor]] = [[], [], []]
+    parts: list[list[Tensor]] = [[], [], [], []]
     device = detector.device
     for start in range(0, len(validation.features), batch_size):
         chunk = validation.features.select(slice(start, start + batch_size)).float().to(device)
@@ -173,8 +175,8 @@ def select_scoring(
 
 
 AUPRO_FINALISTS = 8
-"""(weights, sigma) candidates whose AUPRO is computed: the best by image and pixel AUROC (AUPRO costs
-about a hundred times more than a rank AUROC)."""
+"""(weights, sigma) candidates whose AUPRO and pixel AP are computed: the best by image and pixel AUROC
+(AUPRO costs about a hundred times more than a rank AUROC)."""
 MAX_NEGATIVE_PIXELS = 200_000
 """Normal pixels sampled (fixed seed) for the pixel AUROC; every anomalous pixel is kept."""
 
@@ -182,35 +184,53 @@ MAX_NEGATIVE_PIXELS = 200_000
 def _select_one(
     validation: CategoryValidation, components: list[Tensor | None], cfg: ValidationParams,
 ) -> tuple[float, ScoringRule, dict[str, float], list[dict[str, object]]]:
+    components = [*components, *[None] * (len(COMPONENTS) - len(components))]  # maps a model lacks
     factor = SELECTION_DOWNSCALE
     masks = (_downscaled(validation.masks.float(), factor) >= 0.5)[:, 0].numpy()
     valid = None if validation.valid is None else _downscaled(validation.valid.float(), factor) >= 0.5
     labels = validation.labels.numpy()
     sample = _pixel_sample(masks)
-    # Stage 1: every (weights, sigma) with every pooling, by image AUROC and pixel AUROC.
-    stage: list[tuple[float, tuple[float, float, float], float, Tensor, dict[int, float], float]] = []
-    for weights, sigma in candidate_rules(cfg, components[2] is not None):
-        smoothed = gaussian_smooth(blend(components, weights), sigma / factor)
-        if valid is not None:
-            smoothed = smoothed * valid
-        pixel_auroc = rank_auroc(smoothed[:, 0].numpy().ravel()[sample], masks.ravel()[sample])
-        images = {int(pool): rank_auroc(image_scores(smoothed, max(1, round(pool / factor))).numpy(), labels) for pool in cfg.score_pool_sizes}
-        best_image = max(images.values())
-        stage.append(((best_image + pixel_auroc) / 2, weights, sigma, smoothed, images, pixel_auroc))
+    # Stage 1: every (weights, sigma) with every pooling, by image AUROC and pixel AUROC. Smoothing,
+    # masking and pooling are linear, so they are applied to each component once per sigma (and pool)
+    # and the candidates blend the results: a handful of convolutions instead of one per candidate.
+    candidates = candidate_rules(cfg, components[2] is not None, components[3] is not None)
+    sigmas = sorted({sigma for _, sigma in candidates})
+
+    def smoothed_components(sigma: float) -> list[Tensor | None]:
+        out = [None if c is None else gaussian_smooth(c, sigma / factor) for c in components]
+        return out if valid is None else [None if c is None else c * valid for c in out]
+
+    found_stage: dict[tuple[tuple[float, ...], float], tuple[dict[int, float], float]] = {}
+    for sigma in sigmas:
+        parts = smoothed_components(sigma)
+        group = [weights for weights, s in candidates if s == sigma]
+        pixel = {w: rank_auroc(blend(parts, w)[:, 0].numpy().ravel()[sample], masks.ravel()[sample]) for w in group}
+        images: dict[tuple[float, ...], dict[int, float]] = {w: {} for w in group}
+        for pool in cfg.score_pool_sizes:
+            pooled = [None if c is None else pooled_map(c, max(1, round(pool / factor))) for c in parts]
+            for w in group:
+                images[w][int(pool)] = rank_auroc(blend(pooled, w).flatten(1).amax(dim=1).numpy(), labels)
+        for w in group:
+            found_stage[(w, sigma)] = (images[w], pixel[w])
+    stage = [((max(im.values()) + px) / 2, w, sigma, im, px) for (w, sigma), (im, px) in ((key, found_stage[key]) for key in candidates)]
     # Stage 2: AUPRO for the finalists; the choice is by the mean of the three metrics.
     order = sorted(range(len(stage)), key=lambda i: -stage[i][0])
     table: list[dict[str, object]] = []
     best: tuple[float, ScoringRule, dict[str, float]] | None = None
     for rank, i in enumerate(order):
-        _, weights, sigma, smoothed, images, pixel_auroc = stage[i]
-        aupro = float(pixel_aupro(smoothed[:, 0].numpy(), masks)) if rank < AUPRO_FINALISTS else None
+        _, weights, sigma, images, pixel_auroc = stage[i]
+        finalist = rank < AUPRO_FINALISTS
+        smoothed = blend(smoothed_components(sigma), weights) if finalist else None
+        aupro = float(pixel_aupro(smoothed[:, 0].numpy(), masks)) if smoothed is not None else None
+        # every pixel (not the AUROC's sample): AP depends on how many normal pixels there are
+        pixel_ap = float(average_precision_score(masks.ravel(), smoothed[:, 0].numpy().ravel())) if smoothed is not None and masks.any() else 0.0
         for pool, image in images.items():
             rule = ScoringRule(weights, sigma, pool)
             found = {"image_AUROC": image, "pixel_AUROC": pixel_auroc}
             if aupro is None:
                 table.append({**rule.to_dict(), **found, "score": None})
                 continue
-            found["pixel_AUPRO"] = aupro
+            found["pixel_AUPRO"], found["pixel_AP"] = aupro, pixel_ap
             score = float(np.mean([found[name] for name in SELECTION_METRICS]))
             table.append({**rule.to_dict(), **found, "score": score})
             if best is None or score > best[0] + 1e-9:

@@ -23,8 +23,9 @@ from onenip.data.geometry import InputGeometry, square_geometry
 from onenip.data.transforms import normalize
 from onenip.features import Features
 from onenip.models.backbone import FeatureExtractor, build_feature_extractor
+from onenip.models.gaussian import mahalanobis_map, select_channels
 from onenip.models.onenip import OneNIP, check_neighbor_size
-from onenip.models.scoring import ScoringRule, normalised_components, score_maps
+from onenip.models.scoring import ScoringRule, normalised_components, padded_weights, score_maps
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "onenip.json"
@@ -41,7 +42,8 @@ class DetectorOutput(NamedTuple):
     pred_score: Tensor
     """(B,) image scores."""
     components: list[Tensor | None]
-    """Normalised [recon, refiner, residual] maps (B, 1, H, W), before smoothing (residual None without fine path)."""
+    """Normalised [recon, refiner, residual, gaussian] maps (B, 1, H, W), before smoothing (residual None
+    without fine path, gaussian None where no Gaussian is fitted)."""
 
 
 def build_onenip(cfg: ModelParams, in_features: int, fine_features: int, max_grid: tuple[int, int]) -> OneNIP:
@@ -135,10 +137,23 @@ class OneNIPDetector(nn.Module):
             if extractor.num_fine_features:
                 self.register_buffer(f"prompt_fine_{k}", torch.zeros(bank, extractor.num_fine_features, h * ratio, w * ratio))
         count = len(self.categories)
+        if cfg.gaussian_channels:
+            # on the fine grid where there is one (PaDiM's strides 8 and 16), else the coarse grid
+            source = extractor.num_fine_features or extractor.num_features
+            channels = select_channels(source, cfg.gaussian_channels)
+            self.register_buffer("gaussian_channels", channels)
+            grid_ratio = ratio if extractor.num_fine_features else 1
+            for k, category in enumerate(self.categories):
+                h, w = grids[category]
+                d = len(channels)
+                self.register_buffer(f"gaussian_mean_{k}", torch.zeros(d, h * grid_ratio, w * grid_ratio))
+                self.register_buffer(f"gaussian_precision_{k}", torch.eye(d).repeat(h * grid_ratio * w * grid_ratio, 1, 1))
+        self.register_buffer("gaussian_fitted", torch.zeros(count, dtype=torch.bool))
+        self.register_buffer("gaussian_scale", torch.ones(count))
         self.register_buffer("recon_scale", torch.ones(count))
         self.register_buffer("residual_scale", torch.ones(count))
         self.register_buffer("score_threshold", torch.full((count,), float("inf")))
-        default_rule = ScoringRule(tuple(cfg.scoring.weights), cfg.scoring.smoothing_sigma, cfg.scoring.score_pool_size)
+        default_rule = ScoringRule(padded_weights(cfg.scoring.weights), cfg.scoring.smoothing_sigma, cfg.scoring.score_pool_size)
         self.scoring: dict[str, ScoringRule] = dict.fromkeys(self.categories, default_rule)
         """Per category, how its maps are blended and scored (chosen on validation data in training)."""
         self.metadata: dict[str, Any] = {}
@@ -190,7 +205,7 @@ class OneNIPDetector(nn.Module):
         return Features(coarse, fine)
 
     def components(self, features: Features, k: int, prompt: Features | None = None) -> list[Tensor | None]:
-        """Normalised [recon, refiner, residual] maps of one category's queries at its input size.
+        """Normalised [recon, refiner, residual, gaussian] maps of one category's queries at its input size.
 
         ``prompt`` replaces the stored prompt (prompt sensitivity, training-time validation)."""
         if prompt is not None:
@@ -225,7 +240,31 @@ class OneNIPDetector(nn.Module):
             recon_map = _z_norm(out.recon_features - features.coarse, *self.error_statistics(k, "recon"), size)
             if out.fine_residual is not None:
                 residual_map = _z_norm(out.fine_residual, *self.error_statistics(k, "fine"), size)
-        return normalised_components(recon_map, out.refined_map, residual_map, self.recon_scale[k], self.residual_scale[k])
+        maps = normalised_components(recon_map, out.refined_map, residual_map, self.recon_scale[k], self.residual_scale[k])
+        return [*maps, self.gaussian_map(features, k, out.recon_map.shape[-2:])]
+
+    @property
+    def has_gaussian(self) -> bool:
+        return hasattr(self, "gaussian_channels")
+
+    def gaussian_source(self, features: Features) -> Tensor:
+        """The features the Gaussian models: the channel subset of the fine grid (coarse without one)."""
+        source = features.fine if features.fine is not None else features.coarse
+        return source.index_select(1, self.gaussian_channels.to(source.device))
+
+    def gaussian_map(self, features: Features, k: int, size: tuple[int, int] | torch.Size) -> Tensor | None:
+        """Category k's Mahalanobis map at ``size``, divided by ``gaussian_scale``; None when not fitted."""
+        if not self.has_gaussian or not bool(self.gaussian_fitted[k]):
+            return None
+        mean, precision = getattr(self, f"gaussian_mean_{k}"), getattr(self, f"gaussian_precision_{k}")
+        distance = mahalanobis_map(self.gaussian_source(features).to(mean.dtype), mean, precision)
+        distance = F.interpolate(distance, size=tuple(size), mode="bilinear", align_corners=False)
+        return distance / self.gaussian_scale[k].clamp_min(1e-8)
+
+    def set_gaussian(self, k: int, mean: Tensor, precision: Tensor) -> None:
+        getattr(self, f"gaussian_mean_{k}").copy_(mean)
+        getattr(self, f"gaussian_precision_{k}").copy_(precision)
+        self.gaussian_fitted[k] = True
 
     def error_statistics(self, k: int, which: str) -> tuple[Tensor, Tensor, Tensor]:
         """(mean, whitening, std) of category k's ``recon`` or ``fine`` residual (see ``training.error_statistics``)."""
@@ -309,6 +348,11 @@ class OneNIPDetector(nn.Module):
         geometries = {c: InputGeometry.from_dict(g) for c, g in config["geometries"].items()}
         detector = cls(ModelParams.model_validate(config["model"]), config["categories"], geometries, pretrained=False)
         state = load_file(str(weights_path), device=str(map_location))
+        expected = detector.state_dict()
+        # models saved before the Gaussian map existed load without it (their rules never weight it)
+        for key in expected.keys() - state.keys():
+            if key.startswith("gaussian_"):
+                state[key] = expected[key]
         detector.load_state_dict(state, strict=True)
         detector.scoring = {category: ScoringRule.from_dict(rule) for category, rule in config["scoring"].items()}
         detector.metadata = config.get("metadata", {})

@@ -1,8 +1,9 @@
 """From OneNIP's component maps to one anomaly map and an image score.
 
-Three maps come out of ``OneNIP.forward``: the reconstruction error (the paper's unsupervised map),
-the refiner probability (the paper's supervised map) and, with the fine path, the distance of each
-fine patch to its nearest prompt patch. The anomaly map is a weighted sum of them, each error map
+Four maps come out of ``OneNIPDetector.components``: the reconstruction error (the paper's unsupervised
+map), the refiner probability (the paper's supervised map), with the fine path the distance of each
+fine patch to its nearest prompt patch, and the Mahalanobis distance of each patch to its position's
+Gaussian on the training normals (``onenip.models.gaussian``). The anomaly map is a weighted sum of them, each error map
 divided by its typical maximum on held-out training normals of the category (so 1 means "as bad as the
 worst normal"), then Gaussian-smoothed; the image score is the maximum of the map average-pooled over
 ``score_pool_size`` pixels. The paper blends 0.5 / 0.5 and rescales with the *test set's* extremes;
@@ -21,20 +22,27 @@ from torch import Tensor
 
 from onenip.models.onenip import gaussian_smooth
 
-COMPONENTS: tuple[str, ...] = ("recon", "refiner", "residual")
+COMPONENTS: tuple[str, ...] = ("recon", "refiner", "residual", "gaussian")
+
+
+def padded_weights(weights: Sequence[float]) -> tuple[float, ...]:
+    """Weights of all ``COMPONENTS``: rules written before the Gaussian map have three (it gets 0)."""
+    weights = tuple(float(w) for w in weights)
+    return weights + (0.0,) * (len(COMPONENTS) - len(weights)) if len(weights) == 3 else weights
 
 
 @dataclass(frozen=True)
 class ScoringRule:
-    """Weights of (recon, refiner, residual), smoothing sigma in pixels, score pooling window in pixels."""
+    """Weights of (recon, refiner, residual, gaussian), smoothing sigma in pixels, score pooling window in pixels."""
 
-    weights: tuple[float, float, float] = (0.5, 0.5, 0.0)
+    weights: tuple[float, ...] = (0.5, 0.5, 0.0, 0.0)
     smoothing_sigma: float = 4.0
     score_pool_size: int = 16
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "weights", padded_weights(self.weights))
         if len(self.weights) != len(COMPONENTS) or min(self.weights) < 0 or sum(self.weights) <= 0:
-            msg = f"weights must be three non-negative numbers (recon, refiner, residual) with a positive sum, got {self.weights}"
+            msg = f"weights must be four non-negative numbers (recon, refiner, residual, gaussian) with a positive sum, got {self.weights}"
             raise ValueError(msg)
         if self.smoothing_sigma < 0 or self.score_pool_size < 1:
             msg = f"need smoothing_sigma >= 0 and score_pool_size >= 1, got {self.smoothing_sigma}, {self.score_pool_size}"
@@ -45,7 +53,7 @@ class ScoringRule:
 
     @classmethod
     def from_dict(cls, value: dict[str, object]) -> ScoringRule:
-        return cls(tuple(float(w) for w in value["weights"]), float(value["smoothing_sigma"]), int(value["score_pool_size"]))  # type: ignore[arg-type]
+        return cls(padded_weights(value["weights"]), float(value["smoothing_sigma"]), int(value["score_pool_size"]))  # type: ignore[arg-type]
 
 
 def normalised_components(
@@ -77,13 +85,18 @@ def blend(components: Sequence[Tensor | None], weights: Sequence[float]) -> Tens
     return total
 
 
-def image_scores(anomaly_map: Tensor, pool_size: int) -> Tensor:
-    """Image score: max of the average-pooled map (robust to single hot pixels)."""
+def pooled_map(anomaly_map: Tensor, pool_size: int) -> Tensor:
+    """The map's ``pool_size`` box mean at every position where the box fits (the side capped at the map's)."""
     size = min(pool_size, *anomaly_map.shape[-2:])
     if size > 1:
         # A k x k box mean is a 1 x k mean of k x 1 means: 2k instead of k^2 reads per pixel.
         anomaly_map = F.avg_pool2d(F.avg_pool2d(anomaly_map, (size, 1), stride=1), (1, size), stride=1)
-    return anomaly_map.flatten(1).amax(dim=1)
+    return anomaly_map
+
+
+def image_scores(anomaly_map: Tensor, pool_size: int) -> Tensor:
+    """Image score: max of the average-pooled map (robust to single hot pixels)."""
+    return pooled_map(anomaly_map, pool_size).flatten(1).amax(dim=1)
 
 
 def score_maps(components: Sequence[Tensor | None], rule: ScoringRule, valid: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -29,7 +29,11 @@ def detector() -> OneNIPDetector:
             bank.fine.normal_()
         mean, whiten, std = model.error_statistics(k, "recon")
         mean.normal_(0, 0.1), whiten.add_(0.05 * torch.randn_like(whiten)), std.uniform_(0.5, 2)
-    model.scoring["strip"] = ScoringRule((0.5, 0.25, 0.25), 2.0, 4)
+    # a fitted Gaussian on "strip" (random SPD precisions), weighted there: the graph carries the fourth map
+    mean = torch.randn_like(model.gaussian_mean_1)
+    factor = torch.randn(model.gaussian_precision_1.shape) * 0.1
+    model.set_gaussian(1, mean, factor @ factor.transpose(1, 2) + torch.eye(factor.shape[-1]))
+    model.scoring["strip"] = ScoringRule((0.25, 0.25, 0.25, 0.25), 2.0, 4)
     model.score_threshold.fill_(1.0)
     return model
 

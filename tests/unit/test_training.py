@@ -230,15 +230,15 @@ def test_scoring_rule_and_epoch_are_chosen_on_validation_and_stored(tmp_path: Pa
     top = max(h["val_score"] for h in result.history)
     kept = max(h["epoch"] for h in result.history if h["val_score"] >= top - base.validation.epoch_tolerance)
     assert loaded.metadata["kept_epoch"] == kept
-    # the candidates are the weight simplex (step 0.5 with the residual) x sigmas x pools
-    # the refiner's weight is capped at 0.5: (0, 1, 0) is not a candidate
-    assert len(selection.table["plate"]) == 5 * 2 * 2
+    # the candidates are the weight simplex (step 0.5 with the residual and the Gaussian: 10 points)
+    # x sigmas x pools; the refiner's weight is capped at 0.5: (0, 1, 0, 0) is not a candidate
+    assert len(selection.table["plate"]) == 9 * 2 * 2
     scored = [row["score"] for row in selection.table["plate"] if row["score"] is not None]  # the AUPRO finalists
     assert 0 < len(scored) <= 8 * 2 and max(scored) == pytest.approx(selection.score)
 
     fixed = base.model_copy(update={"validation": base.validation.model_copy(update={"select": False})})
     kept = train_onenip(manifest, fixed, tmp_path / "fixed", progress=False)
-    assert kept.selection is None and kept.detector.scoring["plate"].weights == (0.5, 0.5, 0.0)
+    assert kept.selection is None and kept.detector.scoring["plate"].weights == (0.5, 0.5, 0.0, 0.0)
 
 
 def test_the_latest_epoch_within_tolerance_of_the_best_is_kept() -> None:
