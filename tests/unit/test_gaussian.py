@@ -84,3 +84,18 @@ def test_detector_scores_the_gaussian_only_where_fitted_and_loads_models_saved_w
     assert old.scoring["plate"].weights == (1.0, 0.0, 0.0, 0.0) and not bool(old.gaussian_fitted[0])
     with torch.no_grad():
         assert old(images, 0).components[3] is None
+
+
+def test_without_a_fine_path_the_gaussian_models_the_coarse_grid() -> None:
+    torch.manual_seed(0)
+    cfg = ModelParams.model_validate(TINY_MODEL | {"gaussian_channels": 4, "backbone": {"input_size": 64, "fine_indices": []}})
+    detector = OneNIPDetector(cfg, ["plate"], pretrained=False).eval()
+    images = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        features = detector.extract(images)
+        assert features.fine is None
+        source = detector.gaussian_source(features)
+        assert source.shape == (3, 4, 4, 4)  # 4 channels of the stride-16 grid of a 64 px image
+        detector.set_gaussian(0, *fit_position_gaussian([(source, torch.ones(3, 1, 4, 4))]))
+        gaussian = detector(images, 0).components[3]
+    assert gaussian is not None and gaussian.shape == (3, 1, 64, 64) and torch.isfinite(gaussian).all()

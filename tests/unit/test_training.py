@@ -233,6 +233,7 @@ def test_scoring_rule_and_epoch_are_chosen_on_validation_and_stored(tmp_path: Pa
     # the candidates are the weight simplex (step 0.5 with the residual and the Gaussian: 10 points)
     # x sigmas x pools; the refiner's weight is capped at 0.5: (0, 1, 0, 0) is not a candidate
     assert len(selection.table["plate"]) == 9 * 2 * 2
+    assert bool(loaded.gaussian_fitted[0]) and float(loaded.gaussian_scale[0]) != 1.0  # fitted in training, scaled on held-out normals
     scored = [row["score"] for row in selection.table["plate"] if row["score"] is not None]  # the AUPRO finalists
     assert 0 < len(scored) <= 8 * 2 and max(scored) == pytest.approx(selection.score)
 
