@@ -203,8 +203,9 @@ class ValidationParams(_Section):
     methods: tuple[str, ...] = ("warp", "smudge", "spots")
     """Synthesis families of the validation anomalies; none of them may be in ``synthesis.methods``."""
     anomalies_per_image: int = Field(4, ge=1)
-    every_epochs: int = Field(1, ge=1)
-    """Validate after every n-th epoch (and the last)."""
+    every_epochs: int = Field(2, ge=1)
+    """Validate after every n-th epoch (and the last). Validation does not change training (every
+    epoch reseeds), so with the last epoch kept the model is the same as with every epoch validated."""
     epoch_tolerance: float = Field(0.02, ge=0)
     """The latest validated epoch whose score is within this of the best score is kept (the
     maximum of noisy scores would favour an early, undertrained epoch)."""

@@ -508,6 +508,7 @@ def train_onenip(
     pools: dict[str, SyntheticPool] = {}
     started = time.perf_counter()
     train_seconds = sum(h.get("seconds", 0.0) for h in history)
+    final_selection: Selection | None = None  # the last epoch's validation, reused when that epoch is kept
 
     for epoch in range(start_epoch, cfg.epochs):
         epoch_start = time.perf_counter()
@@ -577,6 +578,7 @@ def train_onenip(
             selection = validate(detector, data, validations, params, device)
             record["val_score"] = selection.score
             record["validation_seconds"] = time.perf_counter() - validation_start
+            final_selection = selection if last else None
             if keeps(best, selection.score, params.validation.epoch_tolerance):
                 top = selection.score if best is None else max(best.top_score, selection.score)
                 state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -593,13 +595,19 @@ def train_onenip(
             return TrainResult(detector, history, train_seconds, prompt_paths, None)
 
     kept_epoch = cfg.epochs
-    if best is not None:
+    if best is not None and best.epoch != cfg.epochs:
         model.load_state_dict(best.state)
         kept_epoch = best.epoch
-    selection = validate(detector, data, validations, params, device) if validations else None
+        final_selection = None  # the kept weights need their own calibration and selection
+    # When the last epoch is kept, its validation already calibrated these weights and chose the rule:
+    # running it again would repeat the same computation (about 30 s on magnetic_tile).
+    selection = final_selection
+    if selection is None and validations:
+        selection = validate(detector, data, validations, params, device)
     if selection is not None:
         detector.scoring = dict(selection.rules)
-    calibrate_threshold(detector, data, params.eval.threshold_quantile, device)
+    # a selection has just calibrated the maps of these very weights
+    calibrate_threshold(detector, data, params.eval.threshold_quantile, device, calibrated=selection is not None)
     model_dir = detector.save(
         output_dir / "model",
         metadata={
@@ -797,11 +805,15 @@ def validate(
 
 
 @torch.no_grad()
-def calibrate_threshold(detector: OneNIPDetector, data: Sequence[CategoryData], threshold_quantile: float, device: torch.device) -> None:
-    """Map scales (``calibrate_scales``), then the decision threshold per category: the
-    ``threshold_quantile`` of the held-out training normals' image scores under the model's scoring rule."""
-    calibrate_error_statistics(detector, data, device)
-    calibrate_scales(detector, data, device)
+def calibrate_threshold(
+    detector: OneNIPDetector, data: Sequence[CategoryData], threshold_quantile: float, device: torch.device, *, calibrated: bool = False,
+) -> None:
+    """Map statistics and scales (unless ``calibrated``: ``validate`` has just set them for the current
+    weights), then the decision threshold per category: the ``threshold_quantile`` of the held-out
+    training normals' image scores under the model's scoring rule."""
+    if not calibrated:
+        calibrate_error_statistics(detector, data, device)
+        calibrate_scales(detector, data, device)
     for item in data:
         holdout = len(item.holdout_features) > 0
         features = item.holdout_features if holdout else item.fit_features

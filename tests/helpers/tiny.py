@@ -11,4 +11,4 @@ TINY_MODEL: dict = {
     "scoring": {"smoothing_sigma": 1.0, "score_pool_size": 4},
 }
 # Validation choices on a tiny model: few candidates, so a test run stays fast.
-TINY_VALIDATION: dict = {"smoothing_sigmas": [0, 2], "score_pool_sizes": [1, 4], "weight_step": 0.5, "anomalies_per_image": 1}
+TINY_VALIDATION: dict = {"smoothing_sigmas": [0, 2], "score_pool_sizes": [1, 4], "weight_step": 0.5, "anomalies_per_image": 1, "every_epochs": 1}

@@ -242,6 +242,37 @@ def test_scoring_rule_and_epoch_are_chosen_on_validation_and_stored(tmp_path: Pa
     assert kept.selection is None and kept.detector.scoring["plate"].weights == (0.5, 0.5, 0.0, 0.0)
 
 
+def test_validation_every_n_epochs_and_the_kept_last_epoch_is_not_validated_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import copy
+
+    from onenip import training
+
+    root = make_mvtec_tree(tmp_path / "tree", ("plate",), n_train=16, n_test_good=2, n_test_bad=2, size=64)
+    manifest = make_manifest(root, progress=False)
+    base = tiny_params(tmp_path, epochs=3, holdout_fraction=0.3)
+    # every 2nd epoch and the last; a huge tolerance keeps the latest validated epoch (the last)
+    params = base.model_copy(update={"validation": base.validation.model_copy(update={"every_epochs": 2, "epoch_tolerance": 1.0})})
+    calls: list[int] = []
+    real_validate, real_threshold = training.validate, training.calibrate_threshold
+    monkeypatch.setattr(training, "validate", lambda *a, **k: calls.append(1) or real_validate(*a, **k))
+    compared: list[tuple[bool, torch.Tensor, torch.Tensor]] = []
+
+    def threshold(detector, data, quantile, device, *, calibrated=False):  # noqa: ANN001, ANN202
+        real_threshold(detector, data, quantile, device, calibrated=calibrated)
+        fresh = copy.deepcopy(detector)
+        real_threshold(fresh, data, quantile, device, calibrated=False)  # statistics and scales recomputed
+        compared.append((calibrated, detector.score_threshold.clone(), fresh.score_threshold.clone()))
+
+    monkeypatch.setattr(training, "calibrate_threshold", threshold)
+    result = train_onenip(manifest, params, tmp_path / "run", progress=False)
+    assert [("val_score" in h) for h in result.history] == [False, True, True]
+    assert result.detector.metadata["kept_epoch"] == 3
+    # epochs 2 and 3 validated; the kept last epoch's selection is reused, not recomputed
+    assert len(calls) == 2
+    [(calibrated, kept, recomputed)] = compared
+    assert calibrated and torch.allclose(kept, recomputed)
+
+
 def test_the_latest_epoch_within_tolerance_of_the_best_is_kept() -> None:
     from onenip.training import BestEpoch, keeps
 
