@@ -189,6 +189,10 @@ class TrainParams(_Section):
     device: str = "auto"
     """auto: CUDA (with AMP) when present, else CPU."""
     feature_batch_size: int = Field(16, ge=1)
+    max_images_per_epoch: int | None = Field(None, ge=1)
+    """Each epoch trains on a fresh seeded random subset of this many fit images of a category that
+    has more (None: all). Bounds a large category's epoch (time) and its weight in a unified model;
+    the Gaussians, statistics and validation still use every image."""
     cache_dir: str = ".cache/onenip"
     """Backbone features per (image sha256, backbone, input size)."""
 

@@ -3,6 +3,8 @@
 The backbone is frozen, so training runs on cached features (``onenip.features``). Each training
 query also gets a synthesized anomalous copy drawn from a fixed pool of ``pool_size`` copies per
 image whose features are computed once (``SyntheticPool``); ``regenerate_every`` refreshes it.
+``max_images_per_epoch`` lets an epoch of a large category train on a seeded subset (and the pool
+synthesize only that subset).
 Every source of randomness in an epoch is seeded from ``(seed, epoch)``, so a run resumed from the
 checkpoint of epoch k continues exactly as the uninterrupted run would.
 
@@ -175,14 +177,25 @@ class CategoryData:
 
 @dataclass
 class SyntheticPool:
-    """``pool_size`` synthesized copies per training image of one category: features and masks.
+    """``pool_size`` synthesized copies of training images of one category: features and masks.
 
-    Masks are stored area-pooled to the refiner's resolution (what the Dice loss compares with)."""
+    Masks are stored area-pooled to the refiner's resolution (what the Dice loss compares with).
+    ``rows`` maps an image index to its first row (-1: not synthesized), so a pool may hold only the
+    images an epoch uses (``train.max_images_per_epoch``)."""
 
-    features: Features  # (N * K, ...) float16, copy j of image i at i * K + j
-    masks: Tensor  # (N * K, 1, 4h, 4w) float16
+    features: Features  # (M * K, ...) float16, copy j of the image in pool slot s at s * K + j
+    masks: Tensor  # (M * K, 1, 4h, 4w) float16
     pool_size: int
     generation: int = 0
+    rows: Tensor | None = None  # (N,) long: image index -> pool slot; None: slot == image index
+
+    def positions(self, idx: Tensor, variant: Tensor) -> Tensor:
+        """Rows of copy ``variant`` of images ``idx`` (indices into the category's fit images)."""
+        slots = idx if self.rows is None else self.rows[idx]
+        if bool((slots < 0).any()):
+            msg = f"images {idx[slots < 0].tolist()} were not synthesized in this pool"
+            raise IndexError(msg)
+        return slots * self.pool_size + variant
 
     @classmethod
     def build(
@@ -195,16 +208,23 @@ class SyntheticPool:
         seed: int,
         generation: int = 0,
         progress: bool = True,
+        indices: Tensor | None = None,
     ) -> SyntheticPool:
+        """Synthesize ``pool_size`` copies of each fit image, or of the images ``indices`` only."""
         k = params.synthesis.pool_size
         batch_size = params.train.feature_batch_size
         generator = torch.Generator().manual_seed(int(seed) * 7919 + generation * 104729 + data.index)
         grid = data.geometry.grid(params.model.backbone.feature_stride)
         refiner_size = (grid[0] * 4, grid[1] * 4)
+        chosen = list(range(len(data.fit_images))) if indices is None else sorted(set(indices.tolist()))
+        rows = None
+        if indices is not None:
+            rows = torch.full((len(data.fit_images),), -1, dtype=torch.long)
+            rows[torch.tensor(chosen, dtype=torch.long)] = torch.arange(len(chosen))
         parts: list[Features] = []
         masks: list[Tensor] = []
         pending: list[Tensor] = []
-        bar = tqdm(total=len(data.fit_images) * k, desc=f"Synthetic anomalies ({data.name})", unit="img", disable=not progress)
+        bar = tqdm(total=len(chosen) * k, desc=f"Synthetic anomalies ({data.name})", unit="img", disable=not progress)
 
         def flush() -> None:
             out = extract_features(extractor, torch.stack(pending), params.model.backbone, batch_size)
@@ -212,7 +232,7 @@ class SyntheticPool:
             bar.update(len(pending))
             pending.clear()
 
-        for i in range(len(data.fit_images)):
+        for i in chosen:
             image = data.fit_images[i].float() / 255
             foreground = None if data.fit_valid is None else data.fit_valid[i, 0]
             for _ in range(k):
@@ -224,7 +244,7 @@ class SyntheticPool:
         if pending:
             flush()
         bar.close()
-        return cls(Features.cat(parts), torch.stack(masks), k, generation)
+        return cls(Features.cat(parts), torch.stack(masks), k, generation, rows)
 
 
 def prepare_category_data(
@@ -392,15 +412,50 @@ def draw_prompt_indices(query_idx: Tensor, count: int, generator: torch.Generato
     return (query_idx + offsets) % count
 
 
-def epoch_batches(sizes: Sequence[int], batch_size: int, generator: torch.Generator) -> list[tuple[int, Tensor]]:
-    """One epoch of (category position, image indices) batches: every image once, each batch from one
-    category (images of a batch share a grid), categories interleaved in random order."""
+def epoch_subset(size: int, cap: int | None, seed: int, epoch: int, position: int) -> Tensor | None:
+    """The (sorted) images of category ``position`` that epoch ``epoch`` trains on: a seeded random
+    ``cap`` of its ``size`` images where it has more (``None``: all). Seeded by (seed, epoch, category)
+    alone, so resuming, and building the synthetic pool ahead of the epochs, see the same subset."""
+    if cap is None or size <= cap:
+        return None
+    generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + epoch * 7_919 + position)
+    return torch.randperm(size, generator=generator)[:cap].sort().values
+
+
+def epoch_subsets(sizes: Sequence[int], cap: int | None, seed: int, epoch: int) -> list[Tensor | None]:
+    return [epoch_subset(size, cap, seed, epoch, position) for position, size in enumerate(sizes)]
+
+
+def epoch_batches(
+    sizes: Sequence[int], batch_size: int, generator: torch.Generator, subsets: Sequence[Tensor | None] | None = None,
+) -> list[tuple[int, Tensor]]:
+    """One epoch of (category position, image indices) batches: every image once (of ``subsets[p]``
+    where given), each batch from one category (images of a batch share a grid), categories
+    interleaved in random order."""
     batches = []
     for position, size in enumerate(sizes):
-        order = torch.randperm(size, generator=generator)
-        batches += [(position, order[start : start + batch_size]) for start in range(0, size, batch_size)]
+        subset = None if subsets is None else subsets[position]
+        order = torch.randperm(size, generator=generator) if subset is None else subset[torch.randperm(len(subset), generator=generator)]
+        batches += [(position, order[start : start + batch_size]) for start in range(0, len(order), batch_size)]
     shuffle = torch.randperm(len(batches), generator=generator).tolist()
     return [batches[i] for i in shuffle]
+
+
+def images_per_epoch(size: int, cap: int | None) -> int:
+    return size if cap is None else min(size, cap)
+
+
+def generation_indices(
+    size: int, position: int, cap: int | None, seed: int, generation: int, regenerate_every: int, epochs: int,
+) -> Tensor | None:
+    """The images a pool generation must synthesize: the union of the subsets of its epochs
+    (``None``: all images, when there is no cap, the category is under it, or one pool serves the run)."""
+    if cap is None or size <= cap or regenerate_every == 0:
+        return None
+    first = generation * regenerate_every
+    epochs_of_generation = range(first, min(first + regenerate_every, epochs))
+    used = [epoch_subset(size, cap, seed, epoch, position) for epoch in epochs_of_generation]
+    return torch.unique(torch.cat(used))  # type: ignore[arg-type]
 
 
 def fingerprint_of(params: Params, data: Sequence[CategoryData]) -> str:
@@ -500,7 +555,8 @@ def train_onenip(
             start_epoch, history, best = restored
             logger.info("Resuming from epoch %d in %s", start_epoch, checkpoint_dir)
 
-    steps_per_epoch = sum(math.ceil(len(item.fit_images) / cfg.batch_size) for item in data)
+    cap = cfg.max_images_per_epoch
+    steps_per_epoch = sum(math.ceil(images_per_epoch(len(item.fit_images), cap) / cfg.batch_size) for item in data)
     total_steps = steps_per_epoch * cfg.epochs
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
@@ -519,15 +575,19 @@ def train_onenip(
             if pool is None or pool.generation != generation:
                 pools.pop(item.name, None)  # free the old pool first: never two of a category in memory
                 del pool
+                needed = generation_indices(
+                    len(item.fit_images), item.index, cap, cfg.seed, generation, params.synthesis.regenerate_every, cfg.epochs,
+                )
                 pools[item.name] = SyntheticPool.build(
                     item, synthesizers[item.name], detector.feature_extractor, params,
-                    seed=cfg.seed, generation=generation, progress=progress,
+                    seed=cfg.seed, generation=generation, progress=progress, indices=needed,
                 )
         synthesis_seconds = time.perf_counter() - synthesis_start
         # Everything random in this epoch derives from (seed, epoch): resume == uninterrupted.
         torch.manual_seed(cfg.seed * 100_003 + epoch)
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        batches = epoch_batches([len(item.fit_images) for item in data], cfg.batch_size, generator)
+        sizes = [len(item.fit_images) for item in data]
+        batches = epoch_batches(sizes, cfg.batch_size, generator, epoch_subsets(sizes, cap, cfg.seed, epoch))
         model.train()
         totals = {"loss": 0.0, "feature_mse": 0.0, "dice": 0.0}
         bar = tqdm(batches, desc=f"Epoch {epoch + 1}/{cfg.epochs}", unit="step", disable=not progress)
@@ -539,8 +599,9 @@ def train_onenip(
             variant = torch.randint(pool.pool_size, (len(idx),), generator=generator)
             prompt_idx = draw_prompt_indices(idx, len(item.fit_images), generator)
             query = item.fit_features.select(idx).float()
-            synthetic = pool.features.select(idx * pool.pool_size + variant).float()
-            masks = pool.masks[idx * pool.pool_size + variant].float()
+            rows = pool.positions(idx, variant)
+            synthetic = pool.features.select(rows).float()
+            masks = pool.masks[rows].float()
             inputs = Features.cat([query, synthetic]).to(device)
             targets = torch.cat([query.coarse, query.coarse]).to(device)
             all_masks = torch.cat([torch.zeros_like(masks), masks]).to(device)

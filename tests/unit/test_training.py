@@ -14,7 +14,10 @@ from onenip.data.transforms import load_image
 from onenip.evaluation import evaluate
 from onenip.features import FeatureCache, Features
 from onenip.models.detector import ModelLoadError, OneNIPDetector
-from onenip.training import select_prompt, split_holdout, train_onenip
+from onenip import training
+from onenip.training import (
+    epoch_batches, epoch_subset, generation_indices, select_prompt, split_holdout, train_onenip,
+)
 from tests.helpers.tiny import TINY_MODEL, TINY_VALIDATION
 from tests.helpers.trees import make_mvtec_tree
 
@@ -88,6 +91,75 @@ def test_resume_matches_uninterrupted_run(tiny_tree: Path, tmp_path: Path) -> No
     assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in full.history], rel=1e-6)
     for (name, a), (_, b) in zip(full.detector.state_dict().items(), resumed.detector.state_dict().items(), strict=True):
         assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_epoch_subset_is_seeded_sized_and_fresh_each_epoch() -> None:
+    assert epoch_subset(10, None, 0, 0, 0) is None
+    assert epoch_subset(10, 10, 0, 0, 0) is None  # under or at the cap: every image
+    first = epoch_subset(100, 30, 0, 0, 1)
+    assert first is not None and len(first) == 30 and len(first.unique()) == 30
+    assert first.min() >= 0 and first.max() < 100
+    assert torch.equal(first, epoch_subset(100, 30, 0, 0, 1))  # resume sees the same subset
+    assert not torch.equal(first, epoch_subset(100, 30, 0, 1, 1))  # the next epoch draws anew
+    assert not torch.equal(first, epoch_subset(100, 30, 0, 0, 0))  # another category draws its own
+
+
+def test_epoch_batches_cover_each_subset_once() -> None:
+    subset = epoch_subset(20, 7, 0, 3, 1)
+    assert subset is not None
+    batches = epoch_batches([5, 20], 3, torch.Generator().manual_seed(0), [None, subset])
+    by_category = {p: torch.cat([i for q, i in batches if q == p]).sort().values for p in (0, 1)}
+    assert by_category[0].tolist() == list(range(5))
+    assert torch.equal(by_category[1], subset)
+    assert len(batches) == 2 + 3  # ceil(5 / 3) + ceil(7 / 3)
+    # no subsets: the batches of before (same draws from the same generator)
+    plain = epoch_batches([5, 20], 3, torch.Generator().manual_seed(0))
+    again = epoch_batches([5, 20], 3, torch.Generator().manual_seed(0), [None, None])
+    assert [(p, i.tolist()) for p, i in plain] == [(p, i.tolist()) for p, i in again]
+
+
+def test_pool_generation_covers_exactly_the_subsets_of_its_epochs() -> None:
+    needed = generation_indices(50, 1, 10, 0, generation=1, regenerate_every=3, epochs=8)
+    expected = torch.cat([epoch_subset(50, 10, 0, e, 1) for e in (3, 4, 5)]).unique()  # type: ignore[misc]
+    assert needed is not None and torch.equal(needed, expected)
+    last = generation_indices(50, 1, 10, 0, generation=2, regenerate_every=3, epochs=8)  # epochs 6, 7 only
+    assert last is not None and torch.equal(last, torch.cat([epoch_subset(50, 10, 0, e, 1) for e in (6, 7)]).unique())  # type: ignore[misc]
+    assert generation_indices(50, 1, 10, 0, 0, 0, 8) is None  # one pool for the whole run: all images
+    assert generation_indices(8, 1, 10, 0, 0, 1, 8) is None  # under the cap
+    assert generation_indices(50, 1, None, 0, 0, 1, 8) is None
+
+
+def test_capped_epochs_train_on_subsets_and_resume_identically(
+    tiny_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    manifest = make_manifest(tiny_tree, progress=False)
+    base = tiny_params(tmp_path, max_images_per_epoch=5)
+    # a pool serves two epochs, so the interruption after epoch 1 falls inside a generation
+    params = base.model_copy(update={"synthesis": base.synthesis.model_copy(update={"regenerate_every": 2})})
+    built: list[tuple[int, int]] = []
+    original = training.SyntheticPool.build.__func__  # type: ignore[attr-defined]
+
+    def recording(cls, data, *args, **kwargs):  # type: ignore[no-untyped-def]
+        pool = original(cls, data, *args, **kwargs)
+        built.append((len(pool.features), len(kwargs["indices"])))
+        return pool
+
+    monkeypatch.setattr(training.SyntheticPool, "build", classmethod(recording))
+    full = train_onenip(manifest, params, tmp_path / "full", progress=False)
+    # 8 fit images per category, 5 per epoch: 2 steps of 4 per category, a pool only of the used images
+    assert all(rows == used * 2 for rows, used in built)  # pool_size 2
+    assert [used for _, used in built][2:] == [5, 5]  # the last generation serves epoch 3 alone
+    assert len(built) == 4  # two categories, generations {0, 1} and {2}
+    train_onenip(manifest, params, tmp_path / "resumed", progress=False, stop_after_epoch=1)
+    resumed = train_onenip(manifest, params, tmp_path / "resumed", progress=False)
+    assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in full.history], rel=1e-6)
+
+
+def test_a_cap_above_every_category_changes_nothing(tiny_tree: Path, tmp_path: Path) -> None:
+    manifest = make_manifest(tiny_tree, progress=False)
+    plain = train_onenip(manifest, tiny_params(tmp_path, epochs=2), tmp_path / "plain", progress=False)
+    capped = train_onenip(manifest, tiny_params(tmp_path, epochs=2, max_images_per_epoch=8), tmp_path / "capped", progress=False)
+    assert [h["loss"] for h in capped.history] == pytest.approx([h["loss"] for h in plain.history], rel=1e-6)
 
 
 def test_changed_params_do_not_resume_from_foreign_checkpoint(tiny_tree: Path, tmp_path: Path) -> None:
