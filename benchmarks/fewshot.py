@@ -48,7 +48,7 @@ def joined_root(roots: list[Path], folder: Path) -> tuple[Path, list[str]]:
 
 def summarise(values: list[dict[str, float]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for metric in (*METRICS, "seconds", "head_weight"):
+    for metric in (*METRICS, "seconds", "head_weight", "neighbourhood"):
         series = [v[metric] for v in values if v.get(metric) is not None]
         if series:
             out[metric] = {"mean": float(np.mean(series)), "std": float(np.std(series))}
@@ -102,7 +102,8 @@ def main() -> int:
                              "seeded, so they are the same images) instead of refitting it")  # fmt: skip
     parser.add_argument("--trained", default=None,
                         help="folder pattern with {left_out} of generalists already trained on the other categories with the same "
-                             "params (their saved train_seconds and validation are reported) instead of training them here")  # fmt: skip
+                             "params (their saved train_seconds and validation are reported) instead of training them here; a fold "
+                             "whose folder has no model yet is trained and saved there (the pattern must end in /model)")  # fmt: skip
     parser.add_argument("--transfer", action="store_true", help="also OneNIP's transfer: a unified OneNIP trained on the others")
     parser.add_argument("--no-generalist", action="store_true", help="skip the generalist (e.g. a transfer-only run)")
     parser.add_argument("--transfer-profile", default="fast", help="params profile for the transfer OneNIP (default fast)")
@@ -149,7 +150,9 @@ def main() -> int:
                 train_minutes = trained.train_seconds / 60
             elif not args.no_generalist:
                 started = time.perf_counter()
-                trained = train_generalist(root, auxiliary, params, Path(tmp) / f"gen-{left_out}", progress=True)
+                # with --trained, a fold trained here is kept there for later runs
+                folder = existing.parent if existing is not None else Path(tmp) / f"gen-{left_out}"
+                trained = train_generalist(root, auxiliary, params, folder, progress=True)
                 train_minutes = (time.perf_counter() - started) / 60
             transfer_minutes, transfer_runs = None, {}
             if transfer_params is not None:
@@ -160,7 +163,8 @@ def main() -> int:
                     if trained is not None:
                         result = onboard_category(trained.model_dir, root, left_out, shots, params, Path(tmp) / f"on-{left_out}-{shots}-{trial}",
                                                   progress=False, prompt_paths=prompts)  # fmt: skip
-                        generalist_runs.append({m: result.metrics.get(m) for m in METRICS} | {"seconds": result.seconds, "head_weight": result.head_weight})
+                        generalist_runs.append({m: result.metrics.get(m) for m in METRICS} | {"seconds": result.seconds, "head_weight": result.head_weight,
+                                                                                                      "neighbourhood": float(result.residual == "neighbourhood")})
                     if not args.no_patchcore and (left_out, shots, args.trials) not in earlier:
                         from benchmarks.peers import run_peer
 
@@ -179,8 +183,8 @@ def main() -> int:
                 print(f"{left_out} k={shots}: I-AUROC " + ", ".join(parts), flush=True)
                 (args.out / "fewshot.json").write_text(json.dumps(rows, indent=2))
     lines = ["| left out | k | generalist I-AUROC | PatchCore I-AUROC | OneNIP transfer I-AUROC | generalist P-AUROC | generalist AUPRO "
-             "| PatchCore AUPRO | onboarding s | head weight | generalist train min |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "| PatchCore AUPRO | onboarding s | head weight | neighbourhood share | generalist train min |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
 
     def cell(block: dict[str, Any], metric: str) -> str:
         return f"{block[metric]['mean']:.3f} +- {block[metric]['std']:.3f}" if metric in block else "-"
@@ -190,7 +194,7 @@ def main() -> int:
         lines.append(f"| {row['left_out']} | {row['shots']} | {cell(row['generalist'], 'image_AUROC')} | {cell(row['patchcore'], 'image_AUROC')} "
                      f"| {cell(row['onenip_transfer'], 'image_AUROC')} | {cell(row['generalist'], 'pixel_AUROC')} "
                      f"| {cell(row['generalist'], 'pixel_AUPRO')} | {cell(row['patchcore'], 'pixel_AUPRO')} | {cell(row['generalist'], 'seconds')} "
-                     f"| {cell(row['generalist'], 'head_weight')} | {minutes} |")  # fmt: skip
+                     f"| {cell(row['generalist'], 'head_weight')} | {cell(row['generalist'], 'neighbourhood')} | {minutes} |")  # fmt: skip
     table = "\n".join(lines)
     print(table)
     (args.out / "fewshot.md").write_text(table + "\n")

@@ -321,6 +321,10 @@ class GeneralistParams(_Section):
     """Onboarding chooses the holistic head's share of the image score among these (0: the max patch
     residual alone; 0.5: InCTRL's mean) on the category's own normals plus synthetic anomalies of the
     validation families, never on test; ties go to the one nearest 0.5. One value fixes it."""
+    residuals: tuple[Literal["inctrl", "neighbourhood"], ...] = ("inctrl", "neighbourhood")
+    """What onboarding may score a category with, chosen on the same data as the head weight: ``inctrl``
+    (the multi-layer cosine residual, with the head) and ``neighbourhood`` (PatchCore's 3x3-neighbourhood
+    features, Euclidean distance to the nearest prompt patch, no trained part). Ties go to ``inctrl``."""
     validation_images: int = Field(32, ge=1)
     """Normal images (not prompts) that get a synthetic anomaly for choosing the head weight."""
     calibration_images: int = Field(256, ge=1)
@@ -332,6 +336,14 @@ class GeneralistParams(_Section):
     def _weights_in_unit_interval(cls, value: tuple[float, ...]) -> tuple[float, ...]:
         if not value or any(not 0 <= w <= 1 for w in value):
             msg = f"generalist.head_weights must be non-empty values in [0, 1], got {list(value)}"
+            raise ValueError(msg)
+        return value
+
+    @field_validator("residuals")
+    @classmethod
+    def _some_residual(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            msg = "generalist.residuals needs at least one of inctrl, neighbourhood"
             raise ValueError(msg)
         return value
     model_name: str = "onenip-generalist"

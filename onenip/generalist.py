@@ -5,8 +5,9 @@ Training draws balanced batches: normal queries (fit normals) and anomalous ones
 anomalies every epoch, plus the auxiliary categories' real test anomalies when
 ``generalist.real_anomalies`` allows it); each query gets k prompts from its own category's fit normals,
 never itself nor the image its anomaly was made from. Onboarding picks the k prompts deterministically
-(the typical image, then k-center greedy), chooses how much the holistic head counts in the image score
-on the category's other normal training images plus synthetic anomalies made on them, calibrates the
+(the typical image, then k-center greedy), chooses the residual (InCTRL's, or PatchCore's neighbourhood
+distance) and how much the holistic head counts in the image score on the category's other normal
+training images plus synthetic anomalies made on them, calibrates the
 threshold on those normals (never on test), and evaluates on its labelled test images when there are any.
 """
 
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from onenip.config import Params
@@ -30,7 +32,7 @@ from onenip.data.manifest import DatasetError, make_manifest
 from onenip.device import resolve_device
 from onenip.features import FeatureCache, Features
 from onenip.models.generalist import INCTRL_HEAD_WEIGHT, GeneralistDetector
-from onenip.models.inctrl import InCTRLOutput, inctrl_loss
+from onenip.models.inctrl import inctrl_loss
 
 
 @dataclass
@@ -176,6 +178,7 @@ class OnboardResult:
     seconds: float
     head_weight: float = INCTRL_HEAD_WEIGHT
     selection: dict[str, Any] = field(default_factory=dict)
+    residual: str = "inctrl"
 
 
 def onboard_category(
@@ -231,24 +234,26 @@ def onboard_category(
     k = detector.add_category(category, features.coarse[chosen], features.fine[chosen])  # type: ignore[index]
     rest = [i for i in range(len(normals)) if i not in set(chosen)]
     calibration = _evenly_spaced(rest, params.generalist.calibration_images)
-    weights = sorted({float(w) for w in params.generalist.head_weights})
-    if len(weights) == 1:
-        selection: dict[str, Any] = {"head_weight": weights[0], "reason": "generalist.head_weights has one value"}
+    candidates = scoring_candidates(params)
+    if len(candidates) == 1:
+        selection: dict[str, Any] = {"residual": candidates[0][0], "head_weight": candidates[0][1],
+                                     "reason": "generalist.residuals and generalist.head_weights have one value each"}  # fmt: skip
     else:
-        selection = {"head_weight": INCTRL_HEAD_WEIGHT, "reason": "InCTRL's mean: too few normal images besides the prompts to choose"}
+        selection = {"residual": "inctrl", "head_weight": INCTRL_HEAD_WEIGHT,
+                     "reason": "InCTRL's mean: too few normal images besides the prompts to choose"}  # fmt: skip
     with torch.no_grad():
         if rest:  # the threshold from the category's other normal images, never from test
-            normal_out = detector.score_features(features.select(calibration).to(device), detector.prompt(k))
-            if len(weights) > 1 and len(calibration) >= params.validation.min_normals:
+            normal_features = features.select(calibration).to(device)
+            if len(candidates) > 1 and len(calibration) >= params.validation.min_normals:
                 paths = normals["image_path"].iloc[_evenly_spaced(calibration, params.generalist.validation_images)].tolist()
-                selection = choose_head_weight(detector, k, normal_out, paths, params, device)
-            detector.head_weight[k] = selection["head_weight"]
-            scores = detector.image_score(normal_out, k).float().cpu().numpy()
+                selection = choose_scoring(detector, k, normal_features, paths, params, device)
+            _apply_selection(detector, k, selection)
+            scores = detector.category_scores(normal_features, k)[1].float().cpu().numpy()
         else:  # only the prompts: each scored against the others (leave one out); k = 1 gives no basis
-            detector.head_weight[k] = selection["head_weight"]
+            _apply_selection(detector, k, selection)
             scores = np.array([]) if shots < 2 else np.array([
-                float(detector.image_score(detector.score_features(features.select([i]).to(device),
-                                                                   features.select([j for j in chosen if j != i]).to(device)), k))
+                float(detector.category_scores(features.select([i]).to(device), k,
+                                               features.select([j for j in chosen if j != i]).to(device))[1])
                 for i in chosen
             ])  # fmt: skip
     if not len(scores):
@@ -270,7 +275,7 @@ def onboard_category(
                                  "prompt_paths": prompt_paths, "threshold": threshold, "calibration_images": len(calibration),
                                  "head_weight_selection": selection, "metrics": metrics})  # fmt: skip
     return OnboardResult(out, category, shots, prompt_paths, threshold, metrics, has_masks, time.perf_counter() - started,
-                         float(detector.head_weight[k]), selection)
+                         float(detector.head_weight[k]), selection, detector.residual(k))
 
 
 def _evenly_spaced(items: Sequence[int], count: int) -> list[int]:
@@ -279,24 +284,35 @@ def _evenly_spaced(items: Sequence[int], count: int) -> list[int]:
     return [items[int(i)] for i in np.linspace(0, len(items) - 1, count).round()]
 
 
+def scoring_candidates(params: Params) -> list[tuple[str, float]]:
+    """(residual, head weight) pairs onboarding chooses among; the neighbourhood residual has no head."""
+    weights = sorted({float(w) for w in params.generalist.head_weights})
+    pairs = [("inctrl", w) for w in weights] if "inctrl" in params.generalist.residuals else []
+    return pairs + ([("neighbourhood", 0.0)] if "neighbourhood" in params.generalist.residuals else [])
+
+
+def _apply_selection(detector: GeneralistDetector, category: int, selection: dict[str, Any]) -> None:
+    detector.set_residual(category, selection["residual"])
+    detector.head_weight[category] = selection["head_weight"]
+
+
 @torch.no_grad()
-def choose_head_weight(detector: GeneralistDetector, category: int, normal_out: InCTRLOutput, anomaly_sources: Sequence[str],
-                       params: Params, device: torch.device) -> dict[str, Any]:  # fmt: skip
-    """The holistic head's share of the category's image score, from its training data only.
+def choose_scoring(detector: GeneralistDetector, category: int, normal_features: Features, anomaly_sources: Sequence[str],
+                   params: Params, device: torch.device) -> dict[str, Any]:  # fmt: skip
+    """The category's residual and the holistic head's share of its image score, from its training data only.
 
     Each of ``anomaly_sources`` (normal images that are not prompts) gets one anomaly of the validation
-    families (seeded, never used to train the head); every candidate of ``generalist.head_weights`` is
-    scored by image AUROC of ``normal_out`` (the category's calibration normals) against them. The head
-    learned synthetic anomalies of other families on other categories: where it does not carry over to
-    this category, the weight goes to the max patch residual, which has no trained part."""
+    families (seeded, never used to train the head); every candidate of ``scoring_candidates`` is scored
+    by image AUROC of ``normal_features`` (the category's calibration normals) against them. Ties go to
+    ``inctrl`` (the reference), then to the head weight nearest InCTRL's 0.5. The head learned synthetic
+    anomalies of other families on other categories: where it does not carry over to this category, the
+    weight goes to the max patch residual, or to the neighbourhood residual, which have no trained part."""
     from onenip.features import extract_features
     from onenip.metrics import image_auroc
     from onenip.synthesis import AnomalySynthesizer
     from onenip.training import load_images
 
-    candidates = sorted({float(w) for w in params.generalist.head_weights})
-    if len(candidates) == 1:
-        return {"head_weight": candidates[0], "reason": "generalist.head_weights has one value"}
+    candidates = scoring_candidates(params)
     images, _ = load_images(list(anomaly_sources), detector.geometry_)
     synthesizer = AnomalySynthesizer(methods=params.validation.methods)
     generator = torch.Generator().manual_seed(params.train.seed)
@@ -304,17 +320,30 @@ def choose_head_weight(detector: GeneralistDetector, category: int, normal_out: 
     features = extract_features(detector.feature_extractor, anomalous.to(device), detector.backbone_cfg, params.train.feature_batch_size)
     # rounded as the feature cache rounds the normals (float16), so both sides carry the same error
     features = Features(features.coarse.half().float(), None if features.fine is None else features.fine.half().float()).to(device)
-    anomaly_out = detector.score_features(features, detector.prompt(category))
-    labels = np.r_[np.zeros(len(normal_out.score)), np.ones(len(anomaly_out.score))]
-    aurocs = {}
-    for weight in candidates:
-        detector.head_weight[category] = weight
-        scores = torch.cat([detector.image_score(normal_out, category), detector.image_score(anomaly_out, category)])
-        aurocs[weight] = float(image_auroc(scores.float().cpu().numpy(), labels))
+    prompts = detector.prompt(category)
+    labels = np.r_[np.zeros(len(normal_features)), np.ones(len(features))]
+
+    def auroc(normal: Tensor, anomalous: Tensor) -> float:
+        return float(image_auroc(torch.cat([normal, anomalous]).float().cpu().numpy(), labels))
+
+    aurocs: dict[tuple[str, float], float] = {}
+    if any(residual == "inctrl" for residual, _ in candidates):
+        normal_out, anomaly_out = detector.score_features(normal_features, prompts), detector.score_features(features, prompts)
+        for residual, weight in candidates:
+            if residual == "inctrl":
+                detector.head_weight[category] = weight
+                aurocs[(residual, weight)] = auroc(detector.image_score(normal_out, category), detector.image_score(anomaly_out, category))
+    if ("neighbourhood", 0.0) in candidates:
+        def top(f: Features) -> Tensor:
+            return detector.neighbourhood_residual(f, prompts).flatten(1).amax(dim=1)
+
+        aurocs[("neighbourhood", 0.0)] = auroc(top(normal_features), top(features))
     best = max(aurocs.values())
-    chosen = min((w for w, v in aurocs.items() if v == best), key=lambda w: abs(w - INCTRL_HEAD_WEIGHT))
-    return {"head_weight": chosen, "val_image_AUROC": {str(w): v for w, v in aurocs.items()},
-            "normal_images": len(labels) - len(anomaly_sources), "anomalous_images": len(anomaly_sources),
+    residual, weight = min((c for c, v in aurocs.items() if v == best), key=lambda c: (c[0] != "inctrl", abs(c[1] - INCTRL_HEAD_WEIGHT)))
+    return {"residual": residual, "head_weight": weight,
+            "val_image_AUROC": {str(w): v for (r, w), v in aurocs.items() if r == "inctrl"},
+            "val_image_AUROC_neighbourhood": aurocs.get(("neighbourhood", 0.0)),
+            "normal_images": len(normal_features), "anomalous_images": len(anomaly_sources),
             "methods": list(params.validation.methods)}  # fmt: skip
 
 

@@ -7,6 +7,13 @@ onboarded category is predicted and served exactly like a trained one.
 Layers of the patch residual (the lite backbone in place of CLIP's ViT layers 7/9/11): each fine stage
 (lite0: 40 channels at stride 8, 112 channels brought to stride 8) and the coarse stride-16 stack; the
 residual map lives on the fine grid; the image token is the coarse grid's mean.
+
+An onboarded category scores with one of ``RESIDUALS``, chosen at onboarding on its own training data:
+``inctrl`` (the map above, image score blended with the holistic head by ``head_weight``) or
+``neighbourhood``: PatchCore's locally aware patch features (the fine stages, each averaged over 3x3
+neighbourhoods on its own grid) and each patch's Euclidean distance to its nearest prompt patch, the
+image score its maximum. The second has no trained part; it is there for categories whose texture the
+head and the per-patch cosine do not carry over to (magnetic_tile in the leave-one-out benchmark).
 """
 
 from __future__ import annotations
@@ -26,13 +33,15 @@ from onenip.data.transforms import normalize
 from onenip.features import Features
 from onenip.models.backbone import build_feature_extractor
 from onenip.models.detector import CONFIG_FILE, WEIGHTS_FILE, DetectorOutput, ModelLoadError
-from onenip.models.inctrl import InCTRLHead, InCTRLOutput
+from onenip.models.inctrl import InCTRLHead, InCTRLOutput, nearest_distance, neighbourhood_embedding
 from onenip.models.onenip import gaussian_smooth
 
 KIND = "inctrl"
 FORMAT_VERSION = 1
 INCTRL_HEAD_WEIGHT = 0.5
 """The holistic head's share of the image score in InCTRL: the mean of the head and the max residual."""
+RESIDUALS = ("inctrl", "neighbourhood")
+"""What an onboarded category's map and score are made of (see the module docstring)."""
 
 
 def layers_of(features: Features, fine_dims: Sequence[int]) -> list[Tensor]:
@@ -71,6 +80,7 @@ class GeneralistDetector(nn.Module):
         self.metadata: dict[str, Any] = {}
         self.register_buffer("score_threshold", torch.zeros(0))
         self.register_buffer("head_weight", torch.zeros(0))
+        self.register_buffer("residual_kind", torch.zeros(0, dtype=torch.long))  # index into RESIDUALS
         for category, k in zip(categories, shots, strict=True):
             self.add_category(category, torch.zeros(k, extractor.num_features, *coarse), torch.zeros(k, extractor.num_fine_features, *self.grid))
 
@@ -94,10 +104,14 @@ class GeneralistDetector(nn.Module):
     def prompt(self, k: int) -> Features:
         return Features(getattr(self, f"prompt_{k}"), getattr(self, f"prompt_fine_{k}"))
 
-    def add_category(self, category: str, coarse: Tensor, fine: Tensor, threshold: float = float("inf"), head_weight: float = INCTRL_HEAD_WEIGHT) -> int:
+    def add_category(self, category: str, coarse: Tensor, fine: Tensor, threshold: float = float("inf"),
+                     head_weight: float = INCTRL_HEAD_WEIGHT, residual: str = "inctrl") -> int:  # fmt: skip
         """Store a category's k prompt features (onboarding); returns its index."""
         if category in self.categories:
             msg = f"category {category!r} is already onboarded"
+            raise ValueError(msg)
+        if residual not in RESIDUALS:
+            msg = f"residual must be one of {RESIDUALS}, got {residual!r}"
             raise ValueError(msg)
         k = len(self.categories)
         self.categories.append(category)
@@ -105,7 +119,18 @@ class GeneralistDetector(nn.Module):
         self.register_buffer(f"prompt_fine_{k}", fine.detach().float().clone())
         self.score_threshold = torch.cat([self.score_threshold, torch.tensor([threshold], device=self.score_threshold.device)])
         self.head_weight = torch.cat([self.head_weight, torch.tensor([float(head_weight)], device=self.head_weight.device)])
+        kind = torch.tensor([RESIDUALS.index(residual)], dtype=torch.long, device=self.residual_kind.device)
+        self.residual_kind = torch.cat([self.residual_kind, kind])
         return k
+
+    def residual(self, category: int) -> str:
+        return RESIDUALS[int(self.residual_kind[int(category)])]
+
+    def set_residual(self, category: int, residual: str) -> None:
+        if residual not in RESIDUALS:
+            msg = f"residual must be one of {RESIDUALS}, got {residual!r}"
+            raise ValueError(msg)
+        self.residual_kind[int(category)] = RESIDUALS.index(residual)
 
     def extract(self, images: Tensor) -> Features:
         coarse, fine = self.feature_extractor.forward_pyramid(normalize(images, self.backbone_cfg.mean, self.backbone_cfg.std))
@@ -124,19 +149,55 @@ class GeneralistDetector(nn.Module):
             prompt_tokens = token_of(flat).view(b, k, -1)
         return self.head(layers_of(features, fine_dims), prompt_layers, token_of(features), prompt_tokens)
 
+    def neighbourhood_layers(self, features: Features) -> list[Tensor]:
+        """The fine stages, each on its own grid where the features hold it there (PatchCore pools a
+        stage before bringing it to the finest grid): a stage at the coarse stride is taken from the
+        coarse stack, others from the fine stack."""
+        extractor = self.feature_extractor
+        if features.fine is None:
+            msg = "the neighbourhood residual needs fine backbone stages (model.backbone.fine_indices)"
+            raise ValueError(msg)
+        parts = torch.split(features.fine, list(extractor.fine_dims), dim=1)
+        starts = [sum(extractor.out_dims[:j]) for j in range(len(extractor.out_dims))]
+        layers = []
+        for index, reduction, part in zip(extractor.fine_indices, extractor.fine_reductions, parts, strict=True):
+            if reduction == extractor.feature_stride and index in extractor.out_indices:
+                j = extractor.out_indices.index(index)
+                layers.append(features.coarse[:, starts[j] : starts[j] + extractor.out_dims[j]])
+            else:
+                layers.append(part)
+        return layers
+
+    def neighbourhood_residual(self, features: Features, prompts: Features) -> Tensor:
+        """(B, H, W) on the fine grid: each query patch's distance to the nearest of the (K, ...) prompts'
+        patches in PatchCore's 3x3-neighbourhood features."""
+        query = neighbourhood_embedding(self.neighbourhood_layers(features), self.grid)
+        bank = neighbourhood_embedding(self.neighbourhood_layers(prompts), self.grid)
+        return nearest_distance(query, bank)
+
+    def category_scores(self, features: Features, category: int, prompts: Features | None = None) -> tuple[Tensor, Tensor]:
+        """(residual map (B, H, W) on the fine grid, image score (B,)) as the category's residual scores
+        them, against its stored prompts or ``prompts`` (K, ...)."""
+        prompts = self.prompt(int(category)) if prompts is None else prompts
+        if self.residual(category) == "neighbourhood":
+            residual = self.neighbourhood_residual(features, prompts)
+            return residual, residual.flatten(1).amax(dim=1)
+        out = self.score_features(features, prompts)
+        return out.residual_map, self.image_score(out, category)
+
     def image_score(self, out: InCTRLOutput, category: int) -> Tensor:
         """The category's image score: its ``head_weight`` between the holistic head and the max residual."""
         weight = self.head_weight[int(category)]
         return weight * out.holistic_score + (1 - weight) * out.residual_map.flatten(1).amax(dim=1)
 
     def forward_features(self, features: Features, category: int, valid: Tensor | None = None) -> DetectorOutput:
-        out = self.score_features(features, self.prompt(int(category)))
+        residual, score = self.category_scores(features, category)
         size = self.geometry_.size
-        anomaly_map = nn.functional.interpolate(out.residual_map[:, None], size=size, mode="bilinear", align_corners=False)
+        anomaly_map = nn.functional.interpolate(residual[:, None], size=size, mode="bilinear", align_corners=False)
         anomaly_map = gaussian_smooth(anomaly_map, self.smoothing_sigma)
         if valid is not None:
             anomaly_map = anomaly_map * valid.to(anomaly_map.dtype)
-        return DetectorOutput(anomaly_map, self.image_score(out, category), [None, None, anomaly_map])
+        return DetectorOutput(anomaly_map, score, [None, None, anomaly_map])
 
     def forward(self, images: Tensor, category: int, valid: Tensor | None = None) -> DetectorOutput:
         return self.forward_features(self.extract(images), category, valid)
@@ -178,6 +239,7 @@ class GeneralistDetector(nn.Module):
         state = load_file(str(folder / WEIGHTS_FILE), device=str(map_location))
         # models onboarded before head_weight existed scored with InCTRL's mean
         state.setdefault("head_weight", torch.full((len(config["categories"]),), INCTRL_HEAD_WEIGHT))
+        state.setdefault("residual_kind", torch.zeros(len(config["categories"]), dtype=torch.long))  # before the choice: InCTRL's
         detector.load_state_dict(state, strict=True)
         detector.metadata = config.get("metadata", {})
         return detector.to(map_location).eval()

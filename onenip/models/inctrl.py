@@ -131,6 +131,39 @@ positions); ``sorted``: the same values in descending order (position-free). ben
 compares them."""
 
 
+def neighbourhood_embedding(layers: list[Tensor], size: tuple[int, int]) -> Tensor:
+    """PatchCore's locally aware patch features: each layer (B, C_i, h_i, w_i) averaged over 3x3
+    neighbourhoods on its own grid, brought to ``size`` bilinearly, concatenated -> (B, sum C_i, *size)."""
+    parts = []
+    for layer in layers:
+        pooled = F.avg_pool2d(layer, kernel_size=3, stride=1, padding=1)
+        if tuple(pooled.shape[-2:]) != tuple(size):
+            pooled = F.interpolate(pooled, size=size, mode="bilinear", align_corners=False)
+        parts.append(pooled)
+    return torch.cat(parts, dim=1)
+
+
+def nearest_distance(query: Tensor, prompts: Tensor, chunk: int = 4) -> Tensor:
+    """(B, C, H, W) queries and (K, C, h, w) prompts -> (B, H, W): each query patch's Euclidean
+    distance to its nearest patch among all K prompts' patches (PatchCore's memory-bank distance with
+    the k prompts as the bank)."""
+    batch, channels, height, width = query.shape
+    if prompts.dim() != 4 or prompts.shape[1] != channels:
+        msg = f"prompts {tuple(prompts.shape)} do not match queries {tuple(query.shape)}"
+        raise ValueError(msg)
+    bank = prompts.permute(0, 2, 3, 1).reshape(-1, channels)  # (K*h*w, C)
+    bank_sq = bank.pow(2).sum(dim=1)
+    q = query.flatten(2).transpose(1, 2)  # (B, HW, C)
+    out = []
+    for start in range(0, batch, chunk):
+        part = q[start : start + chunk]
+        # |p|^2 - 2 q.p ranks the prompt patches (|q|^2 is the same for all); the distance to the
+        # nearest is then computed directly: the expansion cancels to noise of ~1e-2 near zero
+        nearest = (bank_sq - 2 * torch.matmul(part, bank.t())).argmin(dim=-1)  # (b, HW)
+        out.append((part - bank[nearest]).norm(dim=-1))
+    return torch.cat(out).view(batch, height, width)
+
+
 class InCTRLOutput(NamedTuple):
     score: Tensor
     """(B,) final image score: mean of the holistic score and the max patch residual."""

@@ -78,7 +78,7 @@ def test_a_generalist_trained_on_real_anomalies_refuses_their_category(trained: 
     assert onboard_category(with_real, root, "gear", 2, params, tmp_path / "gear", progress=False).shots == 2  # unseen: fine
 
 
-def test_onboarding_chooses_the_head_weight_on_training_data(trained: tuple[Path, Path, Params], tmp_path: Path) -> None:
+def test_onboarding_chooses_the_residual_and_head_weight_on_training_data(trained: tuple[Path, Path, Params], tmp_path: Path) -> None:
     import torch
 
     from onenip.models.generalist import GeneralistDetector
@@ -87,27 +87,44 @@ def test_onboarding_chooses_the_head_weight_on_training_data(trained: tuple[Path
     result = onboard_category(generalist, root, "gear", 2, params, tmp_path / "gear", progress=False)
     table = {float(w): v for w, v in result.selection["val_image_AUROC"].items()}
     assert sorted(table) == sorted(params.generalist.head_weights)
-    best = max(table.values())
-    # the best validation AUROC; among equals the one nearest InCTRL's mean
-    assert table[result.head_weight] == best
-    assert abs(result.head_weight - 0.5) == min(abs(w - 0.5) for w, v in table.items() if v == best)
+    neighbourhood = result.selection["val_image_AUROC_neighbourhood"]
+    best = max(*table.values(), neighbourhood)
+    # the best validation AUROC; among equals InCTRL's residual, then the weight nearest InCTRL's mean
+    if result.residual == "inctrl":
+        assert table[result.head_weight] == best
+        assert abs(result.head_weight - 0.5) == min(abs(w - 0.5) for w, v in table.items() if v == best)
+    else:
+        assert neighbourhood == best > max(table.values()) and result.head_weight == 0.0
     # 8 normals are not prompts: all calibrate, each also gets one synthetic anomaly of the validation families
     assert result.selection["normal_images"] == 8 and result.selection["anomalous_images"] == 8
     assert result.selection["methods"] == list(params.validation.methods)
     saved = GeneralistDetector.load(result.model_dir)
-    assert float(saved.head_weight[0]) == result.head_weight
+    assert float(saved.head_weight[0]) == result.head_weight and saved.residual(0) == result.residual
     assert saved.metadata["head_weight_selection"]["head_weight"] == result.head_weight
-    # the stored weight is what predictions use
+
+    def generalist_params(**update: object) -> Params:
+        return params.model_copy(update={"generalist": params.generalist.model_copy(update=update)})
+
+    # the stored choice is what predictions use
     features = saved.extract(torch.rand(3, 3, 64, 64))
+    inctrl = onboard_category(generalist, root, "gear", 2, generalist_params(residuals=("inctrl",)), tmp_path / "inctrl", progress=False)
+    assert inctrl.residual == "inctrl" and inctrl.selection["val_image_AUROC_neighbourhood"] is None
+    model = GeneralistDetector.load(inctrl.model_dir)
     with torch.no_grad():
-        out = saved.score_features(features, saved.prompt(0))
-        expected = result.head_weight * out.holistic_score + (1 - result.head_weight) * out.residual_map.flatten(1).amax(1)
-        assert torch.allclose(saved.forward_features(features, 0).pred_score, expected)
-    fixed = params.model_copy(update={"generalist": params.generalist.model_copy(update={"head_weights": (0.0,)})})
+        out = model.score_features(features, model.prompt(0))
+        expected = inctrl.head_weight * out.holistic_score + (1 - inctrl.head_weight) * out.residual_map.flatten(1).amax(1)
+        assert torch.allclose(model.forward_features(features, 0).pred_score, expected)
+    only = onboard_category(generalist, root, "gear", 2, generalist_params(residuals=("neighbourhood",)), tmp_path / "nb", progress=False)
+    assert only.residual == "neighbourhood" and "one value" in only.selection["reason"]
+    model = GeneralistDetector.load(only.model_dir)
+    with torch.no_grad():
+        expected = model.neighbourhood_residual(features, model.prompt(0)).flatten(1).amax(1)
+        assert torch.allclose(model.forward_features(features, 0).pred_score, expected)
+    fixed = generalist_params(head_weights=(0.0,), residuals=("inctrl",))
     residual_only = onboard_category(generalist, root, "gear", 2, fixed, tmp_path / "fixed", progress=False)
     assert residual_only.head_weight == 0.0 and "one value" in residual_only.selection["reason"]
     # every normal image a prompt: nothing to choose on; a fixed value still holds, else InCTRL's mean
     all_prompts = onboard_category(generalist, root, "gear", 10, fixed, tmp_path / "all-fixed", progress=False)
     assert all_prompts.head_weight == 0.0 and GeneralistDetector.load(all_prompts.model_dir).head_weight.tolist() == [0.0]
     default = onboard_category(generalist, root, "gear", 10, params, tmp_path / "all", progress=False)
-    assert default.head_weight == 0.5 and "too few" in default.selection["reason"]
+    assert default.head_weight == 0.5 and default.residual == "inctrl" and "too few" in default.selection["reason"]

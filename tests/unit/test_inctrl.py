@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from onenip.models.inctrl import InCTRLHead, focal_loss, inctrl_loss, multi_layer_residual, patch_residual
+from onenip.models.inctrl import (
+    InCTRLHead, focal_loss, inctrl_loss, multi_layer_residual, nearest_distance, neighbourhood_embedding, patch_residual,
+)
 
 
 def brute_force_residual(query: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
@@ -128,7 +130,59 @@ def test_head_weight_blends_holistic_and_max_residual_and_old_models_load_with_i
         assert torch.allclose(detector.forward_features(features, 0).pred_score, out.residual_map.flatten(1).amax(1))
     folder = detector.save(tmp_path / "m")
     state = load_file(str(folder / "model.safetensors"))
-    del state["head_weight"]  # a model onboarded before the weight existed
+    del state["head_weight"], state["residual_kind"]  # a model onboarded before the weight and the residual choice existed
     save_file(state, str(folder / "model.safetensors"))
     assert json.loads((folder / "onenip.json").read_text())["categories"] == ["a"]
-    assert GeneralistDetector.load(folder).head_weight.tolist() == [0.5]
+    old = GeneralistDetector.load(folder)
+    assert old.head_weight.tolist() == [0.5] and old.residual(0) == "inctrl"
+
+
+def test_nearest_distance_equals_brute_force_and_is_zero_on_the_prompt_itself() -> None:
+    generator = torch.Generator().manual_seed(3)
+    query = torch.randn(3, 6, 4, 5, generator=generator)
+    prompts = torch.randn(2, 6, 3, 3, generator=generator)
+    bank = prompts.permute(0, 2, 3, 1).reshape(-1, 6)
+    expected = torch.stack([
+        torch.tensor([[min(float((query[b, :, i, j] - p).norm()) for p in bank) for j in range(5)] for i in range(4)])
+        for b in range(3)
+    ])  # fmt: skip
+    torch.testing.assert_close(nearest_distance(query, prompts, chunk=2), expected, atol=1e-4, rtol=0)
+    assert nearest_distance(query, query[1:2])[1].max() < 1e-6  # a prompt identical to the query: zero
+
+
+def test_neighbourhood_embedding_pools_each_layer_on_its_own_grid_then_upsamples() -> None:
+    generator = torch.Generator().manual_seed(4)
+    fine, coarse = torch.randn(1, 2, 8, 8, generator=generator), torch.randn(1, 3, 4, 4, generator=generator)
+    out = neighbourhood_embedding([fine, coarse], (8, 8))
+    assert out.shape == (1, 5, 8, 8)
+    # an inner cell: the mean of its 3x3 neighbourhood; a corner counts the zero padding (PatchCore's AvgPool2d(3, 1, 1))
+    torch.testing.assert_close(out[0, :2, 3, 4], fine[0, :, 2:5, 3:6].mean(dim=(-2, -1)))
+    torch.testing.assert_close(out[0, :2, 0, 0], fine[0, :, :2, :2].sum(dim=(-2, -1)) / 9)
+    pooled = F.avg_pool2d(coarse, 3, 1, 1)  # pooled at stride 16, THEN brought to the fine grid
+    torch.testing.assert_close(out[:, 2:], F.interpolate(pooled, size=(8, 8), mode="bilinear", align_corners=False))
+
+
+def test_neighbourhood_residual_reads_the_stride_16_stage_natively_and_scores_as_stored(tmp_path) -> None:
+    import pytest
+
+    from onenip.config import BackboneParams
+    from onenip.models.generalist import GeneralistDetector
+
+    detector = GeneralistDetector(BackboneParams(input_size=64), pretrained=False).eval()
+    features = detector.extract(torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(5)))
+    fine_layer, coarse_layer = detector.neighbourhood_layers(features)
+    assert fine_layer.shape[-2:] == (8, 8) and coarse_layer.shape[-2:] == (4, 4)  # lite0: 40 ch at stride 8, 112 at 16
+    assert torch.equal(coarse_layer, features.coarse[:, -112:])
+    assert torch.equal(fine_layer, features.fine[:, :40])  # type: ignore[index]
+    with pytest.raises(ValueError, match="residual must be one of"):
+        detector.add_category("x", features.coarse[:1], features.fine[:1], residual="cosine")  # type: ignore[index]
+    detector.add_category("a", features.coarse[:1], features.fine[:1], residual="neighbourhood")  # type: ignore[index]
+    with torch.no_grad():
+        residual = detector.neighbourhood_residual(features, features.select([0]))
+        output = detector.forward_features(features, 0)
+    assert residual[0].max() < 1e-6 and residual[1:].amax() > 0.1  # the prompt itself scores zero
+    torch.testing.assert_close(output.pred_score, residual.flatten(1).amax(1))
+    loaded = GeneralistDetector.load(detector.save(tmp_path / "m"))
+    assert loaded.residual(0) == "neighbourhood"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.forward_features(features, 0).pred_score, output.pred_score)
