@@ -246,9 +246,11 @@ def onboard_category(
             normal_features = features.select(calibration).to(device)
             if len(candidates) > 1 and len(calibration) >= params.validation.min_normals:
                 paths = normals["image_path"].iloc[_evenly_spaced(calibration, params.generalist.validation_images)].tolist()
-                selection = choose_scoring(detector, k, normal_features, paths, params, device)
-            _apply_selection(detector, k, selection)
-            scores = detector.category_scores(normal_features, k)[1].float().cpu().numpy()
+                selection, scores = choose_scoring(detector, k, normal_features, paths, params, device)
+                _apply_selection(detector, k, selection)
+            else:
+                _apply_selection(detector, k, selection)
+                scores = detector.category_scores(normal_features, k)[1].float().cpu().numpy()
         else:  # only the prompts: each scored against the others (leave one out); k = 1 gives no basis
             _apply_selection(detector, k, selection)
             scores = np.array([]) if shots < 2 else np.array([
@@ -298,7 +300,7 @@ def _apply_selection(detector: GeneralistDetector, category: int, selection: dic
 
 @torch.no_grad()
 def choose_scoring(detector: GeneralistDetector, category: int, normal_features: Features, anomaly_sources: Sequence[str],
-                   params: Params, device: torch.device) -> dict[str, Any]:  # fmt: skip
+                   params: Params, device: torch.device) -> tuple[dict[str, Any], np.ndarray]:  # fmt: skip
     """The category's residual and the holistic head's share of its image score, from its training data only.
 
     Each of ``anomaly_sources`` (normal images that are not prompts) gets one anomaly of the validation
@@ -306,7 +308,10 @@ def choose_scoring(detector: GeneralistDetector, category: int, normal_features:
     by image AUROC of ``normal_features`` (the category's calibration normals) against them. Ties go to
     ``inctrl`` (the reference), then to the head weight nearest InCTRL's 0.5. The head learned synthetic
     anomalies of other families on other categories: where it does not carry over to this category, the
-    weight goes to the max patch residual, or to the neighbourhood residual, which have no trained part."""
+    weight goes to the max patch residual, or to the neighbourhood residual, which have no trained part.
+
+    Returns the selection and the chosen candidate's scores of ``normal_features`` (what the threshold
+    is calibrated on, so they are not computed twice)."""
     from onenip.features import extract_features
     from onenip.metrics import image_auroc
     from onenip.synthesis import AnomalySynthesizer
@@ -327,24 +332,28 @@ def choose_scoring(detector: GeneralistDetector, category: int, normal_features:
         return float(image_auroc(torch.cat([normal, anomalous]).float().cpu().numpy(), labels))
 
     aurocs: dict[tuple[str, float], float] = {}
+    normal_scores: dict[tuple[str, float], Tensor] = {}
     if any(residual == "inctrl" for residual, _ in candidates):
         normal_out, anomaly_out = detector.score_features(normal_features, prompts), detector.score_features(features, prompts)
         for residual, weight in candidates:
             if residual == "inctrl":
                 detector.head_weight[category] = weight
-                aurocs[(residual, weight)] = auroc(detector.image_score(normal_out, category), detector.image_score(anomaly_out, category))
+                normal_scores[(residual, weight)] = detector.image_score(normal_out, category)
+                aurocs[(residual, weight)] = auroc(normal_scores[(residual, weight)], detector.image_score(anomaly_out, category))
     if ("neighbourhood", 0.0) in candidates:
         def top(f: Features) -> Tensor:
             return detector.neighbourhood_residual(f, prompts).flatten(1).amax(dim=1)
 
-        aurocs[("neighbourhood", 0.0)] = auroc(top(normal_features), top(features))
+        normal_scores[("neighbourhood", 0.0)] = top(normal_features)
+        aurocs[("neighbourhood", 0.0)] = auroc(normal_scores[("neighbourhood", 0.0)], top(features))
     best = max(aurocs.values())
     residual, weight = min((c for c, v in aurocs.items() if v == best), key=lambda c: (c[0] != "inctrl", abs(c[1] - INCTRL_HEAD_WEIGHT)))
-    return {"residual": residual, "head_weight": weight,
-            "val_image_AUROC": {str(w): v for (r, w), v in aurocs.items() if r == "inctrl"},
-            "val_image_AUROC_neighbourhood": aurocs.get(("neighbourhood", 0.0)),
-            "normal_images": len(normal_features), "anomalous_images": len(anomaly_sources),
-            "methods": list(params.validation.methods)}  # fmt: skip
+    selection = {"residual": residual, "head_weight": weight,
+                 "val_image_AUROC": {str(w): v for (r, w), v in aurocs.items() if r == "inctrl"},
+                 "val_image_AUROC_neighbourhood": aurocs.get(("neighbourhood", 0.0)),
+                 "normal_images": len(normal_features), "anomalous_images": len(anomaly_sources),
+                 "methods": list(params.validation.methods)}  # fmt: skip
+    return selection, normal_scores[(residual, weight)].float().cpu().numpy()
 
 
 def prompt_table(result: OnboardResult) -> pd.DataFrame:

@@ -28,62 +28,38 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-CANDIDATES = 4
-"""Nearest-prompt candidates a bfloat16 search keeps per query patch; their exact cosines decide."""
+TILE_ELEMENTS = 1 << 21
+"""A shared-prompt search multiplies this many (query patch, prompt patch) pairs at a time: a similarity
+tile of 8 MB that stays in cache while it is reduced. One (4 images x HW, K*h*w) product at once was
+memory-bound on 2 cores (lite0, 1024 query patches, k = 8: 60-110 ms a batch of 4 against 20-55 ms
+tiled), slower even than a bfloat16 product with a top-k, which this replaced."""
 
 
-def _bf16_search_pays(device: torch.device, prompt_patches: int) -> bool:
-    # A bfloat16 GEMM runs ~2.5x faster than float32 only where the CPU has native bfloat16 (AVX512-BF16 /
-    # AMX); elsewhere it is emulated and slower. Small searches are not worth the extra top-k.
-    if device.type != "cpu" or prompt_patches < 1024:
-        return False
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a build without oneDNN
-        return False
+def _tile_rows(prompt_patches: int) -> int:
+    return max(64, TILE_ELEMENTS // max(prompt_patches, 1))
 
 
-def patch_residual(query: Tensor, prompts: Tensor, chunk: int = 4, search: str = "auto") -> Tensor:
+def patch_residual(query: Tensor, prompts: Tensor, chunk: int = 4) -> Tensor:
     """(B, C, H, W) query and (K, C, h, w) shared or (B, K, C, h, w) per-query prompts -> (B, H, W):
-    for each query patch, ``min over every prompt patch of 0.5 * (1 - cos)``.
+    for each query patch, ``min over every prompt patch of 0.5 * (1 - cos)``, exact in float32.
 
-    ``search="exact"`` takes the maximum of the float32 similarities. ``"bf16"`` finds the ``CANDIDATES``
-    most similar prompt patches with a bfloat16 similarity and takes the maximum of their exact float32
-    cosines: the same value unless the true nearest patch falls outside the candidates (near-ties within
-    bfloat16's ~3 significant digits). On real lite0 features about 1 patch in 10^4 differs, by at most
-    1.4e-3; onboarding metrics were identical to 4 decimals. ``"auto"`` uses it on CPUs with native
-    bfloat16 for searches of 1024+ prompt patches (onboarding magnetic_tile at k = 8: 39 s -> 29 s)."""
+    Shared prompts (scoring a category) are searched a tile of query patches at a time
+    (``TILE_ELEMENTS``); per-query prompts (training) ``chunk`` queries at a time."""
     batch, channels, height, width = query.shape
     shared = prompts.dim() == 4
     if (shared and prompts.shape[1] != channels) or (not shared and (prompts.shape[0] != batch or prompts.shape[2] != channels)):
         msg = f"prompts {tuple(prompts.shape)} do not match queries {tuple(query.shape)}"
         raise ValueError(msg)
-    if search not in ("auto", "exact", "bf16"):
-        msg = f"search must be 'auto', 'exact' or 'bf16', got {search!r}"
-        raise ValueError(msg)
     q = F.normalize(query.flatten(2).transpose(1, 2), dim=-1)  # (B, HW, C)
     if shared:  # normalised once, not once per query
-        p = F.normalize(prompts.permute(0, 2, 3, 1).reshape(1, -1, channels), dim=-1)  # (1, K*h*w, C)
-    else:
-        p = F.normalize(prompts.permute(0, 1, 3, 4, 2).reshape(batch, -1, channels), dim=-1)  # (B, K*h*w, C)
-    if search == "auto":
-        search = "bf16" if _bf16_search_pays(query.device, p.shape[1]) and p.shape[1] > CANDIDATES else "exact"
-    p_low = p.to(torch.bfloat16) if search == "bf16" else None
+        p = F.normalize(prompts.permute(0, 2, 3, 1).reshape(-1, channels), dim=-1).t().contiguous()  # (C, K*h*w)
+        rows, flat = _tile_rows(p.shape[1]), q.reshape(-1, channels)
+        best = torch.cat([torch.matmul(flat[i : i + rows], p).amax(dim=-1) for i in range(0, flat.shape[0], rows)])
+        return (0.5 * (1 - best)).view(batch, height, width)
+    p = F.normalize(prompts.permute(0, 1, 3, 4, 2).reshape(batch, -1, channels), dim=-1)  # (B, K*h*w, C)
     out = []
     for start in range(0, batch, chunk):  # a (chunk, HW, K*h*w) similarity at a time
-        q_chunk = q[start : start + chunk]
-        p_chunk = p if shared else p[start : start + chunk]
-        if p_low is None:
-            best = torch.matmul(q_chunk, p_chunk.transpose(1, 2)).amax(dim=-1)
-        else:
-            low = p_low if shared else p_low[start : start + chunk]
-            top = torch.matmul(q_chunk.to(torch.bfloat16), low.transpose(1, 2)).topk(CANDIDATES, dim=-1).indices  # (b, HW, n)
-            if shared:
-                candidates = p_chunk[0][top]  # (b, HW, n, C)
-            else:
-                candidates = torch.gather(p_chunk[:, None].expand(-1, top.shape[1], -1, -1), 2,
-                                          top[..., None].expand(-1, -1, -1, channels))  # fmt: skip
-            best = (candidates * q_chunk[:, :, None]).sum(dim=-1).amax(dim=-1)
+        best = torch.matmul(q[start : start + chunk], p[start : start + chunk].transpose(1, 2)).amax(dim=-1)
         out.append(0.5 * (1 - best))
     return torch.cat(out).view(batch, height, width)
 
@@ -143,23 +119,24 @@ def neighbourhood_embedding(layers: list[Tensor], size: tuple[int, int]) -> Tens
     return torch.cat(parts, dim=1)
 
 
-def nearest_distance(query: Tensor, prompts: Tensor, chunk: int = 4) -> Tensor:
+def nearest_distance(query: Tensor, prompts: Tensor) -> Tensor:
     """(B, C, H, W) queries and (K, C, h, w) prompts -> (B, H, W): each query patch's Euclidean
     distance to its nearest patch among all K prompts' patches (PatchCore's memory-bank distance with
-    the k prompts as the bank)."""
+    the k prompts as the bank), searched a tile of query patches at a time (``TILE_ELEMENTS``)."""
     batch, channels, height, width = query.shape
     if prompts.dim() != 4 or prompts.shape[1] != channels:
         msg = f"prompts {tuple(prompts.shape)} do not match queries {tuple(query.shape)}"
         raise ValueError(msg)
     bank = prompts.permute(0, 2, 3, 1).reshape(-1, channels)  # (K*h*w, C)
-    bank_sq = bank.pow(2).sum(dim=1)
-    q = query.flatten(2).transpose(1, 2)  # (B, HW, C)
-    out = []
-    for start in range(0, batch, chunk):
-        part = q[start : start + chunk]
-        # |p|^2 - 2 q.p ranks the prompt patches (|q|^2 is the same for all); the distance to the
-        # nearest is then computed directly: the expansion cancels to noise of ~1e-2 near zero
-        nearest = (bank_sq - 2 * torch.matmul(part, bank.t())).argmin(dim=-1)  # (b, HW)
+    # argmin |q - p|^2 = argmax (q.p - |p|^2 / 2): one product with the bank extended by a row
+    # -|p|^2 / 2 and the queries by a column of ones
+    ranking = torch.cat([bank, -0.5 * bank.pow(2).sum(dim=1, keepdim=True)], dim=1).t().contiguous()  # (C + 1, K*h*w)
+    flat = query.flatten(2).transpose(1, 2).reshape(-1, channels)
+    rows, out = _tile_rows(bank.shape[0]), []
+    for i in range(0, flat.shape[0], rows):
+        part = flat[i : i + rows]
+        nearest = torch.matmul(F.pad(part, (0, 1), value=1.0), ranking).argmax(dim=-1)
+        # the distance to the nearest is computed directly: the expansion cancels to noise near zero
         out.append((part - bank[nearest]).norm(dim=-1))
     return torch.cat(out).view(batch, height, width)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -31,21 +32,15 @@ def test_nearest_prompt_residual_equals_brute_force() -> None:
     torch.testing.assert_close(patch_residual(query, per_query), brute_force_residual(query, per_query), atol=1e-6, rtol=0)
 
 
-def test_bf16_candidate_search_gives_the_exact_residual() -> None:
-    import pytest
+def test_shared_prompt_search_in_tiles_smaller_than_an_image_equals_brute_force(monkeypatch) -> None:  # noqa: ANN001
+    import onenip.models.inctrl as inctrl
 
-    # forced: without native bfloat16 it is emulated (slow, never chosen by "auto") but computes the same
     generator = torch.Generator().manual_seed(1)
-    query = torch.randn(3, 16, 6, 6, generator=generator)
+    query = torch.randn(3, 16, 6, 6, generator=generator)  # 108 query patches
     shared = torch.randn(4, 16, 8, 8, generator=generator)  # 256 prompt patches
-    per_query = torch.randn(3, 2, 16, 8, 8, generator=generator)
-    for prompts in (shared, per_query):
-        exact = patch_residual(query, prompts, search="exact")
-        torch.testing.assert_close(exact, brute_force_residual(query, prompts), atol=1e-6, rtol=0)
-        # the candidates' exact cosines decide: equal to float32 precision, not to bfloat16's
-        torch.testing.assert_close(patch_residual(query, prompts, chunk=2, search="bf16"), exact, atol=1e-6, rtol=0)
-    with pytest.raises(ValueError, match="search must be"):
-        patch_residual(query, shared, search="fast")
+    monkeypatch.setattr(inctrl, "TILE_ELEMENTS", 256 * 10)  # 64-row tiles: a tile ends inside the second image
+    assert inctrl._tile_rows(256) == 64
+    torch.testing.assert_close(patch_residual(query, shared), brute_force_residual(query, shared), atol=1e-6, rtol=0)
 
 
 def test_identical_query_and_prompt_give_a_zero_map() -> None:
@@ -146,8 +141,24 @@ def test_nearest_distance_equals_brute_force_and_is_zero_on_the_prompt_itself() 
         torch.tensor([[min(float((query[b, :, i, j] - p).norm()) for p in bank) for j in range(5)] for i in range(4)])
         for b in range(3)
     ])  # fmt: skip
-    torch.testing.assert_close(nearest_distance(query, prompts, chunk=2), expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(nearest_distance(query, prompts), expected, atol=1e-4, rtol=0)
     assert nearest_distance(query, query[1:2])[1].max() < 1e-6  # a prompt identical to the query: zero
+
+
+def test_nearest_distance_in_tiles_on_large_uncentred_features(monkeypatch) -> None:  # noqa: ANN001
+    import onenip.models.inctrl as inctrl
+
+    # real stride-8 features sit far from the origin; the ranking's expansion must still find the nearest
+    generator = torch.Generator().manual_seed(7)
+    offset = 20 * torch.rand(1, 152, 1, 1, generator=generator)
+    prompts = offset + torch.randn(4, 152, 8, 8, generator=generator)
+    query = torch.cat([prompts[:2] + 0.05 * torch.randn(2, 152, 8, 8, generator=generator),
+                       offset + torch.randn(2, 152, 8, 8, generator=generator)])  # fmt: skip
+    bank = prompts.permute(0, 2, 3, 1).reshape(-1, 152)
+    expected = torch.cdist(query.flatten(2).transpose(1, 2), bank[None], compute_mode="donot_use_mm_for_euclid_dist").amin(dim=-1).view(4, 8, 8)
+    monkeypatch.setattr(inctrl, "TILE_ELEMENTS", 256 * 100)  # 100-row tiles across images
+    torch.testing.assert_close(nearest_distance(query, prompts), expected, atol=1e-5, rtol=1e-5)
+    assert nearest_distance(query, prompts)[:2].max() < 1.0  # near copies of prompt patches
 
 
 def test_neighbourhood_embedding_pools_each_layer_on_its_own_grid_then_upsamples() -> None:
