@@ -158,13 +158,17 @@ def main() -> int:
             if transfer_params is not None:
                 transfer_minutes, transfer_runs = onenip_transfer(root, left_out, auxiliary, transfer_params, prompt_sets, Path(tmp) / f"onenip-{left_out}")
             for shots in args.shots:
-                generalist_runs, patchcore_runs = [], []
+                generalist_runs, patchcore_runs, trial_runs = [], [], []
                 for trial, prompts in enumerate(prompt_sets[shots]):
                     if trained is not None:
                         result = onboard_category(trained.model_dir, root, left_out, shots, params, Path(tmp) / f"on-{left_out}-{shots}-{trial}",
                                                   progress=False, prompt_paths=prompts)  # fmt: skip
                         generalist_runs.append({m: result.metrics.get(m) for m in METRICS} | {"seconds": result.seconds, "head_weight": result.head_weight,
                                                                                                       "neighbourhood": float(result.residual == "neighbourhood")})
+                        val = result.selection.get("val_image_AUROC") or {}
+                        trial_runs.append({"trial": trial, "image_AUROC": result.metrics.get("image_AUROC"), "residual": result.residual,
+                                           "head_weight": result.head_weight, "val_image_AUROC_inctrl": max(val.values(), default=None),
+                                           "val_image_AUROC_neighbourhood": result.selection.get("val_image_AUROC_neighbourhood")})  # fmt: skip
                     if not args.no_patchcore and (left_out, shots, args.trials) not in earlier:
                         from benchmarks.peers import run_peer
 
@@ -175,7 +179,8 @@ def main() -> int:
                        "generalist_train_minutes": train_minutes, "generalist_validation": trained.validation if trained else None,
                        "generalist": summarise(generalist_runs),
                        "patchcore": earlier.get((left_out, shots, args.trials)) or summarise(patchcore_runs),
-                       "onenip_transfer": summarise(transfer_runs.get(shots, [])), "onenip_transfer_train_minutes": transfer_minutes}  # fmt: skip
+                       "onenip_transfer": summarise(transfer_runs.get(shots, [])), "onenip_transfer_train_minutes": transfer_minutes,
+                       "generalist_trials": trial_runs}  # fmt: skip
                 rows.append(row)
                 parts = [f"{name} {block['image_AUROC']['mean']:.3f} +- {block['image_AUROC']['std']:.3f}"
                          for name, block in (("generalist", row["generalist"]), ("PatchCore", row["patchcore"]), ("OneNIP transfer", row["onenip_transfer"]))

@@ -342,7 +342,7 @@ def choose_scoring(detector: GeneralistDetector, category: int, normal_features:
                 aurocs[(residual, weight)] = auroc(normal_scores[(residual, weight)], detector.image_score(anomaly_out, category))
     if ("neighbourhood", 0.0) in candidates:
         def top(f: Features) -> Tensor:
-            return detector.neighbourhood_residual(f, prompts).flatten(1).amax(dim=1)
+            return detector.neighbourhood_residual(f, prompts)[1]
 
         normal_scores[("neighbourhood", 0.0)] = top(normal_features)
         aurocs[("neighbourhood", 0.0)] = auroc(normal_scores[("neighbourhood", 0.0)], top(features))

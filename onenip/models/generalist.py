@@ -12,7 +12,8 @@ An onboarded category scores with one of ``RESIDUALS``, chosen at onboarding on 
 ``inctrl`` (the map above, image score blended with the holistic head by ``head_weight``) or
 ``neighbourhood``: PatchCore's locally aware patch features (the fine stages, each averaged over 3x3
 neighbourhoods on its own grid) and each patch's Euclidean distance to its nearest prompt patch, the
-image score its maximum. The second has no trained part; it is there for categories whose texture the
+image score PatchCore's (the maximum reweighted as its paper's eq. 7, ``reweighted_image_score``): it is
+PatchCore with the k prompts as memory bank. The second has no trained part; it is there for categories whose texture the
 head and the per-patch cosine do not carry over to (magnetic_tile in the leave-one-out benchmark).
 """
 
@@ -33,7 +34,9 @@ from onenip.data.transforms import normalize
 from onenip.features import Features
 from onenip.models.backbone import build_feature_extractor
 from onenip.models.detector import CONFIG_FILE, WEIGHTS_FILE, DetectorOutput, ModelLoadError
-from onenip.models.inctrl import InCTRLHead, InCTRLOutput, nearest_distance, neighbourhood_embedding
+from onenip.models.inctrl import (
+    PATCHCORE_NEIGHBOURS, InCTRLHead, InCTRLOutput, nearest_patches, neighbourhood_embedding, patch_bank, reweighted_image_score,
+)
 from onenip.models.onenip import gaussian_smooth
 
 KIND = "inctrl"
@@ -76,6 +79,9 @@ class GeneralistDetector(nn.Module):
         self.grid = (coarse[0] * ratio, coarse[1] * ratio)
         self.head = InCTRLHead(self.grid, extractor.num_features, holistic_input=holistic_input)
         self.smoothing_sigma = float(smoothing_sigma)
+        # the neighbourhood residual's image score: PatchCore's reweighting over this many bank patches
+        # (1: the plain maximum, what models saved before the reweighting scored with)
+        self.neighbourhood_neighbours = PATCHCORE_NEIGHBOURS
         self.categories: list[str] = []
         self.metadata: dict[str, Any] = {}
         self.register_buffer("score_threshold", torch.zeros(0))
@@ -168,20 +174,22 @@ class GeneralistDetector(nn.Module):
                 layers.append(part)
         return layers
 
-    def neighbourhood_residual(self, features: Features, prompts: Features) -> Tensor:
-        """(B, H, W) on the fine grid: each query patch's distance to the nearest of the (K, ...) prompts'
-        patches in PatchCore's 3x3-neighbourhood features."""
+    def neighbourhood_residual(self, features: Features, prompts: Features) -> tuple[Tensor, Tensor]:
+        """PatchCore with the (K, ...) prompts as its memory bank: ((B, H, W) each query patch's distance
+        to the nearest prompt patch in PatchCore's 3x3-neighbourhood features, on the fine grid; (B,) its
+        image score, the largest distance reweighted as PatchCore does (``reweighted_image_score``))."""
         query = neighbourhood_embedding(self.neighbourhood_layers(features), self.grid)
-        bank = neighbourhood_embedding(self.neighbourhood_layers(prompts), self.grid)
-        return nearest_distance(query, bank)
+        prompt_embedding = neighbourhood_embedding(self.neighbourhood_layers(prompts), self.grid)
+        distances, indices = nearest_patches(query, prompt_embedding)
+        bank = patch_bank(prompt_embedding)
+        return distances, reweighted_image_score(query, bank, distances, indices, self.neighbourhood_neighbours)
 
     def category_scores(self, features: Features, category: int, prompts: Features | None = None) -> tuple[Tensor, Tensor]:
         """(residual map (B, H, W) on the fine grid, image score (B,)) as the category's residual scores
         them, against its stored prompts or ``prompts`` (K, ...)."""
         prompts = self.prompt(int(category)) if prompts is None else prompts
         if self.residual(category) == "neighbourhood":
-            residual = self.neighbourhood_residual(features, prompts)
-            return residual, residual.flatten(1).amax(dim=1)
+            return self.neighbourhood_residual(features, prompts)
         out = self.score_features(features, prompts)
         return out.residual_map, self.image_score(out, category)
 
@@ -219,6 +227,7 @@ class GeneralistDetector(nn.Module):
             "shots": [int(getattr(self, f"prompt_{k}").shape[0]) for k in range(len(self.categories))],
             "smoothing_sigma": self.smoothing_sigma,
             "holistic_input": self.head.holistic_input,
+            "neighbourhood_neighbours": self.neighbourhood_neighbours,
             "metadata": self.metadata,
         }
         tmp = folder / f".{CONFIG_FILE}.tmp"
@@ -242,6 +251,7 @@ class GeneralistDetector(nn.Module):
         state.setdefault("residual_kind", torch.zeros(len(config["categories"]), dtype=torch.long))  # before the choice: InCTRL's
         detector.load_state_dict(state, strict=True)
         detector.metadata = config.get("metadata", {})
+        detector.neighbourhood_neighbours = int(config.get("neighbourhood_neighbours", 1))  # before the reweighting: the maximum
         return detector.to(map_location).eval()
 
 

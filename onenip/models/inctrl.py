@@ -119,26 +119,67 @@ def neighbourhood_embedding(layers: list[Tensor], size: tuple[int, int]) -> Tens
     return torch.cat(parts, dim=1)
 
 
-def nearest_distance(query: Tensor, prompts: Tensor) -> Tensor:
-    """(B, C, H, W) queries and (K, C, h, w) prompts -> (B, H, W): each query patch's Euclidean
-    distance to its nearest patch among all K prompts' patches (PatchCore's memory-bank distance with
-    the k prompts as the bank), searched a tile of query patches at a time (``TILE_ELEMENTS``)."""
+def nearest_patches(query: Tensor, prompts: Tensor) -> tuple[Tensor, Tensor]:
+    """(B, C, H, W) queries and (K, C, h, w) prompts -> ((B, H, W) distances, (B, H, W) indices): each
+    query patch's Euclidean distance to its nearest patch among all K prompts' patches (PatchCore's
+    memory-bank distance with the k prompts as the bank) and that patch's row in the bank
+    (``prompts`` as (K*h*w, C) in (k, y, x) order), searched a tile of query patches at a time
+    (``TILE_ELEMENTS``)."""
     batch, channels, height, width = query.shape
     if prompts.dim() != 4 or prompts.shape[1] != channels:
         msg = f"prompts {tuple(prompts.shape)} do not match queries {tuple(query.shape)}"
         raise ValueError(msg)
-    bank = prompts.permute(0, 2, 3, 1).reshape(-1, channels)  # (K*h*w, C)
+    bank = patch_bank(prompts)
     # argmin |q - p|^2 = argmax (q.p - |p|^2 / 2): one product with the bank extended by a row
     # -|p|^2 / 2 and the queries by a column of ones
     ranking = torch.cat([bank, -0.5 * bank.pow(2).sum(dim=1, keepdim=True)], dim=1).t().contiguous()  # (C + 1, K*h*w)
     flat = query.flatten(2).transpose(1, 2).reshape(-1, channels)
-    rows, out = _tile_rows(bank.shape[0]), []
+    rows, distances, indices = _tile_rows(bank.shape[0]), [], []
     for i in range(0, flat.shape[0], rows):
         part = flat[i : i + rows]
         nearest = torch.matmul(F.pad(part, (0, 1), value=1.0), ranking).argmax(dim=-1)
         # the distance to the nearest is computed directly: the expansion cancels to noise near zero
-        out.append((part - bank[nearest]).norm(dim=-1))
-    return torch.cat(out).view(batch, height, width)
+        distances.append((part - bank[nearest]).norm(dim=-1))
+        indices.append(nearest)
+    return torch.cat(distances).view(batch, height, width), torch.cat(indices).view(batch, height, width)
+
+
+def nearest_distance(query: Tensor, prompts: Tensor) -> Tensor:
+    """The distances of ``nearest_patches``: (B, H, W)."""
+    return nearest_patches(query, prompts)[0]
+
+
+def patch_bank(prompts: Tensor) -> Tensor:
+    """(K, C, h, w) prompts -> (K*h*w, C): their patches as one memory bank, in (k, y, x) order."""
+    return prompts.permute(0, 2, 3, 1).reshape(-1, prompts.shape[1])
+
+
+PATCHCORE_NEIGHBOURS = 9
+"""anomalib ``PatchcoreModel``'s ``num_neighbors`` default (PatchCore paper, eq. 7)."""
+
+
+def reweighted_image_score(query: Tensor, bank: Tensor, distances: Tensor, indices: Tensor,
+                           neighbours: int = PATCHCORE_NEIGHBOURS) -> Tensor:  # fmt: skip
+    """PatchCore's image score (paper eq. 7, as anomalib's ``PatchcoreModel.compute_anomaly_score``):
+    the largest patch distance s*, scaled by ``1 - softmax(d)[0]``, where d are the distances from that
+    query patch to its nearest bank patch m* and to m*'s other nearest bank patches (``neighbours`` in
+    all, m* first). A patch whose nearest normal patch sits in a dense region of the bank counts more
+    than one near a rare bank patch; with ``neighbours`` 1 it is the plain maximum.
+
+    ``query`` (B, C, H, W), ``bank`` (N, C), ``distances`` and ``indices`` (B, H, W) from
+    ``nearest_patches``."""
+    flat = distances.flatten(1)
+    score, where = flat.max(dim=1)
+    count = min(neighbours, bank.shape[0])
+    if count <= 1:
+        return score
+    rows = torch.arange(flat.shape[0], device=flat.device)
+    top = query.flatten(2)[rows, :, where]  # (B, C): each image's most anomalous patch
+    nearest = bank[indices.flatten(1)[rows, where]]  # (B, C): its nearest bank patch m*
+    # m*'s nearest bank patches, m* itself first (distance 0)
+    support = torch.cdist(nearest, bank).topk(count, dim=1, largest=False).indices  # (B, count)
+    spread = (top[:, None, :] - bank[support]).norm(dim=-1)  # (B, count)
+    return (1 - torch.softmax(spread, dim=1)[:, 0]) * score
 
 
 class InCTRLOutput(NamedTuple):

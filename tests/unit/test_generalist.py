@@ -118,7 +118,7 @@ def test_onboarding_chooses_the_residual_and_head_weight_on_training_data(traine
     assert only.residual == "neighbourhood" and "one value" in only.selection["reason"]
     model = GeneralistDetector.load(only.model_dir)
     with torch.no_grad():
-        expected = model.neighbourhood_residual(features, model.prompt(0)).flatten(1).amax(1)
+        expected = model.neighbourhood_residual(features, model.prompt(0))[1]
         assert torch.allclose(model.forward_features(features, 0).pred_score, expected)
     fixed = generalist_params(head_weights=(0.0,), residuals=("inctrl",))
     residual_only = onboard_category(generalist, root, "gear", 2, fixed, tmp_path / "fixed", progress=False)

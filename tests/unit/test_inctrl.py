@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -108,8 +110,6 @@ def test_generalist_keeps_its_holistic_input_when_saved(tmp_path) -> None:  # no
 
 
 def test_head_weight_blends_holistic_and_max_residual_and_old_models_load_with_inctrls_mean(tmp_path) -> None:
-    import json
-
     from safetensors.torch import load_file, save_file
 
     from onenip.config import BackboneParams
@@ -161,6 +161,57 @@ def test_nearest_distance_in_tiles_on_large_uncentred_features(monkeypatch) -> N
     assert nearest_distance(query, prompts)[:2].max() < 1.0  # near copies of prompt patches
 
 
+def _reweighted_reference(query: torch.Tensor, prompts: torch.Tensor, neighbours: int) -> torch.Tensor:
+    """PatchCore paper eq. 7 written out one image at a time, with plain loops and norms."""
+    bank = prompts.permute(0, 2, 3, 1).reshape(-1, prompts.shape[1])
+    scores = []
+    for image in query:
+        patches = image.flatten(1).t()
+        distances = torch.stack([(bank - p).norm(dim=1) for p in patches])  # (HW, N)
+        nearest = distances.min(dim=1)
+        worst = int(nearest.values.argmax())
+        anchor = bank[int(nearest.indices[worst])]
+        support = bank[(bank - anchor).norm(dim=1).argsort()[:neighbours]]
+        spread = (support - patches[worst]).norm(dim=1)
+        scores.append((1 - torch.softmax(spread, dim=0)[0]) * nearest.values[worst])
+    return torch.stack(scores)
+
+
+def test_reweighted_image_score_is_patchcore_eq_7() -> None:
+    from onenip.models.inctrl import nearest_patches, patch_bank, reweighted_image_score
+
+    generator = torch.Generator().manual_seed(11)
+    prompts = torch.randn(2, 5, 4, 4, generator=generator)
+    query = torch.cat([prompts[:1] + 0.1 * torch.randn(1, 5, 4, 4, generator=generator), torch.randn(2, 5, 4, 4, generator=generator)])
+    distances, indices = nearest_patches(query, prompts)
+    bank = patch_bank(prompts)
+    torch.testing.assert_close(bank[indices.flatten()], bank[(query.flatten(2).transpose(1, 2).reshape(-1, 5)[:, None] - bank).norm(dim=-1).argmin(1)])
+    for neighbours in (9, 3):
+        score = reweighted_image_score(query, bank, distances, indices, neighbours)
+        torch.testing.assert_close(score, _reweighted_reference(query, prompts, neighbours), atol=1e-5, rtol=1e-5)
+        assert bool((score < distances.flatten(1).amax(1)).all())  # 1 - softmax < 1
+    torch.testing.assert_close(reweighted_image_score(query, bank, distances, indices, 1), distances.flatten(1).amax(1))
+
+
+def test_reweighted_image_score_equals_anomalib_patchcore() -> None:
+    import pytest
+
+    patchcore = pytest.importorskip("anomalib.models.image.patchcore.torch_model", reason="anomalib (bench extra) not installed")
+    from onenip.models.inctrl import nearest_patches, patch_bank, reweighted_image_score
+
+    generator = torch.Generator().manual_seed(12)
+    prompts, query = torch.randn(3, 6, 4, 4, generator=generator), torch.randn(2, 6, 4, 4, generator=generator)
+    model = patchcore.PatchcoreModel.__new__(patchcore.PatchcoreModel)
+    torch.nn.Module.__init__(model)
+    model.num_neighbors = 9
+    model.memory_bank = patch_bank(prompts)
+    embedding = query.permute(0, 2, 3, 1).reshape(-1, 6)
+    patch_scores, locations = model.nearest_neighbors(embedding, n_neighbors=1)
+    expected = model.compute_anomaly_score(patch_scores.view(2, -1), locations.view(2, -1), embedding)
+    distances, indices = nearest_patches(query, prompts)
+    torch.testing.assert_close(reweighted_image_score(query, model.memory_bank, distances, indices), expected, atol=1e-5, rtol=1e-5)
+
+
 def test_neighbourhood_embedding_pools_each_layer_on_its_own_grid_then_upsamples() -> None:
     generator = torch.Generator().manual_seed(4)
     fine, coarse = torch.randn(1, 2, 8, 8, generator=generator), torch.randn(1, 3, 4, 4, generator=generator)
@@ -189,11 +240,20 @@ def test_neighbourhood_residual_reads_the_stride_16_stage_natively_and_scores_as
         detector.add_category("x", features.coarse[:1], features.fine[:1], residual="cosine")  # type: ignore[index]
     detector.add_category("a", features.coarse[:1], features.fine[:1], residual="neighbourhood")  # type: ignore[index]
     with torch.no_grad():
-        residual = detector.neighbourhood_residual(features, features.select([0]))
+        residual, score = detector.neighbourhood_residual(features, features.select([0]))
         output = detector.forward_features(features, 0)
     assert residual[0].max() < 1e-6 and residual[1:].amax() > 0.1  # the prompt itself scores zero
-    torch.testing.assert_close(output.pred_score, residual.flatten(1).amax(1))
+    torch.testing.assert_close(output.pred_score, score)
+    # PatchCore's reweighting only scales the largest distance down
+    assert bool((score <= residual.flatten(1).amax(1) + 1e-6).all()) and bool((score[1:] > 0).all())
     loaded = GeneralistDetector.load(detector.save(tmp_path / "m"))
-    assert loaded.residual(0) == "neighbourhood"
+    assert loaded.residual(0) == "neighbourhood" and loaded.neighbourhood_neighbours == 9
     with torch.no_grad():
         torch.testing.assert_close(loaded.forward_features(features, 0).pred_score, output.pred_score)
+    # a model saved before the reweighting (no key) keeps the plain maximum its threshold was calibrated on
+    config = json.loads((tmp_path / "m" / "onenip.json").read_text())
+    del config["neighbourhood_neighbours"]
+    (tmp_path / "m" / "onenip.json").write_text(json.dumps(config))
+    old = GeneralistDetector.load(tmp_path / "m")
+    with torch.no_grad():
+        torch.testing.assert_close(old.forward_features(features, 0).pred_score, residual.flatten(1).amax(1))
