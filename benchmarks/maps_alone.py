@@ -21,11 +21,12 @@ sys.path.insert(0, str(REPO))
 DEFAULT_ROOT = REPO.parent / "shared" / "datasets" / "industrial"
 METRICS = ("image_AUROC", "pixel_AUROC", "pixel_AP", "pixel_AUPRO")
 RULES: tuple[tuple[str, tuple[float, ...] | None], ...] = (
-    ("recon error", (1, 0, 0, 0)),
-    ("refiner", (0, 1, 0, 0)),
-    ("prompt residual", (0, 0, 1, 0)),
-    ("Gaussian", (0, 0, 0, 1)),
-    ("paper blend 0.5 / 0.5", (0.5, 0.5, 0, 0)),
+    ("recon error", (1, 0, 0, 0, 0)),
+    ("refiner", (0, 1, 0, 0, 0)),
+    ("prompt residual", (0, 0, 1, 0, 0)),
+    ("Gaussian", (0, 0, 0, 1, 0)),
+    ("memory bank", (0, 0, 0, 0, 1)),
+    ("paper blend 0.5 / 0.5", (0.5, 0.5, 0, 0, 0)),
     ("chosen", None),
 )
 
@@ -60,7 +61,7 @@ def main() -> int:
             detector.scoring[category] = rule if weights is None else ScoringRule(weights, rule.smoothing_sigma, rule.score_pool_size)
         try:
             evaluated = evaluate(detector, manifest, cache, None, detector.categories, num_heatmaps=0, progress=False)
-        except ValueError as error:  # a map this model lacks (no fine path, no Gaussian) cannot be scored alone
+        except ValueError as error:  # a map this model lacks (no fine path, no Gaussian, no memory bank) cannot be scored alone
             print(f"{name}: not scored ({error})", flush=True)
             continue
         for category in detector.categories:

@@ -27,7 +27,7 @@ from typing import Any  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-STAGES = ("prepare_category_data", "build_category_validation", "validate", "calibrate_error_statistics", "calibrate_scales",
+STAGES = ("prepare_category_data", "fit_gaussians", "fit_memory_banks", "build_category_validation", "validate", "calibrate_error_statistics", "calibrate_scales",
           "calibrate_threshold", "save_checkpoint")  # fmt: skip
 
 

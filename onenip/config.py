@@ -85,9 +85,9 @@ class ScoringParams(_Section):
     These are the defaults (the paper's blend); with ``validation.select`` the rule is chosen per model
     on validation data made from training images, and stored in the model."""
 
-    weights: tuple[float, float, float] | tuple[float, float, float, float] = (0.5, 0.5, 0.0, 0.0)
-    """Weights of the normalised reconstruction error, the refiner probability, the prompt residual and
-    the per-position Gaussian's distance (three numbers: the Gaussian gets 0)."""
+    weights: tuple[float, float, float] | tuple[float, float, float, float] | tuple[float, float, float, float, float] = (0.5, 0.5, 0.0, 0.0, 0.0)
+    """Weights of the normalised reconstruction error, the refiner probability, the prompt residual,
+    the per-position Gaussian's distance and the memory bank's distance (fewer numbers: the later maps get 0)."""
     smoothing_sigma: float = Field(4.0, ge=0)
     score_pool_size: int = Field(16, ge=1)
     """Image score = max of the map average-pooled with this window (paper: 16)."""
@@ -131,6 +131,10 @@ class ModelParams(_Section):
     gaussian_channels: int = Field(100, ge=0)
     """Per-position Gaussian of the training normals' fine features (PaDiM's statistic,
     ``onenip.models.gaussian``): channels of its seeded random subset (PaDiM: 100); 0: no Gaussian map."""
+    memory_patches: int = Field(4096, ge=0)
+    """PatchCore's memory bank (``onenip.models.memory``): patches of the training normals' locally aware
+    stride-8 features kept per category by k-center greedy, a fifth map (each patch's distance to the
+    nearest of them); 0: no memory map."""
     scoring: ScoringParams = ScoringParams()
     keep_aspect: bool = True
     """Each category's input keeps the aspect of its training images (about ``input_size**2`` pixels);

@@ -39,6 +39,7 @@ from onenip.features import FeatureCache, Features, atomic_save_safetensors, ext
 from onenip.models.detector import OneNIPDetector
 from onenip.models.loss import area_pool_masks, onenip_loss
 from onenip.models.gaussian import fit_position_gaussian
+from onenip.models.memory import CANDIDATES_PER_PATCH, kcenter_greedy
 from onenip.models.scoring import ScoringRule, padded_weights
 from onenip.synthesis.synthesizer import AnomalySynthesizer
 from onenip.validation import (
@@ -531,8 +532,9 @@ def train_onenip(
         detector.set_prompt(item.index, item.fit_features.select(chosen).float())
         prompt_paths[item.name] = [str(item.fit["image_path"].iloc[i]) for i in chosen]
 
-    # The per-position Gaussians depend on the frozen features only: fitted once, before any epoch.
+    # The per-position Gaussians and the memory banks depend on the frozen features only: fitted once, before any epoch.
     fit_gaussians(detector, data)
+    fit_memory_banks(detector, data, cfg.seed)
 
     # Validation images: held-out normals + unseen-family anomalies, fixed for the whole run.
     validations = [
@@ -808,6 +810,45 @@ def fit_gaussians(detector: OneNIPDetector, data: Sequence[CategoryData]) -> Non
         detector.set_gaussian(item.index, mean.to(detector.device), precision.to(detector.device))
 
 
+@torch.no_grad()
+def fit_memory_banks(detector: OneNIPDetector, data: Sequence[CategoryData], seed: int) -> None:
+    """Per category, PatchCore's memory bank (``onenip.models.memory``) of its fit images: k-center
+    greedy picks ``model.memory_patches`` of a seeded uniform sample (at most ``CANDIDATES_PER_PATCH``
+    per bank patch) of all their locally aware patches, letterbox padding excluded. A category with
+    fewer patches than the bank keeps every patch (repeated to fill it). Nothing to do when
+    ``model.memory_patches`` is 0."""
+    if not detector.has_memory:
+        return
+    size = detector.cfg.memory_patches
+    backbone = detector.cfg.backbone
+    stride = backbone.fine_stride if detector.has_fine else backbone.feature_stride
+    for item in data:
+        starts = range(0, len(item.fit_features), STATISTICS_CHUNK)
+
+        def cells(start: int) -> Tensor:  # (n, h*w) bool: the chunk's patches that hold image content
+            chunk = item.fit_features.select(slice(start, start + STATISTICS_CHUNK))
+            grid = (chunk.fine if chunk.fine is not None else chunk.coarse).shape[-2:]
+            valid = None if item.fit_valid is None else item.fit_valid[start : start + STATISTICS_CHUNK].float()
+            return _cell_weight(valid, grid, stride, len(chunk), torch.device("cpu")).flatten(1) > 0.5
+
+        counts = [int(cells(start).sum()) for start in starts]
+        total = sum(counts)
+        generator = torch.Generator().manual_seed(seed * 7919 + item.index)
+        sample = torch.randperm(total, generator=generator)[: size * CANDIDATES_PER_PATCH].sort().values
+        candidates, offset = [], 0
+        for start, count in zip(starts, counts, strict=True):
+            chunk = item.fit_features.select(slice(start, start + STATISTICS_CHUNK)).float()
+            embedding = detector.memory_embedding(chunk.to(detector.device)).cpu()
+            patches = embedding.flatten(2).transpose(1, 2)[cells(start)]  # (count, C) in image, row, column order
+            lo, hi = torch.searchsorted(sample, torch.tensor([offset, offset + count]))
+            candidates.append(patches[sample[lo:hi] - offset])
+            offset += count
+        points = torch.cat(candidates)
+        chosen = kcenter_greedy(points, size, generator)
+        bank = points[chosen.repeat(-(-size // len(chosen)))[:size]]
+        detector.set_memory(item.index, bank.to(detector.device))
+
+
 def _cell_weight(valid: Tensor | None, grid: tuple[int, int] | torch.Size, stride: int, count: int, device: torch.device) -> Tensor:
     """(N, 1, h, w): 1 where a grid cell is mostly image content (always, without letterboxing)."""
     if valid is None:
@@ -819,8 +860,9 @@ def _cell_weight(valid: Tensor | None, grid: tuple[int, int] | torch.Size, strid
 def calibrate_scales(detector: OneNIPDetector, data: Sequence[CategoryData], device: torch.device) -> None:
     """Per category, the typical maximum of each error map on held-out training normals.
 
-    ``recon_scale`` / ``residual_scale`` / ``gaussian_scale`` = the mean over held-out normals of each
-    image's maximum of the reconstruction-error / prompt-residual / Gaussian-distance map, so after division a normal image peaks near 1.
+    ``recon_scale`` / ``residual_scale`` / ``gaussian_scale`` / ``memory_scale`` = the mean over held-out
+    normals of each image's maximum of the reconstruction-error / prompt-residual / Gaussian-distance /
+    memory-distance map, so after division a normal image peaks near 1.
     The reference code uses the *test set's* (max + min) / 2; we never look at test data. With no
     holdout (fraction 0) the fit images are used, which is optimistic and documented as such.
     """
@@ -830,22 +872,27 @@ def calibrate_scales(detector: OneNIPDetector, data: Sequence[CategoryData], dev
         detector.recon_scale[item.index] = 1.0
         detector.residual_scale[item.index] = 1.0
         detector.gaussian_scale[item.index] = 1.0
-        recon_max, residual_max, gaussian_max = [], [], []
+        detector.memory_scale[item.index] = 1.0
+        recon_max, residual_max, gaussian_max, memory_max = [], [], [], []
         valid = item.holdout_valid if len(item.holdout_features) else item.fit_valid
         for start in range(0, len(features), 16):
             chunk = features.select(slice(start, start + 16)).float().to(device)
-            recon, _, residual, gaussian = detector.components(chunk, item.index)
+            recon, _, residual, gaussian, memory = detector.components(chunk, item.index)
             mask = None if valid is None else valid[start : start + 16].to(device)
             recon_max.append(_masked_max(recon, mask))
             if residual is not None:
                 residual_max.append(_masked_max(residual, mask))
             if gaussian is not None:
                 gaussian_max.append(_masked_max(gaussian, mask))
+            if memory is not None:
+                memory_max.append(_masked_max(memory, mask))
         detector.recon_scale[item.index] = float(torch.cat(recon_max).mean().clamp_min(1e-6))
         if residual_max:
             detector.residual_scale[item.index] = float(torch.cat(residual_max).mean().clamp_min(1e-6))
         if gaussian_max:
             detector.gaussian_scale[item.index] = float(torch.cat(gaussian_max).mean().clamp_min(1e-6))
+        if memory_max:
+            detector.memory_scale[item.index] = float(torch.cat(memory_max).mean().clamp_min(1e-6))
 
 
 def _masked_max(maps: Tensor, valid: Tensor | None) -> Tensor:

@@ -7,7 +7,7 @@ and fixed. A refiner trained on the training synthesis would look perfect on ano
 synthesis; anomalies of unseen families measure what matters, how the maps transfer to defect types
 the model never saw (on real defects the refiner alone can be far worse than the reconstruction error).
 
-On it ``select_scoring`` chooses each category's scoring rule (blend weights of the four component
+On it ``select_scoring`` chooses each category's scoring rule (blend weights of the five component
 maps, Gaussian sigma, score pooling window) by the mean of image AUROC, pixel AUROC, pixel AP and AUPRO, and the
 training loop keeps the latest epoch that validates about as well as the best one. Selection runs on maps at a quarter
 of the input resolution (sigma and pooling scaled alike), which ranks rules as the full maps do at a
@@ -104,17 +104,21 @@ def build_category_validation(
     return CategoryValidation(category, features, labels, torch.cat(masks), torch.cat(valids) if valids else None, methods)
 
 
-def candidate_rules(cfg: ValidationParams, has_residual: bool, has_gaussian: bool = False) -> list[tuple[tuple[float, ...], float]]:
-    """(weights, sigma) pairs: the simplex of (recon, refiner, residual, gaussian) weights in
+def candidate_rules(
+    cfg: ValidationParams, has_residual: bool, has_gaussian: bool = False, has_memory: bool = False,
+) -> list[tuple[tuple[float, ...], float]]:
+    """(weights, sigma) pairs: the simplex of (recon, refiner, residual, gaussian, memory) weights in
     ``weight_step`` steps, without the maps this model lacks and with the refiner's weight at most
     ``max_refiner_weight``, times the sigmas."""
     steps = round(1 / cfg.weight_step)
+    available = (True, True, has_residual, has_gaussian, has_memory)
     weights = []
-    for a, b, c in itertools.product(range(steps + 1), repeat=3):
-        d = steps - a - b - c
-        if d < 0 or (c > 0 and not has_residual) or (d > 0 and not has_gaussian) or b / steps > cfg.max_refiner_weight + 1e-9:
+    for head in itertools.product(range(steps + 1), repeat=len(COMPONENTS) - 1):
+        last = steps - sum(head)
+        parts = (*head, last)
+        if last < 0 or any(p > 0 and not ok for p, ok in zip(parts, available, strict=True)) or parts[1] / steps > cfg.max_refiner_weight + 1e-9:
             continue
-        weights.append((a / steps, b / steps, c / steps, d / steps))
+        weights.append(tuple(p / steps for p in parts))
     return [(w, float(s)) for w in weights for s in cfg.smoothing_sigmas]
 
 
@@ -138,7 +142,7 @@ def _downscaled(maps: Tensor, factor: int) -> Tensor:
 def validation_components(detector: torch.nn.Module, validation: CategoryValidation, batch_size: int = 16) -> list[Tensor | None]:
     """The detector's normalised component maps of a category's validation images, at a quarter size."""
     k = detector.category_index(validation.category)
-    parts: list[list[Tensor]] = [[], [], [], []]
+    parts: list[list[Tensor]] = [[] for _ in COMPONENTS]
     device = detector.device
     for start in range(0, len(validation.features), batch_size):
         chunk = validation.features.select(slice(start, start + batch_size)).float().to(device)
@@ -193,7 +197,7 @@ def _select_one(
     # Stage 1: every (weights, sigma) with every pooling, by image AUROC and pixel AUROC. Smoothing,
     # masking and pooling are linear, so they are applied to each component once per sigma (and pool)
     # and the candidates blend the results: a handful of convolutions instead of one per candidate.
-    candidates = candidate_rules(cfg, components[2] is not None, components[3] is not None)
+    candidates = candidate_rules(cfg, components[2] is not None, components[3] is not None, components[4] is not None)
     sigmas = sorted({sigma for _, sigma in candidates})
 
     def smoothed_components(sigma: float) -> list[Tensor | None]:

@@ -24,6 +24,7 @@ from onenip.data.transforms import normalize
 from onenip.features import Features
 from onenip.models.backbone import FeatureExtractor, build_feature_extractor
 from onenip.models.gaussian import mahalanobis_map, select_channels
+from onenip.models.memory import locally_aware_embedding, nearest_bank_distance, patchcore_layers
 from onenip.models.onenip import OneNIP, check_neighbor_size
 from onenip.models.scoring import ScoringRule, normalised_components, padded_weights, score_maps
 
@@ -42,8 +43,8 @@ class DetectorOutput(NamedTuple):
     pred_score: Tensor
     """(B,) image scores."""
     components: list[Tensor | None]
-    """Normalised [recon, refiner, residual, gaussian] maps (B, 1, H, W), before smoothing (residual None
-    without fine path, gaussian None where no Gaussian is fitted)."""
+    """Normalised [recon, refiner, residual, gaussian, memory] maps (B, 1, H, W), before smoothing (residual
+    None without fine path, gaussian and memory None where no Gaussian or bank is fitted)."""
 
 
 def build_onenip(cfg: ModelParams, in_features: int, fine_features: int, max_grid: tuple[int, int]) -> OneNIP:
@@ -148,6 +149,13 @@ class OneNIPDetector(nn.Module):
                 d = len(channels)
                 self.register_buffer(f"gaussian_mean_{k}", torch.zeros(d, h * grid_ratio, w * grid_ratio))
                 self.register_buffer(f"gaussian_precision_{k}", torch.eye(d).repeat(h * grid_ratio * w * grid_ratio, 1, 1))
+        if cfg.memory_patches:
+            # PatchCore's bank on the fine grid's locally aware features (the coarse stack without one)
+            channels = extractor.num_fine_features or extractor.num_features
+            for k in range(count):
+                self.register_buffer(f"memory_bank_{k}", torch.zeros(cfg.memory_patches, channels))
+        self.register_buffer("memory_fitted", torch.zeros(count, dtype=torch.bool))
+        self.register_buffer("memory_scale", torch.ones(count))
         self.register_buffer("gaussian_fitted", torch.zeros(count, dtype=torch.bool))
         self.register_buffer("gaussian_scale", torch.ones(count))
         self.register_buffer("recon_scale", torch.ones(count))
@@ -205,7 +213,7 @@ class OneNIPDetector(nn.Module):
         return Features(coarse, fine)
 
     def components(self, features: Features, k: int, prompt: Features | None = None) -> list[Tensor | None]:
-        """Normalised [recon, refiner, residual, gaussian] maps of one category's queries at its input size.
+        """Normalised [recon, refiner, residual, gaussian, memory] maps of one category's queries at its input size.
 
         ``prompt`` replaces the stored prompt (prompt sensitivity, training-time validation)."""
         if prompt is not None:
@@ -241,7 +249,8 @@ class OneNIPDetector(nn.Module):
             if out.fine_residual is not None:
                 residual_map = _z_norm(out.fine_residual, *self.error_statistics(k, "fine"), size)
         maps = normalised_components(recon_map, out.refined_map, residual_map, self.recon_scale[k], self.residual_scale[k])
-        return [*maps, self.gaussian_map(features, k, out.recon_map.shape[-2:])]
+        size = out.recon_map.shape[-2:]
+        return [*maps, self.gaussian_map(features, k, size), self.memory_map(features, k, size)]
 
     @property
     def has_gaussian(self) -> bool:
@@ -260,6 +269,29 @@ class OneNIPDetector(nn.Module):
         distance = mahalanobis_map(self.gaussian_source(features).to(mean.dtype), mean, precision)
         distance = F.interpolate(distance, size=tuple(size), mode="bilinear", align_corners=False)
         return distance / self.gaussian_scale[k].clamp_min(1e-8)
+
+    @property
+    def has_memory(self) -> bool:
+        return bool(self.cfg.memory_patches)
+
+    def memory_embedding(self, features: Features) -> Tensor:
+        """PatchCore's locally aware features (``onenip.models.memory``) on the fine grid (coarse without one)."""
+        grid = (features.fine if features.fine is not None else features.coarse).shape[-2:]
+        layers = patchcore_layers(features.fine, features.coarse, self.feature_extractor)
+        return locally_aware_embedding(layers, (int(grid[0]), int(grid[1])))
+
+    def memory_map(self, features: Features, k: int, size: tuple[int, int] | torch.Size) -> Tensor | None:
+        """Category k's distance to its memory bank at ``size``, divided by ``memory_scale``; None when not fitted."""
+        if not self.has_memory or not bool(self.memory_fitted[k]):
+            return None
+        bank = getattr(self, f"memory_bank_{k}")
+        distance = nearest_bank_distance(self.memory_embedding(features).to(bank.dtype), bank)
+        distance = F.interpolate(distance, size=tuple(size), mode="bilinear", align_corners=False)
+        return distance / self.memory_scale[k].clamp_min(1e-8)
+
+    def set_memory(self, k: int, bank: Tensor) -> None:
+        getattr(self, f"memory_bank_{k}").copy_(bank)
+        self.memory_fitted[k] = True
 
     def set_gaussian(self, k: int, mean: Tensor, precision: Tensor) -> None:
         getattr(self, f"gaussian_mean_{k}").copy_(mean)
@@ -349,9 +381,9 @@ class OneNIPDetector(nn.Module):
         detector = cls(ModelParams.model_validate(config["model"]), config["categories"], geometries, pretrained=False)
         state = load_file(str(weights_path), device=str(map_location))
         expected = detector.state_dict()
-        # models saved before the Gaussian map existed load without it (their rules never weight it)
+        # models saved before the Gaussian or the memory map existed load without them (their rules never weight them)
         for key in expected.keys() - state.keys():
-            if key.startswith("gaussian_"):
+            if key.startswith(("gaussian_", "memory_")):
                 state[key] = expected[key]
         detector.load_state_dict(state, strict=True)
         detector.scoring = {category: ScoringRule.from_dict(rule) for category, rule in config["scoring"].items()}

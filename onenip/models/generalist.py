@@ -37,6 +37,7 @@ from onenip.models.detector import CONFIG_FILE, WEIGHTS_FILE, DetectorOutput, Mo
 from onenip.models.inctrl import (
     PATCHCORE_NEIGHBOURS, InCTRLHead, InCTRLOutput, nearest_patches, neighbourhood_embedding, patch_bank, reweighted_image_score,
 )
+from onenip.models.memory import patchcore_layers
 from onenip.models.onenip import gaussian_smooth
 
 KIND = "inctrl"
@@ -156,23 +157,11 @@ class GeneralistDetector(nn.Module):
         return self.head(layers_of(features, fine_dims), prompt_layers, token_of(features), prompt_tokens)
 
     def neighbourhood_layers(self, features: Features) -> list[Tensor]:
-        """The fine stages, each on its own grid where the features hold it there (PatchCore pools a
-        stage before bringing it to the finest grid): a stage at the coarse stride is taken from the
-        coarse stack, others from the fine stack."""
-        extractor = self.feature_extractor
+        """The fine stages as PatchCore reads them (``onenip.models.memory.patchcore_layers``)."""
         if features.fine is None:
             msg = "the neighbourhood residual needs fine backbone stages (model.backbone.fine_indices)"
             raise ValueError(msg)
-        parts = torch.split(features.fine, list(extractor.fine_dims), dim=1)
-        starts = [sum(extractor.out_dims[:j]) for j in range(len(extractor.out_dims))]
-        layers = []
-        for index, reduction, part in zip(extractor.fine_indices, extractor.fine_reductions, parts, strict=True):
-            if reduction == extractor.feature_stride and index in extractor.out_indices:
-                j = extractor.out_indices.index(index)
-                layers.append(features.coarse[:, starts[j] : starts[j] + extractor.out_dims[j]])
-            else:
-                layers.append(part)
-        return layers
+        return patchcore_layers(features.fine, features.coarse, self.feature_extractor)
 
     def neighbourhood_residual(self, features: Features, prompts: Features) -> tuple[Tensor, Tensor]:
         """PatchCore with the (K, ...) prompts as its memory bank: ((B, H, W) each query patch's distance

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from onenip.models.memory import locally_aware_embedding as neighbourhood_embedding  # noqa: F401  (the generalist's name for it)
+
 
 TILE_ELEMENTS = 1 << 21
 """A shared-prompt search multiplies this many (query patch, prompt patch) pairs at a time: a similarity
@@ -105,18 +107,6 @@ HOLISTIC_INPUTS = ("map", "sorted")
 """``map``: an MLP over the residual map in patch order, as the reference (its weights are tied to
 positions); ``sorted``: the same values in descending order (position-free). benchmarks/README "Few-shot"
 compares them."""
-
-
-def neighbourhood_embedding(layers: list[Tensor], size: tuple[int, int]) -> Tensor:
-    """PatchCore's locally aware patch features: each layer (B, C_i, h_i, w_i) averaged over 3x3
-    neighbourhoods on its own grid, brought to ``size`` bilinearly, concatenated -> (B, sum C_i, *size)."""
-    parts = []
-    for layer in layers:
-        pooled = F.avg_pool2d(layer, kernel_size=3, stride=1, padding=1)
-        if tuple(pooled.shape[-2:]) != tuple(size):
-            pooled = F.interpolate(pooled, size=size, mode="bilinear", align_corners=False)
-        parts.append(pooled)
-    return torch.cat(parts, dim=1)
 
 
 def nearest_patches(query: Tensor, prompts: Tensor) -> tuple[Tensor, Tensor]:

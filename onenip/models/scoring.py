@@ -1,9 +1,10 @@
 """From OneNIP's component maps to one anomaly map and an image score.
 
-Four maps come out of ``OneNIPDetector.components``: the reconstruction error (the paper's unsupervised
+Five maps come out of ``OneNIPDetector.components``: the reconstruction error (the paper's unsupervised
 map), the refiner probability (the paper's supervised map), with the fine path the distance of each
-fine patch to its nearest prompt patch, and the Mahalanobis distance of each patch to its position's
-Gaussian on the training normals (``onenip.models.gaussian``). The anomaly map is a weighted sum of them, each error map
+fine patch to its nearest prompt patch, the Mahalanobis distance of each patch to its position's
+Gaussian on the training normals (``onenip.models.gaussian``), and each patch's distance to its nearest
+patch in the category's memory bank (``onenip.models.memory``). The anomaly map is a weighted sum of them, each error map
 divided by its typical maximum on held-out training normals of the category (so 1 means "as bad as the
 worst normal"), then Gaussian-smoothed; the image score is the maximum of the map average-pooled over
 ``score_pool_size`` pixels. The paper blends 0.5 / 0.5 and rescales with the *test set's* extremes;
@@ -22,27 +23,28 @@ from torch import Tensor
 
 from onenip.models.onenip import gaussian_smooth
 
-COMPONENTS: tuple[str, ...] = ("recon", "refiner", "residual", "gaussian")
+COMPONENTS: tuple[str, ...] = ("recon", "refiner", "residual", "gaussian", "memory")
 
 
 def padded_weights(weights: Sequence[float]) -> tuple[float, ...]:
-    """Weights of all ``COMPONENTS``: rules written before the Gaussian map have three (it gets 0)."""
+    """Weights of all ``COMPONENTS``: rules written before the Gaussian map have three, before the
+    memory map four (the maps they lack get 0)."""
     weights = tuple(float(w) for w in weights)
-    return weights + (0.0,) * (len(COMPONENTS) - len(weights)) if len(weights) == 3 else weights
+    return weights + (0.0,) * (len(COMPONENTS) - len(weights)) if 3 <= len(weights) < len(COMPONENTS) else weights
 
 
 @dataclass(frozen=True)
 class ScoringRule:
-    """Weights of (recon, refiner, residual, gaussian), smoothing sigma in pixels, score pooling window in pixels."""
+    """Weights of (recon, refiner, residual, gaussian, memory), smoothing sigma in pixels, score pooling window in pixels."""
 
-    weights: tuple[float, ...] = (0.5, 0.5, 0.0, 0.0)
+    weights: tuple[float, ...] = (0.5, 0.5, 0.0, 0.0, 0.0)
     smoothing_sigma: float = 4.0
     score_pool_size: int = 16
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "weights", padded_weights(self.weights))
         if len(self.weights) != len(COMPONENTS) or min(self.weights) < 0 or sum(self.weights) <= 0:
-            msg = f"weights must be four non-negative numbers (recon, refiner, residual, gaussian) with a positive sum, got {self.weights}"
+            msg = f"weights must be five non-negative numbers ({', '.join(COMPONENTS)}) with a positive sum, got {self.weights}"
             raise ValueError(msg)
         if self.smoothing_sigma < 0 or self.score_pool_size < 1:
             msg = f"need smoothing_sigma >= 0 and score_pool_size >= 1, got {self.smoothing_sigma}, {self.score_pool_size}"

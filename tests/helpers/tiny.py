@@ -8,6 +8,7 @@ TINY_MODEL: dict = {
     "num_decoder_layers": 1,
     "neighbor_size": 3,
     "refiner_dim": 8,
+    "memory_patches": 32,  # a few images' 64 patches each: the bank is sampled and k-center greedy chooses
     "scoring": {"smoothing_sigma": 1.0, "score_pool_size": 4},
 }
 # Validation choices on a tiny model: few candidates, so a test run stays fast.

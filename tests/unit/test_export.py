@@ -34,6 +34,9 @@ def detector() -> OneNIPDetector:
     factor = torch.randn(model.gaussian_precision_1.shape) * 0.1
     model.set_gaussian(1, mean, factor @ factor.transpose(1, 2) + torch.eye(factor.shape[-1]))
     model.scoring["strip"] = ScoringRule((0.25, 0.25, 0.25, 0.25), 2.0, 4)
+    # a memory bank on "plate", weighted there: the graph carries the fifth map (OpenVINO's test reads plate)
+    model.set_memory(0, torch.randn(TINY_MODEL["memory_patches"], model.feature_extractor.num_fine_features))
+    model.scoring["plate"] = ScoringRule((0.5, 0.25, 0.0, 0.0, 0.25), 4.0, 16)
     model.score_threshold.fill_(1.0)
     return model
 

@@ -68,7 +68,7 @@ def test_detector_scores_the_gaussian_only_where_fitted_and_loads_models_saved_w
         mean, precision = fit_position_gaussian([(source, torch.ones(2, 1, *source.shape[-2:]))])
         detector.set_gaussian(0, mean, precision)
         detector.gaussian_scale[0] = 2.0
-        detector.scoring["plate"] = ScoringRule((0.0, 0.0, 0.0, 1.0), 0.0, 1)
+        detector.scoring["plate"] = ScoringRule((0.0, 0.0, 0.0, 1.0), 0.0, 1)  # four weights: the memory map gets 0
         out = detector(images, 0)
     expected = torch.nn.functional.interpolate(mahalanobis_map(source, mean, precision), size=(64, 64), mode="bilinear") / 2.0
     assert torch.allclose(out.components[3], expected, atol=1e-5) and torch.allclose(out.anomaly_map, expected, atol=1e-5)
@@ -78,10 +78,11 @@ def test_detector_scores_the_gaussian_only_where_fitted_and_loads_models_saved_w
     folder = detector.save(tmp_path / "model")
     state = {k: v for k, v in load_file(str(folder / "model.safetensors")).items() if not k.startswith("gaussian_")}
     save_file(state, str(folder / "model.safetensors"))
-    config = (folder / "onenip.json").read_text().replace('"weights": [\n        0.0,\n        0.0,\n        0.0,\n        1.0\n      ]', '"weights": [1.0, 0.0, 0.0]')
+    config = (folder / "onenip.json").read_text().replace('"weights": [\n        0.0,\n        0.0,\n        0.0,\n        1.0,\n        0.0\n      ]', '"weights": [1.0, 0.0, 0.0]')
+    assert '"weights": [1.0, 0.0, 0.0]' in config
     (folder / "onenip.json").write_text(config)
     old = OneNIPDetector.load(folder)
-    assert old.scoring["plate"].weights == (1.0, 0.0, 0.0, 0.0) and not bool(old.gaussian_fitted[0])
+    assert old.scoring["plate"].weights == (1.0, 0.0, 0.0, 0.0, 0.0) and not bool(old.gaussian_fitted[0])
     with torch.no_grad():
         assert old(images, 0).components[3] is None
 

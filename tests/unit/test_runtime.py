@@ -50,8 +50,14 @@ def test_geometry_array_twins_equal_the_tensor_methods(geometry: InputGeometry) 
 def _saved_model(folder: Path, geometries: dict[str, InputGeometry] | None = None) -> OneNIPDetector:
     from onenip.export import export_category
 
+    from onenip.models.scoring import ScoringRule
+
     detector = OneNIPDetector(ModelParams.model_validate(TINY_MODEL), ["plate", "tile"], geometries, pretrained=False)
     detector.score_threshold.fill_(0.5)
+    generator = torch.Generator().manual_seed(7)
+    for k, category in enumerate(detector.categories):  # the memory map in the graph too
+        detector.set_memory(k, torch.randn(TINY_MODEL["memory_patches"], detector.feature_extractor.num_fine_features, generator=generator))
+        detector.scoring[category] = ScoringRule((0.5, 0.5, 0.0, 0.0, 0.5), 1.0, 4)
     detector.save(folder)
     for category in detector.categories:
         export_category(detector, category, folder / "export" / category)

@@ -304,16 +304,17 @@ def test_scoring_rule_and_epoch_are_chosen_on_validation_and_stored(tmp_path: Pa
     top = max(h["val_score"] for h in result.history)
     kept = max(h["epoch"] for h in result.history if h["val_score"] >= top - base.validation.epoch_tolerance)
     assert loaded.metadata["kept_epoch"] == kept
-    # the candidates are the weight simplex (step 0.5 with the residual and the Gaussian: 10 points)
-    # x sigmas x pools; the refiner's weight is capped at 0.5: (0, 1, 0, 0) is not a candidate
-    assert len(selection.table["plate"]) == 9 * 2 * 2
+    # the candidates are the weight simplex (step 0.5 with the residual, the Gaussian and the memory
+    # map: 15 points) x sigmas x pools; the refiner's weight is capped at 0.5: (0, 1, 0, 0, 0) is not a candidate
+    assert len(selection.table["plate"]) == 14 * 2 * 2
+    assert bool(loaded.memory_fitted[0]) and float(loaded.memory_scale[0]) != 1.0
     assert bool(loaded.gaussian_fitted[0]) and float(loaded.gaussian_scale[0]) != 1.0  # fitted in training, scaled on held-out normals
     scored = [row["score"] for row in selection.table["plate"] if row["score"] is not None]  # the AUPRO finalists
     assert 0 < len(scored) <= 8 * 2 and max(scored) == pytest.approx(selection.score)
 
     fixed = base.model_copy(update={"validation": base.validation.model_copy(update={"select": False})})
     kept = train_onenip(manifest, fixed, tmp_path / "fixed", progress=False)
-    assert kept.selection is None and kept.detector.scoring["plate"].weights == (0.5, 0.5, 0.0, 0.0)
+    assert kept.selection is None and kept.detector.scoring["plate"].weights == (0.5, 0.5, 0.0, 0.0, 0.0)
 
 
 def test_validation_every_n_epochs_and_the_kept_last_epoch_is_not_validated_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

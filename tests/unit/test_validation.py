@@ -38,8 +38,8 @@ def test_each_category_gets_the_rule_its_validation_data_favours() -> None:
     ]
     default = ScoringRule()
     selection = select_scoring(per_category, cfg, default)
-    assert selection.rules["a"].weights == (1.0, 0.0, 0.0, 0.0)
-    assert selection.rules["b"].weights == (0.0, 1.0, 0.0, 0.0)
+    assert selection.rules["a"].weights == (1.0, 0.0, 0.0, 0.0, 0.0)
+    assert selection.rules["b"].weights == (0.0, 1.0, 0.0, 0.0, 0.0)
     assert selection.rules["tiny"] == default  # too few held-out normals: the default, and no vote
     assert set(selection.metrics) == {"a", "b"}
     assert selection.score == pytest.approx(1.0)
@@ -49,13 +49,18 @@ def test_candidates_cover_the_weight_simplex_and_skip_a_missing_residual() -> No
     cfg = ValidationParams(weight_step=0.5, smoothing_sigmas=(0.0, 4.0), max_refiner_weight=1.0)
     with_residual = candidate_rules(cfg, True)
     assert len(with_residual) == 6 * 2 and all(abs(sum(w) - 1) < 1e-9 for w, _ in with_residual)
-    assert {w for w, _ in candidate_rules(cfg, False)} == {(1.0, 0.0, 0.0, 0.0), (0.5, 0.5, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0)}
-    # with the Gaussian map: the 4-simplex (15 points at step 0.5)
+    assert {w for w, _ in candidate_rules(cfg, False)} == {(1.0, 0.0, 0.0, 0.0, 0.0), (0.5, 0.5, 0.0, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0, 0.0)}
+    # with the Gaussian map: the 4-simplex (10 points at step 0.5)
     both = {w for w, _ in candidate_rules(cfg, True, True)}
-    assert len(both) == 10 and (0.5, 0.0, 0.0, 0.5) in both and (0.0, 0.0, 0.0, 1.0) in both
+    assert len(both) == 10 and (0.5, 0.0, 0.0, 0.5, 0.0) in both and (0.0, 0.0, 0.0, 1.0, 0.0) in both
+    # and the memory map: the 5-simplex (15 points); the memory map alone without the Gaussian too
+    every = {w for w, _ in candidate_rules(cfg, True, True, True)}
+    assert len(every) == 15 and (0.0, 0.0, 0.0, 0.5, 0.5) in every and (0.0, 0.0, 0.0, 0.0, 1.0) in every
+    assert (0.0, 0.0, 0.0, 0.0, 1.0) in {w for w, _ in candidate_rules(cfg, False, False, True)}
+    assert all(w[3] == 0 for w, _ in candidate_rules(cfg, True, False, True))
     # by default the refiner gets at most the paper's half of the map
     capped = candidate_rules(ValidationParams(weight_step=0.25), True)
-    assert max(w[1] for w, _ in capped) == 0.5 and (0.5, 0.5, 0.0, 0.0) in {w for w, _ in capped}
+    assert max(w[1] for w, _ in capped) == 0.5 and (0.5, 0.5, 0.0, 0.0, 0.0) in {w for w, _ in capped}
 
 
 def test_rank_auroc_equals_sklearn_with_ties() -> None:
