@@ -219,15 +219,21 @@ def _select_one(
     stage = [((max(im.values()) + px) / 2, w, sigma, im, px) for (w, sigma), (im, px) in ((key, found_stage[key]) for key in candidates)]
     # Stage 2: AUPRO for the finalists; the choice is by the mean of the three metrics.
     order = sorted(range(len(stage)), key=lambda i: -stage[i][0])
+    finalists = order[:AUPRO_FINALISTS]
+    pixel_scores: dict[int, tuple[float, float]] = {}  # finalist -> (AUPRO, pixel AP)
+    for sigma in sorted({stage[i][2] for i in finalists}):  # each sigma's smoothing once
+        parts = smoothed_components(sigma)
+        for i in (i for i in finalists if stage[i][2] == sigma):
+            smoothed = blend(parts, stage[i][1])[:, 0].numpy()
+            # every pixel (not the AUROC's sample): AP depends on how many normal pixels there are
+            pixel_ap = float(average_precision_score(masks.ravel(), smoothed.ravel())) if masks.any() else 0.0
+            pixel_scores[i] = (float(pixel_aupro(smoothed, masks)), pixel_ap)
+        del parts
     table: list[dict[str, object]] = []
     best: tuple[float, ScoringRule, dict[str, float]] | None = None
-    for rank, i in enumerate(order):
+    for i in order:
         _, weights, sigma, images, pixel_auroc = stage[i]
-        finalist = rank < AUPRO_FINALISTS
-        smoothed = blend(smoothed_components(sigma), weights) if finalist else None
-        aupro = float(pixel_aupro(smoothed[:, 0].numpy(), masks)) if smoothed is not None else None
-        # every pixel (not the AUROC's sample): AP depends on how many normal pixels there are
-        pixel_ap = float(average_precision_score(masks.ravel(), smoothed[:, 0].numpy().ravel())) if smoothed is not None and masks.any() else 0.0
+        aupro, pixel_ap = pixel_scores.get(i, (None, 0.0))
         for pool, image in images.items():
             rule = ScoringRule(weights, sigma, pool)
             found = {"image_AUROC": image, "pixel_AUROC": pixel_auroc}
