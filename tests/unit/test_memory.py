@@ -84,10 +84,13 @@ def test_detector_memory_map_where_fitted_and_old_models_load_without_it(tmp_pat
         out = detector(images, 0)
     raw = nearest_bank_distance(embedding, bank)
     expected = torch.nn.functional.interpolate(raw, size=(64, 64), mode="bilinear", align_corners=False) / 2.0
-    # (the distance's expansion leaves noise of ~1e-3 where a patch is in the bank: sqrt of ~1e-6)
-    torch.testing.assert_close(out.components[4], expected, atol=2e-3, rtol=1e-4)
-    torch.testing.assert_close(out.anomaly_map, expected, atol=2e-3, rtol=1e-4)
-    assert float(raw[0].flatten()[:32].max()) < 0.05 and float(raw[1:].mean()) > 1.0
+    # Where a patch is in the bank its squared distance is a difference of near-equal terms: rounding
+    # leaves up to ~1e-4 of it, whose square root (~1e-2) depends on the CPU's summation order. The
+    # first image is therefore checked loosely, the others (far from every bank patch) tightly.
+    for got in (out.components[4], out.anomaly_map):
+        torch.testing.assert_close(got[1:], expected[1:], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(got[:1], expected[:1], atol=2e-2, rtol=1e-4)
+    assert float(raw[0].flatten()[:32].max()) < 0.05 and float(out.components[4][0, :, :24].max()) < 0.05 and float(raw[1:].mean()) > 1.0
     loaded = OneNIPDetector.load(detector.save(tmp_path / "model"))
     with torch.no_grad():
         torch.testing.assert_close(loaded(images, 0).anomaly_map, out.anomaly_map)
