@@ -48,7 +48,7 @@ def joined_root(roots: list[Path], folder: Path) -> tuple[Path, list[str]]:
 
 def summarise(values: list[dict[str, float]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for metric in (*METRICS, "seconds", "head_weight", "neighbourhood"):
+    for metric in (*METRICS, "seconds", "head_weight", "neighbourhood", "neighbourhood_rotated"):
         series = [v[metric] for v in values if v.get(metric) is not None]
         if series:
             out[metric] = {"mean": float(np.mean(series)), "std": float(np.std(series))}
@@ -164,11 +164,13 @@ def main() -> int:
                         result = onboard_category(trained.model_dir, root, left_out, shots, params, Path(tmp) / f"on-{left_out}-{shots}-{trial}",
                                                   progress=False, prompt_paths=prompts)  # fmt: skip
                         generalist_runs.append({m: result.metrics.get(m) for m in METRICS} | {"seconds": result.seconds, "head_weight": result.head_weight,
-                                                                                                      "neighbourhood": float(result.residual == "neighbourhood")})
+                                                                                                      "neighbourhood": float(result.residual == "neighbourhood"),
+                                                                                                      "neighbourhood_rotated": float(result.residual == "neighbourhood_rotated")})
                         val = result.selection.get("val_image_AUROC") or {}
                         trial_runs.append({"trial": trial, "image_AUROC": result.metrics.get("image_AUROC"), "residual": result.residual,
                                            "head_weight": result.head_weight, "val_image_AUROC_inctrl": max(val.values(), default=None),
-                                           "val_image_AUROC_neighbourhood": result.selection.get("val_image_AUROC_neighbourhood")})  # fmt: skip
+                                           "val_image_AUROC_neighbourhood": result.selection.get("val_image_AUROC_neighbourhood"),
+                                           "val_image_AUROC_neighbourhood_rotated": result.selection.get("val_image_AUROC_neighbourhood_rotated")})  # fmt: skip
                     if not args.no_patchcore and (left_out, shots, args.trials) not in earlier:
                         from benchmarks.peers import run_peer
 
@@ -188,8 +190,8 @@ def main() -> int:
                 print(f"{left_out} k={shots}: I-AUROC " + ", ".join(parts), flush=True)
                 (args.out / "fewshot.json").write_text(json.dumps(rows, indent=2))
     lines = ["| left out | k | generalist I-AUROC | PatchCore I-AUROC | OneNIP transfer I-AUROC | generalist P-AUROC | generalist AUPRO "
-             "| PatchCore AUPRO | onboarding s | head weight | neighbourhood share | generalist train min |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "| PatchCore AUPRO | onboarding s | head weight | neighbourhood share | rotated share | generalist train min |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
 
     def cell(block: dict[str, Any], metric: str) -> str:
         return f"{block[metric]['mean']:.3f} +- {block[metric]['std']:.3f}" if metric in block else "-"
@@ -199,7 +201,8 @@ def main() -> int:
         lines.append(f"| {row['left_out']} | {row['shots']} | {cell(row['generalist'], 'image_AUROC')} | {cell(row['patchcore'], 'image_AUROC')} "
                      f"| {cell(row['onenip_transfer'], 'image_AUROC')} | {cell(row['generalist'], 'pixel_AUROC')} "
                      f"| {cell(row['generalist'], 'pixel_AUPRO')} | {cell(row['patchcore'], 'pixel_AUPRO')} | {cell(row['generalist'], 'seconds')} "
-                     f"| {cell(row['generalist'], 'head_weight')} | {cell(row['generalist'], 'neighbourhood')} | {minutes} |")  # fmt: skip
+                     f"| {cell(row['generalist'], 'head_weight')} | {cell(row['generalist'], 'neighbourhood')} "
+                     f"| {cell(row['generalist'], 'neighbourhood_rotated')} | {minutes} |")  # fmt: skip
     table = "\n".join(lines)
     print(table)
     (args.out / "fewshot.md").write_text(table + "\n")

@@ -6,9 +6,10 @@ anomalies every epoch, plus the auxiliary categories' real test anomalies when
 ``generalist.real_anomalies`` allows it); each query gets k prompts from its own category's fit normals,
 never itself nor the image its anomaly was made from. Onboarding picks the k prompts deterministically
 (the typical image, then k-center greedy), chooses the residual (InCTRL's, or PatchCore's neighbourhood
-distance) and how much the holistic head counts in the image score on the category's other normal
-training images plus synthetic anomalies made on them, calibrates the
-threshold on those normals (never on test), and evaluates on its labelled test images when there are any.
+distance against the prompts, or against the prompts and their half turns) and how much the holistic
+head counts in the image score on the category's other normal training images plus synthetic anomalies
+made on them, calibrates the threshold on those normals (never on test), and evaluates on its labelled
+test images when there are any.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from onenip.data.geometry import square_geometry
 from onenip.data.manifest import DatasetError, make_manifest
 from onenip.device import resolve_device
 from onenip.features import FeatureCache, Features
-from onenip.models.generalist import INCTRL_HEAD_WEIGHT, GeneralistDetector
+from onenip.models.generalist import INCTRL_HEAD_WEIGHT, RESIDUALS, GeneralistDetector
 from onenip.models.inctrl import inctrl_loss
 
 
@@ -234,7 +235,9 @@ def onboard_category(
     k = detector.add_category(category, features.coarse[chosen], features.fine[chosen])  # type: ignore[index]
     rest = [i for i in range(len(normals)) if i not in set(chosen)]
     calibration = _evenly_spaced(rest, params.generalist.calibration_images)
-    candidates = scoring_candidates(params)
+    candidates = scoring_candidates(params, shots)
+    if any(residual == "neighbourhood_rotated" for residual, _ in candidates):
+        detector.set_rotated_prompts(k, rotated_prompt_features(detector, normals["image_path"].iloc[chosen].tolist(), params, device))
     if len(candidates) == 1:
         selection: dict[str, Any] = {"residual": candidates[0][0], "head_weight": candidates[0][1],
                                      "reason": "generalist.residuals and generalist.head_weights have one value each"}  # fmt: skip
@@ -261,6 +264,9 @@ def onboard_category(
     if not len(scores):
         msg = f"{category!r}: no normal image besides the single prompt to calibrate a threshold on; add images or use more shots"
         raise DatasetError(msg)
+    if detector.residual(k) != "neighbourhood_rotated":  # only the chosen residual's bank is kept
+        prompt = detector.prompt(k)
+        detector.set_rotated_prompts(k, Features(prompt.coarse[:0], prompt.fine[:0]))  # type: ignore[index]
     threshold = float(np.quantile(scores, params.eval.threshold_quantile))
     detector.score_threshold[k] = threshold
     out = Path(out_dir) / "model"
@@ -286,11 +292,30 @@ def _evenly_spaced(items: Sequence[int], count: int) -> list[int]:
     return [items[int(i)] for i in np.linspace(0, len(items) - 1, count).round()]
 
 
-def scoring_candidates(params: Params) -> list[tuple[str, float]]:
-    """(residual, head weight) pairs onboarding chooses among; the neighbourhood residual has no head."""
+def scoring_candidates(params: Params, shots: int) -> list[tuple[str, float]]:
+    """(residual, head weight) pairs onboarding chooses among for ``shots`` prompts; the neighbourhood
+    residuals have no head. The rotated bank doubles the search, so it is offered only while it holds at
+    most ``generalist.rotated_bank_images`` images."""
     weights = sorted({float(w) for w in params.generalist.head_weights})
-    pairs = [("inctrl", w) for w in weights] if "inctrl" in params.generalist.residuals else []
-    return pairs + ([("neighbourhood", 0.0)] if "neighbourhood" in params.generalist.residuals else [])
+    residuals = params.generalist.residuals
+    pairs = [("inctrl", w) for w in weights] if "inctrl" in residuals else []
+    pairs += [("neighbourhood", 0.0)] if "neighbourhood" in residuals else []
+    if "neighbourhood_rotated" in residuals and 2 * shots <= params.generalist.rotated_bank_images:
+        pairs.append(("neighbourhood_rotated", 0.0))
+    return pairs or [("neighbourhood", 0.0)]  # only the rotated bank asked for, and k too large for it
+
+
+@torch.no_grad()
+def rotated_prompt_features(detector: GeneralistDetector, paths: Sequence[str], params: Params, device: torch.device) -> Features:
+    """Backbone features of the prompt images turned by 180 degrees, rounded as the feature cache rounds
+    (float16) so both halves of the bank carry the same error."""
+    from onenip.features import extract_features
+    from onenip.training import load_images
+
+    images, _ = load_images(list(paths), detector.geometry_)
+    turned = (images.float() / 255).flip(-2, -1)
+    features = extract_features(detector.feature_extractor, turned.to(device), detector.backbone_cfg, params.train.feature_batch_size)
+    return Features(features.coarse.half().float(), None if features.fine is None else features.fine.half().float()).to(device)
 
 
 def _apply_selection(detector: GeneralistDetector, category: int, selection: dict[str, Any]) -> None:
@@ -317,7 +342,7 @@ def choose_scoring(detector: GeneralistDetector, category: int, normal_features:
     from onenip.synthesis import AnomalySynthesizer
     from onenip.training import load_images
 
-    candidates = scoring_candidates(params)
+    candidates = scoring_candidates(params, len(detector.prompt(category).coarse))
     images, _ = load_images(list(anomaly_sources), detector.geometry_)
     synthesizer = AnomalySynthesizer(methods=params.validation.methods)
     generator = torch.Generator().manual_seed(params.train.seed)
@@ -340,17 +365,21 @@ def choose_scoring(detector: GeneralistDetector, category: int, normal_features:
                 detector.head_weight[category] = weight
                 normal_scores[(residual, weight)] = detector.image_score(normal_out, category)
                 aurocs[(residual, weight)] = auroc(normal_scores[(residual, weight)], detector.image_score(anomaly_out, category))
-    if ("neighbourhood", 0.0) in candidates:
-        def top(f: Features) -> Tensor:
-            return detector.neighbourhood_residual(f, prompts)[1]
-
-        normal_scores[("neighbourhood", 0.0)] = top(normal_features)
-        aurocs[("neighbourhood", 0.0)] = auroc(normal_scores[("neighbourhood", 0.0)], top(features))
+    banks = {"neighbourhood": prompts}
+    if ("neighbourhood_rotated", 0.0) in candidates:
+        banks["neighbourhood_rotated"] = Features.cat([prompts, detector.rotated_prompts(category)])
+    for residual, bank in banks.items():
+        if (residual, 0.0) not in candidates:
+            continue
+        normal_scores[(residual, 0.0)] = detector.neighbourhood_residual(normal_features, bank)[1]
+        aurocs[(residual, 0.0)] = auroc(normal_scores[(residual, 0.0)], detector.neighbourhood_residual(features, bank)[1])
     best = max(aurocs.values())
-    residual, weight = min((c for c, v in aurocs.items() if v == best), key=lambda c: (c[0] != "inctrl", abs(c[1] - INCTRL_HEAD_WEIGHT)))
+    # among equals the reference's residual first, then the bank without turns; the head weight nearest InCTRL's
+    residual, weight = min((c for c, v in aurocs.items() if v == best), key=lambda c: (RESIDUALS.index(c[0]), abs(c[1] - INCTRL_HEAD_WEIGHT)))
     selection = {"residual": residual, "head_weight": weight,
                  "val_image_AUROC": {str(w): v for (r, w), v in aurocs.items() if r == "inctrl"},
                  "val_image_AUROC_neighbourhood": aurocs.get(("neighbourhood", 0.0)),
+                 "val_image_AUROC_neighbourhood_rotated": aurocs.get(("neighbourhood_rotated", 0.0)),
                  "normal_images": len(normal_features), "anomalous_images": len(anomaly_sources),
                  "methods": list(params.validation.methods)}  # fmt: skip
     return selection, normal_scores[(residual, weight)].float().cpu().numpy()

@@ -15,6 +15,9 @@ neighbourhoods on its own grid) and each patch's Euclidean distance to its neare
 image score PatchCore's (the maximum reweighted as its paper's eq. 7, ``reweighted_image_score``): it is
 PatchCore with the k prompts as memory bank. The second has no trained part; it is there for categories whose texture the
 head and the per-patch cosine do not carry over to (magnetic_tile in the leave-one-out benchmark).
+``neighbourhood_rotated`` is the same with each prompt also seen turned by 180 degrees (its backbone features
+stored beside the prompts): k images show few of the orientations a surface's normal patches come in, and a
+half turn keeps handedness, so a mirrored part still differs from every bank patch.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ KIND = "inctrl"
 FORMAT_VERSION = 1
 INCTRL_HEAD_WEIGHT = 0.5
 """The holistic head's share of the image score in InCTRL: the mean of the head and the max residual."""
-RESIDUALS = ("inctrl", "neighbourhood")
+RESIDUALS = ("inctrl", "neighbourhood", "neighbourhood_rotated")
 """What an onboarded category's map and score are made of (see the module docstring)."""
 
 
@@ -124,11 +127,37 @@ class GeneralistDetector(nn.Module):
         self.categories.append(category)
         self.register_buffer(f"prompt_{k}", coarse.detach().float().clone())
         self.register_buffer(f"prompt_fine_{k}", fine.detach().float().clone())
+        self.set_rotated_prompts(k, Features(coarse[:0], fine[:0]))
         self.score_threshold = torch.cat([self.score_threshold, torch.tensor([threshold], device=self.score_threshold.device)])
         self.head_weight = torch.cat([self.head_weight, torch.tensor([float(head_weight)], device=self.head_weight.device)])
         kind = torch.tensor([RESIDUALS.index(residual)], dtype=torch.long, device=self.residual_kind.device)
         self.residual_kind = torch.cat([self.residual_kind, kind])
         return k
+
+    def rotated_prompts(self, k: int) -> Features:
+        """The category's prompts turned by 180 degrees (their own backbone features); empty unless
+        its residual is ``neighbourhood_rotated``."""
+        return Features(getattr(self, f"rotated_{k}"), getattr(self, f"rotated_fine_{k}"))
+
+    def set_rotated_prompts(self, k: int, rotated: Features) -> None:
+        if rotated.fine is None:
+            msg = "rotated prompts need their fine backbone stages"
+            raise ValueError(msg)
+        device = self.score_threshold.device
+        self.register_buffer(f"rotated_{k}", rotated.coarse.detach().float().clone().to(device))
+        self.register_buffer(f"rotated_fine_{k}", rotated.fine.detach().float().clone().to(device))
+
+    def neighbourhood_bank(self, category: int) -> Features:
+        """The memory bank of the category's neighbourhood residual: its prompts, and with
+        ``neighbourhood_rotated`` their half turns too."""
+        prompts = self.prompt(int(category))
+        if self.residual(category) != "neighbourhood_rotated":
+            return prompts
+        rotated = self.rotated_prompts(int(category))
+        if not len(rotated.coarse):
+            msg = f"category {self.categories[int(category)]!r} scores with rotated prompts but has none stored"
+            raise ValueError(msg)
+        return Features.cat([prompts, rotated])
 
     def residual(self, category: int) -> str:
         return RESIDUALS[int(self.residual_kind[int(category)])]
@@ -175,10 +204,10 @@ class GeneralistDetector(nn.Module):
 
     def category_scores(self, features: Features, category: int, prompts: Features | None = None) -> tuple[Tensor, Tensor]:
         """(residual map (B, H, W) on the fine grid, image score (B,)) as the category's residual scores
-        them, against its stored prompts or ``prompts`` (K, ...)."""
+        them, against its stored prompts (and their half turns) or ``prompts`` (K, ...) alone."""
+        if self.residual(category) != "inctrl":
+            return self.neighbourhood_residual(features, self.neighbourhood_bank(category) if prompts is None else prompts)
         prompts = self.prompt(int(category)) if prompts is None else prompts
-        if self.residual(category) == "neighbourhood":
-            return self.neighbourhood_residual(features, prompts)
         out = self.score_features(features, prompts)
         return out.residual_map, self.image_score(out, category)
 
@@ -214,6 +243,7 @@ class GeneralistDetector(nn.Module):
             "backbone": self.backbone_cfg.model_dump(mode="json"),
             "categories": self.categories,
             "shots": [int(getattr(self, f"prompt_{k}").shape[0]) for k in range(len(self.categories))],
+            "rotated_shots": [int(self.rotated_prompts(k).coarse.shape[0]) for k in range(len(self.categories))],
             "smoothing_sigma": self.smoothing_sigma,
             "holistic_input": self.head.holistic_input,
             "neighbourhood_neighbours": self.neighbourhood_neighbours,
@@ -234,7 +264,16 @@ class GeneralistDetector(nn.Module):
         detector = cls(BackboneParams.model_validate(config["backbone"]), config["categories"], config["shots"],
                        pretrained=False, smoothing_sigma=config.get("smoothing_sigma", 4.0),
                        holistic_input=config.get("holistic_input", "map"))  # fmt: skip
+        for k, count in enumerate(config.get("rotated_shots", [])):
+            prompt = detector.prompt(k)
+            shape = (int(count),)
+            detector.set_rotated_prompts(k, Features(prompt.coarse.new_zeros(shape + prompt.coarse.shape[1:]),
+                                                     prompt.fine.new_zeros(shape + prompt.fine.shape[1:])))  # type: ignore[union-attr]  # fmt: skip
         state = load_file(str(folder / WEIGHTS_FILE), device=str(map_location))
+        for k in range(len(config["categories"])):  # models onboarded before rotated prompts: none
+            prompt = detector.prompt(k)
+            state.setdefault(f"rotated_{k}", prompt.coarse[:0].to(map_location))
+            state.setdefault(f"rotated_fine_{k}", prompt.fine[:0].to(map_location))  # type: ignore[index]
         # models onboarded before head_weight existed scored with InCTRL's mean
         state.setdefault("head_weight", torch.full((len(config["categories"]),), INCTRL_HEAD_WEIGHT))
         state.setdefault("residual_kind", torch.zeros(len(config["categories"]), dtype=torch.long))  # before the choice: InCTRL's

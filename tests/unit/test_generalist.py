@@ -81,6 +81,7 @@ def test_a_generalist_trained_on_real_anomalies_refuses_their_category(trained: 
 def test_onboarding_chooses_the_residual_and_head_weight_on_training_data(trained: tuple[Path, Path, Params], tmp_path: Path) -> None:
     import torch
 
+    from onenip.features import Features
     from onenip.models.generalist import GeneralistDetector
 
     root, generalist, params = trained
@@ -88,19 +89,25 @@ def test_onboarding_chooses_the_residual_and_head_weight_on_training_data(traine
     table = {float(w): v for w, v in result.selection["val_image_AUROC"].items()}
     assert sorted(table) == sorted(params.generalist.head_weights)
     neighbourhood = result.selection["val_image_AUROC_neighbourhood"]
-    best = max(*table.values(), neighbourhood)
-    # the best validation AUROC; among equals InCTRL's residual, then the weight nearest InCTRL's mean
+    rotated = result.selection["val_image_AUROC_neighbourhood_rotated"]  # k = 2: a bank of 4 fits the budget
+    best = max(*table.values(), neighbourhood, rotated)
+    # the best validation AUROC; among equals InCTRL's residual, then the weight nearest InCTRL's mean,
+    # then the bank without half turns
     if result.residual == "inctrl":
         assert table[result.head_weight] == best
         assert abs(result.head_weight - 0.5) == min(abs(w - 0.5) for w, v in table.items() if v == best)
-    else:
+    elif result.residual == "neighbourhood":
         assert neighbourhood == best > max(table.values()) and result.head_weight == 0.0
+    else:
+        assert rotated == best > max(*table.values(), neighbourhood) and result.head_weight == 0.0
     # 8 normals are not prompts: all calibrate, each also gets one synthetic anomaly of the validation families
     assert result.selection["normal_images"] == 8 and result.selection["anomalous_images"] == 8
     assert result.selection["methods"] == list(params.validation.methods)
     saved = GeneralistDetector.load(result.model_dir)
     assert float(saved.head_weight[0]) == result.head_weight and saved.residual(0) == result.residual
     assert saved.metadata["head_weight_selection"]["head_weight"] == result.head_weight
+    # only the chosen residual's bank is kept
+    assert saved.rotated_prompts(0).coarse.shape[0] == (2 if result.residual == "neighbourhood_rotated" else 0)
 
     def generalist_params(**update: object) -> Params:
         return params.model_copy(update={"generalist": params.generalist.model_copy(update=update)})
@@ -119,6 +126,19 @@ def test_onboarding_chooses_the_residual_and_head_weight_on_training_data(traine
     model = GeneralistDetector.load(only.model_dir)
     with torch.no_grad():
         expected = model.neighbourhood_residual(features, model.prompt(0))[1]
+        assert torch.allclose(model.forward_features(features, 0).pred_score, expected)
+    turned = onboard_category(generalist, root, "gear", 2, generalist_params(residuals=("neighbourhood_rotated",)), tmp_path / "rot",
+                              progress=False)  # fmt: skip
+    assert turned.residual == "neighbourhood_rotated" and turned.prompt_paths == only.prompt_paths
+    model = GeneralistDetector.load(turned.model_dir)
+    from onenip.generalist import rotated_prompt_features
+
+    stored = model.rotated_prompts(0)
+    expected_bank = rotated_prompt_features(model, turned.prompt_paths, params, torch.device("cpu"))
+    assert torch.equal(stored.coarse, expected_bank.coarse) and torch.equal(stored.fine, expected_bank.fine)  # type: ignore[arg-type]
+    assert not torch.equal(stored.fine, model.prompt(0).fine)  # type: ignore[arg-type]
+    with torch.no_grad():
+        expected = model.neighbourhood_residual(features, Features.cat([model.prompt(0), stored]))[1]
         assert torch.allclose(model.forward_features(features, 0).pred_score, expected)
     fixed = generalist_params(head_weights=(0.0,), residuals=("inctrl",))
     residual_only = onboard_category(generalist, root, "gear", 2, fixed, tmp_path / "fixed", progress=False)

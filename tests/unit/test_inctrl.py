@@ -257,3 +257,62 @@ def test_neighbourhood_residual_reads_the_stride_16_stage_natively_and_scores_as
     old = GeneralistDetector.load(tmp_path / "m")
     with torch.no_grad():
         torch.testing.assert_close(old.forward_features(features, 0).pred_score, residual.flatten(1).amax(1))
+
+
+def test_rotated_bank_holds_each_prompt_turned_half_round_and_survives_save_and_old_models(tmp_path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from onenip.config import BackboneParams
+    from onenip.features import Features
+    from onenip.models.generalist import GeneralistDetector
+
+    detector = GeneralistDetector(BackboneParams(input_size=64), pretrained=False).eval()
+    generator = torch.Generator().manual_seed(7)
+    # a lopsided picture: bright top-left corner, so its half turn looks different to the backbone
+    prompt = torch.rand(1, 3, 64, 64, generator=generator) * 0.2
+    prompt[..., :24, :24] += 0.8
+    others = torch.rand(2, 3, 64, 64, generator=generator)
+    with torch.no_grad():
+        plain, turned = detector.extract(prompt), detector.extract(prompt.flip(-2, -1))
+        queries = Features.cat([turned, detector.extract(others)])
+        detector.add_category("a", plain.coarse, plain.fine, residual="neighbourhood_rotated")  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="rotated prompts but has none stored"):
+            detector.forward_features(queries, 0)
+        detector.set_rotated_prompts(0, turned)
+        bank = detector.neighbourhood_bank(0)
+        assert torch.equal(bank.coarse, torch.cat([plain.coarse, turned.coarse]))
+        rotated = detector.forward_features(queries, 0)
+        expected_map, expected_score = detector.neighbourhood_residual(queries, bank)
+        torch.testing.assert_close(rotated.pred_score, expected_score)
+        without = detector.neighbourhood_residual(queries, plain)[0]
+    # the turned prompt is in the bank: it scores zero there, and not against the prompt alone
+    assert expected_map[0].max() < 1e-6 and without[0].max() > 0.1
+    assert bool((expected_map <= without + 1e-6).all())  # a larger bank never moves a patch further away
+    loaded = GeneralistDetector.load(detector.save(tmp_path / "m"))
+    assert loaded.residual(0) == "neighbourhood_rotated" and loaded.rotated_prompts(0).coarse.shape[0] == 1
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.forward_features(queries, 0).pred_score, rotated.pred_score)
+    # a model onboarded before rotated prompts (no buffers, no config key) loads with none
+    detector.set_residual(0, "neighbourhood")
+    folder = detector.save(tmp_path / "old")
+    state = {k: v for k, v in load_file(str(folder / "model.safetensors")).items() if not k.startswith("rotated")}
+    save_file(state, str(folder / "model.safetensors"))
+    config = json.loads((folder / "onenip.json").read_text())
+    del config["rotated_shots"]
+    (folder / "onenip.json").write_text(json.dumps(config))
+    old = GeneralistDetector.load(folder)
+    assert old.rotated_prompts(0).coarse.shape[0] == 0 and old.residual(0) == "neighbourhood"
+
+
+def test_rotated_bank_is_offered_only_while_it_fits_the_onboarding_budget() -> None:
+    from onenip.config import Params
+    from onenip.generalist import scoring_candidates
+
+    params = Params()
+    assert params.generalist.rotated_bank_images == 8
+    assert ("neighbourhood_rotated", 0.0) in scoring_candidates(params, 4)
+    assert ("neighbourhood_rotated", 0.0) not in scoring_candidates(params, 5)
+    assert ("neighbourhood", 0.0) in scoring_candidates(params, 8)
+    only = params.model_copy(update={"generalist": params.generalist.model_copy(update={"residuals": ("neighbourhood_rotated",)})})
+    assert scoring_candidates(only, 2) == [("neighbourhood_rotated", 0.0)]
+    assert scoring_candidates(only, 8) == [("neighbourhood", 0.0)]  # too large a bank: the plain one
