@@ -325,12 +325,13 @@ class GeneralistParams(_Section):
     """Onboarding chooses the holistic head's share of the image score among these (0: the max patch
     residual alone; 0.5: InCTRL's mean) on the category's own normals plus synthetic anomalies of the
     validation families, never on test; ties go to the one nearest 0.5. One value fixes it."""
-    residuals: tuple[Literal["inctrl", "neighbourhood", "neighbourhood_rotated"], ...] = ("inctrl", "neighbourhood", "neighbourhood_rotated")
+    residuals: tuple[Literal["inctrl", "neighbourhood", "neighbourhood_rotated"], ...] = ("inctrl", "neighbourhood")
     """What onboarding may score a category with, chosen on the same data as the head weight: ``inctrl``
     (the multi-layer cosine residual, with the head), ``neighbourhood`` (PatchCore's 3x3-neighbourhood
     features, Euclidean distance to the nearest prompt patch, no trained part) and
-    ``neighbourhood_rotated`` (the same, the bank also holding each prompt turned by 180 degrees). Ties go
-    to the earlier of these."""
+    ``neighbourhood_rotated`` (the same, the bank also holding each prompt turned by 180 degrees; opt-in,
+    for products whose normal look has no fixed orientation: measured, it was rarely chosen and made
+    onboarding dearer, benchmarks/README "Few-shot: a rotated prompt bank"). Ties go to the earlier of these."""
     rotated_bank_images: int = Field(8, ge=0)
     """``neighbourhood_rotated`` is offered while its bank (2k images) holds at most this many: it doubles
     the nearest-patch search, and onboarding must stay under a minute on 2 cores (k <= 4 by default)."""

@@ -85,7 +85,15 @@ def test_onboarding_chooses_the_residual_and_head_weight_on_training_data(traine
     from onenip.models.generalist import GeneralistDetector
 
     root, generalist, params = trained
-    result = onboard_category(generalist, root, "gear", 2, params, tmp_path / "gear", progress=False)
+
+    def generalist_params(**update: object) -> Params:
+        return params.model_copy(update={"generalist": params.generalist.model_copy(update=update)})
+
+    assert "neighbourhood_rotated" not in params.generalist.residuals  # opt-in: the default offers two
+    assert onboard_category(generalist, root, "gear", 2, params, tmp_path / "default", progress=False).selection[
+        "val_image_AUROC_neighbourhood_rotated"] is None  # fmt: skip
+    every = generalist_params(residuals=("inctrl", "neighbourhood", "neighbourhood_rotated"))
+    result = onboard_category(generalist, root, "gear", 2, every, tmp_path / "gear", progress=False)
     table = {float(w): v for w, v in result.selection["val_image_AUROC"].items()}
     assert sorted(table) == sorted(params.generalist.head_weights)
     neighbourhood = result.selection["val_image_AUROC_neighbourhood"]
@@ -108,9 +116,6 @@ def test_onboarding_chooses_the_residual_and_head_weight_on_training_data(traine
     assert saved.metadata["head_weight_selection"]["head_weight"] == result.head_weight
     # only the chosen residual's bank is kept
     assert saved.rotated_prompts(0).coarse.shape[0] == (2 if result.residual == "neighbourhood_rotated" else 0)
-
-    def generalist_params(**update: object) -> Params:
-        return params.model_copy(update={"generalist": params.generalist.model_copy(update=update)})
 
     # the stored choice is what predictions use
     features = saved.extract(torch.rand(3, 3, 64, 64))

@@ -308,8 +308,11 @@ def test_rotated_bank_is_offered_only_while_it_fits_the_onboarding_budget() -> N
     from onenip.config import Params
     from onenip.generalist import scoring_candidates
 
-    params = Params()
-    assert params.generalist.rotated_bank_images == 8
+    defaults = Params()
+    assert defaults.generalist.rotated_bank_images == 8
+    assert all(residual != "neighbourhood_rotated" for residual, _ in scoring_candidates(defaults, 2))  # opt-in
+    every = ("inctrl", "neighbourhood", "neighbourhood_rotated")
+    params = defaults.model_copy(update={"generalist": defaults.generalist.model_copy(update={"residuals": every})})
     assert ("neighbourhood_rotated", 0.0) in scoring_candidates(params, 4)
     assert ("neighbourhood_rotated", 0.0) not in scoring_candidates(params, 5)
     assert ("neighbourhood", 0.0) in scoring_candidates(params, 8)
