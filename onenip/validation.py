@@ -30,7 +30,7 @@ from torch import Tensor
 from onenip.config import Params, ValidationParams
 from onenip.features import Features, extract_features
 from onenip.metrics.pixel import pixel_aupro
-from onenip.models.onenip import gaussian_smooth
+from onenip.models.onenip import masked_gaussian_smooth
 from onenip.models.scoring import COMPONENTS, ScoringRule, blend, pooled_map
 from onenip.synthesis.checks import SynthesisError
 from onenip.synthesis.synthesizer import VALIDATION_METHODS, AnomalySynthesizer
@@ -201,8 +201,8 @@ def _select_one(
     sigmas = sorted({sigma for _, sigma in candidates})
 
     def smoothed_components(sigma: float) -> list[Tensor | None]:
-        out = [None if c is None else gaussian_smooth(c, sigma / factor) for c in components]
-        return out if valid is None else [None if c is None else c * valid for c in out]
+        # as ``score_maps`` scores: padding left out of the blur, then zeroed
+        return [None if c is None else masked_gaussian_smooth(c, sigma / factor, valid) for c in components]
 
     found_stage: dict[tuple[tuple[float, ...], float], tuple[dict[int, float], float]] = {}
     for sigma in sigmas:

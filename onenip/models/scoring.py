@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from onenip.models.onenip import gaussian_smooth
+from onenip.models.onenip import masked_gaussian_smooth
 
 COMPONENTS: tuple[str, ...] = ("recon", "refiner", "residual", "gaussian", "memory")
 
@@ -102,8 +102,7 @@ def image_scores(anomaly_map: Tensor, pool_size: int) -> Tensor:
 
 
 def score_maps(components: Sequence[Tensor | None], rule: ScoringRule, valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """(anomaly map (B, 1, H, W), image score (B,)) under ``rule``; ``valid`` (B or 1, 1, H, W) zeroes padding."""
-    anomaly_map = gaussian_smooth(blend(components, rule.weights), rule.smoothing_sigma)
-    if valid is not None:
-        anomaly_map = anomaly_map * valid.to(anomaly_map.dtype)
+    """(anomaly map (B, 1, H, W), image score (B,)) under ``rule``; ``valid`` (B or 1, 1, H, W) marks
+    letterbox content: the padding is zeroed and left out of the smoothing (``masked_gaussian_smooth``)."""
+    anomaly_map = masked_gaussian_smooth(blend(components, rule.weights), rule.smoothing_sigma, valid)
     return anomaly_map, image_scores(anomaly_map, rule.score_pool_size)

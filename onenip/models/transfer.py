@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from onenip.data.geometry import InputGeometry, square_geometry
 from onenip.features import Features
 from onenip.models.detector import DetectorOutput, OneNIPDetector
-from onenip.models.onenip import gaussian_smooth
+from onenip.models.onenip import masked_gaussian_smooth
 
 
 class OneNIPTransfer(nn.Module):
@@ -61,8 +61,6 @@ class OneNIPTransfer(nn.Module):
         return best
 
     def forward_features(self, features: Features, category: int, valid: Tensor | None = None) -> DetectorOutput:
-        anomaly_map = gaussian_smooth(self.recon_error(features), self.smoothing_sigma)
-        if valid is not None:
-            anomaly_map = anomaly_map * valid.to(anomaly_map.dtype)
+        anomaly_map = masked_gaussian_smooth(self.recon_error(features), self.smoothing_sigma, valid)
         scores = anomaly_map.flatten(1).amax(dim=1)
         return DetectorOutput(anomaly_map, scores, [anomaly_map, None, None])

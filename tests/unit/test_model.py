@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from onenip.models.loss import area_pool_masks, dice_loss, onenip_loss
-from onenip.models.onenip import OneNIP, gaussian_smooth, neighbor_mask, prompt_residual
+from onenip.models.onenip import OneNIP, gaussian_smooth, masked_gaussian_smooth, neighbor_mask, prompt_residual
 
 
 def tiny_model(**overrides: object) -> OneNIP:
@@ -246,6 +246,43 @@ def test_gaussian_smooth_preserves_constant_and_mass() -> None:
     spike = torch.zeros(1, 1, 21, 21)
     spike[..., 10, 10] = 1
     assert gaussian_smooth(spike, 1.5).sum().item() == pytest.approx(1.0, abs=1e-4)
+
+
+def _letterbox(height: int = 20, width: int = 30) -> torch.Tensor:
+    valid = torch.zeros(1, 1, height, width)
+    valid[..., :, 6:24] = 1  # content in the middle, padding left and right
+    return valid
+
+
+def test_masked_smoothing_keeps_letterbox_padding_out_of_the_content() -> None:
+    valid = _letterbox()
+    maps = torch.rand(2, 1, 20, 30, generator=torch.Generator().manual_seed(0))
+    hot = maps.clone()
+    hot[valid.expand_as(hot) == 0] = 100.0  # padding is far from every normal patch: high in every map
+    smoothed = masked_gaussian_smooth(maps, 3.0, valid)
+    torch.testing.assert_close(masked_gaussian_smooth(hot, 3.0, valid), smoothed)  # the padding's values never count
+    assert (smoothed[valid.expand_as(smoothed) == 0] == 0).all()
+    constant = torch.full((1, 1, 20, 30), 2.0).masked_fill(valid == 0, 50.0)
+    content = masked_gaussian_smooth(constant, 3.0, valid)[valid == 1]
+    torch.testing.assert_close(content, torch.full_like(content, 2.0))  # a map constant on the content stays so
+    assert torch.equal(masked_gaussian_smooth(maps, 0.0, valid), maps * valid)
+    assert torch.equal(masked_gaussian_smooth(maps, 3.0, None), gaussian_smooth(maps, 3.0))
+    # the plain blur, masked afterwards, carries the padding into the content's border
+    leaked = (gaussian_smooth(hot, 3.0) * valid - smoothed).abs().amax()
+    assert leaked > 1.0
+
+
+def test_scores_of_letterboxed_maps_ignore_the_padding() -> None:
+    from onenip.models.scoring import ScoringRule, score_maps
+
+    valid = _letterbox()
+    generator = torch.Generator().manual_seed(1)
+    components = [torch.rand(3, 1, 20, 30, generator=generator) for _ in range(2)] + [None, None, None]
+    hot = [None if c is None else c.masked_fill(valid.expand_as(c) == 0, 100.0) for c in components]
+    rule = ScoringRule((0.5, 0.5, 0.0, 0.0, 0.0), 4.0, 4)
+    (map_a, score_a), (map_b, score_b) = score_maps(components, rule, valid), score_maps(hot, rule, valid)
+    torch.testing.assert_close(map_a, map_b)
+    torch.testing.assert_close(score_a, score_b)
 
 
 def test_invalid_sizes_are_rejected() -> None:

@@ -70,3 +70,27 @@ def test_rank_auroc_equals_sklearn_with_ties() -> None:
     assert rank_auroc(scores, labels) == pytest.approx(roc_auc_score(labels, scores))
     with pytest.raises(ValueError, match="both"):
         rank_auroc(scores, np.zeros(200))
+
+
+def test_the_choice_ignores_letterbox_padding() -> None:
+    """Validation smooths as ``score_maps`` scores: the padding of letterboxed images (high in the
+    memory and Gaussian maps, which exclude it) takes no part in any candidate's metrics."""
+    base = _validation("boxed")
+    valid = torch.zeros(len(base.labels), 1, 32, 32, dtype=torch.bool)
+    valid[..., :, 4:28] = True
+    boxed = CategoryValidation(base.category, base.features, base.labels, base.masks, valid, base.methods)
+    cfg = ValidationParams(smoothing_sigmas=[0, 8], score_pool_sizes=[1, 4], weight_step=0.5, max_refiner_weight=1.0)
+    informative, noise = _maps(boxed, True, 0), _maps(boxed, False, 1)
+    padding = torch.zeros(1, 1, 8, 8, dtype=torch.bool)
+    padding[..., :, :1] = padding[..., :, 7:] = True  # the quarter-size grid's padding columns
+    hot = [m.masked_fill(padding.expand_as(m), 50.0 * float(i + 1)) for i, m in enumerate((informative, noise))]
+    default = ScoringRule((0.5, 0.5, 0.0, 0.0, 0.0), 4.0, 16)
+    clean = select_scoring([(boxed, [informative, noise])], cfg, default)
+    dirty = select_scoring([(boxed, [hot[0], hot[1]])], cfg, default)
+    assert dirty.rules == clean.rules and dirty.score == pytest.approx(clean.score)
+    smoothed = [row for row in clean.table["boxed"] if row["smoothing_sigma"] == 8]
+    assert smoothed  # the smoothed candidates are scored too, each exactly as without the padding's values
+    for got, expected in zip(dirty.table["boxed"], clean.table["boxed"], strict=True):
+        assert got["weights"] == expected["weights"] and got["smoothing_sigma"] == expected["smoothing_sigma"]
+        for metric in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "pixel_AP", "score"):
+            assert got.get(metric) == pytest.approx(expected.get(metric)), (metric, expected)
