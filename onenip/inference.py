@@ -108,8 +108,12 @@ class Predictor(CategoryChoice):
             if geometry.letterbox:
                 valid = torch.stack([geometry.valid_mask(h, w)[None] for h, w in sizes]).to(self.device)
             if self.runtime == "torch":
+                # AMP for the backbone only: the maps are distances (|q|^2 + |b|^2 - 2 q.b, Mahalanobis, whitened
+                # errors) whose large terms cancel, so in float16 they would no longer be the float32 maps the
+                # threshold and the scoring rule were calibrated on (features rounded to float16, as cached)
                 with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
-                    output = self.detector(batch, k, valid)
+                    features = self.detector.extract(batch)
+                output = self.detector.forward_features(features.float(), k, valid)
                 scores = output.pred_score.float().cpu().tolist()
                 full_maps = output.anomaly_map.float().cpu().numpy() if return_maps else None
             else:

@@ -329,8 +329,11 @@ def save_checkpoint(
     history: list[dict[str, float]],
     fingerprint: str,
     best: BestEpoch | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> None:
-    """Atomic: the weights file is renamed into place before the JSON that points at its epoch."""
+    """Atomic: the weights file is renamed into place before the JSON that points at its epoch.
+    ``scaler`` (CUDA AMP): its loss scale and growth tracker, so a resumed run scales and skips steps
+    as the uninterrupted one would."""
     folder.mkdir(parents=True, exist_ok=True)
     model_state = {f"model.{k}": v.detach().cpu() for k, v in detector.model.state_dict().items()}
     best_state = {} if best is None else {f"best.{k}": v for k, v in best.state.items()}
@@ -341,6 +344,7 @@ def save_checkpoint(
     state = {
         "epoch": epoch, "history": history, "optimizer": optim_meta, "fingerprint": fingerprint,
         "best": None if best is None else {"epoch": best.epoch, "score": best.score, "top_score": best.top_score},
+        "grad_scaler": None if scaler is None else {k: v for k, v in scaler.state_dict().items()},
     }
     tmp = folder / f".{CHECKPOINT_STATE}.tmp"
     tmp.write_text(json.dumps(state))
@@ -349,8 +353,10 @@ def save_checkpoint(
 
 def load_checkpoint(
     folder: Path, detector: OneNIPDetector, optimizer: torch.optim.Optimizer, fingerprint: str,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[int, list[dict[str, float]], BestEpoch | None] | None:
-    """Restore the last complete epoch; ``None`` when there is no usable checkpoint for this config."""
+    """Restore the last complete epoch (and ``scaler``'s state when it was saved); ``None`` when there
+    is no usable checkpoint for this config."""
     weights, meta_path = folder / CHECKPOINT_WEIGHTS, folder / CHECKPOINT_STATE
     if not weights.is_file() or not meta_path.is_file():
         return None
@@ -378,6 +384,8 @@ def load_checkpoint(
     model_state = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
     detector.model.load_state_dict(model_state, strict=True)
     _restore_optimizer(optimizer, tensors, meta["optimizer"])
+    if scaler is not None and meta.get("grad_scaler"):
+        scaler.load_state_dict(meta["grad_scaler"])
     best = None
     if meta.get("best"):
         best_state = {k.removeprefix("best."): v for k, v in tensors.items() if k.startswith("best.")}
@@ -551,8 +559,10 @@ def train_onenip(
     fingerprint = fingerprint_of(params, data)
     checkpoint_dir = output_dir / CHECKPOINT_DIR
     start_epoch, history, best = 0, [], None
+    use_amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda") if use_amp else None
     if resume:
-        restored = load_checkpoint(checkpoint_dir, detector, optimizer, fingerprint)
+        restored = load_checkpoint(checkpoint_dir, detector, optimizer, fingerprint, scaler)
         if restored is not None:
             start_epoch, history, best = restored
             logger.info("Resuming from epoch %d in %s", start_epoch, checkpoint_dir)
@@ -560,8 +570,6 @@ def train_onenip(
     cap = cfg.max_images_per_epoch
     steps_per_epoch = sum(math.ceil(images_per_epoch(len(item.fit_images), cap) / cfg.batch_size) for item in data)
     total_steps = steps_per_epoch * cfg.epochs
-    use_amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda") if use_amp else None
     synthesizers = {item.name: build_synthesizer(params.synthesis, _texture_sources(data, item)) for item in data}
     pools: dict[str, SyntheticPool] = {}
     started = time.perf_counter()
@@ -651,7 +659,7 @@ def train_onenip(
         record["seconds"] = time.perf_counter() - epoch_start
         history.append(record)
         train_seconds += record["seconds"]
-        save_checkpoint(checkpoint_dir, detector, optimizer, epoch + 1, history, fingerprint, best)
+        save_checkpoint(checkpoint_dir, detector, optimizer, epoch + 1, history, fingerprint, best, scaler)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, record)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.epochs:

@@ -327,7 +327,7 @@ class OneNIPDetector(nn.Module):
             return None
         weights_version = sum(param._version for param in self.model.parameters())
         buffer = getattr(self, f"prompt_{k}")
-        key = (k, buffer._version, weights_version, str(prompt.device), prompt.dtype)
+        key = (k, buffer._version, weights_version, str(prompt.device), prompt.dtype, torch.is_autocast_enabled(prompt.device.type))
         cached = self._prompt_cache.get(k)
         if cached is None or cached[0] != key:
             cached = (key, self.model.encode(prompt))

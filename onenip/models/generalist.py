@@ -41,7 +41,7 @@ from onenip.models.inctrl import (
     PATCHCORE_NEIGHBOURS, InCTRLHead, InCTRLOutput, nearest_patches, neighbourhood_embedding, patch_bank, reweighted_image_score,
 )
 from onenip.models.memory import patchcore_layers
-from onenip.models.onenip import gaussian_smooth
+from onenip.models.onenip import masked_gaussian_smooth
 
 KIND = "inctrl"
 FORMAT_VERSION = 1
@@ -125,8 +125,9 @@ class GeneralistDetector(nn.Module):
             raise ValueError(msg)
         k = len(self.categories)
         self.categories.append(category)
-        self.register_buffer(f"prompt_{k}", coarse.detach().float().clone())
-        self.register_buffer(f"prompt_fine_{k}", fine.detach().float().clone())
+        device = self.score_threshold.device  # where the detector is (the features may come from a CPU cache)
+        self.register_buffer(f"prompt_{k}", coarse.detach().float().clone().to(device))
+        self.register_buffer(f"prompt_fine_{k}", fine.detach().float().clone().to(device))
         self.set_rotated_prompts(k, Features(coarse[:0], fine[:0]))
         self.score_threshold = torch.cat([self.score_threshold, torch.tensor([threshold], device=self.score_threshold.device)])
         self.head_weight = torch.cat([self.head_weight, torch.tensor([float(head_weight)], device=self.head_weight.device)])
@@ -220,9 +221,7 @@ class GeneralistDetector(nn.Module):
         residual, score = self.category_scores(features, category)
         size = self.geometry_.size
         anomaly_map = nn.functional.interpolate(residual[:, None], size=size, mode="bilinear", align_corners=False)
-        anomaly_map = gaussian_smooth(anomaly_map, self.smoothing_sigma)
-        if valid is not None:
-            anomaly_map = anomaly_map * valid.to(anomaly_map.dtype)
+        anomaly_map = masked_gaussian_smooth(anomaly_map, self.smoothing_sigma, valid)
         return DetectorOutput(anomaly_map, score, [None, None, anomaly_map])
 
     def forward(self, images: Tensor, category: int, valid: Tensor | None = None) -> DetectorOutput:
@@ -279,7 +278,10 @@ class GeneralistDetector(nn.Module):
         state.setdefault("residual_kind", torch.zeros(len(config["categories"]), dtype=torch.long))  # before the choice: InCTRL's
         detector.load_state_dict(state, strict=True)
         detector.metadata = config.get("metadata", {})
-        detector.neighbourhood_neighbours = int(config.get("neighbourhood_neighbours", 1))  # before the reweighting: the maximum
+        # categories onboarded before the reweighting were calibrated on the plain maximum; a generalist
+        # saved before it (no categories yet) onboards new ones with PatchCore's reweighting
+        legacy = 1 if config["categories"] else PATCHCORE_NEIGHBOURS
+        detector.neighbourhood_neighbours = int(config.get("neighbourhood_neighbours", legacy))
         return detector.to(map_location).eval()
 
 

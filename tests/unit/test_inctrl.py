@@ -319,3 +319,30 @@ def test_rotated_bank_is_offered_only_while_it_fits_the_onboarding_budget() -> N
     only = params.model_copy(update={"generalist": params.generalist.model_copy(update={"residuals": ("neighbourhood_rotated",)})})
     assert scoring_candidates(only, 2) == [("neighbourhood_rotated", 0.0)]
     assert scoring_candidates(only, 8) == [("neighbourhood", 0.0)]  # too large a bank: the plain one
+
+
+def test_a_generalist_saved_before_the_reweighting_onboards_new_categories_with_it(tmp_path) -> None:  # noqa: ANN001
+    """The plain-maximum fallback is for categories calibrated on it; a generalist with none yet
+    onboards with PatchCore's 9 neighbours."""
+    from onenip.config import BackboneParams
+    from onenip.models.generalist import GeneralistDetector
+
+    folder = GeneralistDetector(BackboneParams(input_size=64), pretrained=False).save(tmp_path / "g")
+    config = json.loads((folder / "onenip.json").read_text())
+    del config["neighbourhood_neighbours"]
+    (folder / "onenip.json").write_text(json.dumps(config))
+    assert GeneralistDetector.load(folder).neighbourhood_neighbours == 9
+
+
+def test_onboarded_prompts_live_where_the_detector_is() -> None:
+    """Cached features come from the CPU; on CUDA the prompts must follow the detector (the meta device
+    stands in for a GPU here)."""
+    from onenip.config import BackboneParams
+    from onenip.models.generalist import GeneralistDetector
+
+    detector = GeneralistDetector(BackboneParams(input_size=64), pretrained=False)
+    features = detector.extract(torch.rand(1, 3, 64, 64))
+    detector = detector.to("meta")
+    k = detector.add_category("a", features.coarse, features.fine)  # type: ignore[arg-type]
+    prompt = detector.prompt(k)
+    assert prompt.coarse.device.type == prompt.fine.device.type == detector.score_threshold.device.type == "meta"  # type: ignore[union-attr]

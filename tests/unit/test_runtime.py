@@ -178,3 +178,39 @@ def test_onenip_predict_on_an_exported_model_never_imports_torch(tmp_path: Path)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "False", "onenip predict imported torch"
     assert len(list((tmp_path / "out" / "heatmaps").glob("*.png"))) == 2
+
+
+def test_amp_covers_the_backbone_only_so_served_maps_are_the_calibrated_float32_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CUDA ``predict`` runs under float16 autocast; the distance maps (|q|^2 + |b|^2 - 2 q.b and the like)
+    must still be computed in float32, as calibration and evaluation computed them."""
+    from onenip.inference import Predictor
+
+    _saved_model(tmp_path)
+    predictor = Predictor.load(tmp_path, "plate", runtime="torch")
+    detector, active, seen = predictor.detector, [], {}
+
+    class RecordingAutocast:  # stands in for torch.autocast; records whether a block runs inside one
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        def __enter__(self) -> None:
+            active.append(True)
+
+        def __exit__(self, *exc: object) -> None:
+            active.pop()
+
+    extract, forward_features = detector.extract, detector.forward_features
+
+    def recording_extract(images: torch.Tensor):  # noqa: ANN202
+        seen["backbone under autocast"] = bool(active)
+        return extract(images)
+
+    def recording_forward_features(features, k, valid=None):  # noqa: ANN001, ANN202
+        seen["maps under autocast"], seen["maps dtype"] = bool(active), features.coarse.dtype
+        return forward_features(features, k, valid)
+
+    monkeypatch.setattr(detector, "extract", recording_extract)
+    monkeypatch.setattr(detector, "forward_features", recording_forward_features)
+    monkeypatch.setattr(torch, "autocast", RecordingAutocast)
+    predictor.predict([np.zeros((64, 64, 3), dtype=np.uint8)])
+    assert seen == {"backbone under autocast": True, "maps under autocast": False, "maps dtype": torch.float32}
