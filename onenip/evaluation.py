@@ -111,6 +111,14 @@ def evaluate_category(
     if test.empty:
         msg = f"Category {category!r} has no test images"
         raise DatasetError(msg)
+    anomalous = test[test["label_index"] == 1]
+    has_masks = bool(anomalous["mask_path"].notna().any())
+    unmasked = anomalous.loc[anomalous["mask_path"].isna(), "image_path"].tolist()
+    if has_masks and unmasked:  # an all-zero mask would count its defect as normal pixels
+        more = f" and {len(unmasked) - 3} more" if len(unmasked) > 3 else ""
+        msg = (f"Category {category!r}: {len(unmasked)} anomalous test images have no mask while others do "
+               f"({', '.join(map(str, unmasked[:3]))}{more}); add their masks or remove them (data.require_masks: auto)")  # fmt: skip
+        raise DatasetError(msg)
     geometry = detector.geometry(category)
     features = cache.get(test["image_path"].tolist(), test["sha256"].tolist(), geometry, batch_size=batch_size, progress=progress)
     scores, maps = predict_features(detector, features, category, batch_size, content_masks(geometry, test))
@@ -122,7 +130,6 @@ def evaluate_category(
     predictions["threshold"] = threshold
     predictions["pred_label"] = (scores > threshold).astype(int)
 
-    has_masks = bool(test.loc[test["label_index"] == 1, "mask_path"].notna().any())
     masks: list[np.ndarray | None] = [None] * len(test)
     # Maps back at each image's own resolution: the letterbox crop, then a bilinear resize.
     resized = [geometry.map_to_image(m, int(h), int(w)) for m, h, w in zip(maps, test["height"], test["width"], strict=True)]
@@ -130,7 +137,7 @@ def evaluate_category(
         for i, row in test.iterrows():
             if isinstance(row["mask_path"], str):
                 masks[i] = load_mask(row["mask_path"])[0].numpy() > 0
-            else:
+            else:  # a normal image (anomalous ones without a mask were refused above)
                 masks[i] = np.zeros((int(row["height"]), int(row["width"])), dtype=bool)
         resized = [
             m if m.shape == mask.shape else resize_maps_to_masks(m[None], mask.shape)[0]  # type: ignore[union-attr]

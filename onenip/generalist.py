@@ -15,6 +15,7 @@ test images when there are any.
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -72,7 +73,9 @@ def train_generalist(
     """The InCTRL head on the auxiliary ``categories`` of ``root``; saved to ``out_dir/model``."""
     from onenip.synthesis import AnomalySynthesizer
     from onenip.training import SyntheticPool, build_synthesizer, prepare_category_data
+    from onenip.validation import check_validation_methods
 
+    check_validation_methods(params)  # the gate and onboarding's choice are scored on families training never saw
     started = time.perf_counter()
     params = _generalist_params(params)
     cfg = params.generalist
@@ -199,7 +202,9 @@ def onboard_category(
     ``source`` (``models:/onenip-generalist/3``) is recorded as the generalist instead of the folder."""
     from onenip.evaluation import evaluate
     from onenip.training import select_prompts
+    from onenip.validation import check_validation_methods
 
+    check_validation_methods(params)
     started = time.perf_counter()
     params = _generalist_params(params)
     device = resolve_device(params.train.device)
@@ -219,8 +224,9 @@ def onboard_category(
         msg = (f"{generalist_dir} was trained on the real test anomalies of {category!r} (generalist.real_anomalies), so its test "
                f"metrics and gate would be inflated; onboard it with a generalist trained without them")  # fmt: skip
         raise DatasetError(msg)
-    geometry = square_geometry(params.model.backbone.input_size)
-    cache = FeatureCache(params.train.cache_dir, detector.feature_extractor, params.model.backbone)
+    # the generalist's own backbone and input, as it scores when served (params.yaml may have changed since)
+    geometry = detector.geometry_
+    cache = FeatureCache(params.train.cache_dir, detector.feature_extractor, detector.backbone_cfg)
     features = cache.get(normals["image_path"].tolist(), normals["sha256"].tolist(), geometry, progress=progress)
     if prompt_paths is None:
         chosen = select_prompts(features.coarse, shots)
@@ -229,6 +235,11 @@ def onboard_category(
         unknown = [p for p in prompt_paths if str(p) not in where]
         if unknown:
             msg = f"Prompt images {unknown} are not normal training images of {category!r}"
+            raise DatasetError(msg)
+        repeated = sorted({str(p) for p in prompt_paths if [str(q) for q in prompt_paths].count(str(p)) > 1})
+        if not prompt_paths or repeated:
+            msg = f"Prompt images for {category!r} must be distinct and at least one; got {list(prompt_paths)}" + (
+                f" ({repeated} repeated)" if repeated else "")  # fmt: skip
             raise DatasetError(msg)
         chosen = [where[str(p)] for p in prompt_paths]
         shots = len(chosen)
@@ -274,6 +285,9 @@ def onboard_category(
     metrics: dict[str, float] = {}
     has_masks = False
     tests = manifest[manifest["split"] == "test"]
+    stale = Path(out_dir) / "eval"
+    if stale.is_dir():  # an earlier onboarding's evaluation (logged with its own run): never passed off as this one's
+        shutil.rmtree(stale)
     if len(tests) and tests["label_index"].nunique() == 2:
         results = evaluate(detector, manifest, cache, Path(out_dir) / "eval", [category], num_heatmaps=params.eval.num_heatmaps,
                            progress=progress)  # type: ignore[arg-type]  # fmt: skip

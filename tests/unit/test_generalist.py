@@ -153,3 +153,40 @@ def test_onboarding_chooses_the_residual_and_head_weight_on_training_data(traine
     assert all_prompts.head_weight == 0.0 and GeneralistDetector.load(all_prompts.model_dir).head_weight.tolist() == [0.0]
     default = onboard_category(generalist, root, "gear", 10, params, tmp_path / "all", progress=False)
     assert default.head_weight == 0.5 and default.residual == "inctrl" and "too few" in default.selection["reason"]
+
+
+def test_onboarding_refuses_bad_prompt_lists_and_seen_validation_families(trained: tuple[Path, Path, Params], tmp_path: Path) -> None:
+    from onenip.synthesis import SynthesisError
+
+    root, generalist, params = trained
+    normals = sorted(str(p) for p in (root / "gear" / "train" / "good").glob("*.png"))
+    with pytest.raises(DatasetError, match=r"must be distinct and at least one.*repeated"):
+        onboard_category(generalist, root, "gear", 2, params, tmp_path / "x", progress=False, prompt_paths=[normals[0], normals[0]])
+    with pytest.raises(DatasetError, match=r"must be distinct and at least one"):
+        onboard_category(generalist, root, "gear", 2, params, tmp_path / "x", progress=False, prompt_paths=[])
+    overlapping = params.model_copy(update={"validation": params.validation.model_copy(update={"methods": ["warp", "perlin"]})})
+    with pytest.raises(SynthesisError, match=r"validation.methods must be entries of .*got \['warp', 'perlin'\]"):
+        onboard_category(generalist, root, "gear", 2, overlapping, tmp_path / "x", progress=False)
+    assert not (tmp_path / "x").exists()  # refused before anything was written
+
+
+def test_onboarding_scores_with_the_generalists_own_input_and_leaves_no_stale_evaluation(trained: tuple[Path, Path, Params], tmp_path: Path) -> None:
+    from onenip.models.generalist import GeneralistDetector
+
+    root, generalist, params = trained
+    # params.yaml changed since the generalist was trained: onboarding still uses the generalist's 64 px input
+    wider = params.model_copy(update={"model": params.model.model_copy(update={"backbone": params.model.backbone.model_copy(update={"input_size": 96})})})
+    result = onboard_category(generalist, root, "gear", 2, wider, tmp_path / "gear", progress=False)
+    detector = GeneralistDetector.load(result.model_dir)
+    assert detector.geometry_.size == (64, 64) and tuple(detector.prompt(0).coarse.shape[-2:]) == (4, 4)
+    assert (tmp_path / "gear" / "eval").is_dir()
+    # onboarded again from a copy of the category without anomalous test images: no evaluation this time,
+    # and the first run's is not left behind to be logged as this one's
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(root / "gear", copy / "gear")
+    shutil.rmtree(copy / "gear" / "test" / "blob")
+    shutil.rmtree(copy / "gear" / "ground_truth")
+    again = onboard_category(generalist, copy, "gear", 2, params, tmp_path / "gear", progress=False)
+    assert again.metrics == {} and not (tmp_path / "gear" / "eval").exists()

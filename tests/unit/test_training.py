@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from onenip.config import Params, load_params
-from onenip.data.manifest import make_manifest
+from onenip.data.manifest import DatasetError, make_manifest
 from onenip.data.transforms import load_image
 from onenip.evaluation import evaluate
 from onenip.features import FeatureCache, Features
@@ -478,3 +478,34 @@ def test_error_statistics_in_chunks_equal_the_whole_batch_formula(whiten: bool) 
     got = error_statistics(residuals, weights, prior, whiten, ridge)
     for value, expected in zip(got, (mean, whitening, std), strict=True):
         torch.testing.assert_close(value, expected.float(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_checkpoint_keeps_the_amp_loss_scale(tmp_path: Path) -> None:
+    """CUDA training scales its loss (GradScaler); a resumed run must go on with the same scale and
+    growth tracker, or it skips and scales steps differently from the uninterrupted run."""
+    detector = OneNIPDetector(Params.model_validate(TINY).model, ["plate"], pretrained=False)
+    optimizer = torch.optim.AdamW(detector.model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)  # the CUDA scaler's state, testable on a CPU
+    state = scaler.state_dict() | {"scale": 256.0, "_growth_tracker": 37}
+    scaler.load_state_dict(state)
+    training.save_checkpoint(tmp_path, detector, optimizer, 1, [{"epoch": 1.0}], "fp", None, scaler)
+    restored = torch.amp.GradScaler("cpu")
+    assert training.load_checkpoint(tmp_path, detector, optimizer, "fp", restored) is not None
+    assert restored.state_dict()["scale"] == 256.0 and restored.state_dict()["_growth_tracker"] == 37
+    # a CPU run has no scaler: its checkpoints load as before
+    training.save_checkpoint(tmp_path / "cpu", detector, optimizer, 1, [{"epoch": 1.0}], "fp")
+    assert training.load_checkpoint(tmp_path / "cpu", detector, optimizer, "fp", torch.amp.GradScaler("cpu")) is not None
+
+
+def test_an_anomalous_test_image_without_a_mask_beside_masked_ones_is_refused_by_name(tmp_path: Path) -> None:
+    """An all-zero stand-in mask would count that defect as normal pixels and lower every pixel metric."""
+    root = make_mvtec_tree(tmp_path / "data", categories=("plate",), n_train=4, n_test_good=2, n_test_bad=2, size=64)
+    masks = sorted((root / "plate" / "ground_truth").rglob("*.png"))
+    assert len(masks) == 2
+    masks[0].unlink()
+    manifest = make_manifest(root, progress=False)
+    detector = OneNIPDetector(Params.model_validate(TINY).model, ["plate"], pretrained=False)
+    cache = FeatureCache(tmp_path / "cache", detector.feature_extractor, detector.cfg.backbone)
+    image = masks[0].name.removesuffix("_mask.png")
+    with pytest.raises(DatasetError, match=rf"1 anomalous test images have no mask while others do \(.*{image}"):
+        evaluate(detector, manifest, cache, tmp_path / "eval", ["plate"], progress=False)
