@@ -1,0 +1,116 @@
+"""What leaving the letterbox padding out of the smoothing changes, on one saved OneNIP model.
+
+Rebuilds the model's validation set exactly as training built it (held-out training normals + seeded
+anomalies of the validation families; no test image), chooses the scoring rule on it twice, with the
+current smoothing (a normalised blur of the content, ``masked_gaussian_smooth``) and with the former
+one (blur everything, then zero the padding), and scores both rules on the test split. The test columns
+are a record: nothing is chosen from them. Only letterboxed categories can differ. Prints a table and
+writes JSON:
+
+    OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 .venv/bin/python benchmarks/selection_smoothing.py R/.../model --cache-dir C --out R/smoothing.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+DEFAULT_ROOT = REPO.parent / "shared" / "datasets" / "industrial"
+METRICS = ("image_AUROC", "pixel_AUROC", "pixel_AP", "pixel_AUPRO")
+
+
+@contextmanager
+def former_smoothing() -> Iterator[None]:
+    """Blur first, then zero the padding: what validation and scoring did before."""
+    import onenip.models.scoring as scoring
+    import onenip.validation as validation
+    from onenip.models.onenip import gaussian_smooth
+
+    def blur_then_mask(maps, sigma, valid):  # noqa: ANN001, ANN202
+        out = gaussian_smooth(maps, sigma)
+        return out if valid is None else out * valid.to(out.dtype)
+
+    saved = validation.masked_gaussian_smooth, scoring.masked_gaussian_smooth
+    validation.masked_gaussian_smooth = scoring.masked_gaussian_smooth = blur_then_mask
+    try:
+        yield
+    finally:
+        validation.masked_gaussian_smooth, scoring.masked_gaussian_smooth = saved
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", type=Path, help="a saved model folder (onenip.json + model.safetensors)")
+    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT)
+    parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
+    parser.add_argument("--cache-dir", default=None, help="override train.cache_dir")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+
+    import torch
+
+    from benchmarks.peers import drop_leaked_test_images
+    from onenip.config import load_params
+    from onenip.data.manifest import make_manifest
+    from onenip.evaluation import evaluate
+    from onenip.features import FeatureCache
+    from onenip.models.detector import OneNIPDetector
+    from onenip.models.scoring import ScoringRule, padded_weights
+    from onenip.training import prepare_category_data
+    from onenip.validation import build_category_validation, select_scoring, validation_components
+
+    detector = OneNIPDetector.load(args.model).eval()
+    overrides = {"train": {"cache_dir": args.cache_dir}} if args.cache_dir else None
+    params = load_params(args.params, overrides=overrides)
+    full = make_manifest(args.root, detector.categories, progress=False)
+    cache = FeatureCache(params.train.cache_dir, detector.feature_extractor, params.model.backbone)
+    per_category = []
+    with torch.no_grad():
+        for index, category in enumerate(detector.categories):
+            item = prepare_category_data(full, params, cache, category, index, detector.geometry(category), False)
+            validation = build_category_validation(category, item.holdout_images, item.holdout_valid, detector.feature_extractor,
+                                                   params, seed=params.train.seed + item.index)  # fmt: skip
+            per_category.append((validation, validation_components(detector, validation)))
+    default = ScoringRule(padded_weights(params.model.scoring.weights), params.model.scoring.smoothing_sigma, params.model.scoring.score_pool_size)
+    stored = dict(detector.scoring)
+    manifest, _ = drop_leaked_test_images(full)
+    report: dict[str, dict[str, object]] = {}
+    for name, context in (("content-only blur (now)", None), ("blur, then mask (before)", former_smoothing)):
+        with context() if context else _nothing():
+            selection = select_scoring(per_category, params.validation, default)
+            detector.scoring = dict(selection.rules)
+            evaluated = evaluate(detector, manifest, cache, None, detector.categories, num_heatmaps=0, progress=False)
+        report[name] = {
+            category: {"rule": selection.rules[category].to_dict(), "validation": selection.metrics.get(category, {}),
+                       "test": {m: evaluated[category].metrics.get(m) for m in METRICS}}  # fmt: skip
+            for category in detector.categories
+        }
+    detector.scoring = stored
+    print("| category | smoothing | rule (weights, sigma, pool) | validation score | test " + " / ".join(METRICS) + " |\n|---|---|---|---|---|")
+    for name, rows in report.items():
+        for category, row in rows.items():
+            rule, found = row["rule"], row["validation"]  # type: ignore[index]
+            score = sum(found.get(m, 0.0) for m in METRICS) / len(METRICS) if found else float("nan")  # type: ignore[union-attr]
+            test = " / ".join(f"{row['test'][m]:.4f}" for m in METRICS)  # type: ignore[index]
+            print(f"| {category} | {name} | {rule['weights']}, {rule['smoothing_sigma']}, {rule['score_pool_size']} | {score:.4f} | {test} |")  # type: ignore[index]
+    print(f"stored rule: { {c: r.to_dict() for c, r in stored.items()} }")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"model": str(args.model), "stored": {c: r.to_dict() for c, r in stored.items()}, "runs": report}, indent=2))
+    return 0
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
