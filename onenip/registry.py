@@ -219,7 +219,9 @@ def registry_lock(
             )  # fmt: skip
             break
         except MlflowException as error:
-            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            # RESOURCE_DOES_NOT_EXIST is contention too: on the unique-name conflict MLflow's SQL store
+            # reads the existing model to word its error, and the holder may have released it by then
+            if error.error_code not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
                 msg = f"Cannot take the promotion lock {lock!r} in the registry: {error.message}"
                 raise RegistryError(msg) from error
         holder = _lock_holder(client, lock)

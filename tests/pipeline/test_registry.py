@@ -146,6 +146,29 @@ def test_concurrent_promotions_leave_consistent_aliases(client: MlflowClient, tm
     assert tags[champion]["onenip.compared_to"] == previous
 
 
+def test_registry_lock_retries_when_the_holder_releases_during_the_conflict(client: MlflowClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a name conflict MLflow's SQL store reads the existing model to word its error; when the holder
+    deletes its lock in between, creating the lock fails with RESOURCE_DOES_NOT_EXIST. That is contention
+    (seen in CI under four concurrent promotions): the lock is retried, not given up. Other errors are not."""
+    from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, RESOURCE_DOES_NOT_EXIST
+
+    real_create = client.create_registered_model
+    failures = [MlflowException("Registered Model with name=_lock.x not found", RESOURCE_DOES_NOT_EXIST)]
+
+    def create(name: str, *args: object, **kwargs: object) -> object:
+        if failures:
+            raise failures.pop()
+        return real_create(name, *args, **kwargs)
+
+    monkeypatch.setattr(client, "create_registered_model", create)
+    with registry.registry_lock(client, NAME, timeout=5, poll=0.01):
+        assert not failures and client.get_registered_model(f"{registry.LOCK_PREFIX}{NAME}")
+    failures.append(MlflowException("database is on fire", INTERNAL_ERROR))
+    with pytest.raises(registry.RegistryError, match="Cannot take the promotion lock.*database is on fire"):
+        with registry.registry_lock(client, NAME, timeout=5, poll=0.01):
+            pass
+
+
 def test_registry_lock_is_exclusive_breaks_stale_locks_and_names_the_holder(client: MlflowClient) -> None:
     lock = f"{registry.LOCK_PREFIX}{NAME}"
     with registry.registry_lock(client, NAME):
