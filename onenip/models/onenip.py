@@ -251,16 +251,25 @@ def prompt_residual(
         pool = dict(kernel_size=aggregate, stride=1, padding=aggregate // 2, count_include_pad=False)
         query, prompt = F.avg_pool2d(query, **pool), F.avg_pool2d(prompt, **pool)
     _, channels, h, w = query.shape
-    q = query.flatten(2).transpose(1, 2)  # (B, N, C)
-    p = prompt.flatten(2).transpose(1, 2).repeat(batch // num_prompts, 1, 1)  # (B, N, C)
-    # Squared distances as |q|^2 + |p|^2 - 2 q.p: one batched matmul instead of a (B, N, N, C) tensor.
-    sq = (q * q).sum(-1, keepdim=True) + (p * p).sum(-1)[:, None, :] - 2 * torch.bmm(q, p.transpose(1, 2))
+    repeats = batch // num_prompts
+    # query i uses prompt i % P: the queries of each prompt as one row block, (P, repeats*N, C), so
+    # every prompt is searched by one matmul without copying it per query
+    q = query.flatten(2).transpose(1, 2).reshape(repeats, num_prompts, h * w, channels).transpose(0, 1)
+    q = q.reshape(num_prompts, repeats * h * w, channels)
+    p = prompt.flatten(2).transpose(1, 2)  # (P, N, C)
+    # argmin |q - p|^2 = argmin (|p|^2 - 2 q.p): one fused batched matmul, |q|^2 is the same for a row
+    ranking = torch.baddbmm((p * p).sum(-1)[:, None, :], q, p.transpose(1, 2), alpha=-2)
     if window is not None:
-        sq = sq.masked_fill(~_window_mask((h, w), window, sq.device), float("inf"))
-    nearest = sq.argmin(dim=-1)  # (B, N)
-    matched = torch.gather(p, 1, nearest[..., None].expand(-1, -1, channels))
-    residual = (q - matched).abs().transpose(1, 2).reshape(batch, channels, h, w)
-    distance = (q - matched).pow(2).sum(-1).clamp_min(0).sqrt().reshape(batch, 1, h, w)
+        ranking = ranking.view(num_prompts, repeats, h * w, h * w)
+        ranking = ranking.masked_fill(~_window_mask((h, w), window, ranking.device), float("inf"))
+        ranking = ranking.view(num_prompts, repeats * h * w, h * w)
+    nearest = ranking.argmin(dim=-1)  # (P, repeats*N)
+    difference = q - torch.gather(p, 1, nearest[..., None].expand(-1, -1, channels))
+    # back to query order (B, C, h, w)
+    difference = difference.view(num_prompts, repeats, h * w, channels).transpose(0, 1).reshape(batch, h * w, channels)
+    residual = difference.abs().transpose(1, 2).reshape(batch, channels, h, w)
+    # the distance from the difference itself: the expansion above cancels to noise near zero
+    distance = difference.norm(dim=-1).reshape(batch, 1, h, w)
     return distance, residual
 
 

@@ -159,6 +159,27 @@ def test_prompt_residual_equals_brute_force_nearest_patch() -> None:
             assert torch.allclose(residual[b].flatten(1)[:, n], (q[b, n] - p[j]).abs(), atol=1e-4)
 
 
+@pytest.mark.parametrize("window", [None, 3])
+def test_prompt_residual_pairs_query_i_with_prompt_i_mod_p(window: int | None) -> None:
+    """Several prompts (a training batch: queries, then their synthetic copies, prompt i % P), with and
+    without a window: each query's nearest patch among ITS prompt's patches, by brute force."""
+    torch.manual_seed(1)
+    query, prompt = torch.randn(6, 5, 4, 5), torch.randn(2, 5, 4, 5)
+    distance, residual = prompt_residual(query, prompt, aggregate=1, window=window)
+    rows, cols = torch.meshgrid(torch.arange(4), torch.arange(5), indexing="ij")
+    rows, cols = rows.flatten(), cols.flatten()
+    for b in range(6):
+        q, p = query[b].flatten(1).t(), prompt[b % 2].flatten(1).t()  # (20, 5)
+        for n in range(20):
+            d = (p - q[n]).norm(dim=1)
+            if window is not None:
+                far = ((rows - rows[n]).abs() > window // 2) | ((cols - cols[n]).abs() > window // 2)
+                d = d.masked_fill(far, float("inf"))
+            j = int(d.argmin())
+            assert distance[b, 0].flatten()[n].item() == pytest.approx(d[j].item(), rel=1e-5, abs=1e-5)
+            assert torch.allclose(residual[b].flatten(1)[:, n], (q[n] - p[j]).abs(), atol=1e-5)
+
+
 def test_prompt_residual_is_zero_for_the_prompt_itself_and_window_restricts() -> None:
     torch.manual_seed(0)
     prompt = torch.randn(1, 4, 6, 6)
