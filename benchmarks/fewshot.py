@@ -96,6 +96,7 @@ def main() -> int:
     parser.add_argument("--real-anomalies", action="store_true",
                         help="generalist.real_anomalies: also train on the auxiliary categories' real anomalies (InCTRL's protocol)")
     parser.add_argument("--holistic-input", choices=("map", "sorted"), default=None, help="override generalist.holistic_input")
+    parser.add_argument("--trained-margin-se", type=float, default=None, help="override generalist.trained_margin_se (0: the plain highest AUROC)")
     parser.add_argument("--no-patchcore", action="store_true")
     parser.add_argument("--patchcore-from", type=Path, default=None,
                         help="reuse PatchCore's rows of an earlier fewshot.json (same left-out, k and trials: the prompt sets are "
@@ -115,7 +116,8 @@ def main() -> int:
     from onenip.data.manifest import make_manifest
     from onenip.generalist import onboard_category, train_generalist
 
-    generalist = {"epochs": args.epochs, "holistic_input": args.holistic_input, "real_anomalies": True if args.real_anomalies else None}
+    generalist = {"epochs": args.epochs, "holistic_input": args.holistic_input, "real_anomalies": True if args.real_anomalies else None,
+                  "trained_margin_se": args.trained_margin_se}  # fmt: skip
     overrides = {"generalist": {key: value for key, value in generalist.items() if value is not None}}
     params = load_params(args.params, overrides=overrides)
     transfer_params = load_params(args.params, profile=args.transfer_profile) if args.transfer else None
@@ -170,7 +172,8 @@ def main() -> int:
                         trial_runs.append({"trial": trial, "image_AUROC": result.metrics.get("image_AUROC"), "residual": result.residual,
                                            "head_weight": result.head_weight, "val_image_AUROC_inctrl": max(val.values(), default=None),
                                            "val_image_AUROC_neighbourhood": result.selection.get("val_image_AUROC_neighbourhood"),
-                                           "val_image_AUROC_neighbourhood_rotated": result.selection.get("val_image_AUROC_neighbourhood_rotated")})  # fmt: skip
+                                           "val_image_AUROC_neighbourhood_rotated": result.selection.get("val_image_AUROC_neighbourhood_rotated"),
+                                           "val_inctrl_lead": result.selection.get("val_inctrl_lead")})  # fmt: skip
                     if not args.no_patchcore and (left_out, shots, args.trials) not in earlier:
                         from benchmarks.peers import run_peer
 

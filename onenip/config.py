@@ -332,6 +332,12 @@ class GeneralistParams(_Section):
     ``neighbourhood_rotated`` (the same, the bank also holding each prompt turned by 180 degrees; opt-in,
     for products whose normal look has no fixed orientation: measured, it was rarely chosen and made
     onboarding dearer, benchmarks/README "Few-shot: a rotated prompt bank"). Ties go to the earlier of these."""
+    trained_margin_se: float = Field(1.0, ge=0)
+    """``inctrl`` (trained) is chosen over the best untrained residual only when its validation AUROC is
+    higher by more than this many standard errors of the paired difference (DeLong): the validation
+    anomalies are synthetic, as were those the head learned from, and the best of several head weights is
+    an optimistic estimate, so a lead within the noise goes to the map with no trained part (the
+    one-standard-error rule of model selection). 0: the highest AUROC wins, ties to ``inctrl``."""
     rotated_bank_images: int = Field(8, ge=0)
     """``neighbourhood_rotated`` is offered while its bank (2k images) holds at most this many: it doubles
     the nearest-patch search, and onboarding must stay under a minute on 2 cores (k <= 4 by default)."""

@@ -348,11 +348,14 @@ def choose_scoring(detector: GeneralistDetector, category: int, normal_features:
     ``inctrl`` (the reference), then to the head weight nearest InCTRL's 0.5. The head learned synthetic
     anomalies of other families on other categories: where it does not carry over to this category, the
     weight goes to the max patch residual, or to the neighbourhood residual, which have no trained part.
+    ``inctrl`` must also beat the best untrained residual by more than ``generalist.trained_margin_se``
+    standard errors of the paired AUROC difference (``paired_auroc_difference``), else the untrained one
+    is chosen: a few dozen synthetic anomalies are a noisy and, for a head trained on synthetic anomalies,
+    a flattering measure, and the lead of the best of several head weights is biased upwards.
 
     Returns the selection and the chosen candidate's scores of ``normal_features`` (what the threshold
     is calibrated on, so they are not computed twice)."""
     from onenip.features import extract_features
-    from onenip.metrics import image_auroc
     from onenip.synthesis import AnomalySynthesizer
     from onenip.training import load_images
 
@@ -367,36 +370,58 @@ def choose_scoring(detector: GeneralistDetector, category: int, normal_features:
     prompts = detector.prompt(category)
     labels = np.r_[np.zeros(len(normal_features)), np.ones(len(features))]
 
-    def auroc(normal: Tensor, anomalous: Tensor) -> float:
-        return float(image_auroc(torch.cat([normal, anomalous]).float().cpu().numpy(), labels))
-
-    aurocs: dict[tuple[str, float], float] = {}
-    normal_scores: dict[tuple[str, float], Tensor] = {}
+    scores: dict[tuple[str, float], tuple[Tensor, Tensor]] = {}  # candidate -> (normal scores, anomaly scores)
     if any(residual == "inctrl" for residual, _ in candidates):
         normal_out, anomaly_out = detector.score_features(normal_features, prompts), detector.score_features(features, prompts)
         for residual, weight in candidates:
             if residual == "inctrl":
                 detector.head_weight[category] = weight
-                normal_scores[(residual, weight)] = detector.image_score(normal_out, category)
-                aurocs[(residual, weight)] = auroc(normal_scores[(residual, weight)], detector.image_score(anomaly_out, category))
+                scores[(residual, weight)] = detector.image_score(normal_out, category), detector.image_score(anomaly_out, category)
     banks = {"neighbourhood": prompts}
     if ("neighbourhood_rotated", 0.0) in candidates:
         banks["neighbourhood_rotated"] = Features.cat([prompts, detector.rotated_prompts(category)])
     for residual, bank in banks.items():
-        if (residual, 0.0) not in candidates:
-            continue
-        normal_scores[(residual, 0.0)] = detector.neighbourhood_residual(normal_features, bank)[1]
-        aurocs[(residual, 0.0)] = auroc(normal_scores[(residual, 0.0)], detector.neighbourhood_residual(features, bank)[1])
-    best = max(aurocs.values())
-    # among equals the reference's residual first, then the bank without turns; the head weight nearest InCTRL's
-    residual, weight = min((c for c, v in aurocs.items() if v == best), key=lambda c: (RESIDUALS.index(c[0]), abs(c[1] - INCTRL_HEAD_WEIGHT)))
+        if (residual, 0.0) in candidates:
+            scores[(residual, 0.0)] = detector.neighbourhood_residual(normal_features, bank)[1], detector.neighbourhood_residual(features, bank)[1]
+    flat = {c: torch.cat(pair).float().cpu().numpy() for c, pair in scores.items()}
+    (residual, weight), aurocs, lead = pick_scoring(flat, labels, params.generalist.trained_margin_se)
     selection = {"residual": residual, "head_weight": weight,
                  "val_image_AUROC": {str(w): v for (r, w), v in aurocs.items() if r == "inctrl"},
                  "val_image_AUROC_neighbourhood": aurocs.get(("neighbourhood", 0.0)),
                  "val_image_AUROC_neighbourhood_rotated": aurocs.get(("neighbourhood_rotated", 0.0)),
+                 "val_inctrl_lead": lead,
                  "normal_images": len(normal_features), "anomalous_images": len(anomaly_sources),
                  "methods": list(params.validation.methods)}  # fmt: skip
-    return selection, normal_scores[(residual, weight)].float().cpu().numpy()
+    return selection, scores[(residual, weight)][0].float().cpu().numpy()
+
+
+def pick_scoring(scores: dict[tuple[str, float], np.ndarray], labels: np.ndarray, margin_se: float,
+                 ) -> tuple[tuple[str, float], dict[tuple[str, float], float], dict[str, Any] | None]:  # fmt: skip
+    """The (residual, head weight) with the highest image AUROC of its ``scores`` against ``labels``
+    (among equals the reference's residual first, then the bank without turns, then the head weight
+    nearest InCTRL's); ``inctrl`` only when it beats the best untrained candidate by more than
+    ``margin_se`` paired standard errors (``generalist.trained_margin_se``), else that one.
+
+    Returns the choice, every candidate's AUROC, and ``inctrl``'s lead over the untrained candidate (its
+    AUROC difference and standard error) when ``inctrl`` had the highest AUROC and there was one."""
+    from onenip.metrics import image_auroc, paired_auroc_difference
+
+    aurocs = {c: float(image_auroc(values, labels)) for c, values in scores.items()}
+
+    def best_of(pool: list[tuple[str, float]]) -> tuple[str, float]:
+        top = max(aurocs[c] for c in pool)
+        return min((c for c in pool if aurocs[c] == top), key=lambda c: (RESIDUALS.index(c[0]), abs(c[1] - INCTRL_HEAD_WEIGHT)))
+
+    chosen = best_of(list(aurocs))
+    untrained = [c for c in aurocs if c[0] != "inctrl"]
+    if chosen[0] != "inctrl" or not untrained:
+        return chosen, aurocs, None
+    baseline = best_of(untrained)
+    difference, error = paired_auroc_difference(scores[chosen], scores[baseline], labels)
+    lead = {"over": baseline[0], "difference": difference, "standard_error": error, "margin_se": margin_se}
+    if margin_se > 0 and difference <= margin_se * error:
+        chosen = baseline
+    return chosen, aurocs, lead
 
 
 def prompt_table(result: OnboardResult) -> pd.DataFrame:

@@ -2,7 +2,8 @@
 
 Plain functions over numpy arrays (torch tensors are accepted and moved to numpy) that return floats:
 
-- image level: ``image_auroc``, ``image_ap``, ``image_f1max`` (sklearn, exact);
+- image level: ``image_auroc``, ``image_ap``, ``image_f1max`` (sklearn, exact), and
+  ``paired_auroc_difference`` (two scorers of the same images, DeLong's standard error);
 - pixel level: ``pixel_auroc``, ``pixel_ap``, ``pixel_f1max``, ``pixel_aupro``;
 - ``compute_metrics`` gathers them under the names in ``METRIC_NAMES``; categories without masks get the
   image metrics only.
@@ -68,7 +69,7 @@ from onenip.metrics.histogram import (
     ScoreHistogram,
     pixel_histogram,
 )
-from onenip.metrics.image import image_ap, image_auroc, image_f1max, pr_curve_points, roc_curve_points
+from onenip.metrics.image import image_ap, image_auroc, image_f1max, paired_auroc_difference, pr_curve_points, roc_curve_points
 from onenip.metrics.pixel import (
     BINNED_WARN_BOUND,
     EXACT_PIXEL_LIMIT,
@@ -114,6 +115,7 @@ __all__ = [
     "is_method",
     "is_num_bins",
     "is_same_shape",
+    "paired_auroc_difference",
     "pixel_ap",
     "pixel_aupro",
     "pixel_auroc",

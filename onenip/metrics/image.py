@@ -30,6 +30,29 @@ def image_auroc(scores: ArrayLike, labels: ArrayLike) -> float:
     return float(roc_auc_score(labels, scores))
 
 
+def paired_auroc_difference(scores_a: ArrayLike, scores_b: ArrayLike, labels: ArrayLike) -> tuple[float, float]:
+    """``AUROC(a) - AUROC(b)`` of two scorers of the same images and its standard error (DeLong, DeLong
+    and Clarke-Pearson 1988), which accounts for both being measured on the same samples.
+
+    Each anomalous image's share of normal images scored below it (ties half) and each normal image's
+    share of anomalous images scored above it are the two AUROCs' structural components; the variance of
+    the difference is that of the components' differences, over anomalies and over normals."""
+    scores_a, positive = _check_image_inputs(scores_a, labels)
+    scores_b, _ = _check_image_inputs(scores_b, labels)
+
+    def components(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        anomalous, normal = scores[positive][:, None], scores[~positive][None, :]
+        above = (anomalous > normal) + 0.5 * (anomalous == normal)  # (anomalies, normals)
+        return above.mean(axis=1), above.mean(axis=0)
+
+    (anomalies_a, normals_a), (anomalies_b, normals_b) = components(scores_a), components(scores_b)
+    difference = float(anomalies_a.mean() - anomalies_b.mean())
+    by_anomaly, by_normal = anomalies_a - anomalies_b, normals_a - normals_b
+    variance = (by_anomaly.var(ddof=1) if len(by_anomaly) > 1 else 0.0) / len(by_anomaly) + (
+        by_normal.var(ddof=1) if len(by_normal) > 1 else 0.0) / len(by_normal)  # fmt: skip
+    return difference, float(np.sqrt(variance))
+
+
 def image_ap(scores: ArrayLike, labels: ArrayLike) -> float:
     """Average precision (sklearn's step-wise area under the PR curve) of ``(N,)`` image scores."""
     scores, labels = _check_image_inputs(scores, labels)

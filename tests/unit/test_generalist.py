@@ -78,6 +78,37 @@ def test_a_generalist_trained_on_real_anomalies_refuses_their_category(trained: 
     assert onboard_category(with_real, root, "gear", 2, params, tmp_path / "gear", progress=False).shots == 2  # unseen: fine
 
 
+def test_the_trained_residual_needs_a_lead_beyond_the_noise() -> None:
+    """pick_scoring: the highest validation AUROC, but inctrl only with a lead over the best untrained
+    residual of more than ``margin_se`` paired standard errors; margin 0 is the plain maximum."""
+    import numpy as np
+
+    from onenip.generalist import pick_scoring
+    from onenip.metrics import paired_auroc_difference
+
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(256), np.ones(32)]
+    base = rng.normal(size=288) + 1.5 * labels
+    untrained = base + rng.normal(0, 0.5, 288)
+    slightly = base + rng.normal(0, 0.5, 288) + 0.05 * labels  # AUROC +0.02, within the noise of 32 anomalies (SE 0.028)
+    clearly = base + 2.0 * labels  # separates far better
+    for inctrl, expected in ((slightly, "neighbourhood"), (clearly, "inctrl")):
+        scores = {("inctrl", 0.0): inctrl, ("inctrl", 0.5): inctrl - 0.1 * labels, ("neighbourhood", 0.0): untrained}
+        difference, error = paired_auroc_difference(inctrl, untrained, labels)
+        assert difference > 0  # inctrl has the highest AUROC in both cases
+        chosen, aurocs, lead = pick_scoring(scores, labels, 1.0)
+        assert chosen[0] == expected and aurocs[("inctrl", 0.0)] > aurocs[("neighbourhood", 0.0)]
+        assert (expected == "inctrl") == (difference > error)
+        assert lead == {"over": "neighbourhood", "difference": difference, "standard_error": error, "margin_se": 1.0}
+        assert pick_scoring(scores, labels, 0.0)[0] == ("inctrl", 0.0)  # no margin: the plain maximum
+    # ties: inctrl first (margin 0), the weight nearest 0.5; no lead recorded when an untrained map wins
+    tied = {("inctrl", 0.0): untrained, ("inctrl", 0.5): untrained, ("neighbourhood", 0.0): untrained}
+    assert pick_scoring(tied, labels, 0.0)[0] == ("inctrl", 0.5)
+    assert pick_scoring(tied, labels, 1.0)[0] == ("neighbourhood", 0.0)
+    assert pick_scoring({("inctrl", 0.5): slightly - labels, ("neighbourhood", 0.0): untrained}, labels, 1.0)[2] is None
+    assert pick_scoring({("inctrl", 0.5): slightly}, labels, 1.0)[0] == ("inctrl", 0.5)  # nothing untrained offered
+
+
 def test_onboarding_chooses_the_residual_and_head_weight_on_training_data(trained: tuple[Path, Path, Params], tmp_path: Path) -> None:
     import torch
 
@@ -99,15 +130,21 @@ def test_onboarding_chooses_the_residual_and_head_weight_on_training_data(traine
     neighbourhood = result.selection["val_image_AUROC_neighbourhood"]
     rotated = result.selection["val_image_AUROC_neighbourhood_rotated"]  # k = 2: a bank of 4 fits the budget
     best = max(*table.values(), neighbourhood, rotated)
+    lead = result.selection["val_inctrl_lead"]
     # the best validation AUROC; among equals InCTRL's residual, then the weight nearest InCTRL's mean,
-    # then the bank without half turns
+    # then the bank without half turns; inctrl only with a lead of more than one paired standard error
     if result.residual == "inctrl":
         assert table[result.head_weight] == best
         assert abs(result.head_weight - 0.5) == min(abs(w - 0.5) for w, v in table.items() if v == best)
+        assert lead["difference"] > params.generalist.trained_margin_se * lead["standard_error"]
+    elif max(table.values()) == best:  # inctrl had the best AUROC, but within the noise of the untrained one
+        assert lead["difference"] <= params.generalist.trained_margin_se * lead["standard_error"]
+        assert result.residual == lead["over"] and result.head_weight == 0.0
+        assert lead["difference"] == pytest.approx(best - result.selection[f"val_image_AUROC_{result.residual}"])
     elif result.residual == "neighbourhood":
-        assert neighbourhood == best > max(table.values()) and result.head_weight == 0.0
+        assert neighbourhood == best > max(table.values()) and result.head_weight == 0.0 and lead is None
     else:
-        assert rotated == best > max(*table.values(), neighbourhood) and result.head_weight == 0.0
+        assert rotated == best > max(*table.values(), neighbourhood) and result.head_weight == 0.0 and lead is None
     # 8 normals are not prompts: all calibrate, each also gets one synthetic anomaly of the validation families
     assert result.selection["normal_images"] == 8 and result.selection["anomalous_images"] == 8
     assert result.selection["methods"] == list(params.validation.methods)

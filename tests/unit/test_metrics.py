@@ -82,6 +82,28 @@ def test_image_metrics_equal_sklearn(seed: int, tie_heavy: bool) -> None:
     assert image_f1max(scores, labels) == pytest.approx(_brute_f1max(scores, labels), abs=EXACT_TOL)
 
 
+@pytest.mark.parametrize("decimals", [None, 1])
+def test_paired_auroc_difference_matches_sklearn_and_a_paired_bootstrap(decimals: int | None) -> None:
+    """The difference is sklearn's AUROC difference (ties count half); DeLong's standard error agrees with
+    the spread of the difference over stratified paired bootstrap resamples of the same images."""
+    rng = np.random.default_rng(3)
+    labels = np.r_[np.zeros(200), np.ones(40)].astype(int)
+    shared = rng.normal(size=240) + 0.8 * labels  # both scorers see the same images: correlated
+    a, b = shared + rng.normal(0, 0.7, 240) + 0.4 * labels, shared + rng.normal(0, 0.7, 240)
+    if decimals is not None:
+        a, b = a.round(decimals), b.round(decimals)
+    difference, error = metrics.paired_auroc_difference(a, b, labels)
+    assert difference == pytest.approx(roc_auc_score(labels, a) - roc_auc_score(labels, b), abs=1e-12)
+    normals, anomalies = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
+    resampled = []
+    for _ in range(600):
+        rows = np.r_[rng.choice(normals, len(normals)), rng.choice(anomalies, len(anomalies))]
+        resampled.append(roc_auc_score(labels[rows], a[rows]) - roc_auc_score(labels[rows], b[rows]))
+    assert error == pytest.approx(np.std(resampled), rel=0.15)
+    assert 0 < error < 0.05
+    assert metrics.paired_auroc_difference(a, a, labels) == (0.0, 0.0)  # one scorer against itself
+
+
 def test_image_metrics_perfect_and_inverted() -> None:
     labels = np.array([0, 0, 1, 1])
     scores = np.array([0.1, 0.2, 0.8, 0.9])
