@@ -48,7 +48,7 @@ def joined_root(roots: list[Path], folder: Path) -> tuple[Path, list[str]]:
 
 def summarise(values: list[dict[str, float]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for metric in (*METRICS, "seconds", "head_weight", "neighbourhood", "neighbourhood_rotated"):
+    for metric in (*METRICS, "seconds", "head_weight", "neighbourhood", "neighbourhood_rotated", "neighbourhood_head"):
         series = [v[metric] for v in values if v.get(metric) is not None]
         if series:
             out[metric] = {"mean": float(np.mean(series)), "std": float(np.std(series))}
@@ -97,6 +97,7 @@ def main() -> int:
                         help="generalist.real_anomalies: also train on the auxiliary categories' real anomalies (InCTRL's protocol)")
     parser.add_argument("--holistic-input", choices=("map", "sorted"), default=None, help="override generalist.holistic_input")
     parser.add_argument("--trained-margin-se", type=float, default=None, help="override generalist.trained_margin_se (0: the plain highest AUROC)")
+    parser.add_argument("--residuals", nargs="+", default=None, help="override generalist.residuals (what onboarding chooses among)")
     parser.add_argument("--no-patchcore", action="store_true")
     parser.add_argument("--patchcore-from", type=Path, default=None,
                         help="reuse PatchCore's rows of an earlier fewshot.json (same left-out, k and trials: the prompt sets are "
@@ -117,7 +118,7 @@ def main() -> int:
     from onenip.generalist import onboard_category, train_generalist
 
     generalist = {"epochs": args.epochs, "holistic_input": args.holistic_input, "real_anomalies": True if args.real_anomalies else None,
-                  "trained_margin_se": args.trained_margin_se}  # fmt: skip
+                  "trained_margin_se": args.trained_margin_se, "residuals": tuple(args.residuals) if args.residuals else None}  # fmt: skip
     overrides = {"generalist": {key: value for key, value in generalist.items() if value is not None}}
     params = load_params(args.params, overrides=overrides)
     transfer_params = load_params(args.params, profile=args.transfer_profile) if args.transfer else None
@@ -167,12 +168,14 @@ def main() -> int:
                                                   progress=False, prompt_paths=prompts)  # fmt: skip
                         generalist_runs.append({m: result.metrics.get(m) for m in METRICS} | {"seconds": result.seconds, "head_weight": result.head_weight,
                                                                                                       "neighbourhood": float(result.residual == "neighbourhood"),
-                                                                                                      "neighbourhood_rotated": float(result.residual == "neighbourhood_rotated")})
+                                                                                                      "neighbourhood_rotated": float(result.residual == "neighbourhood_rotated"),
+                                                                                                      "neighbourhood_head": float(result.residual == "neighbourhood_head")})
                         val = result.selection.get("val_image_AUROC") or {}
                         trial_runs.append({"trial": trial, "image_AUROC": result.metrics.get("image_AUROC"), "residual": result.residual,
                                            "head_weight": result.head_weight, "val_image_AUROC_inctrl": max(val.values(), default=None),
                                            "val_image_AUROC_neighbourhood": result.selection.get("val_image_AUROC_neighbourhood"),
                                            "val_image_AUROC_neighbourhood_rotated": result.selection.get("val_image_AUROC_neighbourhood_rotated"),
+                                           "val_image_AUROC_neighbourhood_head": result.selection.get("val_image_AUROC_neighbourhood_head"),
                                            "val_inctrl_lead": result.selection.get("val_inctrl_lead")})  # fmt: skip
                     if not args.no_patchcore and (left_out, shots, args.trials) not in earlier:
                         from benchmarks.peers import run_peer

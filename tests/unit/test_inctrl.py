@@ -346,3 +346,52 @@ def test_onboarded_prompts_live_where_the_detector_is() -> None:
     k = detector.add_category("a", features.coarse, features.fine)  # type: ignore[arg-type]
     prompt = detector.prompt(k)
     assert prompt.coarse.device.type == prompt.fine.device.type == detector.score_threshold.device.type == "meta"  # type: ignore[union-attr]
+
+
+def test_neighbourhood_head_blends_standardised_scores_and_keeps_its_standards_across_save_and_load(tmp_path) -> None:  # noqa: ANN001
+    """``neighbourhood_head``: PatchCore's map; its image score ``(1 - w) * z(PatchCore) + w * z(head)``
+    with each z by the category's ``score_standards``; older models load with standards that change nothing."""
+    from safetensors.torch import load_file, save_file
+
+    from onenip.config import BackboneParams
+    from onenip.models.generalist import UNIT_STANDARDS, GeneralistDetector
+
+    detector = GeneralistDetector(BackboneParams(input_size=64), pretrained=False).eval()
+    features = detector.extract(torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(11)))
+    prompt = features.select([0])
+    detector.add_category("a", prompt.coarse, prompt.fine, residual="neighbourhood_head")  # type: ignore[arg-type]
+    assert detector.score_standards.tolist() == [list(UNIT_STANDARDS)]
+    detector.head_weight[0] = 0.25
+    detector.score_standards[0] = torch.tensor([2.0, 4.0, 0.5, 0.1])
+    with torch.no_grad():
+        out = detector.forward_features(features, 0)
+        plain_map, plain_score = detector.neighbourhood_residual(features, prompt)
+        holistic = detector.score_features(features, prompt).holistic_score
+    expected = 0.75 * (plain_score - 2.0) / 4.0 + 0.25 * (holistic - 0.5) / 0.1
+    torch.testing.assert_close(out.pred_score, expected)
+    detector.set_residual(0, "neighbourhood")
+    with torch.no_grad():  # the same map as the plain neighbourhood residual
+        torch.testing.assert_close(out.anomaly_map, detector.forward_features(features, 0).anomaly_map)
+    detector.set_residual(0, "neighbourhood_head")
+    loaded = GeneralistDetector.load(detector.save(tmp_path / "m"))
+    assert loaded.residual(0) == "neighbourhood_head" and loaded.score_standards[0].tolist() == pytest.approx([2.0, 4.0, 0.5, 0.1])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.forward_features(features, 0).pred_score, expected)
+    folder = tmp_path / "m"
+    state = load_file(str(folder / "model.safetensors"))
+    del state["score_standards"]  # onboarded before the blend existed
+    save_file(state, str(folder / "model.safetensors"))
+    assert GeneralistDetector.load(folder).score_standards.tolist() == [list(UNIT_STANDARDS)]
+
+
+def test_neighbourhood_head_is_offered_only_between_the_pure_scores_and_standardises_on_normals() -> None:
+    from onenip.config import Params
+    from onenip.generalist import score_standards, scoring_candidates
+
+    defaults = Params()
+    residuals = ("inctrl", "neighbourhood", "neighbourhood_head")
+    params = defaults.model_copy(update={"generalist": defaults.generalist.model_copy(update={"residuals": residuals})})
+    blends = [w for r, w in scoring_candidates(params, 4) if r == "neighbourhood_head"]
+    assert blends == [0.25, 0.5, 0.75]  # 0 is the neighbourhood residual, 1 ranks as inctrl at weight 1
+    standards = score_standards(torch.tensor([1.0, 3.0]), torch.tensor([0.2, 0.2]))
+    assert standards[:2] == pytest.approx([2.0, 2**0.5]) and standards[2:] == pytest.approx([0.2, 1.0])  # constant: std 1
