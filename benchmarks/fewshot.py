@@ -48,7 +48,7 @@ def joined_root(roots: list[Path], folder: Path) -> tuple[Path, list[str]]:
 
 def summarise(values: list[dict[str, float]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for metric in (*METRICS, "seconds", "head_weight", "neighbourhood", "neighbourhood_rotated", "neighbourhood_head"):
+    for metric in (*METRICS, "seconds", "head_weight", "neighbourhood", "neighbourhood_rotated"):
         series = [v[metric] for v in values if v.get(metric) is not None]
         if series:
             out[metric] = {"mean": float(np.mean(series)), "std": float(np.std(series))}
@@ -168,14 +168,12 @@ def main() -> int:
                                                   progress=False, prompt_paths=prompts)  # fmt: skip
                         generalist_runs.append({m: result.metrics.get(m) for m in METRICS} | {"seconds": result.seconds, "head_weight": result.head_weight,
                                                                                                       "neighbourhood": float(result.residual == "neighbourhood"),
-                                                                                                      "neighbourhood_rotated": float(result.residual == "neighbourhood_rotated"),
-                                                                                                      "neighbourhood_head": float(result.residual == "neighbourhood_head")})
+                                                                                                      "neighbourhood_rotated": float(result.residual == "neighbourhood_rotated")})
                         val = result.selection.get("val_image_AUROC") or {}
                         trial_runs.append({"trial": trial, "image_AUROC": result.metrics.get("image_AUROC"), "residual": result.residual,
                                            "head_weight": result.head_weight, "val_image_AUROC_inctrl": max(val.values(), default=None),
                                            "val_image_AUROC_neighbourhood": result.selection.get("val_image_AUROC_neighbourhood"),
                                            "val_image_AUROC_neighbourhood_rotated": result.selection.get("val_image_AUROC_neighbourhood_rotated"),
-                                           "val_image_AUROC_neighbourhood_head": result.selection.get("val_image_AUROC_neighbourhood_head"),
                                            "val_inctrl_lead": result.selection.get("val_inctrl_lead")})  # fmt: skip
                     if not args.no_patchcore and (left_out, shots, args.trials) not in earlier:
                         from benchmarks.peers import run_peer

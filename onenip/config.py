@@ -325,15 +325,13 @@ class GeneralistParams(_Section):
     """Onboarding chooses the holistic head's share of the image score among these (0: the max patch
     residual alone; 0.5: InCTRL's mean) on the category's own normals plus synthetic anomalies of the
     validation families, never on test; ties go to the one nearest 0.5. One value fixes it."""
-    residuals: tuple[Literal["inctrl", "neighbourhood", "neighbourhood_rotated", "neighbourhood_head"], ...] = ("inctrl", "neighbourhood")
+    residuals: tuple[Literal["inctrl", "neighbourhood", "neighbourhood_rotated"], ...] = ("inctrl", "neighbourhood")
     """What onboarding may score a category with, chosen on the same data as the head weight: ``inctrl``
     (the multi-layer cosine residual, with the head), ``neighbourhood`` (PatchCore's 3x3-neighbourhood
     features, Euclidean distance to the nearest prompt patch, no trained part) and
     ``neighbourhood_rotated`` (the same, the bank also holding each prompt turned by 180 degrees; opt-in,
     for products whose normal look has no fixed orientation: measured, it was rarely chosen and made
-    onboarding dearer, benchmarks/README "Few-shot: a rotated prompt bank") and ``neighbourhood_head``
-    (the neighbourhood map; its image score PatchCore's and the head's, each standardised on the
-    calibration normals, blended by each head weight strictly between 0 and 1). Ties go to the earlier of these."""
+    onboarding dearer, benchmarks/README "Few-shot: a rotated prompt bank"). Ties go to the earlier of these."""
     trained_margin_se: float = Field(1.0, ge=0)
     """``inctrl`` (trained) is chosen over the best untrained residual only when its validation AUROC is
     higher by more than this many standard errors of the paired difference (DeLong): the validation
@@ -361,7 +359,7 @@ class GeneralistParams(_Section):
     @classmethod
     def _some_residual(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         if not value:
-            msg = "generalist.residuals needs at least one of inctrl, neighbourhood, neighbourhood_rotated, neighbourhood_head"
+            msg = "generalist.residuals needs at least one of inctrl, neighbourhood, neighbourhood_rotated"
             raise ValueError(msg)
         return value
     model_name: str = "onenip-generalist"

@@ -33,7 +33,7 @@ from onenip.data.geometry import square_geometry
 from onenip.data.manifest import DatasetError, make_manifest
 from onenip.device import resolve_device
 from onenip.features import FeatureCache, Features
-from onenip.models.generalist import INCTRL_HEAD_WEIGHT, RESIDUALS, TRAINED_RESIDUALS, UNIT_STANDARDS, GeneralistDetector
+from onenip.models.generalist import INCTRL_HEAD_WEIGHT, RESIDUALS, GeneralistDetector
 from onenip.models.inctrl import inctrl_loss
 
 
@@ -316,8 +316,6 @@ def scoring_candidates(params: Params, shots: int) -> list[tuple[str, float]]:
     pairs += [("neighbourhood", 0.0)] if "neighbourhood" in residuals else []
     if "neighbourhood_rotated" in residuals and 2 * shots <= params.generalist.rotated_bank_images:
         pairs.append(("neighbourhood_rotated", 0.0))
-    # weight 0 is ``neighbourhood`` and weight 1 ranks as ``inctrl`` at weight 1: only the blends between
-    pairs += [("neighbourhood_head", w) for w in weights if 0 < w < 1] if "neighbourhood_head" in residuals else []
     return pairs or [("neighbourhood", 0.0)]  # only the rotated bank asked for, and k too large for it
 
 
@@ -337,20 +335,6 @@ def rotated_prompt_features(detector: GeneralistDetector, paths: Sequence[str], 
 def _apply_selection(detector: GeneralistDetector, category: int, selection: dict[str, Any]) -> None:
     detector.set_residual(category, selection["residual"])
     detector.head_weight[category] = selection["head_weight"]
-    standards = selection.get("score_standards") or UNIT_STANDARDS  # only neighbourhood_head reads them
-    detector.score_standards[category] = torch.tensor(standards, dtype=detector.score_standards.dtype)
-
-
-def score_standards(neighbourhood: Tensor, holistic: Tensor) -> list[float]:
-    """(mean, std) of PatchCore's and of the head's image scores of a category's calibration normals: what
-    ``neighbourhood_head`` standardises both by. A constant score gets std 1, not a division by zero."""
-
-    def mean_std(values: Tensor) -> list[float]:
-        values = values.double()
-        std = float(values.std()) if len(values) > 1 else 0.0
-        return [float(values.mean()), std if std > 1e-12 else 1.0]
-
-    return mean_std(neighbourhood) + mean_std(holistic)
 
 
 @torch.no_grad()
@@ -364,9 +348,7 @@ def choose_scoring(detector: GeneralistDetector, category: int, normal_features:
     ``inctrl`` (the reference), then to the head weight nearest InCTRL's 0.5. The head learned synthetic
     anomalies of other families on other categories: where it does not carry over to this category, the
     weight goes to the max patch residual, or to the neighbourhood residual, which have no trained part.
-    ``neighbourhood_head`` blends PatchCore's score with the head's, both standardised on the calibration
-    normals (``score_standards``). A residual that uses the head (``TRAINED_RESIDUALS``)
-    must also beat the best untrained residual by more than ``generalist.trained_margin_se``
+    ``inctrl`` must also beat the best untrained residual by more than ``generalist.trained_margin_se``
     standard errors of the paired AUROC difference (``paired_auroc_difference``), else the untrained one
     is chosen: a few dozen synthetic anomalies are a noisy and, for a head trained on synthetic anomalies,
     a flattering measure, and the lead of the best of several head weights is biased upwards.
@@ -389,7 +371,7 @@ def choose_scoring(detector: GeneralistDetector, category: int, normal_features:
     labels = np.r_[np.zeros(len(normal_features)), np.ones(len(features))]
 
     scores: dict[tuple[str, float], tuple[Tensor, Tensor]] = {}  # candidate -> (normal scores, anomaly scores)
-    if any(residual in TRAINED_RESIDUALS for residual, _ in candidates):
+    if any(residual == "inctrl" for residual, _ in candidates):
         normal_out, anomaly_out = detector.score_features(normal_features, prompts), detector.score_features(features, prompts)
         for residual, weight in candidates:
             if residual == "inctrl":
@@ -398,30 +380,15 @@ def choose_scoring(detector: GeneralistDetector, category: int, normal_features:
     banks = {"neighbourhood": prompts}
     if ("neighbourhood_rotated", 0.0) in candidates:
         banks["neighbourhood_rotated"] = Features.cat([prompts, detector.rotated_prompts(category)])
-    plain: tuple[Tensor, Tensor] | None = None  # PatchCore's scores (normal, anomalous), for the blends too
     for residual, bank in banks.items():
-        if (residual, 0.0) in candidates or (residual == "neighbourhood" and any(r == "neighbourhood_head" for r, _ in candidates)):
-            pair = detector.neighbourhood_residual(normal_features, bank)[1], detector.neighbourhood_residual(features, bank)[1]
-            plain = pair if residual == "neighbourhood" else plain
-            if (residual, 0.0) in candidates:
-                scores[(residual, 0.0)] = pair
-    standards = None
-    if plain is not None and any(r == "neighbourhood_head" for r, _ in candidates):
-        standards = score_standards(plain[0], normal_out.holistic_score)
-        detector.score_standards[category] = torch.tensor(standards, dtype=detector.score_standards.dtype)
-        for residual, weight in candidates:
-            if residual == "neighbourhood_head":
-                detector.head_weight[category] = weight
-                scores[(residual, weight)] = (detector.standardised_blend(plain[0], normal_out.holistic_score, category),
-                                              detector.standardised_blend(plain[1], anomaly_out.holistic_score, category))  # fmt: skip
+        if (residual, 0.0) in candidates:
+            scores[(residual, 0.0)] = detector.neighbourhood_residual(normal_features, bank)[1], detector.neighbourhood_residual(features, bank)[1]
     flat = {c: torch.cat(pair).float().cpu().numpy() for c, pair in scores.items()}
     (residual, weight), aurocs, lead = pick_scoring(flat, labels, params.generalist.trained_margin_se)
     selection = {"residual": residual, "head_weight": weight,
                  "val_image_AUROC": {str(w): v for (r, w), v in aurocs.items() if r == "inctrl"},
                  "val_image_AUROC_neighbourhood": aurocs.get(("neighbourhood", 0.0)),
                  "val_image_AUROC_neighbourhood_rotated": aurocs.get(("neighbourhood_rotated", 0.0)),
-                 "val_image_AUROC_neighbourhood_head": {str(w): v for (r, w), v in aurocs.items() if r == "neighbourhood_head"} or None,
-                 "score_standards": standards if residual == "neighbourhood_head" else None,
                  "val_inctrl_lead": lead,
                  "normal_images": len(normal_features), "anomalous_images": len(anomaly_sources),
                  "methods": list(params.validation.methods)}  # fmt: skip
@@ -432,12 +399,11 @@ def pick_scoring(scores: dict[tuple[str, float], np.ndarray], labels: np.ndarray
                  ) -> tuple[tuple[str, float], dict[tuple[str, float], float], dict[str, Any] | None]:  # fmt: skip
     """The (residual, head weight) with the highest image AUROC of its ``scores`` against ``labels``
     (among equals the reference's residual first, then the bank without turns, then the head weight
-    nearest InCTRL's); a residual with the trained head (``TRAINED_RESIDUALS``) only when it beats the
-    best untrained candidate by more than ``margin_se`` paired standard errors
-    (``generalist.trained_margin_se``), else that one.
+    nearest InCTRL's); ``inctrl`` only when it beats the best untrained candidate by more than
+    ``margin_se`` paired standard errors (``generalist.trained_margin_se``), else that one.
 
-    Returns the choice, every candidate's AUROC, and the trained candidate's lead over the untrained one
-    (its AUROC difference and standard error) when a trained one had the highest AUROC and there was one."""
+    Returns the choice, every candidate's AUROC, and ``inctrl``'s lead over the untrained candidate (its
+    AUROC difference and standard error) when ``inctrl`` had the highest AUROC and there was one."""
     from onenip.metrics import image_auroc, paired_auroc_difference
 
     aurocs = {c: float(image_auroc(values, labels)) for c, values in scores.items()}
@@ -447,8 +413,8 @@ def pick_scoring(scores: dict[tuple[str, float], np.ndarray], labels: np.ndarray
         return min((c for c in pool if aurocs[c] == top), key=lambda c: (RESIDUALS.index(c[0]), abs(c[1] - INCTRL_HEAD_WEIGHT)))
 
     chosen = best_of(list(aurocs))
-    untrained = [c for c in aurocs if c[0] not in TRAINED_RESIDUALS]
-    if chosen[0] not in TRAINED_RESIDUALS or not untrained:
+    untrained = [c for c in aurocs if c[0] != "inctrl"]
+    if chosen[0] != "inctrl" or not untrained:
         return chosen, aurocs, None
     baseline = best_of(untrained)
     difference, error = paired_auroc_difference(scores[chosen], scores[baseline], labels)

@@ -18,10 +18,6 @@ head and the per-patch cosine do not carry over to (magnetic_tile in the leave-o
 ``neighbourhood_rotated`` is the same with each prompt also seen turned by 180 degrees (its backbone features
 stored beside the prompts): k images show few of the orientations a surface's normal patches come in, and a
 half turn keeps handedness, so a mirrored part still differs from every bank patch.
-``neighbourhood_head`` keeps the neighbourhood map, and its image score blends PatchCore's score with the
-holistic head's by ``head_weight``, each standardised by its mean and standard deviation on the category's
-calibration normals (``score_standards``), so the weight means the same on every category: the head's
-evidence added to PatchCore's rather than put in its place.
 """
 
 from __future__ import annotations
@@ -51,12 +47,8 @@ KIND = "inctrl"
 FORMAT_VERSION = 1
 INCTRL_HEAD_WEIGHT = 0.5
 """The holistic head's share of the image score in InCTRL: the mean of the head and the max residual."""
-RESIDUALS = ("inctrl", "neighbourhood", "neighbourhood_rotated", "neighbourhood_head")
+RESIDUALS = ("inctrl", "neighbourhood", "neighbourhood_rotated")
 """What an onboarded category's map and score are made of (see the module docstring)."""
-TRAINED_RESIDUALS = ("inctrl", "neighbourhood_head")
-"""The residuals whose image score uses the trained head."""
-UNIT_STANDARDS = (0.0, 1.0, 0.0, 1.0)
-"""``score_standards`` that leave both scores as they are (PatchCore's mean, std, the head's mean, std)."""
 
 
 def layers_of(features: Features, fine_dims: Sequence[int]) -> list[Tensor]:
@@ -99,8 +91,6 @@ class GeneralistDetector(nn.Module):
         self.register_buffer("score_threshold", torch.zeros(0))
         self.register_buffer("head_weight", torch.zeros(0))
         self.register_buffer("residual_kind", torch.zeros(0, dtype=torch.long))  # index into RESIDUALS
-        # per category: PatchCore's score mean, std and the head's mean, std on its calibration normals
-        self.register_buffer("score_standards", torch.zeros(0, 4))
         for category, k in zip(categories, shots, strict=True):
             self.add_category(category, torch.zeros(k, extractor.num_features, *coarse), torch.zeros(k, extractor.num_fine_features, *self.grid))
 
@@ -143,7 +133,6 @@ class GeneralistDetector(nn.Module):
         self.head_weight = torch.cat([self.head_weight, torch.tensor([float(head_weight)], device=self.head_weight.device)])
         kind = torch.tensor([RESIDUALS.index(residual)], dtype=torch.long, device=self.residual_kind.device)
         self.residual_kind = torch.cat([self.residual_kind, kind])
-        self.score_standards = torch.cat([self.score_standards, torch.tensor([UNIT_STANDARDS], device=self.score_standards.device)])
         return k
 
     def rotated_prompts(self, k: int) -> Features:
@@ -217,23 +206,11 @@ class GeneralistDetector(nn.Module):
     def category_scores(self, features: Features, category: int, prompts: Features | None = None) -> tuple[Tensor, Tensor]:
         """(residual map (B, H, W) on the fine grid, image score (B,)) as the category's residual scores
         them, against its stored prompts (and their half turns) or ``prompts`` (K, ...) alone."""
-        kind = self.residual(category)
-        if kind == "inctrl":
-            prompts = self.prompt(int(category)) if prompts is None else prompts
-            out = self.score_features(features, prompts)
-            return out.residual_map, self.image_score(out, category)
-        residual, score = self.neighbourhood_residual(features, self.neighbourhood_bank(category) if prompts is None else prompts)
-        if kind == "neighbourhood_head":
-            holistic = self.score_features(features, self.prompt(int(category)) if prompts is None else prompts).holistic_score
-            score = self.standardised_blend(score, holistic, category)
-        return residual, score
-
-    def standardised_blend(self, neighbourhood: Tensor, holistic: Tensor, category: int) -> Tensor:
-        """``neighbourhood_head``'s image score: PatchCore's score and the head's, each standardised by the
-        category's ``score_standards``, blended by its ``head_weight``."""
-        mean_n, std_n, mean_h, std_h = self.score_standards[int(category)]
-        weight = self.head_weight[int(category)]
-        return (1 - weight) * (neighbourhood - mean_n) / std_n + weight * (holistic - mean_h) / std_h
+        if self.residual(category) != "inctrl":
+            return self.neighbourhood_residual(features, self.neighbourhood_bank(category) if prompts is None else prompts)
+        prompts = self.prompt(int(category)) if prompts is None else prompts
+        out = self.score_features(features, prompts)
+        return out.residual_map, self.image_score(out, category)
 
     def image_score(self, out: InCTRLOutput, category: int) -> Tensor:
         """The category's image score: its ``head_weight`` between the holistic head and the max residual."""
@@ -299,7 +276,6 @@ class GeneralistDetector(nn.Module):
         # models onboarded before head_weight existed scored with InCTRL's mean
         state.setdefault("head_weight", torch.full((len(config["categories"]),), INCTRL_HEAD_WEIGHT))
         state.setdefault("residual_kind", torch.zeros(len(config["categories"]), dtype=torch.long))  # before the choice: InCTRL's
-        state.setdefault("score_standards", torch.tensor([UNIT_STANDARDS] * len(config["categories"])).view(-1, 4))
         detector.load_state_dict(state, strict=True)
         detector.metadata = config.get("metadata", {})
         # categories onboarded before the reweighting were calibrated on the plain maximum; a generalist

@@ -227,26 +227,3 @@ def test_onboarding_scores_with_the_generalists_own_input_and_leaves_no_stale_ev
     shutil.rmtree(copy / "gear" / "ground_truth")
     again = onboard_category(generalist, copy, "gear", 2, params, tmp_path / "gear", progress=False)
     assert again.metrics == {} and not (tmp_path / "gear" / "eval").exists()
-
-
-def test_the_blend_with_the_head_counts_as_trained_in_the_margin_rule() -> None:
-    """``neighbourhood_head`` uses the trained head: like inctrl, it needs a lead beyond the noise."""
-    import numpy as np
-
-    from onenip.generalist import pick_scoring
-
-    from onenip.metrics import paired_auroc_difference
-
-    rng = np.random.default_rng(0)
-    labels = np.r_[np.zeros(256), np.ones(32)]
-    base = rng.normal(size=288) + 1.5 * labels
-    untrained = base + rng.normal(0, 0.5, 288)
-    slightly = base + rng.normal(0, 0.5, 288) + 0.05 * labels  # a lead within the noise of 32 anomalies
-    clearly = base + 2.0 * labels
-    for blend, expected in ((slightly, ("neighbourhood", 0.0)), (clearly, ("neighbourhood_head", 0.5))):
-        scores = {("inctrl", 0.5): base - labels, ("neighbourhood", 0.0): untrained, ("neighbourhood_head", 0.5): blend}
-        chosen, aurocs, lead = pick_scoring(scores, labels, 1.0)
-        assert aurocs[("neighbourhood_head", 0.5)] == max(aurocs.values())
-        assert chosen == expected and lead is not None and lead["over"] == "neighbourhood"
-        difference, error = paired_auroc_difference(blend, untrained, labels)
-        assert (expected[0] == "neighbourhood_head") == (difference > error)
