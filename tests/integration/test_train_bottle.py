@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 SMALL = {
     "model": {"embed_dim": 64, "num_heads": 4, "num_encoder_layers": 1, "num_decoder_layers": 1},
     "synthesis": {"pool_size": 1},
-    "train": {"epochs": 2, "batch_size": 8},
+    "train": {"epochs": 2, "batch_size": 8, "max_images_per_epoch": 64},
     "eval": {"num_heatmaps": 2},
 }
 
@@ -35,9 +35,10 @@ def test_small_model_detects_bottle_defects(industrial_root: Path, tmp_path: Pat
     )
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "unified" / "eval" / "metrics.json").read_text())["bottle"]
-    assert metrics["image_AUROC"] > 0.8
-    # Two epochs of a tiny model localise only roughly (measured 0.70); it must beat chance clearly.
-    assert metrics["pixel_AUROC"] > 0.6
+    # Two epochs of a tiny model on 64 images an epoch; the memory-bank and Gaussian maps need no
+    # training, so it still localises (measured 1.000 / 0.981, AUPRO 0.932, on 2026-12-05).
+    assert metrics["image_AUROC"] > 0.9
+    assert metrics["pixel_AUROC"] > 0.9
     assert (out / "unified" / "eval" / "bottle" / "curves.png").is_file()
 
     # The saved model evaluates to the same numbers through `onenip evaluate`.
