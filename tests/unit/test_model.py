@@ -309,3 +309,23 @@ def test_scores_of_letterboxed_maps_ignore_the_padding() -> None:
 def test_invalid_sizes_are_rejected() -> None:
     with pytest.raises(ValueError, match="divisible"):
         tiny_model(embed_dim=15, num_heads=2)
+
+
+def test_refiner_in_channels_last_gives_the_plain_layouts_logits_and_gradients() -> None:
+    """The refiner converts its inputs to channels-last for speed; the maths must not change."""
+    from onenip.models.refiner import Refiner
+
+    torch.manual_seed(0)
+    refiner = Refiner(12, hidden_dim=8, fine_features=5).train()
+    residual = torch.rand(3, 12, 4, 6, requires_grad=True)
+    fine = torch.rand(3, 6, 8, 12)
+    logits = refiner(residual, fine)
+    assert logits.shape == (3, 1, 16, 24) and logits.is_contiguous()
+    (logits**2).sum().backward()
+    fast_grad, fast_weight_grad = residual.grad.clone(), refiner.first[0].weight.grad.clone()
+    residual.grad, refiner.first[0].weight.grad = None, None
+    plain = refiner.head(refiner.second(torch.cat([refiner.first(residual), refiner.skip(fine)], dim=1)))  # default layout
+    torch.testing.assert_close(logits, plain, rtol=1e-5, atol=1e-5)
+    (plain**2).sum().backward()
+    torch.testing.assert_close(fast_grad, residual.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fast_weight_grad, refiner.first[0].weight.grad, rtol=1e-4, atol=1e-5)
