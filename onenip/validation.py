@@ -179,8 +179,8 @@ def select_scoring(
 
 
 AUPRO_FINALISTS = 8
-"""(weights, sigma) candidates whose AUPRO and pixel AP are computed: the best by image and pixel AUROC
-(AUPRO costs about a hundred times more than a rank AUROC)."""
+"""(weights, sigma) candidates whose AUPRO and exact pixel AP are computed: the best by image AUROC, pixel
+AUROC and sampled pixel AP (AUPRO costs about a hundred times more than a rank AUROC)."""
 MAX_NEGATIVE_PIXELS = 200_000
 """Normal pixels sampled (fixed seed) for the pixel AUROC; every anomalous pixel is kept."""
 
@@ -194,6 +194,9 @@ def _select_one(
     valid = None if validation.valid is None else _downscaled(validation.valid.float(), factor) >= 0.5
     labels = validation.labels.numpy()
     sample = _pixel_sample(masks)
+    sampled_masks = masks.ravel()[sample]
+    # each sampled normal pixel stands for this many: the sampled AP estimates the AP over every pixel
+    negative_weight = float((~masks).sum()) / max(1, int((~sampled_masks).sum()))
     # Stage 1: every (weights, sigma) with every pooling, by image AUROC and pixel AUROC. Smoothing,
     # masking and pooling are linear, so they are applied to each component once per sigma (and pool)
     # and the candidates blend the results: a handful of convolutions instead of one per candidate.
@@ -208,7 +211,10 @@ def _select_one(
     for sigma in sigmas:
         parts = smoothed_components(sigma)
         group = [weights for weights, s in candidates if s == sigma]
-        pixel = {w: rank_auroc(blend(parts, w)[:, 0].numpy().ravel()[sample], masks.ravel()[sample]) for w in group}
+        pixel: dict[tuple[float, ...], tuple[float, float]] = {}
+        for w in group:
+            sampled = blend(parts, w)[:, 0].numpy().ravel()[sample]
+            pixel[w] = sampled_auroc_and_ap(sampled, sampled_masks, negative_weight)
         images: dict[tuple[float, ...], dict[int, float]] = {w: {} for w in group}
         for pool in cfg.score_pool_sizes:
             pooled = [None if c is None else pooled_map(c, max(1, round(pool / factor))) for c in parts]
@@ -216,8 +222,10 @@ def _select_one(
                 images[w][int(pool)] = rank_auroc(blend(pooled, w).flatten(1).amax(dim=1).numpy(), labels)
         for w in group:
             found_stage[(w, sigma)] = (images[w], pixel[w])
-    stage = [((max(im.values()) + px) / 2, w, sigma, im, px) for (w, sigma), (im, px) in ((key, found_stage[key]) for key in candidates)]
-    # Stage 2: AUPRO for the finalists; the choice is by the mean of the three metrics.
+    # Ranked by three of the four selection metrics: with the AUROCs alone the finalists missed the
+    # rules of high pixel AP (on bottle the validation optimum scored 0.924, the best finalist 0.881).
+    stage = [((max(im.values()) + px + ap) / 3, w, sigma, im, px) for (w, sigma), (im, (px, ap)) in ((key, found_stage[key]) for key in candidates)]
+    # Stage 2: AUPRO and the exact pixel AP for the finalists; the choice is by the mean of the four metrics.
     order = sorted(range(len(stage)), key=lambda i: -stage[i][0])
     finalists = order[:AUPRO_FINALISTS]
     pixel_scores: dict[int, tuple[float, float]] = {}  # finalist -> (AUPRO, pixel AP)
@@ -270,6 +278,26 @@ def rank_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
         raise ValueError(msg)
     ranks = rankdata(scores)
     return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def sampled_auroc_and_ap(scores: np.ndarray, labels: np.ndarray, negative_weight: float = 1.0) -> tuple[float, float]:
+    """(AUROC, average precision) from one sort, ties as one threshold (sklearn's definitions), where
+    every negative counts ``negative_weight`` times: on a uniform sample of the negatives, estimates of
+    both over all of them (the AUROC does not depend on the weight)."""
+    scores, labels = np.asarray(scores, dtype=np.float64).ravel(), np.asarray(labels).ravel().astype(bool)
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    if not positives or not negatives:
+        msg = "AUROC and AP need both normal and anomalous samples"
+        raise ValueError(msg)
+    order = np.argsort(-scores, kind="stable")
+    ordered, hits = scores[order], labels[order]
+    last = np.r_[np.flatnonzero(np.diff(ordered)), len(ordered) - 1]  # the last index of each distinct score
+    tp = np.cumsum(hits)[last].astype(np.float64)
+    fp = np.cumsum(~hits)[last].astype(np.float64)
+    tp_rate, fp_rate = np.r_[0.0, tp / positives], np.r_[0.0, fp / negatives]
+    auroc = float(np.sum(np.diff(fp_rate) * (tp_rate[1:] + tp_rate[:-1]) / 2))
+    average_precision = float(np.sum(np.diff(tp_rate) * tp / (tp + fp * negative_weight)))
+    return auroc, average_precision
 
 
 def _pixel_metrics(maps: np.ndarray, masks: np.ndarray) -> dict[str, float]:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from onenip.config import ValidationParams
 from onenip.features import Features
 from onenip.models.scoring import ScoringRule
-from onenip.validation import CategoryValidation, candidate_rules, rank_auroc, select_scoring
+import onenip.validation
+from onenip.validation import CategoryValidation, candidate_rules, rank_auroc, sampled_auroc_and_ap, select_scoring
 
 
 def _validation(name: str, normals: int = 6, anomalies: int = 6) -> CategoryValidation:
@@ -70,6 +71,40 @@ def test_rank_auroc_equals_sklearn_with_ties() -> None:
     assert rank_auroc(scores, labels) == pytest.approx(roc_auc_score(labels, scores))
     with pytest.raises(ValueError, match="both"):
         rank_auroc(scores, np.zeros(200))
+
+
+def test_sampled_auroc_and_ap_equal_sklearn_with_ties_and_weighted_negatives() -> None:
+    rng = np.random.default_rng(1)
+    scores = rng.integers(0, 7, size=500).astype(float)  # many ties
+    labels = rng.random(500) < 0.15
+    auroc, ap = sampled_auroc_and_ap(scores, labels)
+    assert auroc == pytest.approx(roc_auc_score(labels, scores)) and ap == pytest.approx(average_precision_score(labels, scores))
+    # each negative standing for 4: sklearn's AP with sample weight 4 on the negatives; the AUROC is unchanged
+    weighted_auroc, weighted_ap = sampled_auroc_and_ap(scores, labels, 4.0)
+    assert weighted_auroc == pytest.approx(auroc)
+    assert weighted_ap == pytest.approx(average_precision_score(labels, scores, sample_weight=np.where(labels, 1.0, 4.0)))
+    assert weighted_ap < ap
+    with pytest.raises(ValueError, match="both"):
+        sampled_auroc_and_ap(scores, np.zeros(500, dtype=bool))
+
+
+def test_finalists_are_ranked_with_pixel_ap_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A map with a few hot normal pixels keeps a near-perfect pixel AUROC but a poor AP; one that misses
+    a few defect pixels loses AUROC but keeps its AP. The mean of the four metrics favours the second:
+    it must reach the finalists even when only one candidate gets its AUPRO computed."""
+    monkeypatch.setattr(onenip.validation, "AUPRO_FINALISTS", 1)
+    cfg = ValidationParams(smoothing_sigmas=(0.0,), score_pool_sizes=(1,), weight_step=1.0, min_normals=4, max_refiner_weight=1.0)
+    data = _validation("v")
+    anomalous = torch.nonzero(data.labels == 1).ravel()
+    hot_normal_pixels = _maps(data, True, 0)
+    hot_normal_pixels[anomalous, :, 6, 6] = 10.0  # one normal pixel per anomaly image above every defect pixel
+    missed_defect_pixels = _maps(data, True, 1)
+    missed_defect_pixels[anomalous[:2], :, 2, 2] = -1.0  # two defect pixels below every normal one
+    selection = select_scoring([(data, [hot_normal_pixels, missed_defect_pixels, None])], cfg, ScoringRule())
+    assert selection.rules["v"].weights == (0.0, 1.0, 0.0, 0.0, 0.0)
+    rows = {tuple(row["weights"]): row for row in selection.table["v"]}
+    assert rows[(1.0, 0.0, 0.0, 0.0, 0.0)]["pixel_AUROC"] > rows[(0.0, 1.0, 0.0, 0.0, 0.0)]["pixel_AUROC"]
+    assert rows[(1.0, 0.0, 0.0, 0.0, 0.0)]["score"] is None  # not a finalist
 
 
 def test_the_choice_ignores_letterbox_padding() -> None:
