@@ -225,6 +225,13 @@ class ValidationParams(_Section):
     optimistically on them. On a real held-out category the refiner map alone reached P-AUROC 0.714
     against the reconstruction error's 0.923 (issue "OneNIP quality"), so validation may not hand it
     the whole map."""
+    refiner_margin_se: float = Field(1.0, ge=0)
+    """A rule with more refiner weight is chosen over the best rule with less only when its validation
+    score is higher by more than this many standard errors of the paired difference (bootstrap over
+    the validation images): as for the generalist's trained head (``generalist.trained_margin_se``),
+    the part trained on synthetic anomalies must win beyond the noise. 0: the plain highest score."""
+    refiner_bootstrap: int = Field(50, ge=2)
+    """Bootstrap resamples for that standard error."""
     smoothing_sigmas: tuple[float, ...] = (0.0, 2.0, 4.0, 8.0)
     score_pool_sizes: tuple[int, ...] = (1, 8, 16, 32)
     min_normals: int = Field(4, ge=1)

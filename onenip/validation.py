@@ -9,7 +9,9 @@ the model never saw (on real defects the refiner alone can be far worse than the
 
 On it ``select_scoring`` chooses each category's scoring rule (blend weights of the five component
 maps, Gaussian sigma, score pooling window) by the mean of image AUROC, pixel AUROC, pixel AP and AUPRO, and the
-training loop keeps the latest epoch that validates about as well as the best one. Selection runs on maps at a quarter
+training loop keeps the latest epoch that validates about as well as the best one. A rule that gives
+the refiner (the map trained on synthetic anomalies) more weight wins only by more than
+``refiner_margin_se`` paired bootstrap standard errors of the score. Selection runs on maps at a quarter
 of the input resolution (sigma and pooling scaled alike), which ranks rules as the full maps do at a
 sixteenth of the cost.
 """
@@ -29,6 +31,8 @@ from torch import Tensor
 
 from onenip.config import Params, ValidationParams
 from onenip.features import Features, extract_features
+from onenip.metrics.edges import _adaptive_edges
+from onenip.metrics.histogram import ScoreHistogram, _accumulate
 from onenip.metrics.pixel import pixel_aupro
 from onenip.models.onenip import masked_gaussian_smooth
 from onenip.models.scoring import COMPONENTS, ScoringRule, blend, pooled_map
@@ -181,6 +185,8 @@ def select_scoring(
 AUPRO_FINALISTS = 8
 """(weights, sigma) candidates whose AUPRO and exact pixel AP are computed: the best by image AUROC, pixel
 AUROC and sampled pixel AP (AUPRO costs about a hundred times more than a rank AUROC)."""
+LEVEL_FINALISTS = 2
+"""Finalists of each refiner weight at least (the refiner margin compares the best of each)."""
 MAX_NEGATIVE_PIXELS = 200_000
 """Normal pixels sampled (fixed seed) for the pixel AUROC; every anomalous pixel is kept."""
 
@@ -227,7 +233,10 @@ def _select_one(
     stage = [((max(im.values()) + px + ap) / 3, w, sigma, im, px) for (w, sigma), (im, (px, ap)) in ((key, found_stage[key]) for key in candidates)]
     # Stage 2: AUPRO and the exact pixel AP for the finalists; the choice is by the mean of the four metrics.
     order = sorted(range(len(stage)), key=lambda i: -stage[i][0])
-    finalists = order[:AUPRO_FINALISTS]
+    finalists = list(order[:AUPRO_FINALISTS])
+    for level in sorted({stage[i][1][1] for i in order}):  # and the best few of each refiner weight, for its margin
+        missing = LEVEL_FINALISTS - sum(stage[i][1][1] == level for i in finalists)
+        finalists += [i for i in order if stage[i][1][1] == level and i not in finalists][: max(0, missing)]
     pixel_scores: dict[int, tuple[float, float]] = {}  # finalist -> (AUPRO, pixel AP)
     for sigma in sorted({stage[i][2] for i in finalists}):  # each sigma's smoothing once
         parts = smoothed_components(sigma)
@@ -254,7 +263,80 @@ def _select_one(
             if best is None or score > best[0] + 1e-9:
                 best = (score, rule, found)
     assert best is not None
+    if cfg.refiner_margin_se > 0 and best[1].weights[1] > 0:
+        best = _less_refiner_within_noise(best, table, validation, components, masks, valid, cfg)
     return best[0], best[1], best[2], table
+
+
+def _less_refiner_within_noise(
+    best: tuple[float, ScoringRule, dict[str, float]], table: list[dict[str, object]], validation: CategoryValidation,
+    components: list[Tensor | None], masks: np.ndarray, valid: Tensor | None, cfg: ValidationParams,
+) -> tuple[float, ScoringRule, dict[str, float]]:
+    """The best rule of the smallest refiner weight whose score is within ``cfg.refiner_margin_se``
+    paired bootstrap standard errors of ``best``'s (``best`` itself when none is)."""
+    scored = [row for row in table if row["score"] is not None]
+    levels = sorted({float(row["weights"][1]) for row in scored if float(row["weights"][1]) < best[1].weights[1]})  # type: ignore[index]
+    if not levels:
+        return best
+    best_maps = _rule_maps(best[1], components, valid)
+    for level in levels:
+        row = max((r for r in scored if float(r["weights"][1]) == level), key=lambda r: float(r["score"]))  # type: ignore[arg-type, index]
+        rule = ScoringRule.from_dict(row)
+        difference = best[0] - float(row["score"])  # type: ignore[arg-type]
+        error = paired_score_difference_se(best_maps, _rule_maps(rule, components, valid), masks, validation.labels.numpy(),
+                                           cfg.refiner_bootstrap)  # fmt: skip
+        logger.info("%s: refiner %.2f scores %.4f below refiner %.2f (bootstrap SE %.4f)", validation.category, level, difference,
+                    best[1].weights[1], error)  # fmt: skip
+        if difference <= cfg.refiner_margin_se * error:
+            return float(row["score"]), rule, {name: float(row[name]) for name in SELECTION_METRICS}  # type: ignore[arg-type]
+    return best
+
+
+def _rule_maps(rule: ScoringRule, components: list[Tensor | None], valid: Tensor | None) -> tuple[np.ndarray, np.ndarray]:
+    """(blended maps (N, h, w), image scores (N,)) of a rule at the selection's quarter size."""
+    factor = SELECTION_DOWNSCALE
+    parts = [None if c is None else masked_gaussian_smooth(c, rule.smoothing_sigma / factor, valid) for c in components]
+    pooled = [None if c is None else pooled_map(c, max(1, round(rule.score_pool_size / factor))) for c in parts]
+    return blend(parts, rule.weights)[:, 0].numpy(), blend(pooled, rule.weights).flatten(1).amax(dim=1).numpy()
+
+
+BOOTSTRAP_BINS = 1024
+"""Score bins of the per-image pixel histograms that the bootstrap resamples (a standard error needs no exact metric)."""
+
+
+def paired_score_difference_se(
+    first: tuple[np.ndarray, np.ndarray], second: tuple[np.ndarray, np.ndarray], masks: np.ndarray, labels: np.ndarray,
+    resamples: int, seed: int = 0,
+) -> float:
+    """Standard error of (first's selection score - second's) over bootstrap resamples of the images
+    (normals and anomalies drawn separately, the same images for both rules). Each rule is given as
+    (maps (N, h, w), image scores (N,)); the pixel metrics come from per-image score histograms, which
+    add up over a resample, so a resample costs no pass over the pixels."""
+    labels = np.asarray(labels).astype(bool)
+    per_image = [_image_histograms(maps, masks) for maps, _ in (first, second)]
+    rng = np.random.default_rng(seed)
+    normals, anomalies = np.flatnonzero(~labels), np.flatnonzero(labels)
+    differences = []
+    for _ in range(resamples):
+        drawn = np.r_[rng.choice(normals, len(normals)), rng.choice(anomalies, len(anomalies))]
+        counts = np.bincount(drawn, minlength=len(labels)).astype(np.float64)
+        values = []
+        for (_, image_scores), (thresholds, positives, negatives, overlap, regions) in zip((first, second), per_image, strict=True):
+            histogram = ScoreHistogram(thresholds, counts @ positives, counts @ negatives, counts @ overlap,
+                                       np.ones(len(thresholds), dtype=bool), int(counts @ regions))  # fmt: skip
+            pixel = [histogram.auroc().value, histogram.average_precision().value, histogram.aupro().value]
+            values.append(np.mean([rank_auroc(image_scores[drawn], labels[drawn]), *pixel]))
+        differences.append(values[0] - values[1])
+    return float(np.std(differences, ddof=1))
+
+
+def _image_histograms(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per image, on bins shared by all: (lower edges (K,), positives, negatives, region overlap (N, K), regions (N,))."""
+    edges = _adaptive_edges(list(maps), BOOTSTRAP_BINS)
+    rows = [_accumulate([m], [k], edges, track_ties=False) for m, k in zip(maps, masks, strict=True)]
+    return (np.asarray(edges, dtype=np.float64), np.stack([r.positives for r in rows]).astype(np.float64),
+            np.stack([r.negatives for r in rows]).astype(np.float64), np.stack([r.region_overlap for r in rows]),
+            np.array([r.num_regions for r in rows], dtype=np.float64))  # fmt: skip
 
 
 def _pixel_sample(masks: np.ndarray) -> np.ndarray:

@@ -93,7 +93,9 @@ def test_finalists_are_ranked_with_pixel_ap_too(monkeypatch: pytest.MonkeyPatch)
     a few defect pixels loses AUROC but keeps its AP. The mean of the four metrics favours the second:
     it must reach the finalists even when only one candidate gets its AUPRO computed."""
     monkeypatch.setattr(onenip.validation, "AUPRO_FINALISTS", 1)
-    cfg = ValidationParams(smoothing_sigmas=(0.0,), score_pool_sizes=(1,), weight_step=1.0, min_normals=4, max_refiner_weight=1.0)
+    monkeypatch.setattr(onenip.validation, "LEVEL_FINALISTS", 0)  # no finalist for the refiner's margin either
+    cfg = ValidationParams(smoothing_sigmas=(0.0,), score_pool_sizes=(1,), weight_step=1.0, min_normals=4, max_refiner_weight=1.0,
+                           refiner_margin_se=0.0)  # fmt: skip
     data = _validation("v")
     anomalous = torch.nonzero(data.labels == 1).ravel()
     hot_normal_pixels = _maps(data, True, 0)
@@ -129,3 +131,53 @@ def test_the_choice_ignores_letterbox_padding() -> None:
         assert got["weights"] == expected["weights"] and got["smoothing_sigma"] == expected["smoothing_sigma"]
         for metric in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "pixel_AP", "score"):
             assert got.get(metric) == pytest.approx(expected.get(metric)), (metric, expected)
+
+
+def _nearly_equal_maps(data: CategoryValidation) -> tuple[torch.Tensor, torch.Tensor]:
+    """The refiner's map finds every defect pixel; the reconstruction error's misses one: the refiner
+    scores a little higher."""
+    refiner = _maps(data, True, 0)
+    recon = refiner.clone()
+    recon[torch.nonzero(data.labels == 1).ravel()[0], :, 2, 2] = 0.0
+    return recon, refiner
+
+
+def test_the_refiner_must_win_beyond_the_noise(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _validation("v")
+    recon, refiner = _nearly_equal_maps(data)
+    cfg = ValidationParams(smoothing_sigmas=(0.0,), score_pool_sizes=(1,), weight_step=1.0, min_normals=4, max_refiner_weight=1.0,
+                           refiner_margin_se=0.0)  # fmt: skip
+    plain = select_scoring([(data, [recon, refiner, None])], cfg, ScoringRule())
+    assert plain.rules["v"].weights == (0.0, 1.0, 0.0, 0.0, 0.0)  # the highest score
+    with_margin = cfg.model_copy(update={"refiner_margin_se": 1.0})
+    monkeypatch.setattr(onenip.validation, "paired_score_difference_se", lambda *args, **kwargs: 1.0)  # a lead well inside the noise
+    inside = select_scoring([(data, [recon, refiner, None])], with_margin, ScoringRule())
+    assert inside.rules["v"].weights == (1.0, 0.0, 0.0, 0.0, 0.0)
+    assert inside.metrics["v"]["pixel_AUROC"] < plain.metrics["v"]["pixel_AUROC"]  # the metrics are the chosen rule's
+    monkeypatch.setattr(onenip.validation, "paired_score_difference_se", lambda *args, **kwargs: 0.0)  # a lead beyond any noise
+    assert select_scoring([(data, [recon, refiner, None])], with_margin, ScoringRule()).rules["v"].weights == (0.0, 1.0, 0.0, 0.0, 0.0)
+
+
+def test_paired_bootstrap_of_the_score_difference() -> None:
+    from onenip.metrics.histogram import ScoreHistogram
+    from onenip.metrics.pixel import pixel_aupro
+    from onenip.validation import _image_histograms, paired_score_difference_se
+
+    data = _validation("v")
+    labels = data.labels.numpy()
+    masks = (torch.nn.functional.avg_pool2d(data.masks.float(), 4) >= 0.5)[:, 0].numpy()
+    recon, refiner = (m[:, 0].numpy() for m in _nearly_equal_maps(data))
+    noise = _maps(data, False, 3)[:, 0].numpy()
+    scores = {name: maps.reshape(len(maps), -1).max(axis=1) for name, maps in (("recon", recon), ("refiner", refiner), ("noise", noise))}
+    # the same rule twice: no difference in any resample
+    assert paired_score_difference_se((refiner, scores["refiner"]), (refiner, scores["refiner"]), masks, labels, 20) == 0.0
+    near = paired_score_difference_se((refiner, scores["refiner"]), (recon, scores["recon"]), masks, labels, 50)
+    far = paired_score_difference_se((refiner, scores["refiner"]), (noise, scores["noise"]), masks, labels, 50)
+    assert 0.0 < near < far  # one pixel apart vary together; an informative and an uninformative map do not
+    # the per-image histograms add up to the whole set's metrics
+    thresholds, positives, negatives, overlap, regions = _image_histograms(noise, masks)
+    ones = np.ones(len(labels))
+    whole = ScoreHistogram(thresholds, ones @ positives, ones @ negatives, ones @ overlap, np.ones(len(thresholds), dtype=bool), int(ones @ regions))
+    assert whole.auroc().value == pytest.approx(roc_auc_score(masks.ravel(), noise.ravel()), abs=0.01)
+    assert whole.average_precision().value == pytest.approx(average_precision_score(masks.ravel(), noise.ravel()), abs=0.01)
+    assert whole.aupro().value == pytest.approx(pixel_aupro(noise, masks), abs=0.01)
