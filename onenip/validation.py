@@ -35,7 +35,7 @@ from onenip.metrics.edges import _adaptive_edges
 from onenip.metrics.histogram import ScoreHistogram, _accumulate
 from onenip.metrics.pixel import pixel_aupro
 from onenip.models.onenip import masked_gaussian_smooth
-from onenip.models.scoring import COMPONENTS, ScoringRule, blend, pooled_map
+from onenip.models.scoring import COMPONENTS, ScoringRule, blend, pooled_map, score_maps
 from onenip.synthesis.checks import SynthesisError
 from onenip.synthesis.synthesizer import VALIDATION_METHODS, AnomalySynthesizer
 
@@ -293,11 +293,12 @@ def _less_refiner_within_noise(
 
 
 def _rule_maps(rule: ScoringRule, components: list[Tensor | None], valid: Tensor | None) -> tuple[np.ndarray, np.ndarray]:
-    """(blended maps (N, h, w), image scores (N,)) of a rule at the selection's quarter size."""
+    """(anomaly maps (N, h, w), image scores (N,)) of a rule at the selection's quarter size (sigma and
+    pooling scaled alike, as stage 1 scales them)."""
     factor = SELECTION_DOWNSCALE
-    parts = [None if c is None else masked_gaussian_smooth(c, rule.smoothing_sigma / factor, valid) for c in components]
-    pooled = [None if c is None else pooled_map(c, max(1, round(rule.score_pool_size / factor))) for c in parts]
-    return blend(parts, rule.weights)[:, 0].numpy(), blend(pooled, rule.weights).flatten(1).amax(dim=1).numpy()
+    quarter = ScoringRule(rule.weights, rule.smoothing_sigma / factor, max(1, round(rule.score_pool_size / factor)))
+    anomaly_map, scores = score_maps(components, quarter, valid)
+    return anomaly_map[:, 0].numpy(), scores.numpy()
 
 
 BOOTSTRAP_BINS = 1024
