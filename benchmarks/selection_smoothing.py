@@ -1,13 +1,14 @@
-"""What leaving the letterbox padding out of the smoothing changes, on one saved OneNIP model.
+"""A saved OneNIP model's scoring rule chosen again on its rebuilt validation set two ways, both scored on test.
 
 Rebuilds the model's validation set exactly as training built it (held-out training normals + seeded
-anomalies of the validation families; no test image), chooses the scoring rule on it twice, with the
-current smoothing (a normalised blur of the content, ``masked_gaussian_smooth``) and with the former
-one (blur everything, then zero the padding), and scores both rules on the test split. The test columns
-are a record: nothing is chosen from them. Only letterboxed categories can differ. Prints a table and
-writes JSON:
+anomalies of the validation families; no test image) and chooses the rule twice. ``--compare smoothing``
+(the default): with the current smoothing (a normalised blur of the content, ``masked_gaussian_smooth``)
+and with the former one (blur everything, then zero the padding); only letterboxed categories can differ.
+``--compare strength``: with the validation anomalies faded as ``validation.anomaly_strength`` says and at
+full strength. The test columns are a record: nothing is chosen from them. Prints a table and writes JSON:
 
     OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 .venv/bin/python benchmarks/selection_smoothing.py R/.../model --cache-dir C --out R/smoothing.json
+    OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 .venv/bin/python benchmarks/selection_smoothing.py R/.../model --compare strength --out R/strength.json
 """
 
 from __future__ import annotations
@@ -52,12 +53,13 @@ def main() -> int:
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
     parser.add_argument("--cache-dir", default=None, help="override train.cache_dir")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--compare", choices=("smoothing", "strength"), default="smoothing")
     args = parser.parse_args()
 
     import torch
 
     from benchmarks.peers import drop_leaked_test_images
-    from onenip.config import load_params
+    from onenip.config import Params, load_params
     from onenip.data.manifest import make_manifest
     from onenip.evaluation import evaluate
     from onenip.features import FeatureCache
@@ -71,20 +73,32 @@ def main() -> int:
     params = load_params(args.params, overrides=overrides)
     full = make_manifest(args.root, detector.categories, progress=False)
     cache = FeatureCache(params.train.cache_dir, detector.feature_extractor, params.model.backbone)
-    per_category = []
-    with torch.no_grad():
-        for index, category in enumerate(detector.categories):
-            item = prepare_category_data(full, params, cache, category, index, detector.geometry(category), False)
-            validation = build_category_validation(category, item.holdout_images, item.holdout_valid, detector.feature_extractor,
-                                                   params, seed=params.train.seed + item.index)  # fmt: skip
-            per_category.append((validation, validation_components(detector, validation)))
     default = ScoringRule(padded_weights(params.model.scoring.weights), params.model.scoring.smoothing_sigma, params.model.scoring.score_pool_size)
+
+    def rebuilt(variant: Params) -> list:  # noqa: ANN202
+        per_category = []
+        with torch.no_grad():
+            for index, category in enumerate(detector.categories):
+                item = prepare_category_data(full, variant, cache, category, index, detector.geometry(category), False)
+                validation = build_category_validation(category, item.holdout_images, item.holdout_valid, detector.feature_extractor,
+                                                       variant, seed=variant.train.seed + item.index)  # fmt: skip
+                per_category.append((validation, validation_components(detector, validation)))
+        return per_category
+
+    if args.compare == "smoothing":
+        shared = rebuilt(params)
+        variants = [("content-only blur (now)", shared, params, None), ("blur, then mask (before)", shared, params, former_smoothing)]
+    else:
+        full_strength = params.model_copy(update={"validation": params.validation.model_copy(update={"anomaly_strength": (1.0, 1.0)})})
+        low, high = params.validation.anomaly_strength
+        variants = [(f"strength {low:g}-{high:g} (params)", rebuilt(params), params, None),
+                    ("full strength", rebuilt(full_strength), full_strength, None)]  # fmt: skip
     stored = dict(detector.scoring)
     manifest, _ = drop_leaked_test_images(full)
     report: dict[str, dict[str, object]] = {}
-    for name, context in (("content-only blur (now)", None), ("blur, then mask (before)", former_smoothing)):
+    for name, per_category, variant, context in variants:
         with context() if context else _nothing():
-            selection = select_scoring(per_category, params.validation, default)
+            selection = select_scoring(per_category, variant.validation, default)
             detector.scoring = dict(selection.rules)
             evaluated = evaluate(detector, manifest, cache, None, detector.categories, num_heatmaps=0, progress=False)
         report[name] = {
@@ -93,7 +107,7 @@ def main() -> int:
             for category in detector.categories
         }
     detector.scoring = stored
-    print("| category | smoothing | rule (weights, sigma, pool) | validation score | test " + " / ".join(METRICS) + " |\n|---|---|---|---|---|")
+    print(f"| category | {args.compare} | rule (weights, sigma, pool) | validation score | test " + " / ".join(METRICS) + " |\n|---|---|---|---|---|")
     for name, rows in report.items():
         for category, row in rows.items():
             rule, found = row["rule"], row["validation"]  # type: ignore[index]

@@ -147,7 +147,8 @@ def synthesis_preview(
     train = manifest[(manifest["split"] == "train") & (manifest["label_index"] == 0)]
     paths = train["image_path"].iloc[:: max(1, len(train) // count)].iloc[:count].tolist()
     images, valid = load_images(paths, geometry)
-    synthesizer = AnomalySynthesizer(methods=params.validation.methods) if validation else build_synthesizer(params.synthesis)
+    synthesizer = (AnomalySynthesizer(methods=params.validation.methods, strength=params.validation.anomaly_strength)
+                   if validation else build_synthesizer(params.synthesis))  # fmt: skip
     return make_preview_grid(
         [image.float() / 255 for image in images],
         synthesizer,

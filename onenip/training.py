@@ -692,6 +692,7 @@ def train_onenip(
                 "rules": {c: r.to_dict() for c, r in selection.rules.items()}, "score": selection.score,
                 "metrics": selection.metrics,
                 "validation_methods": list(params.validation.methods),
+                "validation_anomaly_strength": list(params.validation.anomaly_strength),
                 "validation_images": {v.category: len(v.labels) for v in validations},
             },
         },

@@ -85,7 +85,7 @@ def build_category_validation(
 ) -> CategoryValidation:
     """Held-out normals (uint8 (M, 3, H, W) at the input geometry) + their synthetic anomalies."""
     cfg: ValidationParams = params.validation
-    synthesizer = AnomalySynthesizer(methods=cfg.methods)
+    synthesizer = AnomalySynthesizer(methods=cfg.methods, strength=cfg.anomaly_strength)
     generator = torch.Generator().manual_seed(int(seed) * 31337 + 17)
     normals = images.float() / 255
     pictures = [normals]

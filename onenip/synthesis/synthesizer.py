@@ -80,6 +80,9 @@ class AnomalySynthesizer:
             candidate needs; rejects invisible anomalies such as background pasted on background.
         max_tries: candidates tried with the chosen method before the fallback (a small texture
             patch around a random foreground pixel, which is never empty).
+        strength: each candidate is faded towards the normal image, ``image + s * (anomaly - image)``
+            with ``s`` uniform in this range, before ``min_change`` is checked (the mask is kept: a faint
+            defect is still a defect). ``(1, 1)`` leaves anomalies at full strength and draws nothing.
         seed: seed of the generator used when a call passes none (None: non-deterministic).
 
     Example:
@@ -119,6 +122,7 @@ class AnomalySynthesizer:
         min_mask_fraction: float = 0.001,
         min_change: float = 0.01,
         max_tries: int = 10,
+        strength: tuple[float, float] = (1.0, 1.0),
         seed: int | None = None,
     ) -> None:
         self.methods = tuple(methods)
@@ -198,6 +202,10 @@ class AnomalySynthesizer:
             msg = f"max_tries must be >= 1, got {max_tries}"
             raise SynthesisError(msg)
         self.max_tries = int(max_tries)
+        self.strength = _check_range("strength", strength, 0, 1)
+        if self.strength[0] <= 0:
+            msg = f"strength must be above 0 (0 leaves the image unchanged), got {strength}"
+            raise SynthesisError(msg)
         self.seed = seed
         self._generator = torch.Generator()
         if seed is None:
@@ -218,6 +226,7 @@ class AnomalySynthesizer:
             "min_mask_fraction",
             "min_change",
             "max_tries",
+            "strength",
         )
         body = ", ".join(f"{name}={getattr(self, name)!r}" for name in fields)
         return f"{type(self).__name__}({body}, texture_images={len(self._texture_images)})"
@@ -288,6 +297,8 @@ class AnomalySynthesizer:
         grey = is_grey(image)
         for _ in range(self.max_tries):
             mask, out = self._attempt(method, image, generator, foreground, grey)
+            if self.strength != (1.0, 1.0):
+                out = image + _uniform(generator, *self.strength) * (out - image)
             if int(mask.sum().item()) >= required and self._change(image, out, mask) >= self.min_change:
                 return self._result(out, mask, method)
         mask, out = self._fallback(image, generator, foreground, required, grey)

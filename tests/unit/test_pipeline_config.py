@@ -103,3 +103,11 @@ def test_one_params_hash_covers_what_changes_results_only() -> None:
     }
     for setting, params in unchanged.items():
         assert result_params_digest(params) == base, setting
+
+
+@pytest.mark.parametrize("strength", ["[0, 1]", "[0.9, 0.5]", "[0.5, 1.2]"])
+def test_validation_anomaly_strength_is_checked_at_load(tmp_path: Path, strength: str) -> None:
+    bad = tmp_path / "params.yaml"
+    bad.write_text(f"validation:\n  anomaly_strength: {strength}\n")
+    with pytest.raises(ConfigError, match="anomaly_strength"):
+        load_params(bad)

@@ -412,3 +412,39 @@ def test_real_bottle_image() -> None:
             assert mask.sum().item() >= required_area(synth, image.shape[1])
             assert not (mask & ~foreground).any()
             assert torch.equal(result.image[:, ~mask], image[:, ~mask])
+
+
+@pytest.mark.parametrize("method", VALIDATION_METHODS)
+def test_strength_fades_the_anomaly_towards_the_normal_image_and_keeps_its_mask(method: str) -> None:
+    image = textured_image(64)
+    # every candidate accepted, so both keep their first (a retry would follow the strength's draw)
+    accept = {"min_change": 0.0, "min_mask_pixels": 1, "min_mask_fraction": 0.0}
+    full = AnomalySynthesizer(methods=(method,), **accept)(image, torch.Generator().manual_seed(3))
+    half = AnomalySynthesizer(methods=(method,), strength=(0.5, 0.5), **accept)(image, torch.Generator().manual_seed(3))
+    assert half.method == full.method == method
+    assert torch.equal(half.mask, full.mask)
+    torch.testing.assert_close(half.image, image + 0.5 * (full.image - image))
+    assert (half.image - image).abs().sum() > 0
+
+
+def test_full_strength_draws_nothing_so_seeded_anomalies_stay_as_they_were() -> None:
+    image = textured_image(64)
+    default = AnomalySynthesizer(methods=VALIDATION_METHODS)
+    explicit = AnomalySynthesizer(methods=VALIDATION_METHODS, strength=(1.0, 1.0))
+    first, second = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    for _ in range(4):
+        assert torch.equal(default(image, first).image, explicit(image, second).image)
+    assert torch.equal(first.get_state(), second.get_state())
+
+
+@pytest.mark.parametrize("strength", [(0.0, 1.0), (0.8, 0.4), (0.5, 1.5)])
+def test_strength_outside_zero_one_is_refused(strength: tuple[float, float]) -> None:
+    with pytest.raises(SynthesisError, match="strength"):
+        AnomalySynthesizer(strength=strength)
+
+
+def test_a_candidate_faded_below_min_change_is_retried() -> None:
+    image = textured_image(64)
+    faint = AnomalySynthesizer(methods=("spots",), strength=(0.02, 0.02), min_change=0.05, max_tries=3)
+    result = faint(image, torch.Generator().manual_seed(0))
+    assert result.method == "fallback"  # every faded candidate changed the image too little

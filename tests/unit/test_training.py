@@ -300,6 +300,7 @@ def test_scoring_rule_and_epoch_are_chosen_on_validation_and_stored(tmp_path: Pa
     assert loaded.scoring == selection.rules
     meta = loaded.metadata["selection"]
     assert meta["validation_methods"] == ["warp", "smudge", "spots"]
+    assert meta["validation_anomaly_strength"] == [0.3, 1.0]
     assert meta["validation_images"]["plate"] == 5 * 2  # 5 normals + 1 anomaly each
     # the latest epoch within epoch_tolerance of the best validation score is kept
     top = max(h["val_score"] for h in result.history)

@@ -181,3 +181,31 @@ def test_paired_bootstrap_of_the_score_difference() -> None:
     assert whole.auroc().value == pytest.approx(roc_auc_score(masks.ravel(), noise.ravel()), abs=0.01)
     assert whole.average_precision().value == pytest.approx(average_precision_score(masks.ravel(), noise.ravel()), abs=0.01)
     assert whole.aupro().value == pytest.approx(pixel_aupro(noise, masks), abs=0.01)
+
+
+def test_validation_anomalies_are_faded_by_the_configured_strength(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pathlib import Path
+
+    from onenip.config import load_params
+
+    seen: list[torch.Tensor] = []
+
+    def fake_features(extractor, batch, backbone, batch_size):  # noqa: ANN001, ANN202
+        seen.append(batch.clone())
+        return Features(torch.zeros(len(batch), 1, 2, 2), None)
+
+    monkeypatch.setattr(onenip.validation, "extract_features", fake_features)
+    ys, xs = torch.meshgrid(torch.linspace(0, 1, 96), torch.linspace(0, 1, 96), indexing="ij")
+    images = (torch.stack([ys, xs, (ys + xs) / 2]) * 200 + 20).to(torch.uint8).expand(4, 3, 96, 96).contiguous()
+    repo = Path(__file__).resolve().parents[2] / "params.yaml"
+    change = {}
+    for strength in ((1.0, 1.0), (0.4, 0.4)):
+        params = load_params(repo, overrides={"validation": {"anomaly_strength": list(strength), "anomalies_per_image": 6}})
+        built = onenip.validation.build_category_validation("c", images, None, None, params, seed=1)  # type: ignore[arg-type]
+        batch, masks = seen[-1], built.masks[4:, 0]
+        assert int(built.labels.sum()) == 24 and masks.flatten(1).any(1).all()
+        moved = (batch[4:] - batch[:4].repeat_interleave(6, 0)).abs().mean(1)
+        change[strength] = float((moved * masks).sum() / masks.sum())
+    # the same families at 0.4 of their strength: the image moves about 0.4 as far inside the masks
+    assert 0.25 < change[(0.4, 0.4)] / change[(1.0, 1.0)] < 0.6
+    assert load_params(repo).validation.anomaly_strength[0] < 1  # the default fades: full strength saturated the choice
