@@ -82,7 +82,8 @@ class AnomalySynthesizer:
             patch around a random foreground pixel, which is never empty).
         strength: each candidate is faded towards the normal image, ``image + s * (anomaly - image)``
             with ``s`` uniform in this range, before ``min_change`` is checked (the mask is kept: a faint
-            defect is still a defect). ``(1, 1)`` leaves anomalies at full strength and draws nothing.
+            defect is still a defect; the fallback patch is not faded). ``(1, 1)`` leaves anomalies at
+            full strength and draws nothing.
         seed: seed of the generator used when a call passes none (None: non-deterministic).
 
     Example:
