@@ -139,16 +139,15 @@ def synthesis_preview(
     unless ``seed`` is given), at the category's input geometry; ``validation`` shows the families the
     validation set uses instead."""
     from onenip.synthesis.preview import make_preview_grid
-    from onenip.synthesis.synthesizer import AnomalySynthesizer
     from onenip.training import build_synthesizer, choose_geometries, load_images
+    from onenip.validation import validation_synthesizer
 
     manifest = make_manifest(root, [category], progress=False)
     geometry = choose_geometries(manifest, params, [category])[category]
     train = manifest[(manifest["split"] == "train") & (manifest["label_index"] == 0)]
     paths = train["image_path"].iloc[:: max(1, len(train) // count)].iloc[:count].tolist()
     images, valid = load_images(paths, geometry)
-    synthesizer = (AnomalySynthesizer(methods=params.validation.methods, strength=params.validation.anomaly_strength)
-                   if validation else build_synthesizer(params.synthesis))  # fmt: skip
+    synthesizer = validation_synthesizer(params.validation) if validation else build_synthesizer(params.synthesis)
     return make_preview_grid(
         [image.float() / 255 for image in images],
         synthesizer,

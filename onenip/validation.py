@@ -74,6 +74,11 @@ def check_validation_methods(params: Params) -> None:
         raise SynthesisError(msg)
 
 
+def validation_synthesizer(cfg: ValidationParams) -> AnomalySynthesizer:
+    """The validation families, faded as ``cfg.anomaly_strength`` says (what the validation set is made of)."""
+    return AnomalySynthesizer(methods=cfg.methods, strength=cfg.anomaly_strength)
+
+
 def build_category_validation(
     category: str,
     images: Tensor,
@@ -85,7 +90,7 @@ def build_category_validation(
 ) -> CategoryValidation:
     """Held-out normals (uint8 (M, 3, H, W) at the input geometry) + their synthetic anomalies."""
     cfg: ValidationParams = params.validation
-    synthesizer = AnomalySynthesizer(methods=cfg.methods, strength=cfg.anomaly_strength)
+    synthesizer = validation_synthesizer(cfg)
     generator = torch.Generator().manual_seed(int(seed) * 31337 + 17)
     normals = images.float() / 255
     pictures = [normals]
