@@ -232,6 +232,27 @@ def test_features_equal_unpruned_timm_stages_on_the_grid(pretrained_lite0: Featu
     assert len(pretrained_lite0.backbone.blocks) < len(full.blocks)  # blocks after stage 3 are not run
 
 
+@pytest.mark.parametrize("chunk", [2, 16])
+def test_cpu_chunks_give_the_whole_batch_bit_for_bit(
+    pretrained_lite0: FeatureExtractor, monkeypatch: pytest.MonkeyPatch, chunk: int,
+) -> None:
+    """On a CPU the backbone runs ``CPU_CHUNK`` images per pass (faster there); the features are those of
+    one pass over the whole batch, fine grid included, also for a chunk that does not divide it (at 256 px
+    bit for bit on the development machine; oneDNN may pick another kernel per batch size elsewhere)."""
+    images = _preprocess([data.chelsea(), data.coffee(), data.astronaut()], 256, BackboneParams().mean, BackboneParams().std)
+    extractor = FeatureExtractor(out_indices=(0, 1, 2, 3), pretrained=False, fine_indices=(2, 3), fine_stride=8)
+    extractor.backbone.load_state_dict(pretrained_lite0.backbone.state_dict())
+    monkeypatch.setattr(backbone_module, "CPU_CHUNK", 3)
+    whole = extractor.forward_pyramid(images)
+    monkeypatch.setattr(backbone_module, "CPU_CHUNK", chunk)
+    calls: list[int] = []
+    original = extractor.backbone.forward_intermediates
+    monkeypatch.setattr(extractor.backbone, "forward_intermediates", lambda x, **kw: calls.append(len(x)) or original(x, **kw))
+    chunked = extractor.forward_pyramid(images)
+    assert calls == ([2, 1] if chunk == 2 else [3])
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-4)
+
+
 def test_other_strides_and_coarser_stages() -> None:
     images = torch.randn(1, 3, 128, 96)
     fine = FeatureExtractor(out_indices=(0, 1, 2, 3), feature_stride=8, pretrained=False)
