@@ -103,7 +103,6 @@ __all__ = [
 ]
 
 
-
 CPU_CHUNK = 2
 """Images per backbone pass on a CPU (see Speed above); on a GPU the whole batch is one pass."""
 

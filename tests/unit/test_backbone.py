@@ -233,7 +233,7 @@ def test_features_equal_unpruned_timm_stages_on_the_grid(pretrained_lite0: Featu
 
 
 @pytest.mark.parametrize("chunk", [2, 16])
-def test_cpu_chunks_give_the_whole_batch_bit_for_bit(
+def test_cpu_chunks_give_the_features_of_one_pass(
     pretrained_lite0: FeatureExtractor, monkeypatch: pytest.MonkeyPatch, chunk: int,
 ) -> None:
     """On a CPU the backbone runs ``CPU_CHUNK`` images per pass (faster there); the features are those of
