@@ -97,6 +97,8 @@ def main() -> int:
                         help="generalist.real_anomalies: also train on the auxiliary categories' real anomalies (InCTRL's protocol)")
     parser.add_argument("--holistic-input", choices=("map", "sorted"), default=None, help="override generalist.holistic_input")
     parser.add_argument("--trained-margin-se", type=float, default=None, help="override generalist.trained_margin_se (0: the plain highest AUROC)")
+    parser.add_argument("--trained-every-family", choices=("true", "false"), default=None,
+                        help="override generalist.trained_every_family (false: the pooled margin alone)")
     parser.add_argument("--residuals", nargs="+", default=None, help="override generalist.residuals (what onboarding chooses among)")
     parser.add_argument("--no-patchcore", action="store_true")
     parser.add_argument("--patchcore-from", type=Path, default=None,
@@ -118,7 +120,8 @@ def main() -> int:
     from onenip.generalist import onboard_category, train_generalist
 
     generalist = {"epochs": args.epochs, "holistic_input": args.holistic_input, "real_anomalies": True if args.real_anomalies else None,
-                  "trained_margin_se": args.trained_margin_se, "residuals": tuple(args.residuals) if args.residuals else None}  # fmt: skip
+                  "trained_margin_se": args.trained_margin_se,
+                  "trained_every_family": None if args.trained_every_family is None else args.trained_every_family == "true", "residuals": tuple(args.residuals) if args.residuals else None}  # fmt: skip
     overrides = {"generalist": {key: value for key, value in generalist.items() if value is not None}}
     params = load_params(args.params, overrides=overrides)
     transfer_params = load_params(args.params, profile=args.transfer_profile) if args.transfer else None

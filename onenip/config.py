@@ -360,6 +360,12 @@ class GeneralistParams(_Section):
     anomalies are synthetic, as were those the head learned from, and the best of several head weights is
     an optimistic estimate, so a lead within the noise goes to the map with no trained part (the
     one-standard-error rule of model selection). 0: the highest AUROC wins, ties to ``inctrl``."""
+    trained_every_family: bool = True
+    """``inctrl`` must moreover score at least as high as the untrained residual on each validation family
+    alone (normals against that family's anomalies): real defects are a family nobody synthesised, and a
+    lead on the mix that one family carries need not carry over to them. Chosen on validation data only:
+    holding each validation family out in turn, this rule's choices scored higher on the held-out family
+    than the pooled margin's (benchmarks/README "Few-shot: the trained residual must win on every family")."""
     rotated_bank_images: int = Field(8, ge=0)
     """``neighbourhood_rotated`` is offered while its bank (2k images) holds at most this many: it doubles
     the nearest-patch search, and onboarding must stay under a minute on 2 cores (k <= 4 by default)."""

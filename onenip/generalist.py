@@ -171,41 +171,41 @@ def validate_generalist(detector: GeneralistDetector, data: Sequence[Any], param
 
 # -- onboarding ---------------------------------------------------------------------------------------
 @dataclass
-class OnboardResult:
-    model_dir: Path
-    category: str
-    shots: int
-    prompt_paths: list[str]
-    threshold: float
-    metrics: dict[str, float]
-    has_masks: bool
-    seconds: float
-    head_weight: float = INCTRL_HEAD_WEIGHT
-    selection: dict[str, Any] = field(default_factory=dict)
-    residual: str = "inctrl"
+class Onboarding:
+    """A generalist with ``category`` added from its prompts, before its scoring is chosen."""
+
+    detector: GeneralistDetector
+    index: int
+    """The category's index in ``detector``."""
+    manifest: pd.DataFrame
+    normals: pd.DataFrame
+    """The category's normal training images, sorted by path (rows match ``features``)."""
+    features: Features
+    chosen: list[int]
+    """Rows of ``normals`` that are the prompts."""
+    calibration: list[int]
+    """Rows of ``normals`` (not prompts) that calibrate the threshold and validate the choice."""
+    cache: FeatureCache
+    device: torch.device
+    params: Params
+
+    @property
+    def rest(self) -> list[int]:
+        """Rows of ``normals`` that are not prompts."""
+        prompts = set(self.chosen)
+        return [i for i in range(len(self.normals)) if i not in prompts]
+
+    def validation_paths(self) -> list[str]:
+        """The calibration normals that get a synthetic anomaly for choosing the scoring."""
+        return self.normals["image_path"].iloc[_evenly_spaced(self.calibration, self.params.generalist.validation_images)].tolist()
 
 
-def onboard_category(
-    generalist_dir: str | Path,
-    root: str | Path,
-    category: str,
-    shots: int,
-    params: Params,
-    out_dir: str | Path,
-    *,
-    progress: bool = True,
-    prompt_paths: Sequence[str] | None = None,
-    source: str | None = None,
-) -> OnboardResult:
-    """A model for ``category`` from the trained generalist and ``shots`` of its normal images
-    (chosen deterministically; ``prompt_paths`` gives them explicitly, e.g. random sets in a benchmark).
-    ``source`` (``models:/onenip-generalist/3``) is recorded as the generalist instead of the folder."""
-    from onenip.evaluation import evaluate
+def prepare_onboarding(generalist_dir: str | Path, root: str | Path, category: str, shots: int, params: Params, *,
+                       progress: bool = True, prompt_paths: Sequence[str] | None = None) -> Onboarding:  # fmt: skip
+    """Load the generalist, choose (or check) the ``shots`` prompts among ``category``'s normal training
+    images and add the category: the part of ``onboard_category`` that every choice of scoring shares."""
     from onenip.training import select_prompts
-    from onenip.validation import check_validation_methods
 
-    check_validation_methods(params)
-    started = time.perf_counter()
     params = _generalist_params(params)
     device = resolve_device(params.train.device)
     manifest = make_manifest(root, [category], progress=False)
@@ -242,10 +242,51 @@ def onboard_category(
                 f" ({repeated} repeated)" if repeated else "")  # fmt: skip
             raise DatasetError(msg)
         chosen = [where[str(p)] for p in prompt_paths]
-        shots = len(chosen)
     k = detector.add_category(category, features.coarse[chosen], features.fine[chosen])  # type: ignore[index]
-    rest = [i for i in range(len(normals)) if i not in set(chosen)]
-    calibration = _evenly_spaced(rest, params.generalist.calibration_images)
+    state = Onboarding(detector, k, manifest, normals, features, list(chosen), [], cache, device, params)
+    state.calibration = _evenly_spaced(state.rest, params.generalist.calibration_images)
+    return state
+
+
+@dataclass
+class OnboardResult:
+    model_dir: Path
+    category: str
+    shots: int
+    prompt_paths: list[str]
+    threshold: float
+    metrics: dict[str, float]
+    has_masks: bool
+    seconds: float
+    head_weight: float = INCTRL_HEAD_WEIGHT
+    selection: dict[str, Any] = field(default_factory=dict)
+    residual: str = "inctrl"
+
+
+def onboard_category(
+    generalist_dir: str | Path,
+    root: str | Path,
+    category: str,
+    shots: int,
+    params: Params,
+    out_dir: str | Path,
+    *,
+    progress: bool = True,
+    prompt_paths: Sequence[str] | None = None,
+    source: str | None = None,
+) -> OnboardResult:
+    """A model for ``category`` from the trained generalist and ``shots`` of its normal images
+    (chosen deterministically; ``prompt_paths`` gives them explicitly, e.g. random sets in a benchmark).
+    ``source`` (``models:/onenip-generalist/3``) is recorded as the generalist instead of the folder."""
+    from onenip.evaluation import evaluate
+    from onenip.validation import check_validation_methods
+
+    check_validation_methods(params)
+    started = time.perf_counter()
+    state = prepare_onboarding(generalist_dir, root, category, shots, params, progress=progress, prompt_paths=prompt_paths)
+    params, device, manifest, normals, features, cache = state.params, state.device, state.manifest, state.normals, state.features, state.cache
+    detector, k, chosen, calibration = state.detector, state.index, state.chosen, state.calibration
+    shots, rest = len(chosen), state.rest
     candidates = scoring_candidates(params, shots)
     if any(residual == "neighbourhood_rotated" for residual, _ in candidates):
         detector.set_rotated_prompts(k, rotated_prompt_features(detector, normals["image_path"].iloc[chosen].tolist(), params, device))
@@ -259,8 +300,7 @@ def onboard_category(
         if rest:  # the threshold from the category's other normal images, never from test
             normal_features = features.select(calibration).to(device)
             if len(candidates) > 1 and len(calibration) >= params.validation.min_normals:
-                paths = normals["image_path"].iloc[_evenly_spaced(calibration, params.generalist.validation_images)].tolist()
-                selection, scores = choose_scoring(detector, k, normal_features, paths, params, device)
+                selection, scores = choose_scoring(detector, k, normal_features, state.validation_paths(), params, device)
                 _apply_selection(detector, k, selection)
             else:
                 _apply_selection(detector, k, selection)
@@ -337,24 +377,29 @@ def _apply_selection(detector: GeneralistDetector, category: int, selection: dic
     detector.head_weight[category] = selection["head_weight"]
 
 
+@dataclass
+class ValidationScores:
+    """Every onboarding candidate's image scores of the category's calibration normals and of its
+    synthetic validation anomalies; ``families`` names each anomaly's synthesis family."""
+
+    normal: dict[tuple[str, float], Tensor]
+    anomalous: dict[tuple[str, float], Tensor]
+    families: list[str]
+
+    def flat(self) -> tuple[dict[tuple[str, float], np.ndarray], np.ndarray, np.ndarray]:
+        """(candidate -> scores of normals then anomalies, labels, family per sample: ``""`` for a normal)."""
+        scores = {c: torch.cat([self.normal[c], self.anomalous[c]]).float().cpu().numpy() for c in self.normal}
+        count = len(next(iter(self.normal.values())))
+        labels = np.r_[np.zeros(count), np.ones(len(self.families))]
+        return scores, labels, np.array([""] * count + list(self.families), dtype=object)
+
+
 @torch.no_grad()
-def choose_scoring(detector: GeneralistDetector, category: int, normal_features: Features, anomaly_sources: Sequence[str],
-                   params: Params, device: torch.device) -> tuple[dict[str, Any], np.ndarray]:  # fmt: skip
-    """The category's residual and the holistic head's share of its image score, from its training data only.
-
-    Each of ``anomaly_sources`` (normal images that are not prompts) gets one anomaly of the validation
-    families (seeded, never used to train the head); every candidate of ``scoring_candidates`` is scored
-    by image AUROC of ``normal_features`` (the category's calibration normals) against them. Ties go to
-    ``inctrl`` (the reference), then to the head weight nearest InCTRL's 0.5. The head learned synthetic
-    anomalies of other families on other categories: where it does not carry over to this category, the
-    weight goes to the max patch residual, or to the neighbourhood residual, which have no trained part.
-    ``inctrl`` must also beat the best untrained residual by more than ``generalist.trained_margin_se``
-    standard errors of the paired AUROC difference (``paired_auroc_difference``), else the untrained one
-    is chosen: a few dozen synthetic anomalies are a noisy and, for a head trained on synthetic anomalies,
-    a flattering measure, and the lead of the best of several head weights is biased upwards.
-
-    Returns the selection and the chosen candidate's scores of ``normal_features`` (what the threshold
-    is calibrated on, so they are not computed twice)."""
+def validation_scores(detector: GeneralistDetector, category: int, normal_features: Features, anomaly_sources: Sequence[str],
+                      params: Params, device: torch.device) -> ValidationScores:  # fmt: skip
+    """Each of ``anomaly_sources`` (normal images that are not prompts) gets one anomaly of the validation
+    families (seeded, never used to train the head); every candidate of ``scoring_candidates`` scores them
+    and ``normal_features`` (the category's calibration normals)."""
     from onenip.features import extract_features
     from onenip.synthesis import AnomalySynthesizer
     from onenip.training import load_images
@@ -364,28 +409,52 @@ def choose_scoring(detector: GeneralistDetector, category: int, normal_features:
     # full strength: validation.anomaly_strength fades OneNIP's saturated validation, not this one (AUROCs about 0.8)
     synthesizer = AnomalySynthesizer(methods=params.validation.methods)
     generator = torch.Generator().manual_seed(params.train.seed)
-    anomalous = torch.stack([synthesizer(image.float() / 255, generator=generator).image for image in images])
+    made = [synthesizer(image.float() / 255, generator=generator) for image in images]
+    anomalous = torch.stack([result.image for result in made])
     features = extract_features(detector.feature_extractor, anomalous.to(device), detector.backbone_cfg, params.train.feature_batch_size)
     # rounded as the feature cache rounds the normals (float16), so both sides carry the same error
     features = Features(features.coarse.half().float(), None if features.fine is None else features.fine.half().float()).to(device)
     prompts = detector.prompt(category)
-    labels = np.r_[np.zeros(len(normal_features)), np.ones(len(features))]
-
-    scores: dict[tuple[str, float], tuple[Tensor, Tensor]] = {}  # candidate -> (normal scores, anomaly scores)
+    normal: dict[tuple[str, float], Tensor] = {}
+    anomaly: dict[tuple[str, float], Tensor] = {}
     if any(residual == "inctrl" for residual, _ in candidates):
         normal_out, anomaly_out = detector.score_features(normal_features, prompts), detector.score_features(features, prompts)
         for residual, weight in candidates:
             if residual == "inctrl":
                 detector.head_weight[category] = weight
-                scores[(residual, weight)] = detector.image_score(normal_out, category), detector.image_score(anomaly_out, category)
+                normal[(residual, weight)], anomaly[(residual, weight)] = detector.image_score(normal_out, category), detector.image_score(anomaly_out, category)
     banks = {"neighbourhood": prompts}
     if ("neighbourhood_rotated", 0.0) in candidates:
         banks["neighbourhood_rotated"] = Features.cat([prompts, detector.rotated_prompts(category)])
     for residual, bank in banks.items():
         if (residual, 0.0) in candidates:
-            scores[(residual, 0.0)] = detector.neighbourhood_residual(normal_features, bank)[1], detector.neighbourhood_residual(features, bank)[1]
-    flat = {c: torch.cat(pair).float().cpu().numpy() for c, pair in scores.items()}
-    (residual, weight), aurocs, lead = pick_scoring(flat, labels, params.generalist.trained_margin_se)
+            normal[(residual, 0.0)] = detector.neighbourhood_residual(normal_features, bank)[1]
+            anomaly[(residual, 0.0)] = detector.neighbourhood_residual(features, bank)[1]
+    return ValidationScores(normal, anomaly, [str(result.method) for result in made])
+
+
+def choose_scoring(detector: GeneralistDetector, category: int, normal_features: Features, anomaly_sources: Sequence[str],
+                   params: Params, device: torch.device) -> tuple[dict[str, Any], np.ndarray]:  # fmt: skip
+    """The category's residual and the holistic head's share of its image score, from its training data only.
+
+    Every candidate of ``scoring_candidates`` is scored by image AUROC of ``normal_features`` (the
+    category's calibration normals) against one synthetic anomaly of the validation families on each of
+    ``anomaly_sources`` (``validation_scores``). Ties go to ``inctrl`` (the reference), then to the head
+    weight nearest InCTRL's 0.5. The head learned synthetic anomalies of other families on other
+    categories: where it does not carry over to this category, the weight goes to the max patch residual,
+    or to the neighbourhood residual, which have no trained part. ``inctrl`` must also beat the best
+    untrained residual by more than ``generalist.trained_margin_se`` standard errors of the paired AUROC
+    difference (``paired_auroc_difference``), else the untrained one is chosen: a few dozen synthetic
+    anomalies are a noisy and, for a head trained on synthetic anomalies, a flattering measure, and the
+    lead of the best of several head weights is biased upwards. With ``generalist.trained_every_family``
+    it must moreover score at least as high on each validation family alone (``pick_scoring``).
+
+    Returns the selection and the chosen candidate's scores of ``normal_features`` (what the threshold
+    is calibrated on, so they are not computed twice)."""
+    validation = validation_scores(detector, category, normal_features, anomaly_sources, params, device)
+    flat, labels, families = validation.flat()
+    (residual, weight), aurocs, lead = pick_scoring(flat, labels, params.generalist.trained_margin_se, families,
+                                                    every_family=params.generalist.trained_every_family)  # fmt: skip
     selection = {"residual": residual, "head_weight": weight,
                  "val_image_AUROC": {str(w): v for (r, w), v in aurocs.items() if r == "inctrl"},
                  "val_image_AUROC_neighbourhood": aurocs.get(("neighbourhood", 0.0)),
@@ -393,18 +462,30 @@ def choose_scoring(detector: GeneralistDetector, category: int, normal_features:
                  "val_inctrl_lead": lead,
                  "normal_images": len(normal_features), "anomalous_images": len(anomaly_sources),
                  "methods": list(params.validation.methods)}  # fmt: skip
-    return selection, scores[(residual, weight)][0].float().cpu().numpy()
+    return selection, validation.normal[(residual, weight)].float().cpu().numpy()
 
 
-def pick_scoring(scores: dict[tuple[str, float], np.ndarray], labels: np.ndarray, margin_se: float,
-                 ) -> tuple[tuple[str, float], dict[tuple[str, float], float], dict[str, Any] | None]:  # fmt: skip
+def family_aurocs(scores: np.ndarray, labels: np.ndarray, families: np.ndarray) -> dict[str, float]:
+    """Image AUROC of the normals against each family's anomalies alone."""
+    from onenip.metrics import image_auroc
+
+    normal = labels == 0
+    return {str(f): float(image_auroc(np.r_[scores[normal], scores[families == f]], np.r_[np.zeros(normal.sum()), np.ones((families == f).sum())]))
+            for f in sorted(set(families[~normal]))}  # fmt: skip
+
+
+def pick_scoring(scores: dict[tuple[str, float], np.ndarray], labels: np.ndarray, margin_se: float, families: np.ndarray | None = None,
+                 *, every_family: bool = False) -> tuple[tuple[str, float], dict[tuple[str, float], float], dict[str, Any] | None]:  # fmt: skip
     """The (residual, head weight) with the highest image AUROC of its ``scores`` against ``labels``
     (among equals the reference's residual first, then the bank without turns, then the head weight
     nearest InCTRL's); ``inctrl`` only when it beats the best untrained candidate by more than
-    ``margin_se`` paired standard errors (``generalist.trained_margin_se``), else that one.
+    ``margin_se`` paired standard errors (``generalist.trained_margin_se``), and, with ``every_family``,
+    when its AUROC on no family of ``families`` alone (each sample's synthesis family, ``""`` for a
+    normal) is below the untrained candidate's; else that one.
 
     Returns the choice, every candidate's AUROC, and ``inctrl``'s lead over the untrained candidate (its
-    AUROC difference and standard error) when ``inctrl`` had the highest AUROC and there was one."""
+    AUROC difference and standard error, and per family when given) when ``inctrl`` had the highest AUROC
+    and there was one."""
     from onenip.metrics import image_auroc, paired_auroc_difference
 
     aurocs = {c: float(image_auroc(values, labels)) for c, values in scores.items()}
@@ -419,10 +500,13 @@ def pick_scoring(scores: dict[tuple[str, float], np.ndarray], labels: np.ndarray
         return chosen, aurocs, None
     baseline = best_of(untrained)
     difference, error = paired_auroc_difference(scores[chosen], scores[baseline], labels)
-    lead = {"over": baseline[0], "difference": difference, "standard_error": error, "margin_se": margin_se}
-    if margin_se > 0 and difference <= margin_se * error:
-        chosen = baseline
-    return chosen, aurocs, lead
+    lead: dict[str, Any] = {"over": baseline[0], "difference": difference, "standard_error": error, "margin_se": margin_se}
+    beaten = margin_se > 0 and difference <= margin_se * error
+    if families is not None:
+        trained, other = family_aurocs(scores[chosen], labels, families), family_aurocs(scores[baseline], labels, families)
+        lead["by_family"] = {f: trained[f] - other[f] for f in trained}
+        beaten = beaten or (every_family and min(lead["by_family"].values()) < 0)
+    return (baseline if beaten else chosen), aurocs, lead
 
 
 def prompt_table(result: OnboardResult) -> pd.DataFrame:

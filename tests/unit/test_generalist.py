@@ -109,6 +109,49 @@ def test_the_trained_residual_needs_a_lead_beyond_the_noise() -> None:
     assert pick_scoring({("inctrl", 0.5): slightly}, labels, 1.0)[0] == ("inctrl", 0.5)  # nothing untrained offered
 
 
+def test_the_trained_residual_can_be_asked_to_win_on_every_family() -> None:
+    """generalist.trained_every_family: a pooled lead beyond the margin that one family carries while
+    inctrl loses on another goes to the untrained residual; the lead per family is recorded either way."""
+    import numpy as np
+
+    from onenip.generalist import family_aurocs, pick_scoring
+    from onenip.metrics import image_auroc
+
+    rng = np.random.default_rng(1)
+    labels = np.r_[np.zeros(256), np.ones(32)]
+    families = np.array([""] * 256 + ["warp"] * 16 + ["spots"] * 16, dtype=object)
+    untrained = rng.normal(size=288) + 1.0 * labels
+    lopsided = untrained + 3.0 * (families == "warp") - 0.3 * (families == "spots")  # far better on warp, worse on spots
+    both = untrained + 3.0 * labels
+    for inctrl, every_family, expected in ((lopsided, False, "inctrl"), (lopsided, True, "neighbourhood"), (both, True, "inctrl")):
+        scores = {("inctrl", 0.5): inctrl, ("neighbourhood", 0.0): untrained}
+        chosen, _, lead = pick_scoring(scores, labels, 1.0, families, every_family=every_family)
+        assert chosen[0] == expected
+        assert lead["difference"] > lead["standard_error"]  # the pooled margin alone would take inctrl every time
+        trained, other = family_aurocs(inctrl, labels, families), family_aurocs(untrained, labels, families)
+        assert lead["by_family"] == {f: trained[f] - other[f] for f in ("spots", "warp")}
+    assert pick_scoring({("inctrl", 0.5): lopsided, ("neighbourhood", 0.0): untrained}, labels, 1.0, families)[0][0] == "inctrl"  # off by default
+    warp = (families == "") | (families == "warp")  # each family's AUROC: its anomalies against all the normals
+    assert family_aurocs(lopsided, labels, families)["warp"] == pytest.approx(float(image_auroc(lopsided[warp], labels[warp])))
+
+
+def test_validation_scores_name_each_anomaly_family(trained: tuple[Path, Path, Params]) -> None:
+    """The scores onboarding chooses on: every candidate on the same normals and anomalies, each anomaly
+    named by the validation family that made it."""
+    from onenip.generalist import prepare_onboarding, scoring_candidates, validation_scores
+
+    root, generalist, params = trained
+    state = prepare_onboarding(generalist, root, "gear", 2, params, progress=False)
+    normal_features = state.features.select(state.calibration)
+    paths = state.validation_paths()
+    validation = validation_scores(state.detector, state.index, normal_features, paths, state.params, state.device)
+    scores, labels, families = validation.flat()
+    assert sorted(scores) == sorted(scoring_candidates(params, 2)) and len(validation.families) == len(paths)
+    assert set(validation.families) <= set(params.validation.methods) | {"fallback"}
+    assert all(len(v) == len(labels) == len(normal_features) + len(paths) for v in scores.values())
+    assert list(families[labels == 0]) == [""] * len(normal_features) and list(families[labels == 1]) == validation.families
+
+
 def test_onboarding_chooses_the_residual_and_head_weight_on_training_data(trained: tuple[Path, Path, Params], tmp_path: Path) -> None:
     import torch
 
