@@ -11,8 +11,16 @@ defects are. Rules: ``pooled`` (the margin rule on all families together, the de
 ``every_family`` (``generalist.trained_every_family``: ``inctrl`` must also win on each family alone).
 No test image is read: the benchmark's test split stays the judge of what the rule does.
 
+``--onenip MODEL`` asks the same of a saved OneNIP model's rule selection: its validation set is rebuilt
+as training built it, and per category and held-out family the rule is chosen with the refiner margin
+alone (``pooled``) and with ``validation.refiner_every_family`` (``every_family``: a rule with more
+refiner weight must also win on each family alone); the choice's selection score (image AUROC, pixel
+AUROC, pixel AP, AUPRO) is measured on the held-out family and the odd-numbered held-out normals.
+
     OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 .venv/bin/python benchmarks/selection_transfer.py --elpv /work/elpv \
         --trained '/work/gen/gen-{left_out}/model' --out R/selection_transfer.json
+    OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 .venv/bin/python benchmarks/selection_transfer.py --onenip R/.../model \
+        --cache-dir C --out R/selection_transfer_onenip.json
 """
 
 from __future__ import annotations
@@ -69,7 +77,9 @@ def main() -> int:
     parser.add_argument("--left-out", nargs="*", default=None)
     parser.add_argument("--shots", nargs="+", type=int, default=[1, 2, 4, 8])
     parser.add_argument("--trials", type=int, default=5)
-    parser.add_argument("--trained", required=True, help="folder pattern with {left_out} of the generalists fewshot.py trained")
+    parser.add_argument("--trained", help="folder pattern with {left_out} of the generalists fewshot.py trained")
+    parser.add_argument("--onenip", type=Path, default=None, help="a saved OneNIP model folder: study its rule selection instead")
+    parser.add_argument("--cache-dir", default=None, help="override train.cache_dir (with --onenip)")
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "selection_transfer.json")
     args = parser.parse_args()
@@ -79,9 +89,19 @@ def main() -> int:
     from onenip.data.manifest import make_manifest
     from onenip.generalist import family_aurocs, prepare_onboarding, validation_scores
 
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.onenip is not None:
+        overrides = {"train": {"cache_dir": args.cache_dir}} if args.cache_dir else None
+        cells = onenip_cells(args.onenip, load_params(args.params, overrides=overrides), args.root)
+        args.out.write_text(json.dumps({"model": str(args.onenip), "rules": list(RULES), "cells": cells}, indent=1))
+        table = summarise([{"left_out": c["category"], "held_out": c["held_out"]} for c in cells], column="category", metric="score")
+        print(table)
+        args.out.with_suffix(".md").write_text(table + "\n")
+        return 0
+    if not args.trained:
+        parser.error("--trained is required without --onenip")
     params = load_params(args.params)
     margin = params.generalist.trained_margin_se
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     cells: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         root, categories = joined_root([args.root] + ([args.elpv] if args.elpv else []), Path(tmp) / "root")
@@ -110,16 +130,71 @@ def main() -> int:
     return 0
 
 
-def summarise(cells: list[dict[str, Any]]) -> str:
-    """Mean held-out-family AUROC of each rule per left-out category and overall, and how often they differ."""
-    lines = ["| left out | held-out cells | choices differ | pooled | every_family | every_family - pooled |", "|---|---|---|---|---|---|"]
+def onenip_cells(model: Path, params: Any, root: Path) -> list[dict[str, Any]]:
+    """Per category and held-out family of a saved OneNIP model's rebuilt validation set: each rule's
+    choice on the other families (and even normals), scored on that family (and odd normals)."""
+    import torch
+
+    from onenip.data.manifest import make_manifest
+    from onenip.features import FeatureCache
+    from onenip.models.detector import OneNIPDetector
+    from onenip.training import prepare_category_data
+    from onenip.validation import (SELECTION_DOWNSCALE, CategoryValidation, _downscaled, _histogram_score, _image_histograms,
+                                   _rule_maps, _select_one, build_category_validation, validation_components)  # fmt: skip
+
+    detector = OneNIPDetector.load(model).eval()
+    manifest = make_manifest(root, detector.categories, progress=False)
+    cache = FeatureCache(params.train.cache_dir, detector.feature_extractor, params.model.backbone)
+    cells = []
+    for index, category in enumerate(detector.categories):
+        started = time.perf_counter()
+        with torch.no_grad():
+            item = prepare_category_data(manifest, params, cache, category, index, detector.geometry(category), False)
+            validation = build_category_validation(category, item.holdout_images, item.holdout_valid, detector.feature_extractor, params,
+                                                   seed=params.train.seed + item.index)  # fmt: skip
+            components = validation_components(detector, validation)
+        labels = validation.labels.numpy()
+        methods = np.array(validation.methods)
+        normal = np.flatnonzero(labels == 0)
+        masks = (_downscaled(validation.masks.float(), SELECTION_DOWNSCALE) >= 0.5)[:, 0].numpy()
+        valid = None if validation.valid is None else _downscaled(validation.valid.float(), SELECTION_DOWNSCALE) >= 0.5
+
+        def subset(rows: np.ndarray) -> tuple[CategoryValidation, list[Any]]:
+            picked = torch.as_tensor(rows)
+            part = CategoryValidation(category, validation.features.select(rows.tolist()), validation.labels[picked], validation.masks[picked],
+                                      None if validation.valid is None else validation.valid[picked], [validation.methods[i] for i in rows])  # fmt: skip
+            return part, [None if c is None else c[picked] for c in components]
+
+        held_out = []
+        for family in sorted(set(methods[labels == 1])):
+            choose = np.r_[normal[0::2], np.flatnonzero((labels == 1) & (methods != family))]
+            judge = np.r_[normal[1::2], np.flatnonzero(methods == family)]
+            counts = np.zeros(len(labels))
+            counts[judge] = 1
+            row: dict[str, Any] = {"family": str(family), "anomalies": int((methods == family).sum())}
+            for rule_name, every_family in RULES.items():
+                cfg = params.validation.model_copy(update={"refiner_every_family": every_family})
+                part, part_components = subset(choose)
+                _, rule, _, _ = _select_one(part, part_components, cfg)
+                maps = _rule_maps(rule, components, valid)
+                score = _histogram_score(maps[1], _image_histograms(maps[0], masks), counts, labels.astype(bool))
+                row[rule_name] = {"choice": rule.to_dict(), "held_out_score": score}
+            held_out.append(row)
+            print(f"{category} {family}: " + " / ".join(f"{row[r]['held_out_score']:.4f} {row[r]['choice']['weights']}" for r in RULES), flush=True)
+        cells.append({"category": category, "seconds": time.perf_counter() - started, "held_out": held_out})
+    return cells
+
+
+def summarise(cells: list[dict[str, Any]], column: str = "left out", metric: str = "AUROC") -> str:
+    """Mean held-out-family AUROC (or selection score) of each rule per category and overall, and how often they differ."""
+    lines = [f"| {column} | held-out cells | choices differ | pooled | every_family | every_family - pooled |", "|---|---|---|---|---|---|"]
     groups = sorted({c["left_out"] for c in cells}) + ["all"]
     for group in groups:
         rows = [h for c in cells if group in ("all", c["left_out"]) for h in c["held_out"]]
         if not rows:
             continue
-        pooled = np.array([h["pooled"]["held_out_AUROC"] for h in rows])
-        every = np.array([h["every_family"]["held_out_AUROC"] for h in rows])
+        pooled = np.array([h["pooled"][f"held_out_{metric}"] for h in rows])
+        every = np.array([h["every_family"][f"held_out_{metric}"] for h in rows])
         differ = sum(h["pooled"]["choice"] != h["every_family"]["choice"] for h in rows)
         lines.append(f"| {group} | {len(rows)} | {differ} | {pooled.mean():.4f} | {every.mean():.4f} | {every.mean() - pooled.mean():+.4f} |")
     return "\n".join(lines)

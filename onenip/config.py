@@ -237,6 +237,9 @@ class ValidationParams(_Section):
     score is higher by more than this many standard errors of the paired difference (bootstrap over
     the validation images): as for the generalist's trained head (``generalist.trained_margin_se``),
     the part trained on synthetic anomalies must win beyond the noise. 0: the plain highest score."""
+    refiner_every_family: bool = False
+    """That rule must moreover score at least as high on each validation family alone (held-out normals
+    against that family's anomalies), as ``generalist.trained_every_family`` asks of the trained head."""
     refiner_bootstrap: int = Field(50, ge=2)
     """Bootstrap resamples for that standard error."""
     smoothing_sigmas: tuple[float, ...] = (0.0, 2.0, 4.0, 8.0)

@@ -278,7 +278,8 @@ def _less_refiner_within_noise(
     components: list[Tensor | None], masks: np.ndarray, valid: Tensor | None, cfg: ValidationParams,
 ) -> tuple[float, ScoringRule, dict[str, float]]:
     """The best rule of the smallest refiner weight whose score is within ``cfg.refiner_margin_se``
-    paired bootstrap standard errors of ``best``'s (``best`` itself when none is)."""
+    paired bootstrap standard errors of ``best``'s, or, with ``cfg.refiner_every_family``, that scores
+    higher than ``best`` on one validation family alone (``best`` itself when none is)."""
     scored = [row for row in table if row["score"] is not None]
     levels = sorted({float(row["weights"][1]) for row in scored if float(row["weights"][1]) < best[1].weights[1]})  # type: ignore[index]
     if not levels:
@@ -292,8 +293,15 @@ def _less_refiner_within_noise(
                                            cfg.refiner_bootstrap)  # fmt: skip
         logger.info("%s: refiner %.2f scores %.4f below refiner %.2f (bootstrap SE %.4f)", validation.category, level, difference,
                     best[1].weights[1], error)  # fmt: skip
+        less = float(row["score"]), rule, {name: float(row[name]) for name in SELECTION_METRICS}  # type: ignore[arg-type]
         if difference <= cfg.refiner_margin_se * error:
-            return float(row["score"]), rule, {name: float(row[name]) for name in SELECTION_METRICS}  # type: ignore[arg-type]
+            return less
+        if cfg.refiner_every_family:
+            by_family = family_score_differences(best_maps, _rule_maps(rule, components, valid), masks, validation.labels.numpy(),
+                                                 np.array(validation.methods))  # fmt: skip
+            logger.info("%s: refiner %.2f minus refiner %.2f per family: %s", validation.category, best[1].weights[1], level, by_family)
+            if min(by_family.values()) < 0:
+                return less
     return best
 
 
@@ -326,14 +334,35 @@ def paired_score_difference_se(
     for _ in range(resamples):
         drawn = np.r_[rng.choice(normals, len(normals)), rng.choice(anomalies, len(anomalies))]
         counts = np.bincount(drawn, minlength=len(labels)).astype(np.float64)
-        values = []
-        for (_, image_scores), (thresholds, positives, negatives, overlap, regions) in zip((first, second), per_image, strict=True):
-            histogram = ScoreHistogram(thresholds, counts @ positives, counts @ negatives, counts @ overlap,
-                                       np.ones(len(thresholds), dtype=bool), int(counts @ regions))  # fmt: skip
-            pixel = [histogram.auroc().value, histogram.average_precision().value, histogram.aupro().value]
-            values.append(np.mean([rank_auroc(image_scores[drawn], labels[drawn]), *pixel]))
+        values = [_histogram_score(image_scores, histograms, counts, labels) for (_, image_scores), histograms in zip((first, second), per_image, strict=True)]
         differences.append(values[0] - values[1])
     return float(np.std(differences, ddof=1))
+
+
+def family_score_differences(
+    first: tuple[np.ndarray, np.ndarray], second: tuple[np.ndarray, np.ndarray], masks: np.ndarray, labels: np.ndarray,
+    families: np.ndarray,
+) -> dict[str, float]:
+    """Per validation family: first's selection score minus second's on the normals and that family's
+    anomalies alone (the same per-image histograms as ``paired_score_difference_se``). Rules as there."""
+    labels = np.asarray(labels).astype(bool)
+    per_image = [_image_histograms(maps, masks) for maps, _ in (first, second)]
+    out = {}
+    for family in sorted(set(families[labels])):
+        counts = (~labels | (families == family)).astype(np.float64)
+        scores = [_histogram_score(image_scores, histograms, counts, labels) for (_, image_scores), histograms in zip((first, second), per_image, strict=True)]
+        out[str(family)] = scores[0] - scores[1]
+    return out
+
+
+def _histogram_score(image_scores: np.ndarray, histograms: tuple[np.ndarray, ...], counts: np.ndarray, labels: np.ndarray) -> float:
+    """The selection score of the images weighted by ``counts`` (0 leaves one out, 2 draws it twice)."""
+    thresholds, positives, negatives, overlap, regions = histograms
+    histogram = ScoreHistogram(thresholds, counts @ positives, counts @ negatives, counts @ overlap, np.ones(len(thresholds), dtype=bool),
+                               int(counts @ regions))  # fmt: skip
+    drawn = np.repeat(np.arange(len(counts)), counts.astype(int))
+    pixel = [histogram.auroc().value, histogram.average_precision().value, histogram.aupro().value]
+    return float(np.mean([rank_auroc(image_scores[drawn], labels[drawn]), *pixel]))
 
 
 def _image_histograms(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -158,6 +158,33 @@ def test_the_refiner_must_win_beyond_the_noise(monkeypatch: pytest.MonkeyPatch) 
     assert select_scoring([(data, [recon, refiner, None])], with_margin, ScoringRule()).rules["v"].weights == (0.0, 1.0, 0.0, 0.0, 0.0)
 
 
+def test_the_refiner_can_be_asked_to_win_on_every_family(monkeypatch: pytest.MonkeyPatch) -> None:
+    """validation.refiner_every_family: a refiner lead beyond the noise that one family carries, while the
+    rule with less refiner scores higher on another family alone, goes to the rule with less refiner."""
+    from onenip.validation import _rule_maps, family_score_differences
+
+    data = _validation("v")
+    data.methods[6:] = ["warp"] * 4 + ["spots"] * 2
+    refiner = _maps(data, True, 0)
+    recon = refiner.clone()
+    recon[6:10, :, 2:4, 2:4] = 0.0  # the reconstruction error misses every warp
+    refiner[10, :, 2, 2] = 0.0  # the refiner misses one spot pixel
+    cfg = ValidationParams(smoothing_sigmas=(0.0,), score_pool_sizes=(1,), weight_step=1.0, min_normals=4, max_refiner_weight=1.0,
+                           refiner_margin_se=1.0)  # fmt: skip
+    monkeypatch.setattr(onenip.validation, "paired_score_difference_se", lambda *args, **kwargs: 0.0)  # a lead beyond any noise
+    pooled = select_scoring([(data, [recon, refiner, None])], cfg, ScoringRule())
+    assert pooled.rules["v"].weights == (0.0, 1.0, 0.0, 0.0, 0.0)
+    every = select_scoring([(data, [recon, refiner, None])], cfg.model_copy(update={"refiner_every_family": True}), ScoringRule())
+    assert every.rules["v"].weights == (1.0, 0.0, 0.0, 0.0, 0.0)
+    assert ValidationParams().refiner_every_family is False  # off unless asked for
+    masks = (torch.nn.functional.avg_pool2d(data.masks.float(), 4) >= 0.5)[:, 0].numpy()
+    rules = [ScoringRule(w, 0.0, 1) for w in ((0.0, 1.0, 0.0, 0.0, 0.0), (1.0, 0.0, 0.0, 0.0, 0.0))]
+    first, second = (_rule_maps(rule, [recon, refiner, None, None, None], None) for rule in rules)
+    by_family = family_score_differences(first, second, masks, data.labels.numpy(), np.array(data.methods))
+    assert sorted(by_family) == ["spots", "warp"] and by_family["warp"] > 0 > by_family["spots"]
+    assert family_score_differences(first, first, masks, data.labels.numpy(), np.array(data.methods)) == {"spots": 0.0, "warp": 0.0}
+
+
 def test_paired_bootstrap_of_the_score_difference() -> None:
     from onenip.metrics.histogram import ScoreHistogram
     from onenip.metrics.pixel import pixel_aupro
