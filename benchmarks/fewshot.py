@@ -99,6 +99,8 @@ def main() -> int:
     parser.add_argument("--trained-margin-se", type=float, default=None, help="override generalist.trained_margin_se (0: the plain highest AUROC)")
     parser.add_argument("--trained-every-family", choices=("true", "false"), default=None,
                         help="override generalist.trained_every_family (false: the pooled margin alone)")
+    parser.add_argument("--keep-aspect", choices=("true", "false"), default=None,
+                        help="override generalist.keep_aspect (true: each left-out category onboarded at its own aspect)")
     parser.add_argument("--residuals", nargs="+", default=None, help="override generalist.residuals (what onboarding chooses among)")
     parser.add_argument("--no-patchcore", action="store_true")
     parser.add_argument("--patchcore-from", type=Path, default=None,
@@ -121,7 +123,8 @@ def main() -> int:
 
     generalist = {"epochs": args.epochs, "holistic_input": args.holistic_input, "real_anomalies": True if args.real_anomalies else None,
                   "trained_margin_se": args.trained_margin_se,
-                  "trained_every_family": None if args.trained_every_family is None else args.trained_every_family == "true", "residuals": tuple(args.residuals) if args.residuals else None}  # fmt: skip
+                  "trained_every_family": None if args.trained_every_family is None else args.trained_every_family == "true",
+                  "keep_aspect": None if args.keep_aspect is None else args.keep_aspect == "true", "residuals": tuple(args.residuals) if args.residuals else None}  # fmt: skip
     overrides = {"generalist": {key: value for key, value in generalist.items() if value is not None}}
     params = load_params(args.params, overrides=overrides)
     transfer_params = load_params(args.params, profile=args.transfer_profile) if args.transfer else None
@@ -174,6 +177,7 @@ def main() -> int:
                                                                                                       "neighbourhood_rotated": float(result.residual == "neighbourhood_rotated")})
                         val = result.selection.get("val_image_AUROC") or {}
                         trial_runs.append({"trial": trial, "image_AUROC": result.metrics.get("image_AUROC"), "residual": result.residual,
+                                           "input_size": list(result.input_size),
                                            "head_weight": result.head_weight, "val_image_AUROC_inctrl": max(val.values(), default=None),
                                            "val_image_AUROC_neighbourhood": result.selection.get("val_image_AUROC_neighbourhood"),
                                            "val_image_AUROC_neighbourhood_rotated": result.selection.get("val_image_AUROC_neighbourhood_rotated"),

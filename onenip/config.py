@@ -357,6 +357,13 @@ class GeneralistParams(_Section):
     ``neighbourhood_rotated`` (the same, the bank also holding each prompt turned by 180 degrees; opt-in,
     for products whose normal look has no fixed orientation: measured, it was rarely chosen and made
     onboarding dearer, benchmarks/README "Few-shot: a rotated prompt bank"). Ties go to the earlier of these."""
+    keep_aspect: bool = True
+    """Onboard a category at its own aspect (the input a trained OneNIP model of it gets, about
+    ``model.backbone.input_size`` squared pixels) instead of the generalist's square; a category whose
+    images' aspects vary stays square (letterboxing would make the nearest-patch residuals compare
+    padding with padding). The generalist itself always trains on squares. Chosen on validation data:
+    on kolektor left out, the same anomalies scored higher at its own aspect than squashed
+    (benchmarks/README "Few-shot: onboarding at the category's own aspect")."""
     trained_margin_se: float = Field(1.0, ge=0)
     """``inctrl`` (trained) is chosen over the best untrained residual only when its validation AUROC is
     higher by more than this many standard errors of the paired difference (DeLong): the validation

@@ -29,7 +29,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from onenip.config import Params
-from onenip.data.geometry import square_geometry
+from onenip.data.geometry import InputGeometry, choose_geometry, square_geometry
 from onenip.data.manifest import DatasetError, make_manifest
 from onenip.device import resolve_device
 from onenip.features import FeatureCache, Features
@@ -224,8 +224,8 @@ def prepare_onboarding(generalist_dir: str | Path, root: str | Path, category: s
         msg = (f"{generalist_dir} was trained on the real test anomalies of {category!r} (generalist.real_anomalies), so its test "
                f"metrics and gate would be inflated; onboard it with a generalist trained without them")  # fmt: skip
         raise DatasetError(msg)
-    # the generalist's own backbone and input, as it scores when served (params.yaml may have changed since)
-    geometry = detector.geometry_
+    # the generalist's own backbone (params.yaml may have changed since); the category's own aspect when asked
+    geometry = onboarding_geometry(detector, normals, params)
     cache = FeatureCache(params.train.cache_dir, detector.feature_extractor, detector.backbone_cfg)
     features = cache.get(normals["image_path"].tolist(), normals["sha256"].tolist(), geometry, progress=progress)
     if prompt_paths is None:
@@ -242,10 +242,24 @@ def prepare_onboarding(generalist_dir: str | Path, root: str | Path, category: s
                 f" ({repeated} repeated)" if repeated else "")  # fmt: skip
             raise DatasetError(msg)
         chosen = [where[str(p)] for p in prompt_paths]
-    k = detector.add_category(category, features.coarse[chosen], features.fine[chosen])  # type: ignore[index]
+    k = detector.add_category(category, features.coarse[chosen], features.fine[chosen], geometry=geometry)  # type: ignore[index]
     state = Onboarding(detector, k, manifest, normals, features, list(chosen), [], cache, device, params)
     state.calibration = _evenly_spaced(state.rest, params.generalist.calibration_images)
     return state
+
+
+def onboarding_geometry(detector: GeneralistDetector, normals: pd.DataFrame, params: Params) -> InputGeometry:
+    """The input a category is onboarded at: with ``generalist.keep_aspect`` the one a trained model of it
+    gets from its normal training images' sizes (``choose_geometry`` at the generalist's input size), else
+    the generalist's square. A category whose aspects vary stays square: letterboxed, the nearest-patch
+    residuals would compare padding with padding."""
+    if not params.generalist.keep_aspect:
+        return detector.geometry_
+    known = normals.dropna(subset=["width", "height"])
+    cfg = detector.backbone_cfg
+    geometry = choose_geometry(known["height"].astype(int).tolist(), known["width"].astype(int).tolist(), cfg.input_size,
+                               multiple=cfg.feature_stride)  # fmt: skip
+    return detector.geometry_ if geometry.letterbox else geometry
 
 
 @dataclass
@@ -261,6 +275,8 @@ class OnboardResult:
     head_weight: float = INCTRL_HEAD_WEIGHT
     selection: dict[str, Any] = field(default_factory=dict)
     residual: str = "inctrl"
+    input_size: tuple[int, int] = (0, 0)
+    """(height, width) the category is scored at."""
 
 
 def onboard_category(
@@ -289,7 +305,7 @@ def onboard_category(
     shots, rest = len(chosen), state.rest
     candidates = scoring_candidates(params, shots)
     if any(residual == "neighbourhood_rotated" for residual, _ in candidates):
-        detector.set_rotated_prompts(k, rotated_prompt_features(detector, normals["image_path"].iloc[chosen].tolist(), params, device))
+        detector.set_rotated_prompts(k, rotated_prompt_features(detector, k, normals["image_path"].iloc[chosen].tolist(), params, device))
     if len(candidates) == 1:
         selection: dict[str, Any] = {"residual": candidates[0][0], "head_weight": candidates[0][1],
                                      "reason": "generalist.residuals and generalist.head_weights have one value each"}  # fmt: skip
@@ -337,7 +353,7 @@ def onboard_category(
                                  "prompt_paths": prompt_paths, "threshold": threshold, "calibration_images": len(calibration),
                                  "head_weight_selection": selection, "metrics": metrics})  # fmt: skip
     return OnboardResult(out, category, shots, prompt_paths, threshold, metrics, has_masks, time.perf_counter() - started,
-                         float(detector.head_weight[k]), selection, detector.residual(k))
+                         float(detector.head_weight[k]), selection, detector.residual(k), detector.geometry(k).size)
 
 
 def _evenly_spaced(items: Sequence[int], count: int) -> list[int]:
@@ -360,13 +376,14 @@ def scoring_candidates(params: Params, shots: int) -> list[tuple[str, float]]:
 
 
 @torch.no_grad()
-def rotated_prompt_features(detector: GeneralistDetector, paths: Sequence[str], params: Params, device: torch.device) -> Features:
+def rotated_prompt_features(detector: GeneralistDetector, category: int, paths: Sequence[str], params: Params,
+                            device: torch.device) -> Features:  # fmt: skip
     """Backbone features of the prompt images turned by 180 degrees, rounded as the feature cache rounds
     (float16) so both halves of the bank carry the same error."""
     from onenip.features import extract_features
     from onenip.training import load_images
 
-    images, _ = load_images(list(paths), detector.geometry_)
+    images, _ = load_images(list(paths), detector.geometry(category))
     turned = (images.float() / 255).flip(-2, -1)
     features = extract_features(detector.feature_extractor, turned.to(device), detector.backbone_cfg, params.train.feature_batch_size)
     return Features(features.coarse.half().float(), None if features.fine is None else features.fine.half().float()).to(device)
@@ -404,8 +421,7 @@ def validation_scores(detector: GeneralistDetector, category: int, normal_featur
     from onenip.synthesis import AnomalySynthesizer
     from onenip.training import load_images
 
-    candidates = scoring_candidates(params, len(detector.prompt(category).coarse))
-    images, _ = load_images(list(anomaly_sources), detector.geometry_)
+    images, _ = load_images(list(anomaly_sources), detector.geometry(category))
     # full strength: validation.anomaly_strength fades OneNIP's saturated validation, not this one (AUROCs about 0.8)
     synthesizer = AnomalySynthesizer(methods=params.validation.methods)
     generator = torch.Generator().manual_seed(params.train.seed)
@@ -414,6 +430,17 @@ def validation_scores(detector: GeneralistDetector, category: int, normal_featur
     features = extract_features(detector.feature_extractor, anomalous.to(device), detector.backbone_cfg, params.train.feature_batch_size)
     # rounded as the feature cache rounds the normals (float16), so both sides carry the same error
     features = Features(features.coarse.half().float(), None if features.fine is None else features.fine.half().float()).to(device)
+    normal, anomaly = candidate_scores(detector, category, normal_features, features, params)
+    return ValidationScores(normal, anomaly, [str(result.method) for result in made])
+
+
+@torch.no_grad()
+def candidate_scores(detector: GeneralistDetector, category: int, normal_features: Features, anomaly_features: Features,
+                     params: Params) -> tuple[dict[tuple[str, float], Tensor], dict[tuple[str, float], Tensor]]:  # fmt: skip
+    """Every candidate of ``scoring_candidates``'s image scores of ``normal_features`` and of
+    ``anomaly_features`` (both at the category's input)."""
+    candidates = scoring_candidates(params, len(detector.prompt(category).coarse))
+    features = anomaly_features
     prompts = detector.prompt(category)
     normal: dict[tuple[str, float], Tensor] = {}
     anomaly: dict[tuple[str, float], Tensor] = {}
@@ -430,7 +457,7 @@ def validation_scores(detector: GeneralistDetector, category: int, normal_featur
         if (residual, 0.0) in candidates:
             normal[(residual, 0.0)] = detector.neighbourhood_residual(normal_features, bank)[1]
             anomaly[(residual, 0.0)] = detector.neighbourhood_residual(features, bank)[1]
-    return ValidationScores(normal, anomaly, [str(result.method) for result in made])
+    return normal, anomaly
 
 
 def choose_scoring(detector: GeneralistDetector, category: int, normal_features: Features, anomaly_sources: Sequence[str],

@@ -298,7 +298,8 @@ def register_onboarded(
     model = registry.model_name(params, dataset, c)
     experiment = registry.experiment_id(client, params, dataset, project_root)
     tags = {"onenip.category": c, "onenip.kind": "onboarded-inctrl", "onenip.shots": str(result.shots), "onenip.dataset": dataset,
-            "onenip.code_version": jobs.code_version(), "onenip.generalist": generalist, "onenip.residual": result.residual}  # fmt: skip
+            "onenip.code_version": jobs.code_version(), "onenip.generalist": generalist, "onenip.residual": result.residual,
+            "onenip.input_size": "x".join(str(v) for v in result.input_size)}  # fmt: skip
     run_id = registry.start_run(client, experiment, f"onboard-{c}", tags)
     try:
         prompts_csv = result.model_dir.parent / "prompts.csv"

@@ -15,6 +15,9 @@ neighbourhoods on its own grid) and each patch's Euclidean distance to its neare
 image score PatchCore's (the maximum reweighted as its paper's eq. 7, ``reweighted_image_score``): it is
 PatchCore with the k prompts as memory bank. The second has no trained part; it is there for categories whose texture the
 head and the per-patch cosine do not carry over to (magnetic_tile in the leave-one-out benchmark).
+An onboarded category may keep its own aspect (``generalist.keep_aspect``, the input a trained OneNIP
+model of it gets, never letterboxed): both residuals are searches that take any grid, and the head,
+trained on square inputs, reads that category's residual map resampled to its own grid.
 ``neighbourhood_rotated`` is the same with each prompt also seen turned by 180 degrees (its backbone features
 stored beside the prompts): k images show few of the orientations a surface's normal patches come in, and a
 half turn keeps handedness, so a mirrored part still differs from every bank patch.
@@ -59,6 +62,13 @@ def layers_of(features: Features, fine_dims: Sequence[int]) -> list[Tensor]:
     return [*torch.split(features.fine, list(fine_dims), dim=1), features.coarse]
 
 
+def _fine_grid_of(features: Features) -> tuple[int, int]:
+    if features.fine is None:
+        msg = "the generalist needs fine backbone stages (model.backbone.fine_indices)"
+        raise ValueError(msg)
+    return (int(features.fine.shape[-2]), int(features.fine.shape[-1]))
+
+
 def token_of(features: Features) -> Tensor:
     return features.coarse.mean(dim=(-2, -1))
 
@@ -69,7 +79,8 @@ class GeneralistDetector(nn.Module):
     kind = KIND
 
     def __init__(self, backbone: BackboneParams, categories: Sequence[str] = (), shots: Sequence[int] = (), *,
-                 pretrained: bool = True, smoothing_sigma: float = 4.0, holistic_input: str = "map") -> None:  # fmt: skip
+                 pretrained: bool = True, smoothing_sigma: float = 4.0, holistic_input: str = "map",
+                 geometries: Sequence[InputGeometry | None] = ()) -> None:  # fmt: skip
         super().__init__()
         self.backbone_cfg = backbone
         self.feature_extractor = build_feature_extractor(backbone, pretrained=pretrained)
@@ -78,21 +89,24 @@ class GeneralistDetector(nn.Module):
             msg = "the generalist needs fine backbone stages: set model.backbone.fine_indices"
             raise ValueError(msg)
         self.geometry_ = square_geometry(backbone.input_size)
-        coarse = self.geometry_.grid(backbone.feature_stride)
-        ratio = backbone.feature_stride // extractor.fine_stride
-        self.grid = (coarse[0] * ratio, coarse[1] * ratio)
+        self.grid = self.fine_grid(self.geometry_)  # the head's: it was trained on square inputs
         self.head = InCTRLHead(self.grid, extractor.num_features, holistic_input=holistic_input)
         self.smoothing_sigma = float(smoothing_sigma)
         # the neighbourhood residual's image score: PatchCore's reweighting over this many bank patches
         # (1: the plain maximum, what models saved before the reweighting scored with)
         self.neighbourhood_neighbours = PATCHCORE_NEIGHBOURS
         self.categories: list[str] = []
+        self.geometries: list[InputGeometry] = []
+        """Each onboarded category's input (its own aspect, or ``geometry_``)."""
         self.metadata: dict[str, Any] = {}
         self.register_buffer("score_threshold", torch.zeros(0))
         self.register_buffer("head_weight", torch.zeros(0))
         self.register_buffer("residual_kind", torch.zeros(0, dtype=torch.long))  # index into RESIDUALS
-        for category, k in zip(categories, shots, strict=True):
-            self.add_category(category, torch.zeros(k, extractor.num_features, *coarse), torch.zeros(k, extractor.num_fine_features, *self.grid))
+        geometries = list(geometries) or [None] * len(categories)
+        for category, k, geometry in zip(categories, shots, geometries, strict=True):
+            geometry = geometry or self.geometry_
+            self.add_category(category, torch.zeros(k, extractor.num_features, *geometry.grid(backbone.feature_stride)),
+                              torch.zeros(k, extractor.num_fine_features, *self.fine_grid(geometry)), geometry=geometry)  # fmt: skip
 
     # -- the interface Predictor uses --------------------------------------------------------------
     @property
@@ -107,24 +121,39 @@ class GeneralistDetector(nn.Module):
             raise ValueError(msg) from None
 
     def geometry(self, category: str | int) -> InputGeometry:
-        if isinstance(category, str):
-            self.category_index(category)
-        return self.geometry_
+        index = self.category_index(category) if isinstance(category, str) else int(category)
+        return self.geometries[index]
+
+    def fine_grid(self, geometry: InputGeometry) -> tuple[int, int]:
+        """The residual map's (H, W) for inputs of ``geometry``: the fine stages' grid."""
+        coarse = geometry.grid(self.backbone_cfg.feature_stride)
+        ratio = self.backbone_cfg.feature_stride // self.feature_extractor.fine_stride
+        return (coarse[0] * ratio, coarse[1] * ratio)
 
     def prompt(self, k: int) -> Features:
         return Features(getattr(self, f"prompt_{k}"), getattr(self, f"prompt_fine_{k}"))
 
     def add_category(self, category: str, coarse: Tensor, fine: Tensor, threshold: float = float("inf"),
-                     head_weight: float = INCTRL_HEAD_WEIGHT, residual: str = "inctrl") -> int:  # fmt: skip
-        """Store a category's k prompt features (onboarding); returns its index."""
+                     head_weight: float = INCTRL_HEAD_WEIGHT, residual: str = "inctrl", geometry: InputGeometry | None = None) -> int:  # fmt: skip
+        """Store a category's k prompt features (onboarding), taken at ``geometry`` (default the
+        generalist's square input; never letterboxed); returns its index."""
         if category in self.categories:
             msg = f"category {category!r} is already onboarded"
             raise ValueError(msg)
         if residual not in RESIDUALS:
             msg = f"residual must be one of {RESIDUALS}, got {residual!r}"
             raise ValueError(msg)
+        geometry = geometry or self.geometry_
+        if geometry.letterbox:
+            # padding would be compared with padding by the nearest-patch residuals
+            msg = f"category {category!r}: the generalist takes no letterboxed input ({geometry.key()})"
+            raise ValueError(msg)
+        if tuple(coarse.shape[-2:]) != geometry.grid(self.backbone_cfg.feature_stride):
+            msg = f"category {category!r}: prompt features {tuple(coarse.shape)} are not of its input {geometry.key()}"
+            raise ValueError(msg)
         k = len(self.categories)
         self.categories.append(category)
+        self.geometries.append(geometry)
         device = self.score_threshold.device  # where the detector is (the features may come from a CPU cache)
         self.register_buffer(f"prompt_{k}", coarse.detach().float().clone().to(device))
         self.register_buffer(f"prompt_fine_{k}", fine.detach().float().clone().to(device))
@@ -184,7 +213,9 @@ class GeneralistDetector(nn.Module):
             flat = Features(prompts.coarse.flatten(0, 1), prompts.fine.flatten(0, 1))  # type: ignore[union-attr]
             prompt_layers = [layer.view(b, k, *layer.shape[1:]) for layer in layers_of(flat, fine_dims)]
             prompt_tokens = token_of(flat).view(b, k, -1)
-        return self.head(layers_of(features, fine_dims), prompt_layers, token_of(features), prompt_tokens)
+        grid = _fine_grid_of(features)
+        return self.head(layers_of(features, fine_dims), prompt_layers, token_of(features), prompt_tokens,
+                         grid=None if grid == self.grid else grid)  # fmt: skip
 
     def neighbourhood_layers(self, features: Features) -> list[Tensor]:
         """The fine stages as PatchCore reads them (``onenip.models.memory.patchcore_layers``)."""
@@ -197,8 +228,9 @@ class GeneralistDetector(nn.Module):
         """PatchCore with the (K, ...) prompts as its memory bank: ((B, H, W) each query patch's distance
         to the nearest prompt patch in PatchCore's 3x3-neighbourhood features, on the fine grid; (B,) its
         image score, the largest distance reweighted as PatchCore does (``reweighted_image_score``))."""
-        query = neighbourhood_embedding(self.neighbourhood_layers(features), self.grid)
-        prompt_embedding = neighbourhood_embedding(self.neighbourhood_layers(prompts), self.grid)
+        grid = _fine_grid_of(features)
+        query = neighbourhood_embedding(self.neighbourhood_layers(features), grid)
+        prompt_embedding = neighbourhood_embedding(self.neighbourhood_layers(prompts), grid)
         distances, indices = nearest_patches(query, prompt_embedding)
         bank = patch_bank(prompt_embedding)
         return distances, reweighted_image_score(query, bank, distances, indices, self.neighbourhood_neighbours)
@@ -219,7 +251,7 @@ class GeneralistDetector(nn.Module):
 
     def forward_features(self, features: Features, category: int, valid: Tensor | None = None) -> DetectorOutput:
         residual, score = self.category_scores(features, category)
-        size = self.geometry_.size
+        size = self.geometry(category).size
         anomaly_map = nn.functional.interpolate(residual[:, None], size=size, mode="bilinear", align_corners=False)
         anomaly_map = masked_gaussian_smooth(anomaly_map, self.smoothing_sigma, valid)
         return DetectorOutput(anomaly_map, score, [None, None, anomaly_map])
@@ -241,6 +273,7 @@ class GeneralistDetector(nn.Module):
             "format_version": FORMAT_VERSION,
             "backbone": self.backbone_cfg.model_dump(mode="json"),
             "categories": self.categories,
+            "geometries": [g.to_dict() for g in self.geometries],
             "shots": [int(getattr(self, f"prompt_{k}").shape[0]) for k in range(len(self.categories))],
             "rotated_shots": [int(self.rotated_prompts(k).coarse.shape[0]) for k in range(len(self.categories))],
             "smoothing_sigma": self.smoothing_sigma,
@@ -262,7 +295,9 @@ class GeneralistDetector(nn.Module):
             raise ModelLoadError(msg)
         detector = cls(BackboneParams.model_validate(config["backbone"]), config["categories"], config["shots"],
                        pretrained=False, smoothing_sigma=config.get("smoothing_sigma", 4.0),
-                       holistic_input=config.get("holistic_input", "map"))  # fmt: skip
+                       holistic_input=config.get("holistic_input", "map"),
+                       # models onboarded before per-category inputs: the generalist's square
+                       geometries=[InputGeometry.from_dict(g) for g in config.get("geometries", [])])  # fmt: skip
         for k, count in enumerate(config.get("rotated_shots", [])):
             prompt = detector.prompt(k)
             shape = (int(count),)

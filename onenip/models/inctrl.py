@@ -178,7 +178,7 @@ class InCTRLOutput(NamedTuple):
     image_score: Tensor
     """(B,) image-level residual score (trained with its own focal term)."""
     residual_map: Tensor
-    """(B, H, W) multi-layer patch residual on the head's grid."""
+    """(B, H, W) multi-layer patch residual on the head's grid (or the one ``forward`` was given)."""
     holistic_score: Tensor
     """(B,)"""
 
@@ -207,16 +207,22 @@ class InCTRLHead(nn.Module):
 
     def forward(
         self, query_layers: list[Tensor], prompt_layers: list[Tensor], query_token: Tensor, prompt_tokens: Tensor,
+        grid: tuple[int, int] | None = None,
     ) -> InCTRLOutput:
         """``prompt_layers``: per layer (K, C, h, w) shared or (B, K, C, h, w) per query;
-        ``prompt_tokens``: (K, D) shared or (B, K, D)."""
-        residual = multi_layer_residual(query_layers, prompt_layers, self.grid)
+        ``prompt_tokens``: (K, D) shared or (B, K, D). ``grid``: the residual map's (H, W) when the
+        category's input is not the head's (an onboarded category at its own aspect); the holistic MLP
+        then reads the map resampled to the head's grid, as a squashed image would have given it."""
+        residual = multi_layer_residual(query_layers, prompt_layers, self.grid if grid is None else grid)
         if prompt_tokens.dim() == 2:
             prompt_tokens = prompt_tokens.unsqueeze(0).expand(query_token.shape[0], *prompt_tokens.shape)
         token_residual = self.adapter(prompt_tokens).mean(dim=1) - self.adapter(query_token)
         image_score = self.image_head(token_residual)
         flat = residual.flatten(1)
-        ordered = flat.sort(dim=1, descending=True).values if self.holistic_input == "sorted" else flat
+        holistic_map = residual if tuple(residual.shape[-2:]) == self.grid else F.interpolate(
+            residual[:, None], size=self.grid, mode="bilinear", align_corners=False, antialias=True)[:, 0]  # fmt: skip
+        holistic_flat = holistic_map.flatten(1)
+        ordered = holistic_flat.sort(dim=1, descending=True).values if self.holistic_input == "sorted" else holistic_flat
         holistic = self.holistic_head(ordered + image_score[:, None])
         score = (holistic + flat.amax(dim=1)) / 2
         return InCTRLOutput(score, image_score, residual, holistic)

@@ -48,6 +48,7 @@ def test_generalist_then_onboard_then_predict(project: Path, prefect_harness: No
     version = client.get_model_version_by_alias("onenip-widgets-gear", "champion")
     assert version.tags["onenip.generalist"] == f"models:/onenip-generalist/{trained['version']}"  # the version, not the alias
     assert version.tags["onenip.kind"] == "onboarded-inctrl" and version.tags["onenip.shots"] == "2"
+    assert version.tags["onenip.input_size"] == "64x64"  # the input it was onboarded at (square images: the generalist's)
     assert version.tags["onenip.runtime"] == "torch" and len(version.tags["onenip.prompts"].split(";")) == 2
     run_metrics = client.get_run(version.run_id).data.metrics  # the head weight onboarding chose is on the run
     assert run_metrics["head_weight"] in (0.0, 0.25, 0.5, 0.75, 1.0) and "threshold" in run_metrics

@@ -219,7 +219,7 @@ def test_onboarding_chooses_the_residual_and_head_weight_on_training_data(traine
     from onenip.generalist import rotated_prompt_features
 
     stored = model.rotated_prompts(0)
-    expected_bank = rotated_prompt_features(model, turned.prompt_paths, params, torch.device("cpu"))
+    expected_bank = rotated_prompt_features(model, 0, turned.prompt_paths, params, torch.device("cpu"))
     assert torch.equal(stored.coarse, expected_bank.coarse) and torch.equal(stored.fine, expected_bank.fine)  # type: ignore[arg-type]
     assert not torch.equal(stored.fine, model.prompt(0).fine)  # type: ignore[arg-type]
     with torch.no_grad():
@@ -270,3 +270,55 @@ def test_onboarding_scores_with_the_generalists_own_input_and_leaves_no_stale_ev
     shutil.rmtree(copy / "gear" / "ground_truth")
     again = onboard_category(generalist, copy, "gear", 2, params, tmp_path / "gear", progress=False)
     assert again.metrics == {} and not (tmp_path / "gear" / "eval").exists()
+
+
+def test_onboarding_keeps_a_categorys_own_aspect_when_asked(trained: tuple[Path, Path, Params], tmp_path: Path) -> None:
+    """generalist.keep_aspect (the default): an elongated category is onboarded, saved, evaluated and
+    predicted at the input a trained model of it gets (40 x 100 images at 64 px: 48 x 96), not squashed
+    to 64 x 64."""
+    import numpy as np
+    from PIL import Image
+
+    from onenip.models.generalist import GeneralistDetector
+
+    _, generalist, params = trained
+    root = make_mvtec_tree(tmp_path / "data", categories=("strip",), n_train=10, n_test_good=3, n_test_bad=3, shapes={"strip": (40, 100)})
+    result = onboard_category(generalist, root, "strip", 2, params, tmp_path / "strip", progress=False)
+    detector = GeneralistDetector.load(result.model_dir)
+    assert detector.geometry("strip").size == (48, 96) and not detector.geometry("strip").letterbox
+    assert tuple(detector.prompt(0).coarse.shape[-2:]) == (3, 6) and tuple(detector.prompt(0).fine.shape[-2:]) == (6, 12)  # type: ignore[union-attr]
+    assert detector.geometry_.size == (64, 64) and detector.head.grid == (8, 8)  # the head keeps its square grid
+    assert set(result.metrics) >= {"image_AUROC", "pixel_AUROC"} and result.has_masks
+    [prediction] = Predictor.load(result.model_dir, runtime="torch").predict(
+        [Image.open(sorted((root / "strip" / "test").rglob("*.png"))[0]).convert("RGB")], return_maps=True)  # fmt: skip
+    assert prediction.anomaly_map is not None and prediction.anomaly_map.shape == (48, 96)  # the input grid, as a trained model's
+    assert np.isfinite(prediction.score)
+    # with the option off the same category is squashed to the generalist's square, as before
+    square_params = params.model_copy(update={"generalist": params.generalist.model_copy(update={"keep_aspect": False})})
+    square = onboard_category(generalist, root, "strip", 2, square_params, tmp_path / "square", progress=False)
+    assert GeneralistDetector.load(square.model_dir).geometry("strip").size == (64, 64)
+
+
+def test_a_category_whose_aspects_vary_is_onboarded_square() -> None:
+    import pandas as pd
+    import torch
+
+    from onenip.config import BackboneParams
+    from onenip.data.geometry import InputGeometry
+    from onenip.generalist import onboarding_geometry
+    from onenip.models.generalist import GeneralistDetector
+
+    detector = GeneralistDetector(BackboneParams(input_size=64), pretrained=False)
+    params = Params()
+    one_aspect = pd.DataFrame({"height": [40, 80, 40], "width": [100, 200, 100]})
+    varied = pd.DataFrame({"height": [40, 100, 64, 50], "width": [100, 40, 64, 120]})
+    assert onboarding_geometry(detector, one_aspect, params).size == (48, 96)
+    assert onboarding_geometry(detector, varied, params) == detector.geometry_  # letterboxing would pad: square
+    off = Params.model_validate({"generalist": {"keep_aspect": False}})
+    assert onboarding_geometry(detector, one_aspect, off) == detector.geometry_
+    coarse = torch.zeros(1, detector.feature_extractor.num_features, 3, 6)
+    fine = torch.zeros(1, detector.feature_extractor.num_fine_features, 6, 12)
+    with pytest.raises(ValueError, match="no letterboxed input"):
+        detector.add_category("x", coarse, fine, geometry=InputGeometry(48, 96, True))
+    with pytest.raises(ValueError, match="are not of its input 64x64"):
+        detector.add_category("x", coarse, fine)

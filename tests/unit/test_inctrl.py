@@ -346,3 +346,24 @@ def test_onboarded_prompts_live_where_the_detector_is() -> None:
     k = detector.add_category("a", features.coarse, features.fine)  # type: ignore[arg-type]
     prompt = detector.prompt(k)
     assert prompt.coarse.device.type == prompt.fine.device.type == detector.score_threshold.device.type == "meta"  # type: ignore[union-attr]
+
+
+def test_head_scores_a_non_square_map_and_reads_it_resampled_to_its_grid() -> None:
+    """An onboarded category at its own aspect: the residual map keeps that grid (its max scores the
+    image), and the holistic MLP reads the map resampled to the head's own grid."""
+    from onenip.models.inctrl import InCTRLHead, multi_layer_residual
+
+    torch.manual_seed(0)
+    head = InCTRLHead((4, 4), token_dim=6).eval()
+    query = [torch.randn(2, 5, 3, 8), torch.randn(2, 6, 3, 8)]
+    prompts = [torch.randn(2, 5, 3, 8), torch.randn(2, 6, 3, 8)]
+    query_token, prompt_tokens = torch.randn(2, 6), torch.randn(2, 6)
+    with torch.no_grad():
+        out = head(query, prompts, query_token, prompt_tokens, grid=(3, 8))
+        residual = multi_layer_residual(query, prompts, (3, 8))
+        resampled = F.interpolate(residual[:, None], size=(4, 4), mode="bilinear", align_corners=False, antialias=True)[:, 0]
+        holistic = head.holistic_head(resampled.flatten(1) + out.image_score[:, None])
+    assert out.residual_map.shape == (2, 3, 8)
+    torch.testing.assert_close(out.residual_map, residual)
+    torch.testing.assert_close(out.holistic_score, holistic)
+    torch.testing.assert_close(out.score, (holistic + residual.flatten(1).amax(dim=1)) / 2)
