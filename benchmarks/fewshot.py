@@ -103,6 +103,8 @@ def main() -> int:
                         help="override generalist.keep_aspect (true: each left-out category onboarded at its own aspect)")
     parser.add_argument("--residuals", nargs="+", default=None, help="override generalist.residuals (what onboarding chooses among)")
     parser.add_argument("--no-patchcore", action="store_true")
+    parser.add_argument("--patchcore-input", nargs=2, type=int, default=None, metavar=("HEIGHT", "WIDTH"),
+                        help="fit PatchCore at this input instead of 256 x 256 (e.g. an onboarded category's own aspect)")
     parser.add_argument("--patchcore-from", type=Path, default=None,
                         help="reuse PatchCore's rows of an earlier fewshot.json (same left-out, k and trials: the prompt sets are "
                              "seeded, so they are the same images) instead of refitting it")  # fmt: skip
@@ -186,12 +188,14 @@ def main() -> int:
                         from benchmarks.peers import run_peer
 
                         few = manifest[(manifest["split"] == "test") | manifest["image_path"].isin(prompts)]
-                        peer = run_peer("patchcore", left_out, root, coreset_ratio=1.0, manifest=few, num_timed_single=1)
+                        peer = run_peer("patchcore", left_out, root, coreset_ratio=1.0, manifest=few, num_timed_single=1,
+                                        input_size=tuple(args.patchcore_input) if args.patchcore_input else None)  # fmt: skip
                         patchcore_runs.append({m: peer["metrics"].get(m) for m in METRICS} | {"seconds": peer["train_minutes"] * 60})
                 row = {"left_out": left_out, "auxiliary": auxiliary, "shots": shots, "trials": args.trials,
                        "generalist_train_minutes": train_minutes, "generalist_validation": trained.validation if trained else None,
                        "generalist": summarise(generalist_runs),
                        "patchcore": earlier.get((left_out, shots, args.trials)) or summarise(patchcore_runs),
+                       "patchcore_input": list(args.patchcore_input) if args.patchcore_input and not earlier else [256, 256],
                        "onenip_transfer": summarise(transfer_runs.get(shots, [])), "onenip_transfer_train_minutes": transfer_minutes,
                        "generalist_trials": trial_runs}  # fmt: skip
                 rows.append(row)

@@ -5,7 +5,9 @@ For generalists already trained leave-one-category-out (``--trained`` with ``{le
 images from the same seeded prompt sets as ``fewshot.py`` and report image AUROC of: the final score
 (mean of the holistic head and the max patch residual, what onboarding uses), the max patch residual
 alone (no trained part), the holistic head alone, the image-level residual head alone. Only cached
-backbone features and the head run, so one category takes seconds to a few minutes.
+backbone features and the head run, so one category takes seconds to a few minutes. Every category is
+scored at the generalist's square input, as onboarding did before ``generalist.keep_aspect`` (a record of
+the head's parts, not of what onboarding now does on a category with its own aspect, such as kolektor).
 
     .venv/bin/python benchmarks/fewshot_components.py --elpv /tmp/elpv --trained 'runs/gen-{left_out}/model' \\
         --out benchmarks/results/fewshot-components.json

@@ -66,6 +66,8 @@ def main() -> int:
     from onenip.metrics import image_auroc
 
     base = load_params(args.params)
+    if "neighbourhood_rotated" in base.generalist.residuals:
+        raise SystemExit("onboard_aspect.py does not build the rotated bank: leave neighbourhood_rotated out of generalist.residuals")
     inputs = {name: base.model_copy(update={"generalist": base.generalist.model_copy(update={"keep_aspect": keep})})
               for name, keep in (("square", False), ("native", True))}  # fmt: skip
     originals: dict[str, tuple[torch.Tensor, str]] = {}
@@ -81,6 +83,8 @@ def main() -> int:
             cell: dict[str, Any] = {"left_out": left_out, "shots": k, "trial": trial}
             for name, params in inputs.items():
                 state = prepare_onboarding(generalist, args.root, left_out, k, params, progress=False, prompt_paths=prompts)
+                if len(state.calibration) < params.validation.min_normals:  # onboarding would not choose here either
+                    continue
                 detector, index = state.detector, state.index
                 geometry = detector.geometry(index)
                 paths = state.validation_paths()
@@ -89,7 +93,7 @@ def main() -> int:
                         originals[path] = anomalous_original(path, base)
                     key = (path, geometry.key())
                     if key not in anomaly_features:
-                        # resized and rounded to 8 bits as the normals are loaded, then float16 as they are cached
+                        # resized, rounded to 8 bits as onboarding's validation images are, float16 as features are cached
                         image = (geometry.apply(originals[path][0]) * 255).round() / 255
                         found = extract_features(detector.feature_extractor, image[None].to(state.device), detector.backbone_cfg, 1)
                         anomaly_features[key] = Features(found.coarse.half().float().cpu(), found.fine.half().float().cpu())  # type: ignore[union-attr]
@@ -102,7 +106,8 @@ def main() -> int:
                 cell[name] = {"input_size": list(geometry.size), "neighbourhood_AUROC": aurocs[("neighbourhood", 0.0)],
                               "chosen": list(chosen), "chosen_AUROC": float(image_auroc(scores[chosen], labels)),
                               "normals": int((labels == 0).sum()), "anomalies": int((labels == 1).sum())}  # fmt: skip
-            cells.append(cell)
+            if all(name in cell for name in inputs):
+                cells.append(cell)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps({"cells": cells}, indent=2))
     lines = ["| left out | cells | neighbourhood: square | native | chosen: square | native | native higher (neighbourhood / chosen) |",

@@ -69,6 +69,7 @@ from torch import Tensor, nn  # noqa: E402
 
 import onenip  # noqa: E402  (sets the offline environment before anomalib/timm are imported)
 from onenip.config import BackboneParams  # noqa: E402
+from onenip.data.geometry import InputGeometry  # noqa: E402
 from onenip.data.manifest import LabelName, Split, make_manifest, read_mask  # noqa: E402
 from onenip.data.transforms import load_image, normalize  # noqa: E402
 from onenip.metrics import compute_metrics, resize_maps_to_masks  # noqa: E402
@@ -173,7 +174,7 @@ def build_peer_model(method: str, *, n_features: int | None = None, num_neighbor
     return model
 
 
-def _load_batch(paths: Sequence[str], input_size: int, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+def _load_batch(paths: Sequence[str], input_size: int | InputGeometry, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     return normalize(torch.stack([load_image(path, input_size) for path in paths]), mean, std)
 
 
@@ -236,6 +237,7 @@ def run_peer(
     seed: int = DEFAULT_SEED,
     manifest: pd.DataFrame | None = None,
     progress: bool = False,
+    input_size: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Fit one peer on one category's train/good images, evaluate it on the test split, time it.
 
@@ -251,6 +253,8 @@ def run_peer(
         num_timed_single: test images timed one at a time (after 3 warm-up calls).
         seed: seeds torch before building (PaDiM's channel selection) and before the coreset (its start point).
         manifest: an already scanned manifest (rows of other categories are ignored).
+        input_size: (height, width) to squash every image to instead of ``PEER_INPUT_SIZE`` squared (to
+            compare with an onboarded category at its own aspect).
 
     Returns:
         A JSON-serialisable row: ``method``, ``category``, ``config``, ``metrics`` (``compute_metrics`` names),
@@ -266,7 +270,7 @@ def run_peer(
         raise PeerError(msg)
     backbone_params = BackboneParams()
     mean, std = backbone_params.mean, backbone_params.std
-    input_size = PEER_INPUT_SIZE
+    input_size: int | InputGeometry = PEER_INPUT_SIZE if input_size is None else InputGeometry(int(input_size[0]), int(input_size[1]))
 
     if manifest is None:
         manifest = make_manifest(root, [category], progress=progress)
@@ -354,8 +358,8 @@ def run_peer(
         "layers": list(PEER_LAYERS),
         "layer_strides": [int(r) for r in model.feature_extractor.reductions],
         "layer_channels": [int(c) for c in model.feature_extractor.out_dims],
-        "input_size": input_size,
-        "resize": "squash to input_size x input_size, bilinear, antialias (onenip.data.transforms.load_image)",
+        "input_size": input_size if isinstance(input_size, int) else list(input_size.size),
+        "resize": "squash to input_size, bilinear, antialias (onenip.data.transforms.load_image)",
         "mean": list(mean),
         "std": list(std),
         "anomaly_map_sigma": ANOMALY_MAP_SIGMA,

@@ -358,8 +358,9 @@ class GeneralistParams(_Section):
     for products whose normal look has no fixed orientation: measured, it was rarely chosen and made
     onboarding dearer, benchmarks/README "Few-shot: a rotated prompt bank"). Ties go to the earlier of these."""
     keep_aspect: bool = True
-    """Onboard a category at its own aspect (the input a trained OneNIP model of it gets, about
-    ``model.backbone.input_size`` squared pixels) instead of the generalist's square; a category whose
+    """Onboard a category at its own aspect (the input a trained OneNIP model of it gets: its
+    ``model.input_sizes`` entry, else its normal training images' aspect at about the generalist's input
+    size squared pixels) instead of the generalist's square; a category whose
     images' aspects vary stays square (letterboxing would make the nearest-patch residuals compare
     padding with padding). The generalist itself always trains on squares. Chosen on validation data:
     on kolektor left out, the same anomalies scored higher at its own aspect than squashed

@@ -29,7 +29,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from onenip.config import Params
-from onenip.data.geometry import InputGeometry, choose_geometry, square_geometry
+from onenip.data.geometry import InputGeometry, aspects_vary, choose_geometry, square_geometry
 from onenip.data.manifest import DatasetError, make_manifest
 from onenip.device import resolve_device
 from onenip.features import FeatureCache, Features
@@ -206,6 +206,7 @@ def prepare_onboarding(generalist_dir: str | Path, root: str | Path, category: s
     images and add the category: the part of ``onboard_category`` that every choice of scoring shares."""
     from onenip.training import select_prompts
 
+    input_size = params.model.input_sizes.get(category)  # the user's input for this category, read before it is cleared
     params = _generalist_params(params)
     device = resolve_device(params.train.device)
     manifest = make_manifest(root, [category], progress=False)
@@ -225,7 +226,7 @@ def prepare_onboarding(generalist_dir: str | Path, root: str | Path, category: s
                f"metrics and gate would be inflated; onboard it with a generalist trained without them")  # fmt: skip
         raise DatasetError(msg)
     # the generalist's own backbone (params.yaml may have changed since); the category's own aspect when asked
-    geometry = onboarding_geometry(detector, normals, params)
+    geometry = onboarding_geometry(detector, normals, params, input_size)
     cache = FeatureCache(params.train.cache_dir, detector.feature_extractor, detector.backbone_cfg)
     features = cache.get(normals["image_path"].tolist(), normals["sha256"].tolist(), geometry, progress=progress)
     if prompt_paths is None:
@@ -248,17 +249,27 @@ def prepare_onboarding(generalist_dir: str | Path, root: str | Path, category: s
     return state
 
 
-def onboarding_geometry(detector: GeneralistDetector, normals: pd.DataFrame, params: Params) -> InputGeometry:
+def onboarding_geometry(detector: GeneralistDetector, normals: pd.DataFrame, params: Params,
+                        input_size: Sequence[int] | None = None) -> InputGeometry:  # fmt: skip
     """The input a category is onboarded at: with ``generalist.keep_aspect`` the one a trained model of it
-    gets from its normal training images' sizes (``choose_geometry`` at the generalist's input size), else
-    the generalist's square. A category whose aspects vary stays square: letterboxed, the nearest-patch
-    residuals would compare padding with padding."""
+    gets, ``input_size`` (its ``model.input_sizes`` entry) or else from its normal training images' sizes
+    (``choose_geometry`` at the generalist's input size); without, the generalist's square. A category
+    whose aspects vary stays square: letterboxed, the nearest-patch residuals would compare padding with
+    padding."""
     if not params.generalist.keep_aspect:
         return detector.geometry_
     known = normals.dropna(subset=["width", "height"])
     cfg = detector.backbone_cfg
-    geometry = choose_geometry(known["height"].astype(int).tolist(), known["width"].astype(int).tolist(), cfg.input_size,
-                               multiple=cfg.feature_stride)  # fmt: skip
+    heights, widths = known["height"].astype(int).tolist(), known["width"].astype(int).tolist()
+    if input_size is not None:
+        height, width = (int(v) for v in input_size)
+        if height % cfg.feature_stride or width % cfg.feature_stride:
+            msg = f"model.input_sizes entry {[height, width]} must be multiples of the feature stride {cfg.feature_stride}"
+            raise DatasetError(msg)
+        aspects = np.asarray(widths, dtype=float) / np.maximum(np.asarray(heights, dtype=float), 1)
+        geometry = InputGeometry(height, width, aspects_vary(aspects))
+    else:
+        geometry = choose_geometry(heights, widths, cfg.input_size, multiple=cfg.feature_stride)
     return detector.geometry_ if geometry.letterbox else geometry
 
 

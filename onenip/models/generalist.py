@@ -47,7 +47,10 @@ from onenip.models.memory import patchcore_layers
 from onenip.models.onenip import masked_gaussian_smooth
 
 KIND = "inctrl"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: an onboarded category may have its own (non-square) input; a model whose inputs are all the
+generalist's square is still written as 1, so code from before reads it."""
+READABLE_FORMATS = (1, 2)
 INCTRL_HEAD_WEIGHT = 0.5
 """The holistic head's share of the image score in InCTRL: the mean of the head and the max residual."""
 RESIDUALS = ("inctrl", "neighbourhood", "neighbourhood_rotated")
@@ -122,6 +125,9 @@ class GeneralistDetector(nn.Module):
 
     def geometry(self, category: str | int) -> InputGeometry:
         index = self.category_index(category) if isinstance(category, str) else int(category)
+        if not 0 <= index < len(self.geometries):
+            msg = f"Category index {index} is out of range; this model knows {self.categories}"
+            raise ValueError(msg)
         return self.geometries[index]
 
     def fine_grid(self, geometry: InputGeometry) -> tuple[int, int]:
@@ -148,7 +154,7 @@ class GeneralistDetector(nn.Module):
             # padding would be compared with padding by the nearest-patch residuals
             msg = f"category {category!r}: the generalist takes no letterboxed input ({geometry.key()})"
             raise ValueError(msg)
-        if tuple(coarse.shape[-2:]) != geometry.grid(self.backbone_cfg.feature_stride):
+        if tuple(coarse.shape[-2:]) != geometry.grid(self.backbone_cfg.feature_stride) or tuple(fine.shape[-2:]) != self.fine_grid(geometry):
             msg = f"category {category!r}: prompt features {tuple(coarse.shape)} are not of its input {geometry.key()}"
             raise ValueError(msg)
         k = len(self.categories)
@@ -270,7 +276,7 @@ class GeneralistDetector(nn.Module):
             self.metadata = dict(metadata)
         config = {
             "kind": KIND,
-            "format_version": FORMAT_VERSION,
+            "format_version": FORMAT_VERSION if any(g != self.geometry_ for g in self.geometries) else 1,
             "backbone": self.backbone_cfg.model_dump(mode="json"),
             "categories": self.categories,
             "geometries": [g.to_dict() for g in self.geometries],
@@ -290,8 +296,8 @@ class GeneralistDetector(nn.Module):
     def load(cls, folder: str | Path, map_location: str | torch.device = "cpu") -> GeneralistDetector:
         folder = Path(folder)
         config = json.loads((folder / CONFIG_FILE).read_text())
-        if config.get("kind") != KIND or config.get("format_version") != FORMAT_VERSION:
-            msg = f"{folder} is not a generalist (InCTRL) model of format {FORMAT_VERSION}"
+        if config.get("kind") != KIND or config.get("format_version") not in READABLE_FORMATS:
+            msg = f"{folder} is not a generalist (InCTRL) model of a format this version reads ({READABLE_FORMATS})"
             raise ModelLoadError(msg)
         detector = cls(BackboneParams.model_validate(config["backbone"]), config["categories"], config["shots"],
                        pretrained=False, smoothing_sigma=config.get("smoothing_sigma", 4.0),

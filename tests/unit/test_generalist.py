@@ -3,6 +3,7 @@ from k normal images, predict through the same Predictor; clear errors for impos
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -288,6 +289,15 @@ def test_onboarding_keeps_a_categorys_own_aspect_when_asked(trained: tuple[Path,
     assert detector.geometry("strip").size == (48, 96) and not detector.geometry("strip").letterbox
     assert tuple(detector.prompt(0).coarse.shape[-2:]) == (3, 6) and tuple(detector.prompt(0).fine.shape[-2:]) == (6, 12)  # type: ignore[union-attr]
     assert detector.geometry_.size == (64, 64) and detector.head.grid == (8, 8)  # the head keeps its square grid
+    # both residuals score on the category's own fine grid (6 x 12), not the head's 8 x 8
+    import torch
+
+    queries = detector.extract(torch.rand(2, 3, 48, 96))
+    for residual in ("inctrl", "neighbourhood"):
+        detector.set_residual(0, residual)
+        with torch.no_grad():
+            assert tuple(detector.category_scores(queries, 0)[0].shape) == (2, 6, 12), residual
+    assert json.loads((result.model_dir / "onenip.json").read_text())["format_version"] == 2
     assert set(result.metrics) >= {"image_AUROC", "pixel_AUROC"} and result.has_masks
     [prediction] = Predictor.load(result.model_dir, runtime="torch").predict(
         [Image.open(sorted((root / "strip" / "test").rglob("*.png"))[0]).convert("RGB")], return_maps=True)  # fmt: skip
@@ -296,6 +306,17 @@ def test_onboarding_keeps_a_categorys_own_aspect_when_asked(trained: tuple[Path,
     # with the option off the same category is squashed to the generalist's square, as before
     square_params = params.model_copy(update={"generalist": params.generalist.model_copy(update={"keep_aspect": False})})
     square = onboard_category(generalist, root, "strip", 2, square_params, tmp_path / "square", progress=False)
+    assert GeneralistDetector.load(square.model_dir).geometry("strip").size == (64, 64)
+    assert json.loads((square.model_dir / "onenip.json").read_text())["format_version"] == 1  # readable by earlier versions
+    # the user's model.input_sizes entry for the category is honoured, as training honours it
+    sized = params.model_copy(update={"model": params.model.model_copy(update={"input_sizes": {"strip": (32, 128)}})})
+    fixed = onboard_category(generalist, root, "strip", 2, sized, tmp_path / "sized", progress=False)
+    assert fixed.input_size == (32, 128)
+    # a model onboarded before per-category inputs (no "geometries" in its config) loads as the square
+    config_path = square.model_dir / "onenip.json"
+    config = json.loads(config_path.read_text())
+    del config["geometries"]
+    config_path.write_text(json.dumps(config))
     assert GeneralistDetector.load(square.model_dir).geometry("strip").size == (64, 64)
 
 
@@ -322,3 +343,7 @@ def test_a_category_whose_aspects_vary_is_onboarded_square() -> None:
         detector.add_category("x", coarse, fine, geometry=InputGeometry(48, 96, True))
     with pytest.raises(ValueError, match="are not of its input 64x64"):
         detector.add_category("x", coarse, fine)
+    with pytest.raises(ValueError, match="are not of its input 48x96"):  # fine stages of another grid
+        detector.add_category("x", coarse, fine[..., :6], geometry=InputGeometry(48, 96))
+    with pytest.raises(ValueError, match="out of range"):
+        detector.geometry(0)
