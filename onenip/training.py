@@ -237,7 +237,8 @@ class SyntheticPool:
             image = data.fit_images[i].float() / 255
             foreground = None if data.fit_valid is None else data.fit_valid[i, 0]
             for _ in range(k):
-                result = synthesizer(image, generator, foreground_mask=foreground)
+                # a letterboxed image's anomaly is made on its content, sized as on an unpadded image
+                result = synthesizer(image, generator) if foreground is None else synthesizer.on_content(image, generator, foreground)
                 pending.append(result.image)
                 masks.append(area_pool_masks(result.mask[None], refiner_size)[0].half())
                 if len(pending) == batch_size:

@@ -100,8 +100,8 @@ def build_category_validation(
     methods = ["normal"] * len(normals)
     for i in range(len(normals)):
         for _ in range(cfg.anomalies_per_image):
-            fg = None if valid is None else valid[i, 0]
-            result = synthesizer(normals[i], generator, foreground_mask=fg)
+            # on a letterboxed image's content only, sized as on an unpadded image (AnomalySynthesizer.on_content)
+            result = synthesizer(normals[i], generator) if valid is None else synthesizer.on_content(normals[i], generator, valid[i, 0])
             pictures.append(result.image[None])
             masks.append(result.mask[None] > 0.5)
             if valid is not None:

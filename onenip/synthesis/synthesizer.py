@@ -253,6 +253,28 @@ class AnomalySynthesizer:
             return self.synthesize_batch(image, generator, foreground_masks=foreground_mask)
         return self._synthesize(image, _as_generator(generator, self._generator), foreground_mask)
 
+    def on_content(self, image: Tensor, generator: torch.Generator | int | None, content: Tensor) -> SynthesisResult:
+        """One anomaly on a letterboxed ``(3, H, W)`` image's content only (``content``: ``(H, W)`` or
+        ``(1, H, W)``, True on the image, False on the padding): made on the content's box alone, so it is
+        sized and checked as on an unpadded image of that content, then pasted back; the padding is left
+        as it was and its mask is 0. (The families size anomalies by the short side of what they are
+        given: on the padded input, a narrow product's anomalies would be up to twice as large.)"""
+        _check_image(image)
+        inside = content.reshape(image.shape[1:]).to(image.device)
+        inside = inside > 0.5 if inside.dtype != torch.bool else inside
+        rows, cols = inside.any(dim=1).nonzero().flatten(), inside.any(dim=0).nonzero().flatten()
+        if not len(rows):
+            msg = "content mask is empty: an anomaly restricted to it cannot be placed"
+            raise SynthesisError(msg)
+        top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        box = inside[top:bottom, left:right]
+        made = self._synthesize(image[:, top:bottom, left:right], _as_generator(generator, self._generator), None if bool(box.all()) else box)
+        out = image.clone()
+        out[:, top:bottom, left:right] = made.image
+        mask = torch.zeros(1, *image.shape[1:], dtype=made.mask.dtype, device=made.mask.device)
+        mask[:, top:bottom, left:right] = made.mask
+        return SynthesisResult(out, mask, made.is_anomalous, made.method)
+
     def synthesize_batch(
         self,
         images: Tensor,

@@ -448,3 +448,24 @@ def test_a_candidate_faded_below_min_change_is_retried() -> None:
     faint = AnomalySynthesizer(methods=("spots",), strength=(0.02, 0.02), min_change=0.05, max_tries=3)
     result = faint(image, torch.Generator().manual_seed(0))
     assert result.method == "fallback"  # every faded candidate changed the image too little
+
+
+@pytest.mark.parametrize("methods", [("perlin", "crack"), ("warp", "smudge", "spots")])
+def test_a_letterboxed_images_anomaly_is_made_on_its_content_alone(methods: tuple[str, ...]) -> None:
+    """on_content: the anomaly is exactly the one an unpadded image of the content gets (same draws, so
+    sized by the content's short side, not the padded input's), pasted back; the padding is untouched."""
+    synthesizer = AnomalySynthesizer(methods=methods)
+    content = torch.rand(3, 64, 24, generator=torch.Generator().manual_seed(3))
+    padded = torch.zeros(3, 64, 64)
+    padded[:, :, 20:44] = content
+    valid = torch.zeros(64, 64, dtype=torch.bool)
+    valid[:, 20:44] = True
+    made = synthesizer.on_content(padded, torch.Generator().manual_seed(5), valid)
+    alone = synthesizer(content, torch.Generator().manual_seed(5))
+    assert made.method == alone.method and bool(made.is_anomalous)
+    torch.testing.assert_close(made.image[:, :, 20:44], alone.image)
+    torch.testing.assert_close(made.mask[:, :, 20:44], alone.mask)
+    assert made.mask[:, :, :20].sum() == 0 and made.mask[:, :, 44:].sum() == 0
+    assert torch.equal(made.image[:, :, :20], padded[:, :, :20]) and torch.equal(made.image[:, :, 44:], padded[:, :, 44:])
+    with pytest.raises(SynthesisError, match="content mask is empty"):
+        synthesizer.on_content(padded, 0, torch.zeros(64, 64, dtype=torch.bool))
