@@ -29,7 +29,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from onenip.config import Params
-from onenip.data.geometry import InputGeometry, aspects_vary, choose_geometry, square_geometry
+from onenip.data.geometry import InputGeometry, square_geometry
 from onenip.data.manifest import DatasetError, make_manifest
 from onenip.device import resolve_device
 from onenip.features import FeatureCache, Features
@@ -252,24 +252,18 @@ def prepare_onboarding(generalist_dir: str | Path, root: str | Path, category: s
 def onboarding_geometry(detector: GeneralistDetector, normals: pd.DataFrame, params: Params,
                         input_size: Sequence[int] | None = None) -> InputGeometry:  # fmt: skip
     """The input a category is onboarded at: with ``generalist.keep_aspect`` the one a trained model of it
-    gets, ``input_size`` (its ``model.input_sizes`` entry) or else from its normal training images' sizes
-    (``choose_geometry`` at the generalist's input size); without, the generalist's square. A category
-    whose aspects vary stays square: letterboxed, the nearest-patch residuals would compare padding with
-    padding."""
-    if not params.generalist.keep_aspect:
+    gets (``onenip.training.choose_geometries`` at the generalist's backbone: ``input_size``, its
+    ``model.input_sizes`` entry, or else its normal training images' aspect); without, the generalist's
+    square. A category whose aspects vary stays square: letterboxed, the nearest-patch residuals would
+    compare padding with padding. ``normals``: the category's manifest rows."""
+    from onenip.training import choose_geometries
+
+    if not params.generalist.keep_aspect or normals.empty:
         return detector.geometry_
-    known = normals.dropna(subset=["width", "height"])
-    cfg = detector.backbone_cfg
-    heights, widths = known["height"].astype(int).tolist(), known["width"].astype(int).tolist()
-    if input_size is not None:
-        height, width = (int(v) for v in input_size)
-        if height % cfg.feature_stride or width % cfg.feature_stride:
-            msg = f"model.input_sizes entry {[height, width]} must be multiples of the feature stride {cfg.feature_stride}"
-            raise DatasetError(msg)
-        aspects = np.asarray(widths, dtype=float) / np.maximum(np.asarray(heights, dtype=float), 1)
-        geometry = InputGeometry(height, width, aspects_vary(aspects))
-    else:
-        geometry = choose_geometry(heights, widths, cfg.input_size, multiple=cfg.feature_stride)
+    category = str(normals["category"].iloc[0])
+    sizes = {category: tuple(int(v) for v in input_size)} if input_size is not None else {}
+    model = params.model.model_copy(update={"backbone": detector.backbone_cfg, "keep_aspect": True, "input_sizes": sizes})
+    geometry = choose_geometries(normals, params.model_copy(update={"model": model}), [category])[category]
     return detector.geometry_ if geometry.letterbox else geometry
 
 
@@ -451,12 +445,11 @@ def candidate_scores(detector: GeneralistDetector, category: int, normal_feature
     """Every candidate of ``scoring_candidates``'s image scores of ``normal_features`` and of
     ``anomaly_features`` (both at the category's input)."""
     candidates = scoring_candidates(params, len(detector.prompt(category).coarse))
-    features = anomaly_features
     prompts = detector.prompt(category)
     normal: dict[tuple[str, float], Tensor] = {}
     anomaly: dict[tuple[str, float], Tensor] = {}
     if any(residual == "inctrl" for residual, _ in candidates):
-        normal_out, anomaly_out = detector.score_features(normal_features, prompts), detector.score_features(features, prompts)
+        normal_out, anomaly_out = detector.score_features(normal_features, prompts), detector.score_features(anomaly_features, prompts)
         for residual, weight in candidates:
             if residual == "inctrl":
                 detector.head_weight[category] = weight
@@ -467,7 +460,7 @@ def candidate_scores(detector: GeneralistDetector, category: int, normal_feature
     for residual, bank in banks.items():
         if (residual, 0.0) in candidates:
             normal[(residual, 0.0)] = detector.neighbourhood_residual(normal_features, bank)[1]
-            anomaly[(residual, 0.0)] = detector.neighbourhood_residual(features, bank)[1]
+            anomaly[(residual, 0.0)] = detector.neighbourhood_residual(anomaly_features, bank)[1]
     return normal, anomaly
 
 

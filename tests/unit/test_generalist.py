@@ -331,12 +331,18 @@ def test_a_category_whose_aspects_vary_is_onboarded_square() -> None:
 
     detector = GeneralistDetector(BackboneParams(input_size=64), pretrained=False)
     params = Params()
-    one_aspect = pd.DataFrame({"height": [40, 80, 40], "width": [100, 200, 100]})
-    varied = pd.DataFrame({"height": [40, 100, 64, 50], "width": [100, 40, 64, 120]})
+    def rows(heights: list[int], widths: list[int]) -> pd.DataFrame:  # manifest rows of normal training images
+        return pd.DataFrame({"category": "x", "split": "train", "height": heights, "width": widths})
+
+    one_aspect = rows([40, 80, 40], [100, 200, 100])
+    varied = rows([40, 100, 64, 50], [100, 40, 64, 120])
     assert onboarding_geometry(detector, one_aspect, params).size == (48, 96)
     assert onboarding_geometry(detector, varied, params) == detector.geometry_  # letterboxing would pad: square
     off = Params.model_validate({"generalist": {"keep_aspect": False}})
     assert onboarding_geometry(detector, one_aspect, off) == detector.geometry_
+    assert onboarding_geometry(detector, one_aspect, params, (32, 128)).size == (32, 128)  # the user's model.input_sizes entry
+    with pytest.raises(DatasetError, match="multiples of the feature stride 16"):
+        onboarding_geometry(detector, one_aspect, params, (30, 128))
     coarse = torch.zeros(1, detector.feature_extractor.num_features, 3, 6)
     fine = torch.zeros(1, detector.feature_extractor.num_fine_features, 6, 12)
     with pytest.raises(ValueError, match="no letterboxed input"):
