@@ -37,6 +37,14 @@ class DataParams(_Section):
     test_every: int = Field(5, ge=2)
     """Converters without a given split send every n-th normal image (sorted order) to test."""
 
+    @field_validator("name")
+    @classmethod
+    def _not_the_prompts_folder(cls, value: str) -> str:
+        if value == "prompts":  # data/prompts holds onboarded categories' prompt images (onenip.jobs.track_prompts)
+            msg = "data.name 'prompts' is reserved: data/prompts versions onboarded categories' prompt images"
+            raise ValueError(msg)
+        return value
+
     @property
     def root(self) -> Path:
         return Path("data") / self.name

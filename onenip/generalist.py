@@ -282,6 +282,9 @@ class OnboardResult:
     residual: str = "inctrl"
     input_size: tuple[int, int] = (0, 0)
     """(height, width) the category is scored at."""
+    data_version: str = ""
+    """Content hash of the category's images (``onenip.jobs.category_data_versions``), as a trained
+    version records it."""
 
 
 def onboard_category(
@@ -300,6 +303,7 @@ def onboard_category(
     (chosen deterministically; ``prompt_paths`` gives them explicitly, e.g. random sets in a benchmark).
     ``source`` (``models:/onenip-generalist/3``) is recorded as the generalist instead of the folder."""
     from onenip.evaluation import evaluate
+    from onenip.jobs import category_data_versions
     from onenip.validation import check_validation_methods
 
     check_validation_methods(params)
@@ -358,7 +362,8 @@ def onboard_category(
                                  "prompt_paths": prompt_paths, "threshold": threshold, "calibration_images": len(calibration),
                                  "head_weight_selection": selection, "metrics": metrics})  # fmt: skip
     return OnboardResult(out, category, shots, prompt_paths, threshold, metrics, has_masks, time.perf_counter() - started,
-                         float(detector.head_weight[k]), selection, detector.residual(k), detector.geometry(k).size)
+                         float(detector.head_weight[k]), selection, detector.residual(k), detector.geometry(k).size,
+                         category_data_versions(manifest)[category])
 
 
 def _evenly_spaced(items: Sequence[int], count: int) -> list[int]:

@@ -97,6 +97,71 @@ def version_dataset(params: Params, project_root: str | Path = ".", *, push: boo
     return DatasetVersion(cfg.name, root, data_version, category_data_versions(manifest), imported, pushed)
 
 
+PROMPTS_DIR = Path("data") / "prompts"
+"""Where onboarded categories' prompt images are versioned: ``data/prompts/<dataset>/<category>``."""
+PROMPTS_TABLE = "prompts.csv"
+
+
+@dataclass(frozen=True)
+class PromptsVersion:
+    folder: Path
+    """``<project>/data/prompts/<dataset>/<category>``: copies of the prompt images and ``prompts.csv``."""
+    dvc_file: Path
+    """Its ``.dvc`` file, relative to the project (commit it with git, as a dataset's)."""
+    data_version: str
+    """DVC content hash of ``folder``."""
+    pushed: bool
+
+
+def track_prompts(params: Params, dataset: str, category: str, prompt_paths: Sequence[str | Path], project_root: str | Path = ".",
+                  *, push: bool = True) -> PromptsVersion:  # fmt: skip
+    """Version an onboarded category's prompts with DVC: the k images are copied (in prompt order, as
+    ``<i>_<name>``) into ``data/prompts/<dataset>/<category>`` with ``prompts.csv`` (each copy's source
+    path and sha256), that folder is ``dvc add``-ed and pushed like a dataset. The model holds only the
+    prompts' features; this keeps the images it was onboarded from when the source folder changes.
+    Onboarding again with other prompts replaces the folder (the old one stays in DVC's cache under
+    its hash, which the earlier model version records)."""
+    import csv
+    import shutil
+
+    from onenip.data.manifest import DatasetError, file_sha256
+    from onenip.data.versioning import STAGING_DIR, dvc_add, dvc_push, find_project_root, replace_dir
+
+    project_root = find_project_root(project_root)
+    for name, value in (("dataset", dataset), ("category", category)):
+        if not value or Path(value).name != value or value.startswith("."):
+            msg = f"{name} name {value!r} cannot name a folder under {PROMPTS_DIR}"
+            raise DatasetError(msg)
+    if (project_root / PROMPTS_DIR.with_suffix(".dvc")).is_file():
+        msg = f"{PROMPTS_DIR} is a dataset of its own ({PROMPTS_DIR}.dvc); onboarded prompts are versioned there, rename that dataset"
+        raise DatasetError(msg)
+    missing = [str(p) for p in prompt_paths if not Path(p).is_file()]
+    if missing or not prompt_paths:
+        msg = f"Prompt images of {category!r} not found: {missing or 'none given'}"
+        raise DatasetError(msg)
+    target = project_root / PROMPTS_DIR / dataset / category
+    staging = project_root / STAGING_DIR / f"prompts-{dataset}-{category}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    with (staging / PROMPTS_TABLE).open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["prompt", "file", "source", "sha256"])
+        for index, path in enumerate(prompt_paths):
+            copy = f"{index}_{Path(path).name}"
+            shutil.copy2(path, staging / copy)
+            writer.writerow([index, copy, str(Path(path).resolve()), file_sha256(path)])
+    target.parent.mkdir(parents=True, exist_ok=True)
+    replace_dir(staging, target)
+    data_version = dvc_add(target, project_root)
+    dvc_file = target.with_name(target.name + ".dvc").relative_to(project_root)
+    pushed = False
+    if push and params.pipeline.dvc_remote != "":
+        dvc_push([dvc_file], project_root, params.pipeline.dvc_remote)
+        pushed = True
+    return PromptsVersion(target, dvc_file, data_version, pushed)
+
+
 # -- validate ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ValidationOutcome:

@@ -8,9 +8,10 @@ default ``onenip-<dataset>-<category>``):
 - alias ``previous``: the champion before the last promotion (what ``onenip promote --rollback``
   returns to).
 - alias ``challenger``: the newest version that failed the gates.
-- version tags: ``onenip.gate`` (passed/failed), ``onenip.gate_reasons``, ``onenip.data_version``,
-  ``onenip.category_data_version``, ``onenip.cache_key``, ``onenip.code_version``, ``onenip.git_commit``,
-  ``onenip.metric.<name>``.
+- version tags: ``onenip.kind`` (``KINDS``), ``onenip.gate`` (passed/failed), ``onenip.gate_reasons``,
+  ``onenip.data_version``, ``onenip.category_data_version``, ``onenip.cache_key``, ``onenip.code_version``,
+  ``onenip.git_commit``, ``onenip.metric.<name>``; an onboarded version also ``onenip.prompts_data_version``
+  and ``onenip.prompts_dvc`` (its prompt images under DVC).
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ from onenip.gates import GateDecision, decide
 
 CHAMPION, PREVIOUS, CHALLENGER = "champion", "previous", "challenger"
 TAG_PREFIX = "onenip."
+KIND_TRAINED, KIND_ONBOARDED, KIND_GENERALIST = "trained-onenip", "onboarded-inctrl", "inctrl-generalist"
+"""``onenip.kind`` of a version: a OneNIP model trained on the category, a category onboarded from k
+prompts with no training, the generalist it was onboarded with. One registered model per category
+holds both of the first two, so a trained version replaces an onboarded champion through the gates."""
 
 
 class RegistryError(RuntimeError):
@@ -360,6 +365,8 @@ class VersionRow:
     run_id: str
     runtime: str = "-"
     """The runtime the served model scores with (onnx: graph exported at registration; torch)."""
+    kind: str = KIND_TRAINED
+    """``onenip.kind``; versions registered before the tag are all trained ones."""
 
 
 def describe(client: MlflowClient, prefix: str = "onenip-") -> list[VersionRow]:
@@ -383,6 +390,7 @@ def describe(client: MlflowClient, prefix: str = "onenip-") -> list[VersionRow]:
                     version_metrics(version),
                     version.run_id or "-",
                     version.tags.get(f"{TAG_PREFIX}runtime", "torch"),
+                    version.tags.get(f"{TAG_PREFIX}kind", KIND_TRAINED),
                 ),
             )
     return rows

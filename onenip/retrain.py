@@ -215,6 +215,7 @@ def register_category(
         "onenip.category_data_version": dataset.category_versions[c],
         "onenip.cache_key": cache_key,
         "onenip.network": network,
+        "onenip.kind": registry.KIND_TRAINED,
     }
     run_id = registry.start_run(client, tracking.experiment, c, tags, tracking.parent_run)
     try:
@@ -263,7 +264,7 @@ def record_generalist(client: Any, params: Params, result: Any, categories: list
     """The generalist's MLflow run (validation metrics on the auxiliary categories' training data only,
     the model files) and its registered version, gated on the mean validation image AUROC."""
     experiment = registry.experiment_id(client, params, "generalist", project_root)
-    tags = {"onenip.kind": "inctrl-generalist", "onenip.auxiliary_categories": ",".join(categories), "onenip.code_version": jobs.code_version()}
+    tags = {"onenip.kind": registry.KIND_GENERALIST, "onenip.auxiliary_categories": ",".join(categories), "onenip.code_version": jobs.code_version()}
     run_id = registry.start_run(client, experiment, "generalist", tags)
     registry.log_params(client, run_id, flatten_params(params))
     registry.log_metrics(client, run_id, dict(result.validation) | {"train_seconds": result.train_seconds})
@@ -286,31 +287,27 @@ def record_generalist(client: Any, params: Params, result: Any, categories: list
 
 
 def register_onboarded(
-    client: Any, params: Params, dataset: str, result: Any, root: Path, project_root: Path, *, generalist: str = "",
-) -> CategoryOutcome:
-    """Register an onboarded category like a trained one: run, version, gate, aliases; the kind and the
-    prompts are tags and artifacts of the version, so the registry shows which kind each version is."""
-    import csv
-
+    client: Any, params: Params, dataset: str, result: Any, prompts: jobs.PromptsVersion, project_root: Path, *, generalist: str = "",
+) -> CategoryOutcome:  # fmt: skip
+    """Register an onboarded category like a trained one: run, version, gate, aliases; the kind, the
+    prompts and their DVC version (``jobs.track_prompts``) are tags and artifacts of the version, so the
+    registry shows which kind each version is and which images it was onboarded from."""
     from onenip.data.manifest import read_image
 
     c = result.category
     model = registry.model_name(params, dataset, c)
     experiment = registry.experiment_id(client, params, dataset, project_root)
-    tags = {"onenip.category": c, "onenip.kind": "onboarded-inctrl", "onenip.shots": str(result.shots), "onenip.dataset": dataset,
+    tags = {"onenip.category": c, "onenip.kind": registry.KIND_ONBOARDED, "onenip.shots": str(result.shots), "onenip.dataset": dataset,
             "onenip.code_version": jobs.code_version(), "onenip.generalist": generalist, "onenip.residual": result.residual,
-            "onenip.input_size": "x".join(str(v) for v in result.input_size)}  # fmt: skip
+            "onenip.input_size": "x".join(str(v) for v in result.input_size), "onenip.category_data_version": result.data_version,
+            "onenip.prompts_data_version": prompts.data_version, "onenip.prompts_dvc": prompts.dvc_file.as_posix()}  # fmt: skip
     run_id = registry.start_run(client, experiment, f"onboard-{c}", tags)
     try:
-        prompts_csv = result.model_dir.parent / "prompts.csv"
-        with prompts_csv.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["prompt", "image_path"])
-            writer.writerows(enumerate(result.prompt_paths))
         registry.log_metrics(client, run_id, dict(result.metrics) | {"threshold": result.threshold, "onboard_seconds": result.seconds,
                                                                        "head_weight": result.head_weight})  # fmt: skip
         eval_dir = result.model_dir.parent / "eval"
-        registry.log_artifacts(client, run_id, {"prompts": prompts_csv, "evaluation": eval_dir if eval_dir.is_dir() else Path()})
+        registry.log_artifacts(client, run_id, {"prompts": prompts.folder / jobs.PROMPTS_TABLE,
+                                                "evaluation": eval_dir if eval_dir.is_dir() else Path()})  # fmt: skip
         tags = tags | {"onenip.prompts": ";".join(Path(p).name for p in result.prompt_paths)}
         example = read_image(result.prompt_paths[0])
         return _register_and_gate(client, params, dataset, run_id, result.model_dir, c, example, tags, result.metrics, result.has_masks)

@@ -217,6 +217,11 @@ def onboard(generalist_dir: Path, root: Path, category: str, shots: int, params:
     return onboard_category(generalist_dir, root, category, shots, params, out_dir, progress=True, source=source)
 
 
+@task(name="version prompts", cache_policy=NO_CACHE, retry_condition_fn=_transient, task_run_name="version prompts {category}")
+def version_prompts(params: Params, dataset: str, category: str, prompt_paths: list[str], project_root: Path) -> jobs.PromptsVersion:
+    return jobs.track_prompts(params, dataset, category, prompt_paths, project_root)
+
+
 def _setup(params_path: str, profile: str | None, project_root: str) -> tuple[Path, Params]:
     root_dir = Path(project_root).resolve()
     return root_dir, load_params(root_dir / params_path if not Path(params_path).is_absolute() else params_path, profile=profile)
@@ -240,7 +245,8 @@ def onboard_category(
     params_path: str = str(DEFAULT_PARAMS_PATH), profile: str | None = None, project_root: str = ".",
 ) -> dict[str, Any]:  # fmt: skip
     """A new category from k normal images and the generalist (a folder or a models:/ URI; default the
-    registered generalist's champion): prompts, threshold, evaluation, gate, register."""
+    registered generalist's champion): prompts, threshold, evaluation, the prompt images versioned with
+    DVC (``data/prompts/<dataset>/<category>``), gate, register."""
     root_dir, params = _setup(params_path, profile, project_root)
     name = dataset or params.data.name
     # the version the alias points at now: the onboarded model records which generalist made it
@@ -248,8 +254,9 @@ def onboard_category(
     generalist_dir = registry.resolve_model(source, params, root_dir).folder
     out_dir = root_dir / params.pipeline.runs_dir / name / "onboard" / category
     result = onboard(generalist_dir, Path(data_root), category, shots or params.generalist.shots, params, out_dir, source)
+    prompts = version_prompts(params, name, category, result.prompt_paths, root_dir)
     client = registry.connect(params, root_dir)
-    outcome = steps.register_onboarded(client, params, name, result, Path(data_root), root_dir, generalist=source)
+    outcome = steps.register_onboarded(client, params, name, result, prompts, root_dir, generalist=source)
     _markdown(_artifact_key(name, category), outcome.to_markdown(name, registry.tracking_uri(params, root_dir)), f"{category}: {outcome.status}")
     return outcome.to_dict()
 

@@ -108,7 +108,7 @@ def dvc_pull(targets: list[str | Path], project_root: str | Path, remote: str | 
     run_dvc(args, cwd=Path(project_root))
 
 
-def _replace_dir(new: Path, target: Path) -> None:
+def replace_dir(new: Path, target: Path) -> None:
     """Swap ``new`` into ``target`` so that a failure never leaves target half-written."""
     backup = target.with_name(f".{target.name}.previous")
     if backup.exists():
@@ -160,7 +160,7 @@ def import_dataset(
         validation.raise_for_failure()
         target = project_root / "data" / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        _replace_dir(staging, target)
+        replace_dir(staging, target)
         conversion.out = target  # the report names where the data now lives, not the staging folder
     finally:
         if staging.exists():

@@ -1,6 +1,7 @@
 """Few-shot onboarding through the flows: train the generalist on the project's categories, onboard an
-unseen category from k normal images, find it registered as champion with its prompts, and predict
-with it through the registry exactly like a trained model."""
+unseen category from k normal images, find it registered as champion with its prompts (versioned with
+DVC), predict with it through the registry exactly like a trained model, and upgrade it to a trained
+OneNIP model through the normal gates."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from onenip import registry
+from onenip import jobs, registry
 from onenip.config import load_params
+from onenip.data.manifest import file_sha256, make_manifest
+from onenip.data.versioning import read_data_version, run_dvc
 from tests.helpers.project import write_params
 from tests.helpers.trees import make_mvtec_tree
 
@@ -52,8 +55,19 @@ def test_generalist_then_onboard_then_predict(project: Path, prefect_harness: No
     assert version.tags["onenip.runtime"] == "torch" and len(version.tags["onenip.prompts"].split(";")) == 2
     run_metrics = client.get_run(version.run_id).data.metrics  # the head weight onboarding chose is on the run
     assert run_metrics["head_weight"] in (0.0, 0.25, 0.5, 0.75, 1.0) and "threshold" in run_metrics
+    assert version.tags["onenip.category_data_version"] == jobs.category_data_versions(make_manifest(new, ["gear"], progress=False))["gear"]
+    # the prompt images are versioned with DVC: copies in prompt order, a table naming their sources, pushed
+    folder, dvc_file = project / "data/prompts/widgets/gear", "data/prompts/widgets/gear.dvc"
+    assert version.tags["onenip.prompts_dvc"] == dvc_file
+    assert version.tags["onenip.prompts_data_version"] == read_data_version(project / dvc_file)
+    table = pd.read_csv(folder / "prompts.csv")
+    assert list(table["prompt"]) == [0, 1] and [Path(s).name for s in table["source"]] == version.tags["onenip.prompts"].split(";")
+    for row in table.itertuples():
+        assert file_sha256(folder / row.file) == file_sha256(row.source) == row.sha256
+    assert "in sync" in run_dvc(["status", "--cloud", dvc_file], project)
     listing = CliRunner().invoke(app, ["registry"])
     assert listing.exit_code == 0 and "onenip-widgets-gear" in listing.output
+    assert "onboarded-inctrl" in listing.output and "inctrl-generalist" in listing.output
 
     out = tmp_path / "pred"
     result = CliRunner().invoke(app, ["predict", str(new / "gear" / "test"), "--model", "models:/onenip-widgets-gear@champion",
@@ -69,3 +83,53 @@ def test_generalist_then_onboard_then_predict(project: Path, prefect_harness: No
     # a generalist alias that does not exist: one clear error naming it
     missing = CliRunner().invoke(app, ["onboard", "--data", str(new), "--category", "gear", "--generalist", "models:/onenip-generalist@nope"])
     assert missing.exit_code == 1 and isinstance(missing.exception, SystemExit) and "'nope'" in missing.output
+
+
+def test_onboarded_category_upgrades_to_trained_through_the_gates(project: Path, prefect_harness: None, tmp_path: Path) -> None:
+    """The same registered model holds the onboarded version and, later, a trained one: the trained
+    version is gated against the onboarded champion, and the registry names each version's kind."""
+    from pipelines.cli import app
+    from pipelines.flows import generalist, onboard_category, train_category
+
+    write_params(project, generalist={"epochs": 1, "batch_size": 8, "train_shots": [1, 2], "shots": 2})
+    source = Path(load_params(project / "params.yaml").data.source)
+    trained = generalist(str(source), ["plate", "widget"], "params.yaml", None, str(project))
+    new = make_mvtec_tree(tmp_path / "new", categories=("gear",), n_train=8, n_test_good=3, n_test_bad=3, size=64, seed=3)
+    onboarded = onboard_category(str(new), "gear", trained["model_dir"], 2, None, "params.yaml", None, str(project))
+    assert onboarded["status"] == "promoted" and onboarded["version"] == "1"
+
+    # the category's images become the project's dataset; the retrain flow trains and gates it as usual
+    write_params(project, data={"source": str(new)})
+    outcome = train_category("gear", "params.yaml", None, False, str(project))
+    assert outcome["status"] in ("promoted", "challenger") and outcome["version"] == "2", outcome
+    client = registry.connect(load_params(project / "params.yaml"), project)
+    upgrade = client.get_model_version("onenip-widgets-gear", "2")
+    assert upgrade.tags["onenip.kind"] == "trained-onenip" and upgrade.tags["onenip.compared_to"] == "1"
+    champion = client.get_model_version_by_alias("onenip-widgets-gear", "champion")
+    assert str(champion.version) == ("2" if outcome["status"] == "promoted" else "1")
+    rows = {row.version: row for row in registry.describe(client) if row.name == "onenip-widgets-gear"}
+    assert (rows["1"].kind, rows["2"].kind) == ("onboarded-inctrl", "trained-onenip")
+    listing = CliRunner().invoke(app, ["registry"])
+    assert listing.exit_code == 0 and "trained-onenip" in listing.output and "onboarded-inctrl" in listing.output
+
+
+def test_prompts_are_replaced_on_a_new_onboarding_and_bad_input_is_refused(project: Path, tmp_path: Path) -> None:
+    from onenip.data.manifest import DatasetError
+
+    params = load_params(project / "params.yaml")
+    images = sorted((Path(params.data.source) / "plate" / "train" / "good").iterdir())
+    first = jobs.track_prompts(params, "widgets", "plate", images[:2], project)
+    assert first.pushed and sorted(p.name for p in first.folder.iterdir()) == ["0_" + images[0].name, "1_" + images[1].name, "prompts.csv"]
+    again = jobs.track_prompts(params, "widgets", "plate", images[:2], project)
+    assert again.data_version == first.data_version  # same prompts, same version
+    other = jobs.track_prompts(params, "widgets", "plate", images[2:5], project)
+    assert other.data_version != first.data_version and len(list(other.folder.glob("*_*"))) == 3  # replaced, not added to
+    assert read_data_version(project / other.dvc_file) == other.data_version
+    with pytest.raises(DatasetError, match="not found"):
+        jobs.track_prompts(params, "widgets", "plate", [tmp_path / "gone.png"], project)
+    with pytest.raises(DatasetError, match="cannot name a folder"):
+        jobs.track_prompts(params, "widgets", "../plate", images[:1], project)
+    assert read_data_version(project / other.dvc_file) == other.data_version  # a refused call changed nothing
+    (project / "data" / "prompts.dvc").write_text("outs:\n- md5: x.dir\n  path: prompts\n")
+    with pytest.raises(DatasetError, match="dataset of its own"):
+        jobs.track_prompts(params, "widgets", "plate", images[:1], project)

@@ -30,6 +30,13 @@ def test_gate_metrics_are_checked_at_load(tmp_path: Path) -> None:
         load_params(bad)
 
 
+def test_a_dataset_cannot_take_the_onboarded_prompts_folder(tmp_path: Path) -> None:
+    bad = tmp_path / "params.yaml"
+    bad.write_text("data:\n  name: prompts\n")
+    with pytest.raises(ConfigError, match="'prompts' is reserved"):
+        load_params(bad)
+
+
 def test_schedule_deployment_uses_cron_from_params() -> None:
     from pipelines.deployments import retrain_deployment
 
