@@ -496,6 +496,7 @@ def choose_scoring(detector: GeneralistDetector, category: int, normal_features:
                  "val_image_AUROC_neighbourhood": aurocs.get(("neighbourhood", 0.0)),
                  "val_image_AUROC_neighbourhood_rotated": aurocs.get(("neighbourhood_rotated", 0.0)),
                  "val_inctrl_lead": lead,
+                 "val_image_AUROC_chosen": aurocs[(residual, weight)],
                  "normal_images": len(normal_features), "anomalous_images": len(anomaly_sources),
                  "methods": list(params.validation.methods)}  # fmt: skip
     return selection, validation.normal[(residual, weight)].float().cpu().numpy()

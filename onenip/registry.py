@@ -130,9 +130,11 @@ def set_tags(client: MlflowClient, run_id: str, tags: dict[str, str]) -> None:
     client.log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
 
 
-def log_artifacts(client: MlflowClient, run_id: str, paths: dict[str, Path]) -> None:
-    """``{artifact folder: file or folder}``; missing paths are skipped (e.g. no heatmaps written)."""
+def log_artifacts(client: MlflowClient, run_id: str, paths: dict[str, Path | None]) -> None:
+    """``{artifact folder: file or folder}``; None and missing paths are skipped (e.g. no heatmaps written)."""
     for folder, path in paths.items():
+        if path is None:  # never Path(""): that is the working directory, which would be uploaded whole
+            continue
         path = Path(path)
         if path.is_dir():
             client.log_artifacts(run_id, str(path), folder)
@@ -367,6 +369,9 @@ class VersionRow:
     """The runtime the served model scores with (onnx: graph exported at registration; torch)."""
     kind: str = KIND_TRAINED
     """``onenip.kind``; versions registered before the tag are all trained ones."""
+    residual: str = ""
+    """An onboarded version's ``onenip.residual`` (``inctrl``, or ``neighbourhood``: PatchCore with the
+    prompts as its bank); empty for the others."""
 
 
 def describe(client: MlflowClient, prefix: str = "onenip-") -> list[VersionRow]:
@@ -391,6 +396,7 @@ def describe(client: MlflowClient, prefix: str = "onenip-") -> list[VersionRow]:
                     version.run_id or "-",
                     version.tags.get(f"{TAG_PREFIX}runtime", "torch"),
                     version.tags.get(f"{TAG_PREFIX}kind", KIND_TRAINED),
+                    version.tags.get(f"{TAG_PREFIX}residual", ""),
                 ),
             )
     return rows

@@ -225,7 +225,7 @@ def register_category(
         registry.log_history(client, run_id, trained.history)
         registry.log_artifacts(client, run_id, {
             "evaluation": report.eval_dir,
-            "synthesis": preview or Path(),
+            "synthesis": preview,
             "validation": validation_report,
             "config": tracking.params_file,
         })  # fmt: skip
@@ -238,16 +238,18 @@ def register_category(
 
 def _register_and_gate(
     client: Any, params: Params, dataset: str, run_id: str, model_dir: Path, category: str, example: Any,
-    tags: dict[str, str], metrics: dict[str, float], has_masks: bool,
+    tags: dict[str, str], metrics: dict[str, float], has_masks: bool, *, gate_metrics: dict[str, float] | None = None,
 ) -> CategoryOutcome:  # fmt: skip
-    """Register ``model_dir`` as a new version and gate it, under the registry's lock; close the run."""
+    """Register ``model_dir`` as a new version and gate it, under the registry's lock; close the run.
+    ``metrics`` are the version's (tags); the gate reads ``gate_metrics`` when given, else those."""
     model = registry.model_name(params, dataset, category)
     version_tags = tags | {f"onenip.metric.{k}": f"{v:.6f}" for k, v in metrics.items() if isinstance(v, float)}
     with registry.registry_lock(client, model):
         version = registry.register_model(
             client, run_id, model_dir, model, category, example, version_tags, registry.model_name_pattern(params, dataset),
         )
-        decision = registry.gate_and_promote(client, model, version.version, metrics, params.gates, has_masks=has_masks)
+        decision = registry.gate_and_promote(client, model, version.version, metrics if gate_metrics is None else gate_metrics,
+                                             params.gates, has_masks=has_masks)  # fmt: skip
     status = Status.PROMOTED if decision.passed else Status.CHALLENGER
     registry.set_tags(client, run_id, {"onenip.outcome": status.value, "onenip.model_version": f"{model}/{version.version}"})
     registry.end_run(client, run_id)
@@ -305,12 +307,21 @@ def register_onboarded(
     try:
         registry.log_metrics(client, run_id, dict(result.metrics) | {"threshold": result.threshold, "onboard_seconds": result.seconds,
                                                                        "head_weight": result.head_weight})  # fmt: skip
-        eval_dir = result.model_dir.parent / "eval"
-        registry.log_artifacts(client, run_id, {"prompts": prompts.folder / jobs.PROMPTS_TABLE,
-                                                "evaluation": eval_dir if eval_dir.is_dir() else Path()})  # fmt: skip
+        # no eval folder when the category has no labelled test images (log_artifacts skips it)
+        registry.log_artifacts(client, run_id, {"prompts": prompts.folder / jobs.PROMPTS_TABLE, "evaluation": result.model_dir.parent / "eval"})
         tags = tags | {"onenip.prompts": ";".join(Path(p).name for p in result.prompt_paths)}
+        metrics, gate_metrics = dict(result.metrics), None
+        validation = result.selection.get("val_image_AUROC_chosen")
+        if not metrics:
+            # no labelled test images: the gate reads onboarding's own validation (training normals against
+            # synthetic anomalies), kept apart from test metrics so no later version is compared with it
+            tags = tags | {"onenip.gate_basis": "validation" if validation is not None else "none"}
+            if validation is not None:
+                metrics, gate_metrics = {"val_image_AUROC": float(validation)}, {"image_AUROC": float(validation)}
+                registry.log_metrics(client, run_id, metrics)
         example = read_image(result.prompt_paths[0])
-        return _register_and_gate(client, params, dataset, run_id, result.model_dir, c, example, tags, result.metrics, result.has_masks)
+        return _register_and_gate(client, params, dataset, run_id, result.model_dir, c, example, tags, metrics, result.has_masks,
+                                  gate_metrics=gate_metrics)  # fmt: skip
     except Exception as error:  # noqa: BLE001 - the champion alias did not move; say why
         registry.end_run(client, run_id, "FAILED")
         return CategoryOutcome(c, Status.FAILED, model, reasons=[f"registration failed: {error}"], run_id=run_id)

@@ -5,10 +5,14 @@ OneNIP model through the normal gates."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from onenip import jobs, registry
@@ -75,6 +79,35 @@ def test_generalist_then_onboard_then_predict(project: Path, prefect_harness: No
     assert result.exit_code == 0, result.output
     frame = pd.read_csv(out / "predictions.csv")
     assert len(frame) == 6 and frame["category"].eq("gear").all()
+    # what `mlflow models serve` loads: the registered pyfunc scores like the library (torch: no graph export)
+    import mlflow.pyfunc
+
+    from onenip.inference import Predictor
+    from onenip.pyfunc import encode_image
+
+    image_path = sorted((new / "gear" / "test").rglob("*.png"))[0]
+    served = mlflow.pyfunc.load_model("models:/onenip-widgets-gear@champion").predict(
+        pd.DataFrame({"image": [encode_image(image_path)]}), params={"return_map": True})  # fmt: skip
+    local = Predictor.load(project / "runs" / "pipeline" / "widgets" / "onboard" / "gear" / "model")
+    expected = local.predict([np.asarray(Image.open(image_path).convert("RGB"))], "gear")[0]
+    assert served["category"][0] == "gear" and served["score"][0] == pytest.approx(expected.score, rel=1e-5, abs=1e-6)
+    assert np.asarray(served["anomaly_map"][0]).shape == (64, 64)
+    artifacts = {a.path for a in client.list_artifacts(version.run_id, "prompts")}
+    assert artifacts == {"prompts/prompts.csv"}
+
+    # a new product with normal images only: the CLI onboards it, gated on its own validation (training
+    # normals against synthetic anomalies), recorded apart from test metrics
+    bare = make_mvtec_tree(tmp_path / "bare", categories=("bolt",), n_train=10, n_test_good=0, n_test_bad=0, size=64, seed=4)
+    shutil.rmtree(bare / "bolt" / "test", ignore_errors=True)
+    shutil.rmtree(bare / "bolt" / "ground_truth", ignore_errors=True)
+    cli = CliRunner().invoke(app, ["onboard", "--data", str(bare), "--category", "bolt", "--generalist", trained["model_dir"], "--shots", "2"])
+    assert cli.exit_code == 0, cli.output
+    bolt = client.get_model_version_by_alias("onenip-widgets-bolt", "champion")
+    assert bolt.tags["onenip.gate_basis"] == "validation" and "onenip.metric.image_AUROC" not in bolt.tags
+    assert 0.0 <= float(bolt.tags["onenip.metric.val_image_AUROC"]) <= 1.0
+    assert json.loads(bolt.tags["onenip.gate_reasons"])[0].startswith("image_AUROC ")  # the validation AUROC, gated
+    logged = {a.path for a in client.list_artifacts(bolt.run_id)}
+    assert "prompts" in logged and "evaluation" not in logged  # nothing evaluated, nothing else uploaded in its place
     # k larger than the normal images available: one clear error, nothing registered
     failed = CliRunner().invoke(app, ["onboard", "--data", str(new), "--category", "gear", "--generalist", trained["model_dir"],
                                       "--shots", "50"])  # fmt: skip
@@ -97,6 +130,7 @@ def test_onboarded_category_upgrades_to_trained_through_the_gates(project: Path,
     new = make_mvtec_tree(tmp_path / "new", categories=("gear",), n_train=8, n_test_good=3, n_test_bad=3, size=64, seed=3)
     onboarded = onboard_category(str(new), "gear", trained["model_dir"], 2, None, "params.yaml", None, str(project))
     assert onboarded["status"] == "promoted" and onboarded["version"] == "1"
+    onboarded_version = registry.connect(load_params(project / "params.yaml"), project).get_model_version("onenip-widgets-gear", "1")
 
     # the category's images become the project's dataset; the retrain flow trains and gates it as usual
     write_params(project, data={"source": str(new)})
@@ -109,6 +143,7 @@ def test_onboarded_category_upgrades_to_trained_through_the_gates(project: Path,
     assert str(champion.version) == ("2" if outcome["status"] == "promoted" else "1")
     rows = {row.version: row for row in registry.describe(client) if row.name == "onenip-widgets-gear"}
     assert (rows["1"].kind, rows["2"].kind) == ("onboarded-inctrl", "trained-onenip")
+    assert rows["1"].residual == onboarded_version.tags["onenip.residual"] and rows["2"].residual == ""
     listing = CliRunner().invoke(app, ["registry"])
     assert listing.exit_code == 0 and "trained-onenip" in listing.output and "onboarded-inctrl" in listing.output
 
