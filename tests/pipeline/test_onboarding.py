@@ -168,3 +168,50 @@ def test_prompts_are_replaced_on_a_new_onboarding_and_bad_input_is_refused(proje
     (project / "data" / "prompts.dvc").write_text("outs:\n- md5: x.dir\n  path: prompts\n")
     with pytest.raises(DatasetError, match="dataset of its own"):
         jobs.track_prompts(params, "widgets", "plate", images[:1], project)
+
+
+def _tiny_real_category(source: Path, category: str, out: Path, n_train: int, n_test: int) -> Path:
+    """A few of a real category's images (links, nothing copied): ``n_train`` normals, ``n_test`` normal
+    and ``n_test`` anomalous test images of its first defect type with their masks."""
+    defect = sorted(p.name for p in (source / category / "test").iterdir() if p.name != "good")[0]
+    picks = {"train/good": sorted((source / category / "train" / "good").glob("*.png"))[:n_train],
+             "test/good": sorted((source / category / "test" / "good").glob("*.png"))[:n_test],
+             f"test/{defect}": sorted((source / category / "test" / defect).glob("*.png"))[:n_test]}  # fmt: skip
+    for folder, images in picks.items():
+        (out / category / folder).mkdir(parents=True)
+        for image in images:
+            (out / category / folder / image.name).symlink_to(image)
+    (out / category / "ground_truth" / defect).mkdir(parents=True)
+    for image in picks[f"test/{defect}"]:
+        mask = source / category / "ground_truth" / defect / f"{image.stem}_mask.png"
+        (out / category / "ground_truth" / defect / mask.name).symlink_to(mask)
+    return out
+
+
+def test_onboarding_a_tiny_real_category(project: Path, prefect_harness: None, tmp_path: Path, industrial_root: Path) -> None:
+    """The flow end to end on real images (KolektorSDD, an elongated surface): registered as champion with
+    its prompts under DVC, at its own aspect, evaluated on its masks, and predicted through the registry."""
+    from pipelines.cli import app
+    from pipelines.flows import generalist, onboard_category
+
+    write_params(project, generalist={"epochs": 1, "batch_size": 8, "train_shots": [1, 2], "shots": 2})
+    source = Path(load_params(project / "params.yaml").data.source)
+    trained = generalist(str(source), ["plate", "widget"], "params.yaml", None, str(project))
+    real = _tiny_real_category(industrial_root, "kolektor", tmp_path / "real", n_train=10, n_test=3)
+    outcome = onboard_category(str(real), "kolektor", trained["model_dir"], 2, None, "params.yaml", None, str(project))
+    assert outcome["status"] == "promoted", outcome
+    client = registry.connect(load_params(project / "params.yaml"), project)
+    version = client.get_model_version_by_alias("onenip-widgets-kolektor", "champion")
+    height, width = (int(v) for v in version.tags["onenip.input_size"].split("x"))
+    image = Image.open(next((real / "kolektor" / "train" / "good").iterdir()))
+    assert (height > width) == (image.height > image.width) and height != width  # its own aspect, not the square
+    for name in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO"):  # measured on the real masks
+        assert 0.0 <= float(version.tags[f"onenip.metric.{name}"]) <= 1.0
+    folder = project / "data" / "prompts" / "widgets" / "kolektor"
+    assert len(pd.read_csv(folder / "prompts.csv")) == 2 and read_data_version(project / version.tags["onenip.prompts_dvc"])
+    out = tmp_path / "pred"
+    result = CliRunner().invoke(app, ["predict", str(real / "kolektor" / "test"), "--model", "models:/onenip-widgets-kolektor@champion",
+                                      "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(out / "predictions.csv")
+    assert len(frame) == 6 and frame["score"].notna().all()

@@ -63,6 +63,10 @@ def test_onboarding_errors_are_clear(trained: tuple[Path, Path, Params], tmp_pat
     empty = make_mvtec_tree(tmp_path / "empty", categories=("bare",), n_train=0, n_test_good=2, n_test_bad=2, size=64)
     with pytest.raises(DatasetError, match="no normal training images"):
         onboard_category(generalist, empty, "bare", 2, params, tmp_path / "y", progress=False)
+    single = make_mvtec_tree(tmp_path / "single", categories=("lone",), n_train=1, n_test_good=2, n_test_bad=2, size=64)
+    with pytest.raises(DatasetError, match="'lone': no normal image besides the single prompt to calibrate a threshold"):
+        onboard_category(generalist, single, "lone", 1, params, tmp_path / "z", progress=False)
+    assert not (tmp_path / "z" / "model").exists()  # nothing saved that could be registered
 
 
 def test_a_generalist_trained_on_real_anomalies_refuses_their_category(trained: tuple[Path, Path, Params], tmp_path: Path) -> None:
@@ -77,6 +81,19 @@ def test_a_generalist_trained_on_real_anomalies_refuses_their_category(trained: 
     with pytest.raises(DatasetError, match=r"real test anomalies of 'plate'"):
         onboard_category(with_real, root, "plate", 2, params, tmp_path / "x", progress=False)
     assert onboard_category(with_real, root, "gear", 2, params, tmp_path / "gear", progress=False).shots == 2  # unseen: fine
+
+
+def test_training_on_the_auxiliary_categories_real_anomalies_when_allowed(trained: tuple[Path, Path, Params], tmp_path: Path) -> None:
+    """``generalist.real_anomalies``: the auxiliary categories' labelled test anomalies join the synthetic
+    ones; the model says so, and then refuses to onboard those categories (their test metrics would be
+    inflated) while an unseen one onboards."""
+    root, _, params = trained
+    cfg = params.generalist.model_copy(update={"real_anomalies": True, "epochs": 1})
+    result = train_generalist(root, ["plate", "widget"], params.model_copy(update={"generalist": cfg}), tmp_path / "run", progress=False)
+    assert result.detector.metadata["real_anomalies"] is True and len(result.history) == 1
+    with pytest.raises(DatasetError, match=r"real test anomalies of 'widget'"):
+        onboard_category(result.model_dir, root, "widget", 2, params, tmp_path / "widget", progress=False)
+    assert onboard_category(result.model_dir, root, "gear", 2, params, tmp_path / "gear", progress=False).shots == 2
 
 
 def test_the_trained_residual_needs_a_lead_beyond_the_noise() -> None:
