@@ -3,7 +3,9 @@
 For each left-out category: train the InCTRL generalist on all the others, then score the left-out
 category from k in ``--shots`` normal prompt images, ``--trials`` random prompt sets each (mean and std),
 next to anomalib PatchCore fitted on the same k images (its memory bank is the k images). Image AUROC,
-image AP, pixel AUROC and AUPRO where masks exist, onboarding seconds, generalist training minutes.
+image AP, pixel AUROC and AUPRO where masks exist, onboarding seconds, the onboarded model's images/s at
+batch 1 and 16 (the first prompt set of each k: speed depends on k and the input, not on which images),
+generalist training minutes.
 ``--transfer`` adds OneNIP's own transfer on the same prompt sets: a unified OneNIP trained on the others
 (``--transfer-profile``, default ``fast``), prompted with the k images (``onenip.models.transfer``).
 Categories from several roots (``../shared/datasets/industrial``, an ELPV root from
@@ -53,6 +55,16 @@ def summarise(values: list[dict[str, float]]) -> dict[str, Any]:
         if series:
             out[metric] = {"mean": float(np.mean(series)), "std": float(np.std(series))}
     return out
+
+
+def onboarded_throughput(model_dir: Path) -> dict[str, float]:
+    """Images/s of an onboarded model (backbone, residual, map and score) at batch 1 and 16, on
+    preprocessed tensors at its input, after warm-up (``run_benchmark.measure_throughput``)."""
+    from benchmarks.run_benchmark import measure_throughput
+    from onenip.models.generalist import GeneralistDetector
+
+    detector = GeneralistDetector.load(model_dir)
+    return {"images_per_s_batch1": measure_throughput(detector, 0, 1, 16), "images_per_s_batch16": measure_throughput(detector, 0, 16, 2)}
 
 
 def onenip_transfer(root: Path, left_out: str, auxiliary: list[str], params: Any, prompt_sets: dict[int, list[list[str]]],
@@ -170,6 +182,7 @@ def main() -> int:
                 transfer_minutes, transfer_runs = onenip_transfer(root, left_out, auxiliary, transfer_params, prompt_sets, Path(tmp) / f"onenip-{left_out}")
             for shots in args.shots:
                 generalist_runs, patchcore_runs, trial_runs = [], [], []
+                generalist_speed, patchcore_speed = None, None
                 for trial, prompts in enumerate(prompt_sets[shots]):
                     if trained is not None:
                         result = onboard_category(trained.model_dir, root, left_out, shots, params, Path(tmp) / f"on-{left_out}-{shots}-{trial}",
@@ -177,6 +190,8 @@ def main() -> int:
                         generalist_runs.append({m: result.metrics.get(m) for m in METRICS} | {"seconds": result.seconds, "head_weight": result.head_weight,
                                                                                                       "neighbourhood": float(result.residual == "neighbourhood"),
                                                                                                       "neighbourhood_rotated": float(result.residual == "neighbourhood_rotated")})
+                        if trial == 0:
+                            generalist_speed = onboarded_throughput(result.model_dir)
                         val = result.selection.get("val_image_AUROC") or {}
                         trial_runs.append({"trial": trial, "image_AUROC": result.metrics.get("image_AUROC"), "residual": result.residual,
                                            "input_size": list(result.input_size),
@@ -191,13 +206,15 @@ def main() -> int:
                         peer = run_peer("patchcore", left_out, root, coreset_ratio=1.0, manifest=few, num_timed_single=1,
                                         input_size=tuple(args.patchcore_input) if args.patchcore_input else None)  # fmt: skip
                         patchcore_runs.append({m: peer["metrics"].get(m) for m in METRICS} | {"seconds": peer["train_minutes"] * 60})
+                        patchcore_speed = patchcore_speed or peer.get("inference")
                 row = {"left_out": left_out, "auxiliary": auxiliary, "shots": shots, "trials": args.trials,
                        "generalist_train_minutes": train_minutes, "generalist_validation": trained.validation if trained else None,
                        "generalist": summarise(generalist_runs),
                        "patchcore": earlier.get((left_out, shots, args.trials)) or summarise(patchcore_runs),
                        "patchcore_input": list(args.patchcore_input) if args.patchcore_input and not earlier else [256, 256],
                        "onenip_transfer": summarise(transfer_runs.get(shots, [])), "onenip_transfer_train_minutes": transfer_minutes,
-                       "generalist_trials": trial_runs}  # fmt: skip
+                       "generalist_trials": trial_runs, "generalist_inference": generalist_speed,
+                       "patchcore_inference": patchcore_speed}  # fmt: skip
                 rows.append(row)
                 parts = [f"{name} {block['image_AUROC']['mean']:.3f} +- {block['image_AUROC']['std']:.3f}"
                          for name, block in (("generalist", row["generalist"]), ("PatchCore", row["patchcore"]), ("OneNIP transfer", row["onenip_transfer"]))
@@ -205,18 +222,21 @@ def main() -> int:
                 print(f"{left_out} k={shots}: I-AUROC " + ", ".join(parts), flush=True)
                 (args.out / "fewshot.json").write_text(json.dumps(rows, indent=2))
     lines = ["| left out | k | generalist I-AUROC | PatchCore I-AUROC | OneNIP transfer I-AUROC | generalist P-AUROC | generalist AUPRO "
-             "| PatchCore AUPRO | onboarding s | head weight | neighbourhood share | rotated share | generalist train min |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "| PatchCore AUPRO | onboarding s | img/s b1 / b16 | head weight | neighbourhood share | rotated share | generalist train min |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
 
     def cell(block: dict[str, Any], metric: str) -> str:
         return f"{block[metric]['mean']:.3f} +- {block[metric]['std']:.3f}" if metric in block else "-"
+
+    def speed(block: dict[str, Any] | None) -> str:
+        return "-" if not block else f"{block['images_per_s_batch1']:.1f} / {block['images_per_s_batch16']:.1f}"
 
     for row in rows:
         minutes = "-" if row["generalist_train_minutes"] is None else f"{row['generalist_train_minutes']:.1f}"
         lines.append(f"| {row['left_out']} | {row['shots']} | {cell(row['generalist'], 'image_AUROC')} | {cell(row['patchcore'], 'image_AUROC')} "
                      f"| {cell(row['onenip_transfer'], 'image_AUROC')} | {cell(row['generalist'], 'pixel_AUROC')} "
                      f"| {cell(row['generalist'], 'pixel_AUPRO')} | {cell(row['patchcore'], 'pixel_AUPRO')} | {cell(row['generalist'], 'seconds')} "
-                     f"| {cell(row['generalist'], 'head_weight')} | {cell(row['generalist'], 'neighbourhood')} "
+                     f"| {speed(row.get('generalist_inference'))} | {cell(row['generalist'], 'head_weight')} | {cell(row['generalist'], 'neighbourhood')} "
                      f"| {cell(row['generalist'], 'neighbourhood_rotated')} | {minutes} |")  # fmt: skip
     table = "\n".join(lines)
     print(table)
