@@ -8,7 +8,7 @@ default ``onenip-<dataset>-<category>``):
 - alias ``previous``: the champion before the last promotion (what ``onenip promote --rollback``
   returns to).
 - alias ``challenger``: the newest version that failed the gates.
-- version tags: ``onenip.kind`` (``KINDS``), ``onenip.gate`` (passed/failed), ``onenip.gate_reasons``,
+- version tags: ``onenip.kind`` (``KIND_TRAINED``, ``KIND_ONBOARDED``, ``KIND_GENERALIST``), ``onenip.gate`` (passed/failed), ``onenip.gate_reasons``,
   ``onenip.data_version``, ``onenip.category_data_version``, ``onenip.cache_key``, ``onenip.code_version``,
   ``onenip.git_commit``, ``onenip.metric.<name>``; an onboarded version also ``onenip.prompts_data_version``
   and ``onenip.prompts_dvc`` (its prompt images under DVC).
