@@ -139,8 +139,9 @@ def onenip_cells(model: Path, params: Any, root: Path) -> list[dict[str, Any]]:
     from onenip.features import FeatureCache
     from onenip.models.detector import OneNIPDetector
     from onenip.training import prepare_category_data
-    from onenip.validation import (SELECTION_DOWNSCALE, CategoryValidation, _downscaled, _histogram_score, _image_histograms,
-                                   _rule_maps, _select_one, build_category_validation, validation_components)  # fmt: skip
+    from onenip.metrics.bootstrap import PerImage
+    from onenip.validation import (SELECTION_DOWNSCALE, CategoryValidation, _downscaled, _rule_maps, _select_one,
+                                   build_category_validation, validation_components)  # fmt: skip
 
     detector = OneNIPDetector.load(model).eval()
     manifest = make_manifest(root, detector.categories, progress=False)
@@ -177,7 +178,7 @@ def onenip_cells(model: Path, params: Any, root: Path) -> list[dict[str, Any]]:
                 part, part_components = subset(choose)
                 _, rule, _, _ = _select_one(part, part_components, cfg)
                 maps = _rule_maps(rule, components, valid)
-                score = _histogram_score(maps[1], _image_histograms(maps[0], masks), counts, labels.astype(bool))
+                score = float(np.mean(list(PerImage.from_maps(maps[1], labels, list(maps[0]), list(masks)).metrics(counts).values())))
                 row[rule_name] = {"choice": rule.to_dict(), "held_out_score": score}
             held_out.append(row)
             print(f"{category} {family}: " + " / ".join(f"{row[r]['held_out_score']:.4f} {row[r]['choice']['weights']}" for r in RULES), flush=True)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -31,8 +31,7 @@ from torch import Tensor
 
 from onenip.config import Params, ValidationParams
 from onenip.features import Features, extract_features
-from onenip.metrics.edges import _adaptive_edges
-from onenip.metrics.histogram import ScoreHistogram, _accumulate
+from onenip.metrics.bootstrap import PerImage, paired_differences, rank_auroc
 from onenip.metrics.pixel import pixel_aupro
 from onenip.models.onenip import masked_gaussian_smooth
 from onenip.models.scoring import COMPONENTS, ScoringRule, blend, pooled_map, score_maps
@@ -114,13 +113,14 @@ def build_category_validation(
 
 
 def candidate_rules(
-    cfg: ValidationParams, has_residual: bool, has_gaussian: bool = False, has_memory: bool = False,
+    cfg: ValidationParams, has_residual: bool, has_gaussian: bool = False, has_memory: bool = False, *, has_network: bool = True,
 ) -> list[tuple[tuple[float, ...], float]]:
     """(weights, sigma) pairs: the simplex of (recon, refiner, residual, gaussian, memory) weights in
-    ``weight_step`` steps, without the maps this model lacks and with the refiner's weight at most
-    ``max_refiner_weight``, times the sigmas."""
+    ``weight_step`` steps, without the maps this model lacks (or may not use: ``has_network`` false
+    leaves out recon and refiner) and with the refiner's weight at most ``max_refiner_weight``, times
+    the sigmas."""
     steps = round(1 / cfg.weight_step)
-    available = (True, True, has_residual, has_gaussian, has_memory)
+    available = (has_network, has_network, has_residual, has_gaussian, has_memory)
     weights = []
     for head in itertools.product(range(steps + 1), repeat=len(COMPONENTS) - 1):
         last = steps - sum(head)
@@ -141,6 +141,46 @@ class Selection:
     """Per category: the validation metrics of the chosen rule."""
     table: dict[str, list[dict[str, object]]]
     """Per category, every candidate with its score."""
+    restricted: dict[str, dict[str, dict[str, object]]] = field(default_factory=dict)
+    """``"network"`` / ``"statistics"`` -> category -> the rule chosen among the network's maps (recon,
+    refiner, residual) or the statistics' (Gaussian, memory bank) alone, with its validation metrics."""
+    network_adds: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per category, what the network adds on validation: the chosen rule's selection score minus the
+    statistics-only rule's, and the paired bootstrap standard error of that difference."""
+
+
+NETWORK_MAPS = (True, True, True, False, False)
+STATISTICS_MAPS = (False, False, False, True, True)
+
+
+def restricted_selections(
+    per_category: Sequence[tuple[CategoryValidation, list[Tensor | None]]], cfg: ValidationParams, default: ScoringRule, selection: Selection,
+) -> None:
+    """Fill ``selection.restricted`` (the rules among the network's maps alone and among the statistics'
+    alone) and ``selection.network_adds`` (the chosen rule against statistics only, with its standard
+    error): what a registered version records about its network."""
+    for name, allowed in (("network", NETWORK_MAPS), ("statistics", STATISTICS_MAPS)):
+        if not any(c is not None and ok for _, components in per_category for c, ok in zip(components, allowed, strict=False)):
+            continue
+        restricted = select_scoring(per_category, cfg, default, allowed)
+        selection.restricted[name] = {c: {"rule": r.to_dict(), "metrics": restricted.metrics.get(c, {})} for c, r in restricted.rules.items()}
+    statistics = selection.restricted.get("statistics", {})
+    for validation, components in per_category:
+        c = validation.category
+        if c not in selection.metrics or not statistics.get(c, {}).get("metrics"):
+            continue
+        chosen, base = selection.rules[c], ScoringRule.from_dict(statistics[c]["rule"])  # type: ignore[arg-type]
+        difference = float(np.mean([selection.metrics[c][m] for m in SELECTION_METRICS])) - float(
+            np.mean([statistics[c]["metrics"][m] for m in SELECTION_METRICS]))  # type: ignore[index]
+        error = 0.0
+        if chosen != base:
+            components = [*components, *[None] * (len(COMPONENTS) - len(components))]
+            masks = (_downscaled(validation.masks.float(), SELECTION_DOWNSCALE) >= 0.5)[:, 0].numpy()
+            valid = None if validation.valid is None else _downscaled(validation.valid.float(), SELECTION_DOWNSCALE) >= 0.5
+            error = paired_score_difference_se(_rule_maps(chosen, components, valid), _rule_maps(base, components, valid), masks,
+                                               validation.labels.numpy(), cfg.refiner_bootstrap)  # fmt: skip
+        selection.network_adds[c] = {"difference": difference, "standard_error": error,
+                                     "network_weight": float(sum(chosen.weights[:3]))}  # fmt: skip
 
 
 def _downscaled(maps: Tensor, factor: int) -> Tensor:
@@ -148,14 +188,17 @@ def _downscaled(maps: Tensor, factor: int) -> Tensor:
 
 
 @torch.no_grad()
-def validation_components(detector: torch.nn.Module, validation: CategoryValidation, batch_size: int = 16) -> list[Tensor | None]:
-    """The detector's normalised component maps of a category's validation images, at a quarter size."""
+def validation_components(
+    detector: torch.nn.Module, validation: CategoryValidation, batch_size: int = 16, weights: Sequence[float] | None = None,
+) -> list[Tensor | None]:
+    """The detector's normalised component maps of a category's validation images, at a quarter size
+    (only those of ``weights`` not 0 when given)."""
     k = detector.category_index(validation.category)
     parts: list[list[Tensor]] = [[] for _ in COMPONENTS]
     device = detector.device
     for start in range(0, len(validation.features), batch_size):
         chunk = validation.features.select(slice(start, start + batch_size)).float().to(device)
-        for index, maps in enumerate(detector.components(chunk, k)):
+        for index, maps in enumerate(detector.components(chunk, k, weights=weights)):
             if maps is not None:
                 parts[index].append(_downscaled(maps.float(), SELECTION_DOWNSCALE).cpu())
     return [torch.cat(p) if p else None for p in parts]
@@ -165,14 +208,18 @@ def select_scoring(
     per_category: Sequence[tuple[CategoryValidation, list[Tensor | None]]],
     cfg: ValidationParams,
     default: ScoringRule,
+    allowed: Sequence[bool] | None = None,
 ) -> Selection:
     """Choose (weights, sigma, pool) per category by the mean of the ``SELECTION_METRICS``.
 
     One network serves products as different as a bottle and a magnetic tile; the map that
     transfers best differs between them, so each category gets its own rule. A category with fewer
     than ``cfg.min_normals`` held-out normals (or no validation anomaly) keeps ``default`` and does
-    not count in the score. Ties keep the earlier candidate.
+    not count in the score. Ties keep the earlier candidate. ``allowed`` (one flag per ``COMPONENTS``)
+    restricts the rules to some maps (a statistics-only model: the Gaussian and the memory bank).
     """
+    if allowed is not None:
+        per_category = [(v, [c if ok else None for c, ok in zip(components, allowed, strict=False)]) for v, components in per_category]
     rules: dict[str, ScoringRule] = {}
     metrics: dict[str, dict[str, float]] = {}
     tables: dict[str, list[dict[str, object]]] = {}
@@ -211,7 +258,8 @@ def _select_one(
     # Stage 1: every (weights, sigma) with every pooling, by image AUROC and pixel AUROC. Smoothing,
     # masking and pooling are linear, so they are applied to each component once per sigma (and pool)
     # and the candidates blend the results: a handful of convolutions instead of one per candidate.
-    candidates = candidate_rules(cfg, components[2] is not None, components[3] is not None, components[4] is not None)
+    candidates = candidate_rules(cfg, components[2] is not None, components[3] is not None, components[4] is not None,
+                                 has_network=components[0] is not None)  # fmt: skip
     sigmas = sorted({sigma for _, sigma in candidates})
 
     def smoothed_components(sigma: float) -> list[Tensor | None]:
@@ -242,6 +290,9 @@ def _select_one(
     for level in sorted({stage[i][1][1] for i in order}):  # and the best few of each refiner weight, for its margin
         missing = LEVEL_FINALISTS - sum(stage[i][1][1] == level for i in finalists)
         finalists += [i for i in order if stage[i][1][1] == level and i not in finalists][: max(0, missing)]
+    anchor = anchor_weights(cfg, components)
+    if anchor is not None:  # and the anchor's best few, for its tie rule
+        finalists += [i for i in order if stage[i][1] == anchor and i not in finalists][:LEVEL_FINALISTS]
     pixel_scores: dict[int, tuple[float, float]] = {}  # finalist -> (AUPRO, pixel AP)
     for sigma in sorted({stage[i][2] for i in finalists}):  # each sigma's smoothing once
         parts = smoothed_components(sigma)
@@ -270,7 +321,50 @@ def _select_one(
     assert best is not None
     if cfg.refiner_margin_se > 0 and best[1].weights[1] > 0:
         best = _less_refiner_within_noise(best, table, validation, components, masks, valid, cfg)
+    if anchor is not None and best[1].weights != anchor:
+        best = _anchor_unless_beaten(best, anchor, table, validation, components, masks, valid, cfg)
     return best[0], best[1], best[2], table
+
+
+LOCALISATION_METRICS = ("pixel_AUROC", "pixel_AUPRO")
+
+
+def anchor_weights(cfg: ValidationParams, components: Sequence[Tensor | None]) -> tuple[float, ...] | None:
+    """The weights of ``cfg.anchor`` (the memory bank alone), or None when there is no anchor or the
+    model has no memory map."""
+    if cfg.anchor == "none" or len(components) < len(COMPONENTS) or components[4] is None:
+        return None
+    return (0.0, 0.0, 0.0, 0.0, 1.0)
+
+
+def _anchor_unless_beaten(
+    best: tuple[float, ScoringRule, dict[str, float]], anchor: tuple[float, ...], table: list[dict[str, object]],
+    validation: CategoryValidation, components: list[Tensor | None], masks: np.ndarray, valid: Tensor | None, cfg: ValidationParams,
+) -> tuple[float, ScoringRule, dict[str, float]]:
+    """The safe rule wins ties: ``best`` (more maps) replaces the anchor's best rule (the memory bank
+    alone, its sigma and pooling chosen on validation) only when it beats it by more than
+    ``cfg.anchor_margin_se`` paired bootstrap standard errors, on localisation (mean of pixel AUROC and
+    AUPRO) and on image AUROC with ``anchor_rule: both``; with ``score``, on the selection score while
+    losing on neither beyond that margin."""
+    rows = [r for r in table if r["score"] is not None and tuple(r["weights"]) == anchor]  # type: ignore[arg-type]
+    if not rows:
+        return best
+    row = max(rows, key=lambda r: float(r["score"]))  # type: ignore[arg-type]
+    base = float(row["score"]), ScoringRule.from_dict(row), {name: float(row[name]) for name in SELECTION_METRICS}  # type: ignore[arg-type]
+    differences = paired_metric_differences(_rule_maps(best[1], components, valid), _rule_maps(base[1], components, valid), masks,
+                                            validation.labels.numpy(), cfg.refiner_bootstrap)  # fmt: skip
+    margin = cfg.anchor_margin_se
+    parts = {"localisation": np.mean([differences[n] for n in LOCALISATION_METRICS], axis=0), "image": differences["image_AUROC"]}
+    beaten = {name: float(np.mean(d)) > margin * float(np.std(d, ddof=1)) for name, d in parts.items()}
+    if cfg.anchor_rule == "both":
+        keep = not all(beaten.values())
+    else:
+        total = np.mean([differences[n] for n in SELECTION_METRICS], axis=0)
+        worse = any(float(np.mean(d)) < -margin * float(np.std(d, ddof=1)) for d in parts.values())
+        keep = worse or not float(np.mean(total)) > margin * float(np.std(total, ddof=1))
+    summary = {name: f"{float(np.mean(d)):+.4f} (SE {float(np.std(d, ddof=1)):.4f})" for name, d in parts.items()}
+    logger.info("%s: %s against the memory bank alone %s: %s", validation.category, best[1].weights, base[1].to_dict(), summary)
+    return base if keep else best
 
 
 def _less_refiner_within_noise(
@@ -318,25 +412,25 @@ BOOTSTRAP_BINS = 1024
 """Score bins of the per-image pixel histograms that the bootstrap resamples (a standard error needs no exact metric)."""
 
 
+def paired_metric_differences(
+    first: tuple[np.ndarray, np.ndarray], second: tuple[np.ndarray, np.ndarray], masks: np.ndarray, labels: np.ndarray,
+    resamples: int, seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Per selection metric, (first's value - second's) over ``resamples`` bootstrap resamples of the images
+    (normals and anomalies drawn separately, the same images for both rules; ``onenip.metrics.bootstrap``).
+    Each rule is given as (maps (N, h, w), image scores (N,))."""
+    summaries = [PerImage.from_maps(scores, labels, list(maps), list(masks), BOOTSTRAP_BINS) for maps, scores in (first, second)]
+    return paired_differences([summaries[0]], [summaries[1]], resamples, seed)
+
+
 def paired_score_difference_se(
     first: tuple[np.ndarray, np.ndarray], second: tuple[np.ndarray, np.ndarray], masks: np.ndarray, labels: np.ndarray,
     resamples: int, seed: int = 0,
 ) -> float:
     """Standard error of (first's selection score - second's) over bootstrap resamples of the images
-    (normals and anomalies drawn separately, the same images for both rules). Each rule is given as
-    (maps (N, h, w), image scores (N,)); the pixel metrics come from per-image score histograms, which
-    add up over a resample, so a resample costs no pass over the pixels."""
-    labels = np.asarray(labels).astype(bool)
-    per_image = [_image_histograms(maps, masks) for maps, _ in (first, second)]
-    rng = np.random.default_rng(seed)
-    normals, anomalies = np.flatnonzero(~labels), np.flatnonzero(labels)
-    differences = []
-    for _ in range(resamples):
-        drawn = np.r_[rng.choice(normals, len(normals)), rng.choice(anomalies, len(anomalies))]
-        counts = np.bincount(drawn, minlength=len(labels)).astype(np.float64)
-        values = [_histogram_score(image_scores, histograms, counts, labels) for (_, image_scores), histograms in zip((first, second), per_image, strict=True)]
-        differences.append(values[0] - values[1])
-    return float(np.std(differences, ddof=1))
+    (``paired_metric_differences``; the score is the mean of the ``SELECTION_METRICS``)."""
+    differences = paired_metric_differences(first, second, masks, labels, resamples, seed)
+    return float(np.std(np.mean([differences[name] for name in SELECTION_METRICS], axis=0), ddof=1))
 
 
 def family_score_differences(
@@ -346,32 +440,13 @@ def family_score_differences(
     """Per validation family: first's selection score minus second's on the normals and that family's
     anomalies alone (the same per-image histograms as ``paired_score_difference_se``). Rules as there."""
     labels = np.asarray(labels).astype(bool)
-    per_image = [_image_histograms(maps, masks) for maps, _ in (first, second)]
+    summaries = [PerImage.from_maps(scores, labels, list(maps), list(masks), BOOTSTRAP_BINS) for maps, scores in (first, second)]
     out = {}
     for family in sorted(set(families[labels])):
         counts = (~labels | (families == family)).astype(np.float64)
-        scores = [_histogram_score(image_scores, histograms, counts, labels) for (_, image_scores), histograms in zip((first, second), per_image, strict=True)]
+        scores = [float(np.mean(list(summary.metrics(counts).values()))) for summary in summaries]
         out[str(family)] = scores[0] - scores[1]
     return out
-
-
-def _histogram_score(image_scores: np.ndarray, histograms: tuple[np.ndarray, ...], counts: np.ndarray, labels: np.ndarray) -> float:
-    """The selection score of the images weighted by ``counts`` (0 leaves one out, 2 draws it twice)."""
-    thresholds, positives, negatives, overlap, regions = histograms
-    histogram = ScoreHistogram(thresholds, counts @ positives, counts @ negatives, counts @ overlap, np.ones(len(thresholds), dtype=bool),
-                               int(counts @ regions))  # fmt: skip
-    drawn = np.repeat(np.arange(len(counts)), counts.astype(int))
-    pixel = [histogram.auroc().value, histogram.average_precision().value, histogram.aupro().value]
-    return float(np.mean([rank_auroc(image_scores[drawn], labels[drawn]), *pixel]))
-
-
-def _image_histograms(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per image, on bins shared by all: (lower edges (K,), positives, negatives, region overlap (N, K), regions (N,))."""
-    edges = _adaptive_edges(list(maps), BOOTSTRAP_BINS)
-    rows = [_accumulate([m], [k], edges, track_ties=False) for m, k in zip(maps, masks, strict=True)]
-    return (np.asarray(edges, dtype=np.float64), np.stack([r.positives for r in rows]).astype(np.float64),
-            np.stack([r.negatives for r in rows]).astype(np.float64), np.stack([r.region_overlap for r in rows]),
-            np.array([r.num_regions for r in rows], dtype=np.float64))  # fmt: skip
 
 
 def _pixel_sample(masks: np.ndarray) -> np.ndarray:
@@ -381,20 +456,6 @@ def _pixel_sample(masks: np.ndarray) -> np.ndarray:
     if len(negatives) > MAX_NEGATIVE_PIXELS:
         negatives = np.sort(np.random.default_rng(0).choice(negatives, MAX_NEGATIVE_PIXELS, replace=False))
     return np.concatenate([positives, negatives])
-
-
-def rank_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """AUROC as the Mann-Whitney statistic from average ranks (ties count half): equal to sklearn's
-    ``roc_auc_score``, at a fraction of its overhead for the hundreds of candidates tried here."""
-    from scipy.stats import rankdata
-
-    scores, labels = np.asarray(scores, dtype=np.float64).ravel(), np.asarray(labels).ravel().astype(bool)
-    positives, negatives = int(labels.sum()), int((~labels).sum())
-    if not positives or not negatives:
-        msg = "AUROC needs both normal and anomalous samples"
-        raise ValueError(msg)
-    ranks = rankdata(scores)
-    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
 def sampled_auroc_and_ap(scores: np.ndarray, labels: np.ndarray, negative_weight: float = 1.0) -> tuple[float, float]:

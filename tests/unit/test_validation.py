@@ -186,9 +186,9 @@ def test_the_refiner_can_be_asked_to_win_on_every_family(monkeypatch: pytest.Mon
 
 
 def test_paired_bootstrap_of_the_score_difference() -> None:
-    from onenip.metrics.histogram import ScoreHistogram
+    from onenip.metrics.bootstrap import PerImage
     from onenip.metrics.pixel import pixel_aupro
-    from onenip.validation import _image_histograms, paired_score_difference_se
+    from onenip.validation import paired_score_difference_se
 
     data = _validation("v")
     labels = data.labels.numpy()
@@ -202,12 +202,11 @@ def test_paired_bootstrap_of_the_score_difference() -> None:
     far = paired_score_difference_se((refiner, scores["refiner"]), (noise, scores["noise"]), masks, labels, 50)
     assert 0.0 < near < far  # one pixel apart vary together; an informative and an uninformative map do not
     # the per-image histograms add up to the whole set's metrics
-    thresholds, positives, negatives, overlap, regions = _image_histograms(noise, masks)
-    ones = np.ones(len(labels))
-    whole = ScoreHistogram(thresholds, ones @ positives, ones @ negatives, ones @ overlap, np.ones(len(thresholds), dtype=bool), int(ones @ regions))
-    assert whole.auroc().value == pytest.approx(roc_auc_score(masks.ravel(), noise.ravel()), abs=0.01)
-    assert whole.average_precision().value == pytest.approx(average_precision_score(masks.ravel(), noise.ravel()), abs=0.01)
-    assert whole.aupro().value == pytest.approx(pixel_aupro(noise, masks), abs=0.01)
+    whole = PerImage.from_maps(scores["noise"], labels, list(noise), list(masks)).metrics()
+    assert whole["image_AUROC"] == pytest.approx(roc_auc_score(labels, scores["noise"]))
+    assert whole["pixel_AUROC"] == pytest.approx(roc_auc_score(masks.ravel(), noise.ravel()), abs=0.01)
+    assert whole["pixel_AP"] == pytest.approx(average_precision_score(masks.ravel(), noise.ravel()), abs=0.01)
+    assert whole["pixel_AUPRO"] == pytest.approx(pixel_aupro(noise, masks), abs=0.01)
 
 
 def test_validation_anomalies_are_faded_by_the_configured_strength(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -236,3 +235,41 @@ def test_validation_anomalies_are_faded_by_the_configured_strength(monkeypatch: 
     # the same families at 0.4 of their strength: the image moves about 0.4 as far inside the masks
     assert 0.25 < change[(0.4, 0.4)] / change[(1.0, 1.0)] < 0.6
     assert load_params(repo).validation.anomaly_strength[0] < 1  # the default fades: full strength saturated the choice
+
+
+def test_the_memory_bank_alone_wins_ties_and_loses_only_beyond_the_noise() -> None:
+    """validation.anchor: memory: a blend that is better only within the noise keeps the memory bank alone;
+    one that wins clearly on localisation and on the image score replaces it."""
+    data = _validation("v", normals=12, anomalies=12)
+    memory = _maps(data, True, 0)
+    memory[12:15, :, 2:4, 2:4] = 0.0  # the memory bank misses three defects entirely
+    recon = _maps(data, True, 1)  # the reconstruction error finds every defect
+    nearly = memory.clone()
+    nearly[12, :, 2, 2] = 6.0  # finds one more defect pixel than the memory bank: a lead inside the noise
+    cfg = ValidationParams(smoothing_sigmas=(0.0,), score_pool_sizes=(1,), weight_step=1.0, min_normals=4, max_refiner_weight=1.0,
+                           refiner_margin_se=0.0, anchor="memory", anchor_margin_se=1.0, refiner_bootstrap=200)  # fmt: skip
+    clear = select_scoring([(data, [recon, _maps(data, False, 2), None, None, memory])], cfg, ScoringRule())
+    assert clear.rules["v"].weights == (1.0, 0.0, 0.0, 0.0, 0.0)
+    tie = select_scoring([(data, [nearly, _maps(data, False, 2), None, None, memory])], cfg, ScoringRule())
+    assert tie.rules["v"].weights == (0.0, 0.0, 0.0, 0.0, 1.0)
+    assert tie.metrics["v"]["pixel_AUROC"] == pytest.approx(
+        next(r["pixel_AUROC"] for r in tie.table["v"] if tuple(r["weights"]) == (0.0, 0.0, 0.0, 0.0, 1.0)))
+    plain = select_scoring([(data, [nearly, _maps(data, False, 2), None, None, memory])], cfg.model_copy(update={"anchor": "none"}), ScoringRule())
+    assert plain.rules["v"].weights == (1.0, 0.0, 0.0, 0.0, 0.0)  # without the anchor, the tiny lead wins
+    assert ValidationParams().anchor in ("memory", "none")
+
+
+def test_restricted_selections_and_what_the_network_adds() -> None:
+    from onenip.validation import restricted_selections
+
+    data = _validation("v", normals=8, anomalies=8)
+    recon, noise, memory = _maps(data, True, 0), _maps(data, False, 1), _maps(data, False, 2)
+    cfg = ValidationParams(smoothing_sigmas=(0.0,), score_pool_sizes=(1,), weight_step=1.0, min_normals=4, max_refiner_weight=1.0,
+                           refiner_margin_se=0.0)  # fmt: skip
+    per_category = [(data, [recon, noise, None, None, memory])]
+    selection = select_scoring(per_category, cfg, ScoringRule())
+    restricted_selections(per_category, cfg, ScoringRule(), selection)
+    assert selection.restricted["network"]["v"]["rule"]["weights"] == [1.0, 0.0, 0.0, 0.0, 0.0]
+    assert selection.restricted["statistics"]["v"]["rule"]["weights"] == [0.0, 0.0, 0.0, 0.0, 1.0]
+    adds = selection.network_adds["v"]
+    assert adds["network_weight"] == 1.0 and adds["difference"] > 0.3 and 0 < adds["standard_error"] < adds["difference"]
