@@ -191,12 +191,13 @@ def show_registry(params: ParamsOption = DEFAULT_PARAMS_PATH) -> None:
     cfg = _load(params)
     client = registry.connect(cfg, Path.cwd())
     table = Table(title=f"MLflow registry ({registry.tracking_uri(cfg, Path.cwd())})")
-    for column in ("model", "version", "kind", "aliases", "gate", "category data version", "I-AUROC", "P-AUROC", "runtime", "run"):
+    columns = ("model", "version", "kind", "aliases", "gate", "category data version", "I-AUROC", "P-AUROC", "network share, adds", "runtime", "run")
+    for column in columns:
         table.add_column(column)
     for row in registry.describe(client, prefix=cfg.pipeline.model_name.split("{")[0]):
         table.add_row(row.name, row.version, row.kind + (f" ({row.residual})" if row.residual else ""), ", ".join(row.aliases) or "-", row.gate, row.data_version,
                       f"{row.metrics.get('image_AUROC', float('nan')):.4f}", f"{row.metrics.get('pixel_AUROC', float('nan')):.4f}",
-                      row.runtime, row.run_id[:12])  # fmt: skip
+                      row.network, row.runtime, row.run_id[:12])  # fmt: skip
     # model names must not be cut, also in a pipe or a narrow terminal (rich would shrink to 80 columns)
     Console(width=max(console.width, 180)).print(table)
 

@@ -372,6 +372,9 @@ class VersionRow:
     residual: str = ""
     """An onboarded version's ``onenip.residual`` (``inctrl``, or ``neighbourhood``: PatchCore with the
     prompts as its bank); empty for the others."""
+    network: str = "-"
+    """A trained version's network share of its map and what the network adds on validation
+    (``onenip.network_weight``, ``onenip.network_adds``), e.g. ``0.25, +0.0120 (SE 0.0040)``."""
 
 
 def describe(client: MlflowClient, prefix: str = "onenip-") -> list[VersionRow]:
@@ -397,6 +400,8 @@ def describe(client: MlflowClient, prefix: str = "onenip-") -> list[VersionRow]:
                     version.tags.get(f"{TAG_PREFIX}runtime", "torch"),
                     version.tags.get(f"{TAG_PREFIX}kind", KIND_TRAINED),
                     version.tags.get(f"{TAG_PREFIX}residual", ""),
+                    ", ".join(version.tags[f"{TAG_PREFIX}{key}"] for key in ("network_weight", "network_adds")
+                              if f"{TAG_PREFIX}{key}" in version.tags) or "-",  # fmt: skip
                 ),
             )
     return rows

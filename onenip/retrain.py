@@ -208,26 +208,33 @@ def register_category(
     Any error is the category's outcome (``failed``); the champion alias has not moved then."""
     from onenip.data.manifest import read_image
 
+    from onenip.model_card import model_card, network_summary
+
     c = report.category
     model = registry.model_name(params, dataset.name, c)
+    config = json.loads((trained.model_dir / "onenip.json").read_text())
     tags = tracking.tags | {
         "onenip.category": c,
         "onenip.category_data_version": dataset.category_versions[c],
         "onenip.cache_key": cache_key,
         "onenip.network": network,
         "onenip.kind": registry.KIND_TRAINED,
-    }
+    } | network_summary(config, c)
     run_id = registry.start_run(client, tracking.experiment, c, tags, tracking.parent_run)
     try:
         registry.log_params(client, run_id, flatten_params(params))
         registry.log_metrics(client, run_id, {k: v for k, v in report.metrics.items() if isinstance(v, float)})
         registry.log_metrics(client, run_id, {"threshold": report.threshold, "train_seconds": trained.train_seconds})
         registry.log_history(client, run_id, trained.history)
+        card = tracking.runs_dir / network / "cards" / c / "model_card.md"
+        card.parent.mkdir(parents=True, exist_ok=True)
+        card.write_text(model_card(trained.model_dir, c, report.metrics))
         registry.log_artifacts(client, run_id, {
             "evaluation": report.eval_dir,
             "synthesis": preview,
             "validation": validation_report,
             "config": tracking.params_file,
+            "": card,
         })  # fmt: skip
         example = read_image(jobs.first_test_image(dataset.root, c))
         return _register_and_gate(client, params, dataset.name, run_id, trained.model_dir, c, example, tags, report.metrics, report.has_masks)

@@ -53,7 +53,11 @@ def test_end_to_end_then_cache_hit_then_impossible_gate(project: Path, prefect_h
     assert run_.data.tags["onenip.git_commit"]
     assert run_.data.tags["onenip.prefect_flow_run_id"] not in ("", "none")
     assert run_.data.params["train.epochs"] == "1" and run_.data.params["model.embed_dim"] == "16"
-    assert 0.0 <= run_.data.metrics["image_AUROC"] <= 1.0 and "pixel_AUPRO" in run_.data.metrics
+    import json
+
+    evaluated = json.loads(Path(client.download_artifacts(outcome["run_id"], "evaluation/metrics.json")).read_text())
+    assert run_.data.metrics["image_AUROC"] == pytest.approx(evaluated["image_AUROC"])  # the evaluation's, logged as is
+    assert run_.data.metrics["pixel_AUPRO"] == pytest.approx(evaluated["pixel_AUPRO"])
     history = client.get_metric_history(outcome["run_id"], "train_loss")
     assert [m.step for m in history] == [1]
     artifacts = {a.path for folder in ("evaluation", "synthesis", "validation", "config")
@@ -76,6 +80,17 @@ def test_end_to_end_then_cache_hit_then_impossible_gate(project: Path, prefect_h
     assert aliases(client, name) == {"champion": "1"}
     version = client.get_model_version(name, "1")
     assert version.tags["onenip.gate"] == "passed" and version.tags["onenip.data_version"] == data_version
+    # what the score is made of, and what the network adds: tags and the model card
+    run_dir = next(p.parent for p in (project / "runs" / "pipeline" / "widgets").glob("*/model/onenip.json")
+                   if json.loads(p.read_text())["categories"] == ["plate"])  # fmt: skip
+    saved = json.loads((run_dir / "onenip.json").read_text())
+    assert json.loads(version.tags["onenip.scoring_rule"]) == saved["scoring"]["plate"]
+    assert float(version.tags["onenip.network_weight"]) == pytest.approx(sum(saved["scoring"]["plate"]["weights"][:3]))
+    card = Path(client.download_artifacts(outcome["run_id"], "model_card.md")).read_text()
+    assert "## What the score is made of" in card and "| chosen |" in card
+    adds = saved["metadata"]["selection"]["network_adds"].get("plate")
+    if adds:  # the tiny project validates plate: the difference and its standard error are on the version
+        assert version.tags["onenip.network_adds"] == f"{adds['difference']:+.4f} (SE {adds['standard_error']:.4f})"
 
     # the registered pyfunc model loads offline and scores like the library does
     import mlflow.pyfunc
@@ -86,10 +101,6 @@ def test_end_to_end_then_cache_hit_then_impossible_gate(project: Path, prefect_h
     model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
     image_path = sorted((project / "data" / "widgets" / "plate" / "test").rglob("*.png"))[0]
     served = model.predict(pd.DataFrame({"image": [encode_image(image_path)]}), params={"return_map": True})
-    import json
-
-    run_dir = next(p.parent for p in (project / "runs" / "pipeline" / "widgets").glob("*/model/onenip.json")
-                   if json.loads(p.read_text())["categories"] == ["plate"])  # fmt: skip
     local = Predictor.load(run_dir).predict([np.asarray(Image.open(image_path).convert("RGB"))], "plate")[0]
     assert served["score"][0] == pytest.approx(local.score, rel=1e-4, abs=1e-4)  # served by ONNX Runtime
     assert np.asarray(served["anomaly_map"][0]).shape == (64, 64)
