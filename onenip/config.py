@@ -65,6 +65,10 @@ class BackboneParams(_Section):
     """Stages of the fine features (the refiner's skip path and the prompt residual): lite0 stages 2
     and 3 (40 + 112 channels) at ``fine_stride``, the layers anomalib's PatchCore uses. Empty: no fine path."""
     fine_stride: int = 8
+    pooling: Literal["average", "bilinear"] = "average"
+    """How a finer stage comes onto a coarser grid: ``average``, the mean of each grid cell; ``bilinear``,
+    the reference's (UniAD's MFCN) bilinear resize with aligned corners, which reads one point per cell.
+    Chosen on training data only: ``benchmarks/backbone_pooling.py``."""
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     """TF EfficientNet-Lite weights expect inputs in [-1, 1] (timm's ``tf_efficientnet_lite*`` config);
@@ -127,6 +131,18 @@ class ModelParams(_Section):
     """Normal prompts stored per category (paper: 1). With more, each query is reconstructed from the
     ONE stored prompt most similar to it (cosine of grid-mean features); chosen to cover the category's
     variety (k-center greedy from the most typical image)."""
+    feature_standardization: Literal["none", "category"] = "none"
+    """``category``: the network reads and reconstructs each category's coarse features standardised per
+    channel (mean and standard deviation over its fit images); the paper's network reads the raw
+    features (``none``), whose channels differ in scale by an order of magnitude."""
+    refiner_scale: Literal["probability", "recon_range"] = "probability"
+    """The refiner map as blended: ``probability``, its probability; ``recon_range``, times the midpoint of
+    the normalised reconstruction error's range, as the reference blends them (there over the test set,
+    here over the validation set: training images only)."""
+    prompt_reduction: Literal["nearest", "min"] = "nearest"
+    """With several stored prompts: ``nearest``, each query is scored against the ONE prompt whose global
+    feature is most similar; ``min``, against every prompt, each network map keeping its per-pixel
+    minimum over them (costs one decoder pass per prompt)."""
     error_normalization: Literal["none", "position", "whitened"] = "whitened"
     """The error maps (reconstruction error and prompt residual): ``none``, the L2 norm of the residual
     (the paper's reconstruction map); ``position``, the norm of the residual's z-scores against its
@@ -185,6 +201,10 @@ class SynthesisParams(_Section):
 
 class TrainParams(_Section):
     seed: int = 0
+    network: Literal["onenip", "none"] = "onenip"
+    """``onenip``: train the OneNIP network, and the scoring rule may use its maps beside the statistics;
+    ``none``: a statistics-only model in about a minute (the per-position Gaussian and the memory bank
+    are fitted, the rule is chosen among them, no network step is taken)."""
     epochs: int = Field(8, ge=1)
     batch_size: int = Field(8, ge=1)
     lr: float = Field(4e-4, gt=0)
@@ -249,7 +269,16 @@ class ValidationParams(_Section):
     """That rule must moreover score at least as high on each validation family alone (held-out normals
     against that family's anomalies), as ``generalist.trained_every_family`` asks of the trained head."""
     refiner_bootstrap: int = Field(50, ge=2)
-    """Bootstrap resamples for that standard error."""
+    """Bootstrap resamples for that standard error (and the anchor's)."""
+    anchor: Literal["memory", "none"] = "none"
+    """The safe rule that wins ties: ``memory``, the memory bank alone (PatchCore inside the model);
+    a rule with more maps is chosen over it only when it wins beyond the noise (``anchor_margin_se``,
+    ``anchor_rule``). ``none``: the plain highest score."""
+    anchor_margin_se: float = Field(1.0, ge=0)
+    """Paired bootstrap standard errors by which a richer rule must beat the anchor."""
+    anchor_rule: Literal["both", "score"] = "both"
+    """``both``: beat the anchor on localisation (mean of pixel AUROC and AUPRO) AND on image AUROC;
+    ``score``: on the selection score, and lose on neither of the two beyond the margin."""
     smoothing_sigmas: tuple[float, ...] = (0.0, 2.0, 4.0, 8.0)
     score_pool_sizes: tuple[int, ...] = (1, 8, 16, 32)
     min_normals: int = Field(4, ge=1)

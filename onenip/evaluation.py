@@ -23,6 +23,7 @@ from onenip.data.geometry import InputGeometry
 from onenip.data.manifest import DatasetError, read_image
 from onenip.data.transforms import load_mask
 from onenip.features import FeatureCache, Features
+from onenip.metrics.bootstrap import PerImage
 from onenip.metrics.compute import compute_metrics
 from onenip.metrics.image import pr_curve_points, roc_curve_points
 from onenip.metrics.pixel import pixel_pr_curve_points, pixel_roc_curve_points
@@ -104,8 +105,11 @@ def evaluate_category(
     num_heatmaps: int = 8,
     batch_size: int = 16,
     progress: bool = True,
+    per_image: str | Path | None = None,
 ) -> CategoryEvaluation:
-    """Metrics of one category's test split; writes metrics.json, curves.png, heatmaps/ when asked."""
+    """Metrics of one category's test split; writes metrics.json, curves.png, heatmaps/ when asked, and
+    the per-image summary for paired bootstrap intervals (``onenip.metrics.bootstrap.PerImage``) to
+    ``per_image``."""
     started = time.perf_counter()
     test = manifest[(manifest["category"] == category) & (manifest["split"] == "test")].reset_index(drop=True)
     if test.empty:
@@ -145,6 +149,10 @@ def evaluate_category(
         ]
     metrics = compute_metrics(scores, labels, resized if has_masks else None, masks if has_masks else None)
     metrics["num_test_images"] = float(len(test))
+    if per_image is not None:
+        summary = PerImage.from_maps(scores, labels, resized if has_masks else None, masks if has_masks else None)  # type: ignore[arg-type]
+        summary.ids = test["image_path"].astype(str).to_numpy()
+        summary.save(per_image)
 
     if output_dir is not None:
         folder = Path(output_dir) / category

@@ -39,7 +39,7 @@ class CategoryScorer(nn.Module):
         self.letterbox = detector.geometry(category).letterbox
         bank = detector.prompt(self.k)
         with torch.no_grad():
-            encoded = detector.model.encode(bank.coarse)
+            encoded = detector.encode_prompt(self.k, bank.coarse)
         # copies, so that the graph's constants do not alias the detector's (mutable) buffers
         self.register_buffer("prompt_coarse", bank.coarse.clone())
         self.register_buffer("prompt_fine", None if bank.fine is None else bank.fine.clone())
@@ -52,7 +52,7 @@ class CategoryScorer(nn.Module):
 
         features = self.detector.extract(images)
         bank = Features(self.prompt_coarse, self.prompt_fine)
-        components = self.detector.bank_components(features, self.k, bank, self.encoded_prompt)
+        components = self.detector.bank_components(features, self.k, bank, self.encoded_prompt, self.rule.weights)
         anomaly_map, scores = score_maps(components, self.rule, valid)
         return anomaly_map, scores
 

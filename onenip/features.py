@@ -29,7 +29,10 @@ from onenip.models.backbone import FeatureExtractor
 
 def backbone_key(cfg: BackboneParams) -> str:
     """Short stable id of everything that changes the features of an image."""
-    payload = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
+    dumped = cfg.model_dump(mode="json")
+    if dumped.get("pooling") == "average":  # the features before the option existed: caches stay valid
+        del dumped["pooling"]
+    payload = json.dumps(dumped, sort_keys=True)
     return f"{cfg.name}-{cfg.input_size}-{hashlib.sha256(payload.encode()).hexdigest()[:10]}"
 
 

@@ -47,6 +47,7 @@ from onenip.validation import (
     Selection,
     build_category_validation,
     check_validation_methods,
+    restricted_selections,
     select_scoring,
     validation_components,
 )
@@ -544,6 +545,7 @@ def train_onenip(
     # The per-position Gaussians and the memory banks depend on the frozen features only: fitted once, before any epoch.
     fit_gaussians(detector, data)
     fit_memory_banks(detector, data, cfg.seed)
+    fit_standardization(detector, data)
 
     # Validation images: held-out normals + unseen-family anomalies, fixed for the whole run.
     validations = [
@@ -577,7 +579,8 @@ def train_onenip(
     train_seconds = sum(h.get("seconds", 0.0) for h in history)
     final_selection: Selection | None = None  # the last epoch's validation, reused when that epoch is kept
 
-    for epoch in range(start_epoch, cfg.epochs):
+    statistics_only = cfg.network == "none"
+    for epoch in range(start_epoch, 0 if statistics_only else cfg.epochs):
         epoch_start = time.perf_counter()
         generation = epoch // params.synthesis.regenerate_every if params.synthesis.regenerate_every else 0
         synthesis_start = time.perf_counter()
@@ -614,12 +617,14 @@ def train_onenip(
             synthetic = pool.features.select(rows).float()
             masks = pool.masks[rows].float()
             inputs = Features.cat([query, synthetic]).to(device)
-            targets = torch.cat([query.coarse, query.coarse]).to(device)
+            targets = detector.network_input(item.index, torch.cat([query.coarse, query.coarse]).to(device))
             all_masks = torch.cat([torch.zeros_like(masks), masks]).to(device)
             prompts = item.fit_features.select(prompt_idx).float().to(device)
             autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext()
             with autocast:
-                recon, refiner_logits, _ = model.reconstruct_and_refine(inputs.coarse, prompts.coarse, inputs.fine, prompts.fine)
+                recon, refiner_logits, _ = model.reconstruct_and_refine(
+                    detector.network_input(item.index, inputs.coarse), detector.network_input(item.index, prompts.coarse), inputs.fine, prompts.fine,
+                )
                 losses = onenip_loss(
                     recon.float(), targets, refiner_logits.float(), all_masks, cfg.dice_weight,
                     image_pixels=item.geometry.height * item.geometry.width,
@@ -647,7 +652,7 @@ def train_onenip(
         last = epoch + 1 == cfg.epochs
         if validations and ((epoch + 1) % params.validation.every_epochs == 0 or last):
             validation_start = time.perf_counter()
-            selection = validate(detector, data, validations, params, device)
+            selection = validate(detector, data, validations, params, device, final=last)
             record["val_score"] = selection.score
             record["validation_seconds"] = time.perf_counter() - validation_start
             final_selection = selection if last else None
@@ -666,7 +671,7 @@ def train_onenip(
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.epochs:
             return TrainResult(detector, history, train_seconds, prompt_paths, None)
 
-    kept_epoch = cfg.epochs
+    kept_epoch = 0 if statistics_only else cfg.epochs
     if best is not None and best.epoch != cfg.epochs:
         model.load_state_dict(best.state)
         kept_epoch = best.epoch
@@ -675,8 +680,13 @@ def train_onenip(
     # running it again would repeat the same computation (about 30 s on magnetic_tile).
     selection = final_selection
     if selection is None and validations:
-        selection = validate(detector, data, validations, params, device)
-    if selection is not None:
+        selection = validate(detector, data, validations, params, device, final=True)
+    if statistics_only:  # no rule may read the untrained network, not even the default of a category too small to validate
+        fallback = statistics_rule(detector, params)
+        rules = {item.name: fallback for item in data} if selection is None else {
+            name: rule if sum(rule.weights[:3]) == 0 else fallback for name, rule in selection.rules.items()}
+        detector.scoring = rules
+    elif selection is not None:
         detector.scoring = dict(selection.rules)
     # a selection has just calibrated the maps of these very weights
     calibrate_threshold(detector, data, params.eval.threshold_quantile, device, calibrated=selection is not None)
@@ -687,14 +697,17 @@ def train_onenip(
             "threshold_rule": f"quantile {params.eval.threshold_quantile} of held-out training-normal image scores",
             "holdout_images": {item.name: len(item.holdout) for item in data},
             "train_seconds": train_seconds,
-            "epochs": cfg.epochs,
+            "epochs": 0 if statistics_only else cfg.epochs,
             "kept_epoch": kept_epoch,
+            "network": cfg.network,
             "selection": None if selection is None else {
                 "rules": {c: r.to_dict() for c, r in selection.rules.items()}, "score": selection.score,
                 "metrics": selection.metrics,
                 "validation_methods": list(params.validation.methods),
                 "validation_anomaly_strength": list(params.validation.anomaly_strength),
                 "validation_images": {v.category: len(v.labels) for v in validations},
+                "restricted": selection.restricted,
+                "network_adds": selection.network_adds,
             },
         },
     )
@@ -784,7 +797,8 @@ def calibrate_error_statistics(detector: OneNIPDetector, data: Sequence[Category
             chosen = index[start : start + 16]
             features = item.fit_features.select(chosen).float().to(device)
             prompt = detector.choose_prompts(features, item.index)
-            residual = detector.model.reconstruct(features.coarse, prompt.coarse) - features.coarse
+            query = detector.network_input(item.index, features.coarse)
+            residual = detector.model.reconstruct(query, detector.network_input(item.index, prompt.coarse)) - query
             valid = None if item.fit_valid is None else item.fit_valid[chosen].float().to(device)
             recon.append(residual.half().cpu())
             recon_w.append(_cell_weight(valid, residual.shape[-2:], stride, len(chosen), device).cpu())
@@ -797,6 +811,29 @@ def calibrate_error_statistics(detector: OneNIPDetector, data: Sequence[Category
         if fine:
             stats = error_statistics(torch.cat(fine), torch.cat(fine_w), STATISTICS_PRIOR, whiten)
             detector.set_error_statistics(item.index, "fine", *stats)
+
+
+@torch.no_grad()
+def fit_standardization(detector: OneNIPDetector, data: Sequence[CategoryData]) -> None:
+    """Per category, the mean and standard deviation of each coarse channel over its fit images (content
+    cells only) that the network's inputs and targets are standardised with
+    (``model.feature_standardization: category``); nothing to do otherwise."""
+    if detector.cfg.feature_standardization == "none":
+        return
+    stride = detector.cfg.backbone.feature_stride
+    for item in data:
+        total = torch.zeros((), dtype=torch.float64)
+        sums = squares = None
+        for start in range(0, len(item.fit_features), STATISTICS_CHUNK):
+            coarse = item.fit_features.coarse[start : start + STATISTICS_CHUNK].double()
+            valid = None if item.fit_valid is None else item.fit_valid[start : start + STATISTICS_CHUNK].float()
+            weight = _cell_weight(valid, coarse.shape[-2:], stride, len(coarse), torch.device("cpu")).double()
+            part, part_sq = (coarse * weight).sum(dim=(0, 2, 3)), (coarse.pow(2) * weight).sum(dim=(0, 2, 3))
+            sums, squares = (part, part_sq) if sums is None else (sums + part, squares + part_sq)
+            total = total + weight.sum()
+        mean = sums / total
+        std = (squares / total - mean.pow(2)).clamp_min(0).sqrt().clamp_min(1e-3 * float(mean.abs().mean()) + 1e-6)
+        detector.set_standardization(item.index, mean.float().to(detector.device), std.float().to(detector.device))
 
 
 @torch.no_grad()
@@ -867,7 +904,9 @@ def _cell_weight(valid: Tensor | None, grid: tuple[int, int] | torch.Size, strid
 
 
 @torch.no_grad()
-def calibrate_scales(detector: OneNIPDetector, data: Sequence[CategoryData], device: torch.device) -> None:
+def calibrate_scales(
+    detector: OneNIPDetector, data: Sequence[CategoryData], device: torch.device, weights: Sequence[float] | None = None,
+) -> None:
     """Per category, the typical maximum of each error map on held-out training normals.
 
     ``recon_scale`` / ``residual_scale`` / ``gaussian_scale`` / ``memory_scale`` = the mean over held-out
@@ -887,16 +926,18 @@ def calibrate_scales(detector: OneNIPDetector, data: Sequence[CategoryData], dev
         valid = item.holdout_valid if len(item.holdout_features) else item.fit_valid
         for start in range(0, len(features), 16):
             chunk = features.select(slice(start, start + 16)).float().to(device)
-            recon, _, residual, gaussian, memory = detector.components(chunk, item.index)
+            recon, _, residual, gaussian, memory = detector.components(chunk, item.index, weights=weights)
             mask = None if valid is None else valid[start : start + 16].to(device)
-            recon_max.append(_masked_max(recon, mask))
+            if recon is not None:
+                recon_max.append(_masked_max(recon, mask))
             if residual is not None:
                 residual_max.append(_masked_max(residual, mask))
             if gaussian is not None:
                 gaussian_max.append(_masked_max(gaussian, mask))
             if memory is not None:
                 memory_max.append(_masked_max(memory, mask))
-        detector.recon_scale[item.index] = float(torch.cat(recon_max).mean().clamp_min(1e-6))
+        if recon_max:
+            detector.recon_scale[item.index] = float(torch.cat(recon_max).mean().clamp_min(1e-6))
         if residual_max:
             detector.residual_scale[item.index] = float(torch.cat(residual_max).mean().clamp_min(1e-6))
         if gaussian_max:
@@ -911,15 +952,54 @@ def _masked_max(maps: Tensor, valid: Tensor | None) -> Tensor:
     return maps.flatten(1).amax(dim=1).cpu()
 
 
+def scale_refiner(detector: OneNIPDetector, category: str, components: list[Tensor | None]) -> list[Tensor | None]:
+    """Set category's ``refiner_scale`` to the midpoint of its normalised reconstruction error's range on
+    its validation images, as the reference scales the refiner's probability before blending (it takes
+    the TEST set's (max + min) / 2; validation images are training data), and scale the validation
+    refiner map alike. Maxima and minima of the quarter-size maps, as validation sees them."""
+    k = detector.category_index(category)
+    recon, refiner = components[0], components[1]
+    if recon is None or refiner is None:
+        return components
+    previous = float(detector.refiner_scale[k])
+    scale = float((recon.amax() + recon.amin()) / 2)
+    scale = scale if math.isfinite(scale) and scale > 0 else 1.0
+    detector.refiner_scale[k] = scale
+    return [components[0], refiner * (scale / previous), *components[2:]]
+
+
+STATISTICS_ONLY = (False, False, False, True, True)
+"""The maps a statistics-only model (``train.network: none``) may use: the Gaussian and the memory bank."""
+
+
+def statistics_rule(detector: OneNIPDetector, params: Params) -> ScoringRule:
+    """A statistics-only model's rule where validation cannot choose: the memory bank alone (the Gaussian
+    without a bank), with the configured smoothing and pooling."""
+    weights = (0.0, 0.0, 0.0, 0.0, 1.0) if detector.has_memory else (0.0, 0.0, 0.0, 1.0, 0.0)
+    return ScoringRule(weights, params.model.scoring.smoothing_sigma, params.model.scoring.score_pool_size)
+
+
 def validate(
     detector: OneNIPDetector, data: Sequence[CategoryData], validations: Sequence[CategoryValidation], params: Params, device: torch.device,
+    *, final: bool = False,
 ) -> Selection:
-    """Calibrate the maps on training normals, then choose the scoring rule on validation data."""
-    calibrate_error_statistics(detector, data, device)
-    calibrate_scales(detector, data, device)
-    per_category = [(v, validation_components(detector, v)) for v in validations]
+    """Calibrate the maps on training normals, then choose the scoring rule on validation data (among the
+    statistics' maps only for a statistics-only model, whose network is never computed). ``final``: also
+    the rules among the network's maps alone and the statistics' alone, and what the network adds
+    (``restricted_selections``), for the weights that will be kept."""
+    statistics_only = params.train.network == "none"
+    needed = [float(ok) for ok in STATISTICS_ONLY] if statistics_only else None
+    if not statistics_only:
+        calibrate_error_statistics(detector, data, device)
+    calibrate_scales(detector, data, device, needed)
+    per_category = [(v, validation_components(detector, v, weights=needed)) for v in validations]
+    if not statistics_only and params.model.refiner_scale == "recon_range":
+        per_category = [(v, scale_refiner(detector, v.category, components)) for v, components in per_category]
     default = ScoringRule(padded_weights(params.model.scoring.weights), params.model.scoring.smoothing_sigma, params.model.scoring.score_pool_size)
-    return select_scoring(per_category, params.validation, default)
+    selection = select_scoring(per_category, params.validation, default, STATISTICS_ONLY if statistics_only else None)
+    if final and not statistics_only:
+        restricted_selections(per_category, params.validation, default, selection)
+    return selection
 
 
 @torch.no_grad()

@@ -279,8 +279,13 @@ class FeatureExtractor(nn.Module):
         pretrained: bool = True,
         fine_indices: tuple[int, ...] = (),
         fine_stride: int = 8,
+        pooling: str = "average",
     ) -> None:
         super().__init__()
+        if pooling not in ("average", "bilinear"):
+            msg = f"pooling must be average or bilinear, got {pooling!r}"
+            raise ValueError(msg)
+        self.pooling = pooling
         model = create_classifier(backbone, pretrained=pretrained)
         stage_info = list(model.feature_info)
         out_indices = tuple(int(index) for index in out_indices)
@@ -352,10 +357,10 @@ class FeatureExtractor(nn.Module):
                 parts = [self._stages(images[start : start + CPU_CHUNK]) for start in range(0, len(images), CPU_CHUNK)]
                 stages = [torch.cat(level) for level in zip(*parts, strict=True)]
             by_index = dict(zip(self._all_indices, stages, strict=True))
-            coarse = self._on_grid(by_index, self.out_indices, self.reductions, self.feature_stride, (height, width))
+            coarse = self._on_grid(by_index, self.out_indices, self.reductions, self.feature_stride, (height, width), self.pooling)
             if not self.fine_indices:
                 return coarse, None
-            fine = self._on_grid(by_index, self.fine_indices, self.fine_reductions, self.fine_stride, (height, width))
+            fine = self._on_grid(by_index, self.fine_indices, self.fine_reductions, self.fine_stride, (height, width), self.pooling)
             return coarse, fine
 
     def _stages(self, images: Tensor) -> list[Tensor]:
@@ -364,12 +369,16 @@ class FeatureExtractor(nn.Module):
     @staticmethod
     def _on_grid(
         by_index: dict[int, Tensor], indices: tuple[int, ...], reductions: list[int], stride: int, size: tuple[int, int],
+        pooling: str = "average",
     ) -> Tensor:
         grid = (size[0] // stride, size[1] // stride)
         parts = []
         for index, reduction in zip(indices, reductions, strict=True):
             stage = by_index[index]
-            if reduction < stride:
+            if reduction < stride and pooling == "bilinear":
+                # the reference's neck: UpsamplingBilinear2d(scale_factor=reduction / stride), corners aligned
+                stage = F.interpolate(stage, size=grid, mode="bilinear", align_corners=True)
+            elif reduction < stride:
                 # Average each grid cell rather than point-sample it (UniAD's bilinear resize), see module docs.
                 stage = F.avg_pool2d(stage, kernel_size=stride // reduction)
             elif reduction > stride:
@@ -387,4 +396,5 @@ def build_feature_extractor(cfg: BackboneParams, pretrained: bool = True) -> Fea
         pretrained=pretrained,
         fine_indices=tuple(cfg.fine_indices),
         fine_stride=cfg.fine_stride,
+        pooling=cfg.pooling,
     )

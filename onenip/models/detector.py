@@ -44,7 +44,8 @@ class DetectorOutput(NamedTuple):
     """(B,) image scores."""
     components: list[Tensor | None]
     """Normalised [recon, refiner, residual, gaussian, memory] maps (B, 1, H, W), before smoothing (residual
-    None without fine path, gaussian and memory None where no Gaussian or bank is fitted)."""
+    None without fine path, gaussian and memory None where no Gaussian or bank is fitted; None too where
+    the scoring rule gives a map weight 0, which is then not computed)."""
 
 
 def build_onenip(cfg: ModelParams, in_features: int, fine_features: int, max_grid: tuple[int, int]) -> OneNIP:
@@ -72,6 +73,11 @@ def _z_norm(residual: Tensor, mean: Tensor, whitening: Tensor, std: Tensor, size
     centred = torch.einsum("ij,bjhw->bihw", whitening.to(residual.dtype), residual - mean)
     norm = (centred / std).pow(2).sum(dim=1, keepdim=True).sqrt()
     return F.interpolate(norm, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def _needs(weights: Sequence[float] | None, start: int, stop: int) -> bool:
+    """Whether any of the components ``start:stop`` is needed (``weights`` None: all are)."""
+    return weights is None or any(w != 0 for w in weights[start:stop])
 
 
 def nearest_prompt(queries: Tensor, prompts: Tensor) -> Tensor:
@@ -127,6 +133,9 @@ class OneNIPDetector(nn.Module):
             h, w = grids[category]
             self.register_buffer(f"prompt_{k}", torch.zeros(bank, extractor.num_features, h, w))
             # statistics of the error maps' residuals on training normals (mean 0, std 1: the raw errors)
+            # per-channel standardisation of the coarse features the network reads (identity unless fitted)
+            self.register_buffer(f"coarse_mean_{k}", torch.zeros(extractor.num_features, 1, 1))
+            self.register_buffer(f"coarse_std_{k}", torch.ones(extractor.num_features, 1, 1))
             self.register_buffer(f"recon_mean_{k}", torch.zeros(extractor.num_features, h, w))
             self.register_buffer(f"recon_whiten_{k}", torch.eye(extractor.num_features))
             self.register_buffer(f"recon_std_{k}", torch.ones(extractor.num_features, h, w))
@@ -160,6 +169,9 @@ class OneNIPDetector(nn.Module):
         self.register_buffer("gaussian_scale", torch.ones(count))
         self.register_buffer("recon_scale", torch.ones(count))
         self.register_buffer("residual_scale", torch.ones(count))
+        # the refiner's probability times the midpoint of the reconstruction error's range, as the reference
+        # blends them (there on the test set; here on the validation set, training images only)
+        self.register_buffer("refiner_scale", torch.ones(count))
         self.register_buffer("score_threshold", torch.full((count,), float("inf")))
         default_rule = ScoringRule(padded_weights(cfg.scoring.weights), cfg.scoring.smoothing_sigma, cfg.scoring.score_pool_size)
         self.scoring: dict[str, ScoringRule] = dict.fromkeys(self.categories, default_rule)
@@ -212,30 +224,83 @@ class OneNIPDetector(nn.Module):
         coarse, fine = self.feature_extractor.forward_pyramid(normalize(images, self.cfg.backbone.mean, self.cfg.backbone.std))
         return Features(coarse, fine)
 
-    def components(self, features: Features, k: int, prompt: Features | None = None) -> list[Tensor | None]:
+    def components(
+        self, features: Features, k: int, prompt: Features | None = None, weights: Sequence[float] | None = None,
+    ) -> list[Tensor | None]:
         """Normalised [recon, refiner, residual, gaussian, memory] maps of one category's queries at its input size.
 
-        ``prompt`` replaces the stored prompt (prompt sensitivity, training-time validation)."""
+        ``prompt`` replaces the stored prompt (prompt sensitivity, training-time validation). With
+        ``weights`` (a scoring rule's), maps of weight 0 are not computed (None): a rule without the
+        network's maps never runs the network, one without the memory map never searches the bank."""
         if prompt is not None:
-            return self.prompted_components(features, k, prompt.to(features.coarse.device), None)
+            return self.prompted_components(features, k, prompt.to(features.coarse.device), None, weights)
         bank = self.prompt(k)
-        return self.bank_components(features, k, bank, self._encoded_prompt(k, bank.coarse))
+        encoded = self._encoded_prompt(k, bank.coarse) if _needs(weights, 0, 3) else None
+        return self.bank_components(features, k, bank, encoded, weights)
 
-    def bank_components(self, features: Features, k: int, bank: Features, encoded: Tensor | None) -> list[Tensor | None]:
-        """``components`` against a prompt bank: each query uses its nearest prompt of the bank.
+    def bank_components(
+        self, features: Features, k: int, bank: Features, encoded: Tensor | None, weights: Sequence[float] | None = None,
+    ) -> list[Tensor | None]:
+        """``components`` against a prompt bank: each query uses its nearest prompt of the bank
+        (``model.prompt_reduction: nearest``) or every prompt (``min``, ``min_over_prompts``).
 
         ``encoded`` is ``model.encode(bank.coarse)`` when known (inference, export), else None."""
+        if bank.coarse.shape[0] > 1 and self.cfg.prompt_reduction == "min":
+            return self.min_over_prompts(features, k, bank, encoded, weights)
         if bank.coarse.shape[0] > 1:
             index = nearest_prompt(features.coarse, bank.coarse)
             bank = bank.select(index)
             encoded = None if encoded is None else encoded[index]
-        return self.prompted_components(features, k, bank, encoded)
+        return self.prompted_components(features, k, bank, encoded, weights)
 
-    def prompted_components(self, features: Features, k: int, prompt: Features, encoded: Tensor | None) -> list[Tensor | None]:
+    def min_over_prompts(
+        self, features: Features, k: int, bank: Features, encoded: Tensor | None, weights: Sequence[float] | None = None,
+    ) -> list[Tensor | None]:
+        """``components`` with every query scored against each prompt of the bank in turn, the network's
+        maps (recon, refiner, residual) taking their minimum over the prompts per pixel: a patch is
+        anomalous only when no stored normal image explains it (``model.prompt_reduction: min``)."""
+        network: list[Tensor | None] = [None, None, None]
+        if _needs(weights, 0, 3):
+            for p in range(bank.coarse.shape[0]):
+                prompt = bank.select([p])
+                maps = self.network_components(features, k, prompt, None if encoded is None else encoded[p : p + 1])
+                network = maps if p == 0 else [None if a is None else torch.minimum(a, b) for a, b in zip(network, maps, strict=True)]
+        return [*network, *self.statistics_components(features, k, weights)]
+
+    def prompted_components(
+        self, features: Features, k: int, prompt: Features, encoded: Tensor | None, weights: Sequence[float] | None = None,
+    ) -> list[Tensor | None]:
         """``components`` with one prompt per query (or one for all)."""
+        network = self.network_components(features, k, prompt, encoded) if _needs(weights, 0, 3) else [None, None, None]
+        return [*network, *self.statistics_components(features, k, weights)]
+
+    def statistics_components(self, features: Features, k: int, weights: Sequence[float] | None = None) -> list[Tensor | None]:
+        """[gaussian, memory] maps at the category's input size (None where not fitted or not needed)."""
+        size = self.geometries[self.categories[k]].size
+        gaussian = self.gaussian_map(features, k, size) if _needs(weights, 3, 4) else None
+        memory = self.memory_map(features, k, size) if _needs(weights, 4, 5) else None
+        return [gaussian, memory]
+
+    def network_input(self, k: int, coarse: Tensor) -> Tensor:
+        """Coarse features as the network reads them: standardised per channel with category k's statistics
+        (``model.feature_standardization``; the identity otherwise)."""
+        mean, std = getattr(self, f"coarse_mean_{k}"), getattr(self, f"coarse_std_{k}")
+        return (coarse - mean.to(coarse.dtype)) / std.to(coarse.dtype)
+
+    def set_standardization(self, k: int, mean: Tensor, std: Tensor) -> None:
+        getattr(self, f"coarse_mean_{k}").copy_(mean.reshape(-1, 1, 1))
+        getattr(self, f"coarse_std_{k}").copy_(std.reshape(-1, 1, 1))
+
+    def encode_prompt(self, k: int, prompt: Tensor) -> Tensor:
+        """``model.encode`` of category k's prompt features (standardised as the network reads them)."""
+        return self.model.encode(self.network_input(k, prompt))
+
+    def network_components(self, features: Features, k: int, prompt: Features, encoded: Tensor | None) -> list[Tensor | None]:
+        """The network's normalised [recon, refiner, residual] maps with one prompt per query (or one for all)."""
+        query = self.network_input(k, features.coarse)
         out = self.model(
-            features.coarse,
-            prompt.coarse,
+            query,
+            self.network_input(k, prompt.coarse),
             features.fine,
             prompt.fine,
             image_size=self.geometries[self.categories[k]].size,
@@ -245,12 +310,11 @@ class OneNIPDetector(nn.Module):
         if self.cfg.error_normalization != "none":
             # the residuals as z-scores of their per-position, per-channel statistics on training normals
             size = out.recon_map.shape[-2:]
-            recon_map = _z_norm(out.recon_features - features.coarse, *self.error_statistics(k, "recon"), size)
+            recon_map = _z_norm(out.recon_features - query, *self.error_statistics(k, "recon"), size)
             if out.fine_residual is not None:
                 residual_map = _z_norm(out.fine_residual, *self.error_statistics(k, "fine"), size)
-        maps = normalised_components(recon_map, out.refined_map, residual_map, self.recon_scale[k], self.residual_scale[k])
-        size = out.recon_map.shape[-2:]
-        return [*maps, self.gaussian_map(features, k, size), self.memory_map(features, k, size)]
+        return normalised_components(recon_map, out.refined_map * self.refiner_scale[k], residual_map, self.recon_scale[k],
+                                     self.residual_scale[k])  # fmt: skip
 
     @property
     def has_gaussian(self) -> bool:
@@ -307,9 +371,11 @@ class OneNIPDetector(nn.Module):
             getattr(self, f"{which}_{part}_{k}").copy_(value)
 
     def forward_features(self, features: Features, category: int, valid: Tensor | None = None) -> DetectorOutput:
-        """Score cached features of category index ``category`` with its stored prompt and the scoring rule."""
-        components = self.components(features, int(category))
-        anomaly_map, scores = score_maps(components, self.scoring[self.categories[int(category)]], valid)
+        """Score cached features of category index ``category`` with its stored prompt and the scoring rule
+        (the maps it gives weight 0 are not computed: None in ``components``)."""
+        rule = self.scoring[self.categories[int(category)]]
+        components = self.components(features, int(category), weights=rule.weights)
+        anomaly_map, scores = score_maps(components, rule, valid)
         return DetectorOutput(anomaly_map, scores, components)
 
     def forward(self, images: Tensor, category: int, valid: Tensor | None = None) -> DetectorOutput:
@@ -330,7 +396,7 @@ class OneNIPDetector(nn.Module):
         key = (k, buffer._version, weights_version, str(prompt.device), prompt.dtype, torch.is_autocast_enabled(prompt.device.type))
         cached = self._prompt_cache.get(k)
         if cached is None or cached[0] != key:
-            cached = (key, self.model.encode(prompt))
+            cached = (key, self.encode_prompt(k, prompt))
             self._prompt_cache[k] = cached
         return cached[1]
 
@@ -381,9 +447,11 @@ class OneNIPDetector(nn.Module):
         detector = cls(ModelParams.model_validate(config["model"]), config["categories"], geometries, pretrained=False)
         state = load_file(str(weights_path), device=str(map_location))
         expected = detector.state_dict()
-        # models saved before the Gaussian or the memory map existed load without them (their rules never weight them)
+        # models saved before the Gaussian, the memory map, the standardisation or the refiner's scale existed
+        # load without them (their rules never weight those maps; their network read raw features and
+        # their refiner map was the bare probability: identity statistics, scale 1)
         for key in expected.keys() - state.keys():
-            if key.startswith(("gaussian_", "memory_")):
+            if key.startswith(("gaussian_", "memory_", "coarse_mean_", "coarse_std_", "refiner_scale")):
                 state[key] = expected[key]
         detector.load_state_dict(state, strict=True)
         detector.scoring = {category: ScoringRule.from_dict(rule) for category, rule in config["scoring"].items()}

@@ -61,7 +61,8 @@ class ScoringRule:
 def normalised_components(
     recon_map: Tensor, refined_map: Tensor, residual_map: Tensor | None, recon_scale: Tensor | float, residual_scale: Tensor | float,
 ) -> list[Tensor | None]:
-    """[recon / recon_scale, refiner probability, residual / residual_scale] (scales: scalar or (B,))."""
+    """[recon / recon_scale, refiner map, residual / residual_scale] (scales: scalar or (B,)); the refiner
+    map comes scaled already (``OneNIPDetector.refiner_scale``)."""
 
     def scaled(maps: Tensor, scale: Tensor | float) -> Tensor:
         scale = torch.as_tensor(scale, dtype=maps.dtype, device=maps.device)

@@ -50,12 +50,22 @@ class OneNIPTransfer(nn.Module):
     def prompt(self, k: int) -> Features:
         return Features(self.prompt_coarse, self.prompt_fine)
 
+    def standardized(self, coarse: Tensor) -> Tensor:
+        """As the network reads a category's features (``model.feature_standardization``): standardised per
+        channel, here with the k prompts' statistics (the new category has no other data)."""
+        if self.detector.cfg.feature_standardization == "none":
+            return coarse
+        mean = self.prompt_coarse.mean(dim=(0, 2, 3))[:, None, None]
+        std = self.prompt_coarse.std(dim=(0, 2, 3))[:, None, None].clamp_min(1e-6)
+        return (coarse - mean) / std
+
     def recon_error(self, features: Features) -> Tensor:
         """(B, 1, H, W): per position, the smallest reconstruction error over the k prompts."""
         best: Tensor | None = None
         for j in range(self.prompt_coarse.shape[0]):
             fine = None if self.prompt_fine is None else self.prompt_fine[j : j + 1]
-            out = self.detector.model(features.coarse, self.prompt_coarse[j : j + 1], features.fine, fine, image_size=self.geometry_.size)
+            out = self.detector.model(self.standardized(features.coarse), self.standardized(self.prompt_coarse[j : j + 1]), features.fine, fine,
+                                      image_size=self.geometry_.size)  # fmt: skip
             best = out.recon_map if best is None else torch.minimum(best, out.recon_map)
         assert best is not None  # at least one prompt
         return best

@@ -230,6 +230,10 @@ def test_features_equal_unpruned_timm_stages_on_the_grid(pretrained_lite0: Featu
     expected = torch.cat([F.avg_pool2d(stage, 16 // reduction) for stage, reduction in zip(stages, [2, 4, 8, 16])], 1)
     torch.testing.assert_close(pretrained_lite0(images), expected)
     assert len(pretrained_lite0.backbone.blocks) < len(full.blocks)  # blocks after stage 3 are not run
+    # the reference's neck (pooling: bilinear): UniAD's UpsamplingBilinear2d(scale_factor=reduction / 16)
+    reference = FeatureExtractor("tf_efficientnet_lite0", pretrained=True, pooling="bilinear").eval()
+    resize = [torch.nn.UpsamplingBilinear2d(scale_factor=reduction / 16) for reduction in [2, 4, 8, 16]]
+    torch.testing.assert_close(reference(images), torch.cat([r(stage) for r, stage in zip(resize, stages)], 1))
 
 
 @pytest.mark.parametrize("chunk", [2, 16])

@@ -29,6 +29,8 @@ def detector() -> OneNIPDetector:
             bank.fine.normal_()
         mean, whiten, std = model.error_statistics(k, "recon")
         mean.normal_(0, 0.1), whiten.add_(0.05 * torch.randn_like(whiten)), std.uniform_(0.5, 2)
+        channels = model.feature_extractor.num_features  # the network reads standardised features
+        model.set_standardization(k, torch.randn(channels) * 0.1, torch.rand(channels) + 0.5)
     # a fitted Gaussian on "strip" (random SPD precisions), weighted there: the graph carries the fourth map
     mean = torch.randn_like(model.gaussian_mean_1)
     factor = torch.randn(model.gaussian_precision_1.shape) * 0.1

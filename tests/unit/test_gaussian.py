@@ -98,5 +98,5 @@ def test_without_a_fine_path_the_gaussian_models_the_coarse_grid() -> None:
         source = detector.gaussian_source(features)
         assert source.shape == (3, 4, 4, 4)  # 4 channels of the stride-16 grid of a 64 px image
         detector.set_gaussian(0, *fit_position_gaussian([(source, torch.ones(3, 1, 4, 4))]))
-        gaussian = detector(images, 0).components[3]
+        gaussian = detector.components(detector.extract(images), 0)[3]
     assert gaussian is not None and gaussian.shape == (3, 1, 64, 64) and torch.isfinite(gaussian).all()

@@ -515,3 +515,111 @@ def test_an_anomalous_test_image_without_a_mask_beside_masked_ones_is_refused_by
     image = masks[0].name.removesuffix("_mask.png")
     with pytest.raises(DatasetError, match=rf"1 anomalous test images have no mask while others do \(.*{image}"):
         evaluate(detector, manifest, cache, tmp_path / "eval", ["plate"], progress=False)
+
+
+def test_min_over_prompts_is_each_network_maps_per_pixel_minimum(tmp_path: Path) -> None:
+    root = make_mvtec_tree(tmp_path / "tree", ("plate",), n_train=8, n_test_good=2, n_test_bad=2, size=64)
+    manifest = make_manifest(root, progress=False)
+    base = tiny_params(tmp_path, epochs=1)
+    params = base.model_copy(update={"model": base.model.model_copy(update={"prompts": 3, "prompt_reduction": "min"})})
+    detector = train_onenip(manifest, params, tmp_path / "run", progress=False).detector.eval()
+    cache = FeatureCache(params.train.cache_dir, detector.feature_extractor, params.model.backbone)
+    test = manifest[manifest["split"] == "test"]
+    features = cache.get(test["image_path"].tolist(), test["sha256"].tolist(), detector.geometry("plate"), progress=False).float()
+    with torch.no_grad():
+        reduced = detector.components(features, 0)
+        single = [detector.components(features, 0, detector.prompt(0).select([p])) for p in range(3)]
+    for index in range(3):  # recon, refiner, residual: the minimum over the three prompts
+        expected = torch.stack([maps[index] for maps in single]).amin(dim=0)
+        torch.testing.assert_close(reduced[index], expected)
+        assert not all(torch.equal(expected, maps[index]) for maps in single)  # the prompts do differ
+    for index in (3, 4):  # the Gaussian and the memory bank do not depend on the prompt
+        torch.testing.assert_close(reduced[index], single[0][index])
+
+
+def test_a_statistics_only_model_fits_in_no_epoch_and_never_runs_the_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from onenip.models.onenip import OneNIP
+
+    root = make_mvtec_tree(tmp_path / "tree", ("plate", "widget"), n_train=16, n_test_good=2, n_test_bad=2, size=64)
+    manifest = make_manifest(root, progress=False)
+    params = tiny_params(tmp_path, holdout_fraction=0.3, network="none")
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the network ran")
+
+    monkeypatch.setattr(OneNIP, "forward", no_network)
+    monkeypatch.setattr(OneNIP, "reconstruct", no_network)
+    result = train_onenip(manifest, params, tmp_path / "run", progress=False)
+    assert result.history == [] and result.selection is not None
+    for category in ("plate", "widget"):
+        rule = result.detector.scoring[category]
+        assert rule.weights[:3] == (0.0, 0.0, 0.0) and sum(rule.weights[3:]) == pytest.approx(1.0)
+        assert all(row["weights"][:3] == [0.0, 0.0, 0.0] for row in result.selection.table[category])
+    loaded = OneNIPDetector.load(tmp_path / "run" / "model")
+    assert loaded.metadata["network"] == "none" and loaded.metadata["kept_epoch"] == 0
+    cache = FeatureCache(params.train.cache_dir, loaded.feature_extractor, params.model.backbone)
+    evaluation = evaluate(loaded, manifest, cache, None, num_heatmaps=0, progress=False)  # scoring skips the network too
+    assert set(evaluation) == {"plate", "widget"} and all(float(loaded.score_threshold[k]) < float("inf") for k in range(2))
+    # a category too small to validate gets the memory bank alone, never the (untrained) paper blend
+    small = tiny_params(tmp_path, holdout_fraction=0.1, network="none")
+    assert train_onenip(manifest, small, tmp_path / "small", progress=False).detector.scoring["plate"].weights == (0.0, 0.0, 0.0, 0.0, 1.0)
+
+
+def test_standardised_features_are_what_the_network_reads_and_reconstructs(tmp_path: Path) -> None:
+    from onenip.models.onenip import OneNIP
+
+    root = make_mvtec_tree(tmp_path / "tree", ("plate",), n_train=8, n_test_good=2, n_test_bad=2, size=64)
+    manifest = make_manifest(root, progress=False)
+    base = tiny_params(tmp_path, epochs=1)
+    params = base.model_copy(update={"model": base.model.model_copy(update={"feature_standardization": "category"})})
+    detector = train_onenip(manifest, params, tmp_path / "run", progress=False).detector.eval()
+    item = training.prepare_category_data(manifest, params, FeatureCache(params.train.cache_dir, detector.feature_extractor,
+                                          params.model.backbone), "plate", 0, detector.geometry("plate"), False)  # fmt: skip
+    coarse = item.fit_features.coarse.float()
+    standardised = detector.network_input(0, coarse)
+    # per channel over the fit images: mean 0 and standard deviation 1 (float16 cache, float64 sums)
+    torch.testing.assert_close(standardised.mean(dim=(0, 2, 3)), torch.zeros(coarse.shape[1]), atol=2e-3, rtol=0)
+    torch.testing.assert_close(standardised.std(dim=(0, 2, 3), correction=0), torch.ones(coarse.shape[1]), atol=2e-3, rtol=0)
+    # the map is the reconstruction error of the standardised features
+    features = item.holdout_features.float()
+    with torch.no_grad():
+        out = OneNIP.forward(detector.model, detector.network_input(0, features.coarse),
+                             detector.network_input(0, detector.prompt(0).coarse), features.fine, detector.prompt(0).fine,
+                             image_size=detector.geometry("plate").size)  # fmt: skip
+        raw = OneNIP.forward(detector.model, features.coarse, detector.prompt(0).coarse, features.fine, detector.prompt(0).fine,
+                             image_size=detector.geometry("plate").size)  # fmt: skip
+        cfg_none = detector.cfg.model_copy(update={"error_normalization": "none"})
+        detector.cfg = cfg_none
+        detector.recon_scale[0] = 1.0
+        recon_map = detector.components(features, 0)[0]
+    torch.testing.assert_close(recon_map, out.recon_map)
+    assert not torch.allclose(out.recon_map, raw.recon_map)
+    loaded = OneNIPDetector.load(tmp_path / "run" / "model")
+    torch.testing.assert_close(loaded.network_input(0, coarse), detector.network_input(0, coarse))
+
+
+def test_the_refiner_is_scaled_to_the_reconstruction_errors_range_on_validation(tmp_path: Path) -> None:
+    """model.refiner_scale: recon_range blends the refiner as the reference does, its probability times the
+    midpoint of the reconstruction error's range (the reference's test set; here the validation set)."""
+    root = make_mvtec_tree(tmp_path / "tree", ("plate",), n_train=16, n_test_good=2, n_test_bad=2, size=64)
+    manifest = make_manifest(root, progress=False)
+    base = tiny_params(tmp_path, epochs=1, holdout_fraction=0.3)
+    params = base.model_copy(update={"model": base.model.model_copy(update={"refiner_scale": "recon_range"})})
+    detector = train_onenip(manifest, params, tmp_path / "run", progress=False).detector.eval()
+    scale = float(detector.refiner_scale[0])
+    item = training.prepare_category_data(manifest, params, FeatureCache(params.train.cache_dir, detector.feature_extractor,
+                                          params.model.backbone), "plate", 0, detector.geometry("plate"), False)  # fmt: skip
+    from onenip.validation import build_category_validation, validation_components
+
+    validation = build_category_validation("plate", item.holdout_images, item.holdout_valid, detector.feature_extractor, params, seed=params.train.seed)
+    recon, refiner = validation_components(detector, validation)[:2]
+    assert scale == pytest.approx(float((recon.amax() + recon.amin()) / 2), rel=1e-4) and scale != 1.0
+    features = item.holdout_features.float()
+    with torch.no_grad():
+        scaled = detector.components(features, 0)[1]
+        detector.refiner_scale[0] = 1.0
+        probability = detector.components(features, 0)[1]
+    torch.testing.assert_close(scaled, probability * scale)
+    assert float(probability.max()) <= 1.0
+    plain = train_onenip(manifest, base, tmp_path / "plain", progress=False).detector
+    assert float(plain.refiner_scale[0]) == 1.0  # the default: the bare probability
