@@ -1,12 +1,25 @@
-"""OneNIP vs anomalib's PatchCore and PaDiM on the same images, weights, input size and metric code.
+"""OneNIP against anomalib's PatchCore and PaDiM, the protocol a sceptical reviewer accepts.
 
-Trains OneNIP in unified mode (one network for all categories) and per category, fits the peers
-(``benchmarks/peers.py``) in the same run, and writes a table (markdown + JSON) with I-AUROC, I-AP,
-P-AUROC, P-AP, AUPRO, F1-max, training minutes, inference images/s at batch 1 and 16 and peak RSS.
-Every fit runs in its own subprocess so peak RSS is that fit's own.
+Default protocol (``make bench``), on an idle machine, one fit at a time, 2 threads:
 
-    OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 .venv/bin/python benchmarks/run_benchmark.py \
-        --root ../shared/datasets/industrial --out benchmarks/results
+* groups: one unified network over bottle + kolektor + magnetic_tile (``../shared/datasets/industrial``)
+  and one over ELPV mono + poly (converted from the installed ``elpv-dataset`` package);
+* OneNIP with the defaults of params.yaml at several seeds (``train.seed``), and per category four rows
+  scored by the same trained model: ``default`` (the rule validation chose), ``paper`` (OneNIP as the
+  paper scores it: reconstruction error + refiner 0.5 / 0.5, no smoothing, 16 px pooling: the network
+  alone), ``network`` (the rule validation chose among the network's maps alone) and ``statistics``
+  (the rule chosen among the Gaussian and the memory bank alone: no network needed, whose minutes are
+  a ``train.network: none`` fit of the same group);
+* peers as their authors run them (``benchmarks/peers.py``: anomalib's PatchCore with its default 10 %
+  coreset, PaDiM with anomalib's defaults), at the SAME input as OneNIP's per category, and a 256 x 256
+  row of every method (OneNIP with ``keep_aspect: false``, one seed) so the aspect's effect shows for all;
+* every row's metrics from the same code (``onenip.metrics``) at mask resolution, training minutes and
+  peak RSS of its own process; for each OneNIP row the difference to the best fair peer (same input) per
+  metric, the mean over seeds with a paired bootstrap 95 % interval over test images
+  (``onenip.metrics.bootstrap``): "ahead" only when the interval excludes 0.
+
+    OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 .venv/bin/python benchmarks/run_benchmark.py --out benchmarks/results/R
+    .venv/bin/python benchmarks/run_benchmark.py --aggregate benchmarks/results/R      # the table again
 
 Threads come from OMP_NUM_THREADS / MKL_NUM_THREADS (never ``torch.set_num_threads``, which breaks
 PaDiM's batched matrix inverse with this torch build).
@@ -37,9 +50,15 @@ from typing import Any  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-DEFAULT_ROOT = REPO.parent / "shared" / "datasets" / "industrial"
-CATEGORIES = ("bottle", "magnetic_tile", "kolektor")
+INDUSTRIAL = REPO.parent / "shared" / "datasets" / "industrial"
+DEFAULT_GROUPS = ("bottle,kolektor,magnetic_tile", "mono,poly")
 METRICS = ("image_AUROC", "image_AP", "image_F1max", "pixel_AUROC", "pixel_AP", "pixel_F1max", "pixel_AUPRO")
+COMPARED = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "pixel_AP")
+TIE_TOLERANCE = 0.005
+"""A OneNIP row counts as at least the best peer when its interval's lower bound is at or above -this."""
+PAPER_RULE = {"weights": [0.5, 0.5, 0.0, 0.0, 0.0], "smoothing_sigma": 0.0, "score_pool_size": 16}
+"""OneNIP as the reference scores it: reconstruction error and refiner 0.5 / 0.5, no smoothing, the
+maximum of the 16 x 16 average-pooled map (gaobb/OneNIP tools/train_val.py, utils/eval_helper.py)."""
 
 
 def _git_sha() -> str | None:
@@ -70,95 +89,105 @@ def measure_throughput(detector: Any, category_index: int, batch_size: int, repe
     return batch_size * repeats / (time.perf_counter() - started)
 
 
+def benchmark_root(folder: Path, elpv: Path | None) -> Path:
+    """One root holding every benchmark category (symlinks): the industrial set and ELPV in MVTec layout
+    (converted from the installed ``elpv-dataset`` package into ``elpv`` when not given)."""
+    if elpv is None:
+        elpv = folder / "elpv"
+        if not (elpv / "mono" / "train").is_dir():
+            from onenip.data.convert.elpv import convert_elpv
+
+            convert_elpv(elpv, overwrite=True, progress=False)
+    root = folder / "root"
+    root.mkdir(parents=True, exist_ok=True)
+    for source in (INDUSTRIAL, elpv):
+        if not source.is_dir():
+            print(f"benchmark data missing, its categories are skipped: {source}", file=sys.stderr)
+            continue
+        for category in sorted(p for p in source.iterdir() if (p / "train" / "good").is_dir()):
+            link = root / category.name
+            if not link.exists():
+                link.symlink_to(category.resolve(), target_is_directory=True)
+    return root
+
+
+def _variant_rules(detector: Any, category: str) -> dict[str, dict[str, Any] | None]:
+    restricted = (detector.metadata.get("selection") or {}).get("restricted") or {}
+    return {
+        "default": detector.scoring[category].to_dict(),
+        "paper": PAPER_RULE,
+        "network": (restricted.get("network") or {}).get(category, {}).get("rule"),
+        "statistics": (restricted.get("statistics") or {}).get(category, {}).get("rule"),
+    }
+
+
 def run_onenip(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Worker: train one OneNIP network (unified or one category), evaluate, time, report rows."""
+    """Worker: train one OneNIP network on a group (or fit statistics only), then score its test splits
+    under each row's rule; per-image summaries beside the JSON."""
     from benchmarks.peers import drop_leaked_test_images
     from onenip.config import load_params
     from onenip.data.manifest import make_manifest
-    from onenip.evaluation import evaluate, prompt_sensitivity
+    from onenip.evaluation import evaluate_category
     from onenip.features import FeatureCache
+    from onenip.models.scoring import ScoringRule
     from onenip.training import train_onenip
 
-    params = load_params(args.params)
-    overrides = {}
-    epochs = _category_epochs(args.category_epochs).get(args.categories[0]) if len(args.categories) == 1 else None
-    if epochs or args.epochs:
-        overrides["epochs"] = epochs or args.epochs
+    overrides: dict[str, Any] = {"train": {"seed": args.seed, "network": args.network}}
     if args.cache_dir:
-        overrides["cache_dir"] = args.cache_dir
-    if overrides:
-        params = params.model_copy(update={"train": params.train.model_copy(update=overrides)})
+        overrides["train"]["cache_dir"] = args.cache_dir
+    if args.square:
+        overrides["model"] = {"keep_aspect": False, "input_sizes": {}}
+    params = load_params(args.params, overrides=overrides)
     manifest, dropped = drop_leaked_test_images(make_manifest(args.root, args.categories, progress=False))
     started = time.perf_counter()
     result = train_onenip(manifest, params, args.run_dir, args.categories, resume=False, progress=args.progress)
-    train_wall = time.perf_counter() - started
+    train_minutes = (time.perf_counter() - started) / 60
     detector = result.detector.eval()
     cache = FeatureCache(params.train.cache_dir, detector.feature_extractor, params.model.backbone)
-    evaluation = evaluate(detector, manifest, cache, Path(args.run_dir) / "eval", num_heatmaps=params.eval.num_heatmaps, progress=False)
-    selection = detector.metadata.get("selection") or {}
+    variants = ("statistics",) if args.network == "none" else ("default", "paper", "network", "statistics")
     rows = []
     for category in args.categories:
         k = detector.category_index(category)
-        sensitivity = (
-            prompt_sensitivity(detector, manifest, category, cache, params.eval.prompt_trials)
-            if params.eval.prompt_trials
-            else {}
-        )
-        rows.append(
-            {
-                "method": f"onenip-{args.mode}",
-                "category": category,
-                "metrics": {m: evaluation[category].metrics.get(m) for m in METRICS},
-                "prompt_sensitivity": sensitivity,
-                "train_minutes": train_wall / 60,
-                "train_minutes_scope": "whole network (all categories)" if args.mode == "unified" else "this category",
-                "epochs": params.train.epochs,
-                "kept_epoch": detector.metadata.get("kept_epoch"),
-                "scoring_rule": detector.scoring[category].to_dict(),
-                "validation_metrics": (selection.get("metrics") or {}).get(category),
-                "input_geometry": detector.geometry(category).to_dict(),
-                "inference": {
-                    "images_per_s_batch1": measure_throughput(detector, k, 1, 32),
-                    "images_per_s_batch16": measure_throughput(detector, k, 16, 4),
-                },
+        chosen = detector.scoring[category]
+        rules = _variant_rules(detector, category)
+        if args.network == "none":
+            rules["statistics"] = chosen.to_dict()
+        inference = {"images_per_s_batch1": measure_throughput(detector, k, 1, 32),
+                     "images_per_s_batch16": measure_throughput(detector, k, 16, 4)}  # fmt: skip
+        for variant in variants:
+            if rules[variant] is None:
+                continue
+            detector.scoring[category] = ScoringRule.from_dict(rules[variant])
+            per_image = args.run_dir / f"{category}-{variant}.npz"
+            evaluation = evaluate_category(detector, manifest, category, cache, None, num_heatmaps=0, progress=False, per_image=per_image)
+            rows.append({
+                "method": "onenip", "variant": variant, "input": "256" if args.square else "native", "seed": args.seed,
+                "category": category, "group": "+".join(args.categories), "network": args.network,
+                "metrics": {m: evaluation.metrics.get(m) for m in METRICS}, "per_image": str(per_image),
+                "train_minutes": train_minutes, "train_minutes_scope": "the whole group", "kept_epoch": detector.metadata.get("kept_epoch"),
+                "scoring_rule": rules[variant], "input_geometry": detector.geometry(category).to_dict(),
+                "validation_metrics": ((detector.metadata.get("selection") or {}).get("metrics") or {}).get(category),
+                "network_adds": ((detector.metadata.get("selection") or {}).get("network_adds") or {}).get(category),
+                "inference": inference if variant == "default" else None,
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "dropped_test_images": [p for p in dropped if f"/{category}/" in p],
-                "config": params.model.model_dump(mode="json") | {"train": params.train.model_dump(mode="json"),
-                                                                   "synthesis": params.synthesis.model_dump(mode="json"),
-                                                                   "validation": params.validation.model_dump(mode="json")},
-            },
-        )
+            })  # fmt: skip
+        detector.scoring[category] = chosen
     return rows
 
 
-def write_synthesis_previews(root: Path, categories: Sequence[str], params_path: Path, out: Path) -> list[Path]:
-    """Per category, the training synthesis and the validation families as PNG grids, so a person can
-    judge how realistic the anomalies are (``onenip synthesize`` writes the same)."""
+def onenip_geometries(root: Path, params_path: Path, categories: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """OneNIP's (height, width) input per category, as training will choose it (the peers' same input)."""
     from onenip.config import load_params
-    from onenip.jobs import synthesis_preview
+    from onenip.data.manifest import make_manifest
+    from onenip.training import choose_geometries
 
     params = load_params(params_path)
-    written = []
-    for category in categories:
-        for validation in (False, True):
-            name = f"{category}-{'validation' if validation else 'training'}.png"
-            written.append(synthesis_preview(root, category, params, out / "synthesis" / name, 8, validation=validation))
-    return written
+    manifest = make_manifest(root, list(categories), progress=False)
+    return {c: g.size for c, g in choose_geometries(manifest, params, list(categories)).items()}
 
 
-def _category_epochs(items: Sequence[str] | None) -> dict[str, int]:
-    """``["magnetic_tile=8"]`` -> ``{"magnetic_tile": 8}`` (epochs for per-category fits)."""
-    result = {}
-    for item in items or []:
-        name, _, value = item.partition("=")
-        if not value.isdigit():
-            msg = f"--category-epochs expects CATEGORY=N, got {item!r}"
-            raise SystemExit(msg)
-        result[name] = int(value)
-    return result
-
-
-def _subprocess_rows(command: list[str], json_path: Path, timeout: float | None) -> list[dict[str, Any]]:
+def _run(command: list[str], json_path: Path, timeout: float | None) -> list[dict[str, Any]]:
     completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
     if completed.returncode != 0:
         print(completed.stderr[-3000:], file=sys.stderr)
@@ -167,46 +196,64 @@ def _subprocess_rows(command: list[str], json_path: Path, timeout: float | None)
     return rows if isinstance(rows, list) else [rows]
 
 
-def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    head = "| category | method | I-AUROC | I-AP | P-AUROC | P-AP | AUPRO | I-F1max | P-F1max | train min | img/s b1 | img/s b16 | peak RSS MB |"
-    lines = [head, "|" + "---|" * 13]
-    for row in sorted(rows, key=lambda r: (r["category"], r["method"])):
-        m = row["metrics"]
+def plan_jobs(args: argparse.Namespace, root: Path, out: Path) -> list[tuple[str, list[str], Path]]:
+    """(name, command, json) of every fit of the protocol, OneNIP first."""
+    jobs = []
+    groups = [g.split(",") for g in args.groups]
+    for group in groups:
+        variants = [(seed, "onenip", False) for seed in args.seeds] + [(args.seeds[0], "none", False)]
+        variants += [(args.seeds[0], "onenip", True)] if args.square_rows else []
+        for seed, network, square in variants:
+            name = f"onenip-{'+'.join(group)}-seed{seed}" + ("-statistics" if network == "none" else "") + ("-256" if square else "")
+            command = [sys.executable, __file__, "--worker", "--root", str(root), "--params", str(args.params), "--run-dir", str(out / name),
+                       "--json", str(out / f"{name}.json"), "--seed", str(seed), "--network", network, "--categories", *group]  # fmt: skip
+            command += ["--square"] if square else []
+            command += ["--cache-dir", args.cache_dir] if args.cache_dir else []
+            jobs.append((name, command, out / f"{name}.json"))
+    categories = [c for group in groups for c in group]
+    geometries = onenip_geometries(root, args.params, categories)
+    for method in args.peers:
+        for category in categories:
+            sizes = {"native": geometries[category]}
+            if args.square_rows and geometries[category] != (256, 256):
+                sizes["256"] = (256, 256)
+            for label, (height, width) in sizes.items():
+                name = f"{method}-{category}-{label}"
+                command = [sys.executable, str(REPO / "benchmarks" / "peers.py"), "--method", method, "--category", category,
+                           "--root", str(root), "--json", str(out / f"{name}.json"), "--input-size", str(height), str(width),
+                           "--per-image", str(out / f"{name}.npz")]  # fmt: skip
+                jobs.append((name, command, out / f"{name}.json"))
+    return jobs
 
-        def f(name: str) -> str:
-            return "-" if m.get(name) is None else f"{m[name]:.3f}"
 
-        inf = row.get("inference", {})
-        lines.append(
-            f"| {row['category']} | {row['method']} | {f('image_AUROC')} | {f('image_AP')} | {f('pixel_AUROC')} | {f('pixel_AP')} "
-            f"| {f('pixel_AUPRO')} | {f('image_F1max')} | {f('pixel_F1max')} | {row['train_minutes']:.1f} "
-            f"| {inf.get('images_per_s_batch1', 0):.1f} | {inf.get('images_per_s_batch16', 0):.1f} | {row['peak_rss_mb']:.0f} |",
-        )
-    return "\n".join(lines)
+def peer_row(row: dict[str, Any], json_path: Path) -> dict[str, Any]:
+    """A ``peers.py`` row in this benchmark's shape (input label from its file name)."""
+    label = json_path.stem.rsplit("-", 1)[1]
+    return row | {"variant": "", "input": label, "seed": row["config"]["seed"], "per_image": str(json_path.with_suffix(".npz"))}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT)
-    parser.add_argument("--categories", nargs="+", default=list(CATEGORIES))
-    parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
-    parser.add_argument("--modes", nargs="*", default=["unified", "per-category"], choices=["unified", "per-category"])
+    parser.add_argument("--groups", nargs="+", default=list(DEFAULT_GROUPS), help="comma-separated categories trained as one network each")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--peers", nargs="*", default=["patchcore", "padim"], choices=["patchcore", "padim"])
-    parser.add_argument("--coreset-ratio", type=float, default=0.01)
-    parser.add_argument("--category-coreset", nargs="*", default=None, metavar="CATEGORY=RATIO",
-                        help="PatchCore coreset ratio of one category (anomalib's sampler is slow on large ones)")
-    parser.add_argument("--merge", nargs="*", type=Path, default=None, metavar="RESULTS_JSON",
-                        help="only print and write one table from results.json files of runs started together")
-    parser.add_argument("--epochs", type=int, default=None, help="override train.epochs")
-    parser.add_argument("--category-epochs", nargs="*", default=None, metavar="CATEGORY=N",
-                        help="epochs of a per-category fit (default: --epochs or train.epochs)")
+    parser.add_argument("--no-square-rows", dest="square_rows", action="store_false", help="skip the 256 x 256 rows")
+    parser.add_argument("--elpv", type=Path, default=None, help="ELPV in MVTec layout (default: converted from the elpv-dataset package)")
+    parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
     parser.add_argument("--cache-dir", default=None, help="override train.cache_dir")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / time.strftime("%Y%m%d-%H%M%S"))
+    parser.add_argument("--only", nargs="*", default=None, help="run only these jobs (names as printed, e.g. onenip-mono+poly-seed0, patchcore-mono-native)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per fit")
+    parser.add_argument("--aggregate", type=Path, default=None, help="only print and write the table of an earlier run's folder")
+    parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples of the intervals")
     parser.add_argument("--progress", action="store_true")
     # internal: one OneNIP fit in this process
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--mode", default="unified", help=argparse.SUPPRESS)
+    parser.add_argument("--root", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--categories", nargs="*", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--network", default="onenip", help=argparse.SUPPRESS)
+    parser.add_argument("--square", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -214,59 +261,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.worker:
         args.json.write_text(json.dumps(run_onenip(args), indent=2))
         return 0
+    from benchmarks.benchmark_table import write_summary
 
-    if args.merge:
-        merged = [row for path in args.merge for row in json.loads(path.read_text())["rows"]]
-        args.out.mkdir(parents=True, exist_ok=True)
-        sources = {str(p): json.loads(p.read_text()).get("git_sha") for p in args.merge}
-        (args.out / "results.json").write_text(json.dumps({"rows": merged, "merged_from": sources}, indent=2))
-        (args.out / "results.md").write_text(format_table(merged) + "\n")
-        print(format_table(merged))
+    if args.aggregate:
+        print(write_summary(args.aggregate, args.resamples))
         return 0
-
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = args.out / stamp
+    out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    if args.modes:
-        write_synthesis_previews(args.root, args.categories, args.params, out)
-    rows: list[dict[str, Any]] = []
-    jobs: list[tuple[str, list[str], Path]] = []
-    for mode in args.modes:
-        groups = [args.categories] if mode == "unified" else [[c] for c in args.categories]
-        for group in groups:
-            name = f"onenip-{mode}-{'+'.join(group)}"
-            json_path = out / f"{name}.json"
-            command = [sys.executable, __file__, "--worker", "--mode", mode, "--root", str(args.root), "--params", str(args.params),
-                       "--run-dir", str(out / name), "--json", str(json_path), "--categories", *group]  # fmt: skip
-            if args.epochs:
-                command += ["--epochs", str(args.epochs)]
-            if args.category_epochs:
-                command += ["--category-epochs", *args.category_epochs]
-            if args.cache_dir:
-                command += ["--cache-dir", args.cache_dir]
-            jobs.append((name, command, json_path))
-    coreset = {name: float(value) for name, _, value in (item.partition("=") for item in args.category_coreset or [])}
-    for method in args.peers:
-        for category in args.categories:
-            json_path = out / f"{method}-{category}.json"
-            command = [sys.executable, str(REPO / "benchmarks" / "peers.py"), "--method", method, "--category", category,
-                       "--root", str(args.root), "--json", str(json_path),
-                       "--coreset-ratio", str(coreset.get(category, args.coreset_ratio))]  # fmt: skip
-            jobs.append((f"{method}-{category}", command, json_path))
-
+    root = benchmark_root(out, args.elpv)
+    jobs = plan_jobs(args, root, out)
+    if args.only:
+        jobs = [job for job in jobs if job[0] in args.only]
+    (out / "run.json").write_text(json.dumps({"git_sha": _git_sha(), "machine": platform.platform(), "cpu_count": os.cpu_count(),
+                                              "threads": os.environ.get("OMP_NUM_THREADS"), "argv": sys.argv[1:],
+                                              "jobs": [name for name, _, _ in jobs]}, indent=2))  # fmt: skip
     for name, command, json_path in jobs:
         started = time.perf_counter()
         print(f"[{time.strftime('%H:%M:%S')}] {name} ...", flush=True)
-        new = _subprocess_rows(command, json_path, args.timeout)
-        print(f"    {len(new)} rows in {(time.perf_counter() - started) / 60:.1f} min", flush=True)
-        rows.extend(new)
-        (out / "results.json").write_text(json.dumps({"rows": rows, "git_sha": _git_sha(), "machine": platform.platform(),
-                                                      "cpu_count": os.cpu_count(), "threads": os.environ.get("OMP_NUM_THREADS"),
-                                                      "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}, indent=2))  # fmt: skip
-    table = format_table(rows)
-    (out / "results.md").write_text(table + "\n")
-    print(table)
-    print(f"\nWrote {out / 'results.json'} and {out / 'results.md'}")
+        rows = _run(command, json_path, args.timeout)
+        if rows and not name.startswith("onenip"):
+            json_path.write_text(json.dumps([peer_row(row, json_path) for row in rows], indent=2))
+        print(f"    {len(rows)} rows in {(time.perf_counter() - started) / 60:.1f} min", flush=True)
+    print(write_summary(out, args.resamples))
     return 0
 
 
