@@ -270,13 +270,13 @@ class ValidationParams(_Section):
     against that family's anomalies), as ``generalist.trained_every_family`` asks of the trained head."""
     refiner_bootstrap: int = Field(50, ge=2)
     """Bootstrap resamples for that standard error (and the anchor's)."""
-    anchor: Literal["memory", "none"] = "none"
+    anchor: Literal["memory", "none"] = "memory"
     """The safe rule that wins ties: ``memory``, the memory bank alone (PatchCore inside the model);
     a rule with more maps is chosen over it only when it wins beyond the noise (``anchor_margin_se``,
     ``anchor_rule``). ``none``: the plain highest score."""
-    anchor_margin_se: float = Field(1.0, ge=0)
+    anchor_margin_se: float = Field(2.0, ge=0)
     """Paired bootstrap standard errors by which a richer rule must beat the anchor."""
-    anchor_rule: Literal["both", "score"] = "both"
+    anchor_rule: Literal["both", "score"] = "score"
     """``both``: beat the anchor on localisation (mean of pixel AUROC and AUPRO) AND on image AUROC;
     ``score``: on the selection score, and lose on neither of the two beyond the margin."""
     smoothing_sigmas: tuple[float, ...] = (0.0, 2.0, 4.0, 8.0)

@@ -237,7 +237,8 @@ def test_validation_anomalies_are_faded_by_the_configured_strength(monkeypatch: 
     assert load_params(repo).validation.anomaly_strength[0] < 1  # the default fades: full strength saturated the choice
 
 
-def test_the_memory_bank_alone_wins_ties_and_loses_only_beyond_the_noise() -> None:
+@pytest.mark.parametrize(("rule", "margin"), [("both", 1.0), ("score", 2.0)])
+def test_the_memory_bank_alone_wins_ties_and_loses_only_beyond_the_noise(rule: str, margin: float) -> None:
     """validation.anchor: memory: a blend that is better only within the noise keeps the memory bank alone;
     one that wins clearly on localisation and on the image score replaces it."""
     data = _validation("v", normals=12, anomalies=12)
@@ -245,9 +246,9 @@ def test_the_memory_bank_alone_wins_ties_and_loses_only_beyond_the_noise() -> No
     memory[12:15, :, 2:4, 2:4] = 0.0  # the memory bank misses three defects entirely
     recon = _maps(data, True, 1)  # the reconstruction error finds every defect
     nearly = memory.clone()
-    nearly[12, :, 2, 2] = 6.0  # finds one more defect pixel than the memory bank: a lead inside the noise
+    nearly[12, :, 2, 2] = 0.9  # one missed defect pixel rises to the noise level: a lead inside the noise
     cfg = ValidationParams(smoothing_sigmas=(0.0,), score_pool_sizes=(1,), weight_step=1.0, min_normals=4, max_refiner_weight=1.0,
-                           refiner_margin_se=0.0, anchor="memory", anchor_margin_se=1.0, refiner_bootstrap=200)  # fmt: skip
+                           refiner_margin_se=0.0, anchor="memory", anchor_margin_se=margin, anchor_rule=rule, refiner_bootstrap=200)  # fmt: skip
     clear = select_scoring([(data, [recon, _maps(data, False, 2), None, None, memory])], cfg, ScoringRule())
     assert clear.rules["v"].weights == (1.0, 0.0, 0.0, 0.0, 0.0)
     tie = select_scoring([(data, [nearly, _maps(data, False, 2), None, None, memory])], cfg, ScoringRule())
@@ -256,7 +257,7 @@ def test_the_memory_bank_alone_wins_ties_and_loses_only_beyond_the_noise() -> No
         next(r["pixel_AUROC"] for r in tie.table["v"] if tuple(r["weights"]) == (0.0, 0.0, 0.0, 0.0, 1.0)))
     plain = select_scoring([(data, [nearly, _maps(data, False, 2), None, None, memory])], cfg.model_copy(update={"anchor": "none"}), ScoringRule())
     assert plain.rules["v"].weights == (1.0, 0.0, 0.0, 0.0, 0.0)  # without the anchor, the tiny lead wins
-    assert ValidationParams().anchor in ("memory", "none")
+    assert (ValidationParams().anchor, ValidationParams().anchor_rule) == ("memory", "score")  # the default, chosen LOCO
 
 
 def test_restricted_selections_and_what_the_network_adds() -> None:
