@@ -110,9 +110,10 @@ def format_summary(summary: dict[str, Any]) -> str:
                     continue
                 spread = f" ± {entry['std'][metric]:.3f}" if len(entry["seeds"]) > 1 else ""
                 cells.append(f"{entry['mean'][metric]:.3f}{spread}")
+            compared = entry.get("versus_best_peer", {})
             versus = "; ".join(
-                f"{SHORT[m]} {v['difference']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}] {v['verdict'].split(',')[0]}"
-                for m, v in entry.get("versus_best_peer", {}).items()
+                f"{SHORT[m]} {compared[m]['difference']:+.3f} [{compared[m]['low']:+.3f}, {compared[m]['high']:+.3f}] {compared[m]['verdict']}"
+                for m in COMPARED if m in compared
             )
             lines.append(f"| {category} | {label} | {len(entry['seeds'])} | " + " | ".join(cells)
                          + f" | {versus or '-'} | {entry['train_minutes']:.1f} | {entry['peak_rss_mb']:.0f} |")  # fmt: skip
