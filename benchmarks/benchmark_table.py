@@ -32,7 +32,10 @@ def load_rows(folder: Path) -> list[dict[str, Any]]:
         if path.name in ("run.json", "summary.json"):
             continue
         found = json.loads(path.read_text())
-        rows += found if isinstance(found, list) else [found]
+        for row in found if isinstance(found, list) else [found]:
+            if row.get("per_image") and not Path(row["per_image"]).is_absolute():  # relative to the folder: it can move
+                row["per_image"] = str(folder / row["per_image"])
+            rows.append(row)
     return rows
 
 

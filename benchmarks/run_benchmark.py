@@ -163,7 +163,7 @@ def run_onenip(args: argparse.Namespace) -> list[dict[str, Any]]:
             rows.append({
                 "method": "onenip", "variant": variant, "input": "256" if args.square else "native", "seed": args.seed,
                 "category": category, "group": "+".join(args.categories), "network": args.network,
-                "metrics": {m: evaluation.metrics.get(m) for m in METRICS}, "per_image": str(per_image),
+                "metrics": {m: evaluation.metrics.get(m) for m in METRICS}, "per_image": os.path.relpath(per_image, args.json.parent),
                 "train_minutes": train_minutes, "train_minutes_scope": "the whole group", "kept_epoch": detector.metadata.get("kept_epoch"),
                 "scoring_rule": rules[variant], "input_geometry": detector.geometry(category).to_dict(),
                 "validation_metrics": ((detector.metadata.get("selection") or {}).get("metrics") or {}).get(category),
@@ -229,7 +229,7 @@ def plan_jobs(args: argparse.Namespace, root: Path, out: Path) -> list[tuple[str
 def peer_row(row: dict[str, Any], json_path: Path) -> dict[str, Any]:
     """A ``peers.py`` row in this benchmark's shape (input label from its file name)."""
     label = json_path.stem.rsplit("-", 1)[1]
-    return row | {"variant": "", "input": label, "seed": row["config"]["seed"], "per_image": str(json_path.with_suffix(".npz"))}
+    return row | {"variant": "", "input": label, "seed": row["config"]["seed"], "per_image": json_path.with_suffix(".npz").name}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.benchmark_table import summarise, verdict, write_summary
+from benchmarks.benchmark_table import load_rows, summarise, verdict, write_summary
 from onenip.metrics.bootstrap import PerImage
 
 
@@ -27,7 +27,7 @@ def _row(folder: Path, name: str, method: str, variant: str, seed: int, strength
     summary.ids = np.array([f"img{i}" for i in range(len(labels))])
     path = summary.save(folder / f"{name}.npz")
     row = {"method": method, "variant": variant, "input": input_label, "seed": seed, "category": "plate",
-           "metrics": summary.metrics(), "train_minutes": 1.0, "peak_rss_mb": 100.0, "per_image": str(path)}
+           "metrics": summary.metrics(), "train_minutes": 1.0, "peak_rss_mb": 100.0, "per_image": path.name}  # relative: the folder can move
     (folder / f"{name}.json").write_text(json.dumps([row]))
     return row
 
@@ -38,7 +38,7 @@ def test_a_clearly_better_row_is_ahead_and_a_copy_of_the_peer_ties(tmp_path: Pat
     _row(tmp_path, "copy", "onenip", "paper", 7, 0.2)
     _row(tmp_path, "patchcore-native", "patchcore", "", 7, 0.2)
     _row(tmp_path, "patchcore-256", "patchcore", "", 3, 5.0, input_label="256")  # not a fair peer: another input
-    summary = summarise([json.loads(p.read_text())[0] for p in sorted(tmp_path.glob("*.json"))], resamples=200)["plate"]
+    summary = summarise(load_rows(tmp_path), resamples=200)["plate"]
     assert summary["best_fair_peer"] == {m: "patchcore @native" for m in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "pixel_AP")}
     better = summary["rows"]["onenip default @native"]
     assert better["seeds"] == [0, 1] and better["std"]["pixel_AUROC"] > 0  # two seeds pooled, their spread kept
