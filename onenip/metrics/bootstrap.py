@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import rankdata
 
 from onenip.metrics.edges import _adaptive_edges
 from onenip.metrics.histogram import ScoreHistogram, _accumulate
@@ -30,8 +31,6 @@ PIXEL_METRICS = ("pixel_AUROC", "pixel_AP", "pixel_AUPRO")
 def rank_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     """AUROC as the Mann-Whitney statistic from average ranks (ties count half): equal to sklearn's
     ``roc_auc_score``, at a fraction of its overhead for the hundreds of evaluations a bootstrap makes."""
-    from scipy.stats import rankdata
-
     scores, labels = np.asarray(scores, dtype=np.float64).ravel(), np.asarray(labels).ravel().astype(bool)
     positives, negatives = int(labels.sum()), int((~labels).sum())
     if not positives or not negatives:
