@@ -12,6 +12,7 @@ Prints a table and writes JSON.
 
     OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 .venv/bin/python benchmarks/serve_bench.py \\
         --model models:/onenip-elpv-mono@champion --images data/elpv/mono/test --out benchmarks/results/serve.json
+    OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 .venv/bin/python benchmarks/serve_bench.py --all-champions --runtimes onnx
 """
 
 from __future__ import annotations
@@ -218,8 +219,12 @@ def bench_serving(uri: str, images: list[Path], requests_count: int, project_roo
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="models:/<name>@<alias>, models:/<name>/<version> or a model folder")
-    parser.add_argument("--images", type=Path, required=True, help="folder of real images (searched recursively)")
+    parser.add_argument("--model", help="models:/<name>@<alias>, models:/<name>/<version> or a model folder")
+    parser.add_argument("--images", type=Path, help="folder of real images (searched recursively)")
+    parser.add_argument("--all-champions", action="store_true",
+                        help="every champion of the project's registry, each on the images of --images-pattern")
+    parser.add_argument("--images-pattern", default="data/{dataset}/{category}/test",
+                        help="with --all-champions: a champion's image folder, from its dataset and category tags")
     parser.add_argument("--limit", type=int, default=64, help="images used for predict throughput")
     parser.add_argument("--requests", type=int, default=48, help="single-image requests to the server (per client setting)")
     parser.add_argument("--runtimes", nargs="+", default=["torch", "onnx", "openvino"], choices=["torch", "onnx", "openvino"])
@@ -232,7 +237,59 @@ def main() -> int:
     if args.worker:
         print(json.dumps(predict_worker(args)))
         return 0
+    if args.all_champions:
+        return bench_all_champions(args)
+    if args.model is None or args.images is None:
+        parser.error("--model and --images are required (or --all-champions)")
+    result = bench_model(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"Wrote {args.out}")
+    return 0
 
+
+def champions(params_path: Path) -> list[tuple[str, str, str, str]]:
+    """(model name, version, dataset, category) of every champion in the project's registry."""
+    from onenip import registry
+    from onenip.config import load_params
+
+    client = registry.connect(load_params(params_path), Path.cwd())
+    found = []
+    for model in sorted(client.search_registered_models(), key=lambda m: m.name):
+        if registry.CHAMPION in model.aliases:
+            version = client.get_model_version(model.name, model.aliases[registry.CHAMPION])
+            if version.tags.get("onenip.kind") == registry.KIND_GENERALIST:
+                continue  # the generalist serves nothing alone
+            found.append((model.name, str(version.version), version.tags.get("onenip.dataset", ""), version.tags.get("onenip.category", "")))
+    return found
+
+
+def bench_all_champions(args: argparse.Namespace) -> int:
+    """``bench_model`` for every champion, one table row per champion and runtime."""
+    results = []
+    for name, version, dataset, category in champions(args.params):
+        args.model = f"models:/{name}@champion"
+        args.images = Path(args.images_pattern.format(dataset=dataset, category=category))
+        print(f"== {args.model} (version {version}) on {args.images}", flush=True)
+        results.append({"version": version, "category": category} | bench_model(args))
+    print()
+    print("| champion | runtime | predict img/s batch 1 / 16 | stages at batch 1 (ms) | served p50 / p95 (ms) | start-up (s) | server peak RSS (MB) |")
+    print("|---|---|---|---|---|---|---|")
+    for result in results:
+        for runtime, entry in result["runtimes"].items():
+            serving = entry.get("serving", {})
+            stages = ", ".join(f"{k} {v:.1f}" for k, v in entry["stages_ms_batch1"].items())
+            served = f"{serving['latency_p50_ms']:.0f} / {serving['latency_p95_ms']:.0f}" if serving else "-"
+            print(f"| {result['model']} (v{result['version']}) | {runtime} | {entry['images_per_s_batch1']:.1f} / {entry['images_per_s_batch16']:.1f} "
+                  f"| {stages} | {served} | {serving.get('startup_s', float('nan')):.1f} | {serving.get('server_peak_rss_mb', float('nan')):.0f} |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"champions": results, "threads": os.environ.get("OMP_NUM_THREADS")}, indent=2))
+    print(f"Wrote {args.out}")
+    return 0
+
+
+def bench_model(args: argparse.Namespace) -> dict[str, Any]:
+    """Predict (and, for a registered model, serving) figures of ``args.model`` for each runtime; prints its table."""
     from onenip.prediction import collect_images
 
     images = collect_images([args.images])[: args.limit]
@@ -272,10 +329,7 @@ def main() -> int:
     print("|---|" + "---|" * len(names))
     for name, values in rows:
         print(f"| {name} | " + " | ".join(values) + " |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(f"Wrote {args.out}")
-    return 0
+    return result
 
 
 if __name__ == "__main__":

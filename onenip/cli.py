@@ -11,6 +11,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from onenip.config import DEFAULT_PARAMS_PATH, ConfigError, Params, load_params
@@ -62,7 +63,8 @@ def _user_errors(func: F) -> F:
                     known += (getattr(sys.modules[module], name),)
             if not isinstance(error, known):
                 raise
-            err_console.print(f"[bold red]Error:[/] {error}", highlight=False, markup=True, soft_wrap=True)
+            # the message is text, not markup: a "[...]" in it (a YAML error, a list of names) must print as is
+            err_console.print(f"[bold red]Error:[/] {escape(str(error))}", highlight=False, markup=True, soft_wrap=True)
             raise typer.Exit(code=1) from None
 
     return wrapper  # type: ignore[return-value]
@@ -191,15 +193,15 @@ def show_registry(params: ParamsOption = DEFAULT_PARAMS_PATH) -> None:
     cfg = _load(params)
     client = registry.connect(cfg, Path.cwd())
     table = Table(title=f"MLflow registry ({registry.tracking_uri(cfg, Path.cwd())})")
-    columns = ("model", "version", "kind", "aliases", "gate", "category data version", "I-AUROC", "P-AUROC", "network share, adds", "runtime", "run")
+    columns = ("model", "version", "kind", "aliases", "gate", "category data version", "I-AUROC", "P-AUROC", "network share, adds", "runtime", "export parity, p50", "run")
     for column in columns:
         table.add_column(column)
     for row in registry.describe(client, prefix=cfg.pipeline.model_name.split("{")[0]):
         table.add_row(row.name, row.version, row.kind + (f" ({row.residual})" if row.residual else ""), ", ".join(row.aliases) or "-", row.gate, row.data_version,
                       f"{row.metrics.get('image_AUROC', float('nan')):.4f}", f"{row.metrics.get('pixel_AUROC', float('nan')):.4f}",
-                      row.network, row.runtime, row.run_id[:12])  # fmt: skip
+                      row.network, row.runtime, row.export, row.run_id[:12])  # fmt: skip
     # model names must not be cut, also in a pipe or a narrow terminal (rich would shrink to 80 columns)
-    Console(width=max(console.width, 180)).print(table)
+    Console(width=max(console.width, 200)).print(table)
 
 
 @app.command("export")

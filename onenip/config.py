@@ -315,6 +315,29 @@ class GateParams(_Section):
     max_regression: float = Field(0.01, ge=0)
     """No-regression rule: each ``compare`` metric may fall at most this much below the champion's."""
     compare: tuple[str, ...] = ("image_AUROC", "pixel_AUROC", "pixel_AP")
+    export_tolerance: float = Field(1e-3, gt=0)
+    """The exported graph must reproduce torch's image scores and maps within this, in units of the
+    category's threshold, and flip no verdict farther than this from it (``onenip.export_check``)."""
+    export_check_images: int = Field(24, ge=1)
+    """Test images (spread over the split) scored by torch and by the export at registration."""
+    max_latency_ms: float | dict[str, float] | None = None
+    """Served p50 milliseconds for one image (resize + graph) at registration; a slower version is not
+    promoted. One number for every category or one per category; None: not checked."""
+
+    def latency_limit(self, category: str) -> float | None:
+        """``max_latency_ms`` for ``category`` (None: no limit)."""
+        if isinstance(self.max_latency_ms, dict):
+            return self.max_latency_ms.get(category)
+        return self.max_latency_ms
+
+    @field_validator("max_latency_ms")
+    @classmethod
+    def _positive_latency(cls, value: float | dict[str, float] | None) -> float | dict[str, float] | None:
+        limits = value.values() if isinstance(value, dict) else [] if value is None else [value]
+        if any(limit <= 0 for limit in limits):
+            msg = f"max_latency_ms must be positive milliseconds (or one per category), got {value}"
+            raise ValueError(msg)
+        return value
 
     @field_validator("minimum")
     @classmethod

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from onenip.config import GateParams
+
+if TYPE_CHECKING:
+    from onenip.export_check import ExportCheck
 
 
 @dataclass(frozen=True)
@@ -38,8 +41,10 @@ def decide(
     champion_metrics: dict[str, float | None] | None = None,
     *,
     has_masks: bool = True,
+    export: ExportCheck | None = None,
 ) -> GateDecision:
-    """Apply the absolute minima, then the no-regression rule against the champion (if any).
+    """Apply the absolute minima, the served graph's checks (``export``: parity with torch, the p50
+    latency against ``gates.max_latency_ms``), then the no-regression rule against the champion (if any).
 
     Pixel metrics are only required where the category has masks; a required metric that is missing
     fails the gate (a model is never promoted on metrics nobody measured).
@@ -62,6 +67,8 @@ def decide(
             fail(f"{name} {value:.4f} < minimum {minimum:g}")
         else:
             reasons.append(f"{name} {value:.4f} >= minimum {minimum:g}")
+    if export is not None:
+        _served_graph(export, gates, reasons, fail)
     if champion_metrics is None:
         reasons.append("no champion yet: no-regression rule not applied")
         return GateDecision(not failures, reasons, failures)
@@ -74,3 +81,18 @@ def decide(
         else:
             reasons.append(f"{name} {new:.4f} vs champion's {old:.4f}: within tolerance {gates.max_regression:g}")
     return GateDecision(not failures, reasons, failures)
+
+
+def _served_graph(export: ExportCheck, gates: GateParams, reasons: list[str], fail: Any) -> None:
+    """The exported graph must agree with torch; the served p50 must be within ``max_latency_ms``."""
+    if export.parity is False:
+        fail(f"export parity: {export.describe()}")
+    else:
+        reasons.append(f"export parity: {export.describe()}")
+    limit = gates.latency_limit(export.category)
+    if limit is None:
+        reasons.append(f"served p50 {export.p50_ms:.1f} ms ({export.runtime}, batch 1): no max_latency_ms set")
+    elif export.p50_ms > limit:
+        fail(f"served p50 {export.p50_ms:.1f} ms ({export.runtime}, batch 1) > max_latency_ms {limit:g}")
+    else:
+        reasons.append(f"served p50 {export.p50_ms:.1f} ms ({export.runtime}, batch 1) <= max_latency_ms {limit:g}")

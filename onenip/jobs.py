@@ -350,6 +350,7 @@ def write_params(params: Params, path: str | Path) -> Path:
     return path
 
 
-def first_test_image(root: str | Path, category: str) -> Path:
+def category_test_images(root: str | Path, category: str) -> list[Path]:
+    """The category's test images, in the manifest's order (normals and defects)."""
     manifest = make_manifest(root, [category], progress=False)
-    return Path(manifest[manifest["split"] == "test"]["image_path"].iloc[0])
+    return [Path(p) for p in manifest[manifest["split"] == "test"]["image_path"]]

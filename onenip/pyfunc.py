@@ -175,14 +175,7 @@ def log_pyfunc_model(
     if model_name_pattern:
         config["model_name_pattern"] = model_name_pattern
     requirements = list(PIP_REQUIREMENTS)
-    if runtime == "onnx":
-        # the category's whole scoring graph travels with the weights (the served model's fast path)
-        from onenip.export import export_category
-        from onenip.models.detector import OneNIPDetector
-        from onenip.runtime import EXPORT_FOLDER, safe_name
-
-        detector = OneNIPDetector.load(model_dir)
-        export_category(detector, category, Path(model_dir) / EXPORT_FOLDER / safe_name(category), weights=Path(model_dir) / "model.safetensors")
+    if export_for_serving(model_dir, category) == "onnx":
         requirements.append(f"onnxruntime=={_version('onnxruntime')}")
     example = pd.DataFrame({"image": [encode_image(example_image.resize((64, 64)))], "category": [category]})
     return mlflow.pyfunc.log_model(
@@ -194,6 +187,24 @@ def log_pyfunc_model(
         input_example=example,
         pip_requirements=requirements,
     )
+
+
+def export_for_serving(model_dir: str | Path, category: str) -> str:
+    """Export ``category``'s whole scoring graph into ``model_dir/export`` when the served runtime is
+    onnx and no export of these weights is there yet (it travels with the weights: the served model's
+    fast path); returns the served runtime."""
+    runtime = serving_runtime(model_dir)
+    if runtime == "onnx":
+        from onenip.prediction import export_matches
+        from onenip.runtime import EXPORT_FOLDER, safe_name
+
+        folder, weights = Path(model_dir) / EXPORT_FOLDER / safe_name(category), Path(model_dir) / "model.safetensors"
+        if not export_matches(folder, weights, runtime):
+            from onenip.export import export_category
+            from onenip.models.detector import OneNIPDetector
+
+            export_category(OneNIPDetector.load(model_dir), category, folder, weights=weights)
+    return runtime
 
 
 def serving_runtime(model_dir: str | Path) -> str:

@@ -10,8 +10,9 @@ default ``onenip-<dataset>-<category>``):
 - alias ``challenger``: the newest version that failed the gates.
 - version tags: ``onenip.kind`` (``KIND_TRAINED``, ``KIND_ONBOARDED``, ``KIND_GENERALIST``), ``onenip.gate`` (passed/failed), ``onenip.gate_reasons``,
   ``onenip.data_version``, ``onenip.category_data_version``, ``onenip.cache_key``, ``onenip.code_version``,
-  ``onenip.git_commit``, ``onenip.metric.<name>``; an onboarded version also ``onenip.prompts_data_version``
-  and ``onenip.prompts_dvc`` (its prompt images under DVC).
+  ``onenip.git_commit``, ``onenip.metric.<name>``, ``onenip.export_parity`` (passed / failed / n/a: the
+  served graph against torch), ``onenip.export_parity_detail``, ``onenip.export_p50_ms``; an onboarded
+  version also ``onenip.prompts_data_version`` and ``onenip.prompts_dvc`` (its prompt images under DVC).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
@@ -32,6 +33,9 @@ from mlflow.tracking import MlflowClient
 
 from onenip.config import GateParams, Params
 from onenip.gates import GateDecision, decide
+
+if TYPE_CHECKING:
+    from onenip.export_check import ExportCheck
 
 CHAMPION, PREVIOUS, CHALLENGER = "champion", "previous", "challenger"
 TAG_PREFIX = "onenip."
@@ -272,6 +276,7 @@ def gate_and_promote(
     gates: GateParams,
     *,
     has_masks: bool,
+    export: ExportCheck | None = None,
 ) -> GateDecision:
     """Decide on ``version`` against the gates and the current champion, then move aliases.
 
@@ -282,7 +287,9 @@ def gate_and_promote(
     champion = _aliased(client, name, CHAMPION)
     version = str(version)
     champion_metrics = version_metrics(champion) if champion is not None and str(champion.version) != version else None
-    decision = decide(metrics, gates, champion_metrics, has_masks=has_masks)
+    decision = decide(metrics, gates, champion_metrics, has_masks=has_masks, export=export)
+    for key, value in ({} if export is None else export.tags()).items():
+        client.set_model_version_tag(name, version, f"{TAG_PREFIX}{key}", value)
     client.set_model_version_tag(name, version, f"{TAG_PREFIX}gate", "passed" if decision.passed else "failed")
     client.set_model_version_tag(name, version, f"{TAG_PREFIX}gate_reasons", json.dumps(decision.reasons))
     if champion is not None:
@@ -315,8 +322,14 @@ def rollback(client: MlflowClient, name: str) -> tuple[str, str]:
 
 
 def promote_version(client: MlflowClient, name: str, version: str) -> None:
-    """Manual promotion of an existing version (operator override of the gates, recorded as a tag)."""
+    """Manual promotion of an existing version (operator override of the metric gates, recorded as a
+    tag). A version whose exported graph disagreed with torch is never promoted: it would serve other
+    scores than the ones it was gated on."""
     target = get_version(client, name, version)
+    if target.tags.get(f"{TAG_PREFIX}export_parity") == "failed":
+        detail = target.tags.get(f"{TAG_PREFIX}export_parity_detail", "")
+        msg = f"Version {target.version} of {name!r} cannot be promoted: its exported graph disagrees with torch ({detail})"
+        raise RegistryError(msg)
     champion = _aliased(client, name, CHAMPION)
     if champion is not None and str(champion.version) != str(target.version):
         client.set_registered_model_alias(name, PREVIOUS, champion.version)
@@ -372,6 +385,8 @@ class VersionRow:
     residual: str = ""
     """An onboarded version's ``onenip.residual`` (``inctrl``, or ``neighbourhood``: PatchCore with the
     prompts as its bank); empty for the others."""
+    export: str = "-"
+    """``onenip.export_parity`` and ``onenip.export_p50_ms``, e.g. ``passed, 21.3 ms``."""
     network: str = "-"
     """A trained version's network share of its map and what the network adds on validation
     (``onenip.network_weight``, ``onenip.network_adds``), e.g. ``0.25, +0.0120 (SE 0.0040)``."""
@@ -400,11 +415,19 @@ def describe(client: MlflowClient, prefix: str = "onenip-") -> list[VersionRow]:
                     version.tags.get(f"{TAG_PREFIX}runtime", "torch"),
                     version.tags.get(f"{TAG_PREFIX}kind", KIND_TRAINED),
                     version.tags.get(f"{TAG_PREFIX}residual", ""),
+                    _export_cell(version.tags),
                     ", ".join(version.tags[f"{TAG_PREFIX}{key}"] for key in ("network_weight", "network_adds")
                               if f"{TAG_PREFIX}{key}" in version.tags) or "-",  # fmt: skip
                 ),
             )
     return rows
+
+
+def _export_cell(tags: dict[str, str]) -> str:
+    parity, p50 = tags.get(f"{TAG_PREFIX}export_parity"), tags.get(f"{TAG_PREFIX}export_p50_ms")
+    if parity is None and p50 is None:
+        return "-"
+    return ", ".join(part for part in (parity, f"{p50} ms" if p50 else None) if part)
 
 
 # -- resolving a model for predict ------------------------------------------------------------------

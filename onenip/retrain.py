@@ -236,8 +236,10 @@ def register_category(
             "config": tracking.params_file,
             "": card,
         })  # fmt: skip
-        example = read_image(jobs.first_test_image(dataset.root, c))
-        return _register_and_gate(client, params, dataset.name, run_id, trained.model_dir, c, example, tags, report.metrics, report.has_masks)
+        checked = jobs.category_test_images(dataset.root, c)
+        example = read_image(checked[0])
+        return _register_and_gate(client, params, dataset.name, run_id, trained.model_dir, c, example, tags, report.metrics, report.has_masks,
+                                  check_images=checked)  # fmt: skip
     except Exception as error:  # noqa: BLE001 - the champion alias did not move; say why
         registry.end_run(client, run_id, "FAILED")
         return CategoryOutcome(c, Status.FAILED, model, reasons=[f"logging/registration failed: {error}"], run_id=run_id)
@@ -246,17 +248,28 @@ def register_category(
 def _register_and_gate(
     client: Any, params: Params, dataset: str, run_id: str, model_dir: Path, category: str, example: Any,
     tags: dict[str, str], metrics: dict[str, float], has_masks: bool, *, gate_metrics: dict[str, float] | None = None,
+    check_images: list[Path] | None = None,
 ) -> CategoryOutcome:  # fmt: skip
-    """Register ``model_dir`` as a new version and gate it, under the registry's lock; close the run.
-    ``metrics`` are the version's (tags); the gate reads ``gate_metrics`` when given, else those."""
+    """Export the served graph and check it against torch on ``check_images`` (spread over them, at most
+    ``gates.export_check_images``; the example alone when None), then register ``model_dir`` as a new
+    version and gate it, under the registry's lock; close the run. ``metrics`` are the version's (tags);
+    the gate reads ``gate_metrics`` when given, else those."""
+    from onenip.data.manifest import read_image
+    from onenip.export_check import check_export, spread_sample
+    from onenip.pyfunc import export_for_serving
+
     model = registry.model_name(params, dataset, category)
     version_tags = tags | {f"onenip.metric.{k}": f"{v:.6f}" for k, v in metrics.items() if isinstance(v, float)}
+    # outside the lock: exporting and timing take seconds, other categories may register meanwhile
+    runtime = export_for_serving(model_dir, category)
+    images = [read_image(p) for p in spread_sample(check_images, params.gates.export_check_images)] if check_images else [example]
+    export = check_export(model_dir, category, images, runtime=runtime, tolerance=params.gates.export_tolerance)
     with registry.registry_lock(client, model):
         version = registry.register_model(
             client, run_id, model_dir, model, category, example, version_tags, registry.model_name_pattern(params, dataset),
         )
         decision = registry.gate_and_promote(client, model, version.version, metrics if gate_metrics is None else gate_metrics,
-                                             params.gates, has_masks=has_masks)  # fmt: skip
+                                             params.gates, has_masks=has_masks, export=export)  # fmt: skip
     status = Status.PROMOTED if decision.passed else Status.CHALLENGER
     registry.set_tags(client, run_id, {"onenip.outcome": status.value, "onenip.model_version": f"{model}/{version.version}"})
     registry.end_run(client, run_id)

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from onenip.cli import app
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # trains on real images: not in `make test-fast`
 
 SMALL = {
     "model": {"embed_dim": 64, "num_heads": 4, "num_encoder_layers": 1, "num_decoder_layers": 1},

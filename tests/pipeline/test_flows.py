@@ -80,6 +80,11 @@ def test_end_to_end_then_cache_hit_then_impossible_gate(project: Path, prefect_h
     assert aliases(client, name) == {"champion": "1"}
     version = client.get_model_version(name, "1")
     assert version.tags["onenip.gate"] == "passed" and version.tags["onenip.data_version"] == data_version
+    # the served graph was checked against torch on the category's test images, and timed
+    assert version.tags["onenip.runtime"] == "onnx" and version.tags["onenip.export_parity"] == "passed"
+    assert "agrees with torch on 6 images" in version.tags["onenip.export_parity_detail"]  # the tiny test split
+    assert float(version.tags["onenip.export_p50_ms"]) > 0
+    assert any(r.startswith("export parity: onnx export agrees") for r in json.loads(version.tags["onenip.gate_reasons"]))
     # what the score is made of, and what the network adds: tags and the model card
     run_dir = next(p.parent for p in (project / "runs" / "pipeline" / "widgets").glob("*/model/onenip.json")
                    if json.loads(p.read_text())["categories"] == ["plate"])  # fmt: skip

@@ -94,6 +94,27 @@ def test_worse_model_than_champion_is_not_promoted(client: MlflowClient) -> None
     assert "regresses" in client.get_model_version(NAME, v2).tags["onenip.gate_reasons"]
 
 
+def test_export_that_disagrees_is_never_promoted_and_its_figures_are_tags(client: MlflowClient) -> None:
+    from onenip.export_check import ExportCheck
+
+    v1 = add_version(client, **GOOD)
+    agrees = ExportCheck("plate", "onnx", 24, 1e-3, 2e-6, 5e-6, 0, 21.34)
+    assert registry.gate_and_promote(client, NAME, v1, GOOD, GATES, has_masks=True, export=agrees).passed
+    better = {"image_AUROC": 0.97, "pixel_AUROC": 0.93}
+    v2 = add_version(client, **better)
+    disagrees = ExportCheck("plate", "onnx", 24, 1e-3, 0.2, 0.4, 3, 19.0)
+    decision = registry.gate_and_promote(client, NAME, v2, better, GATES, has_masks=True, export=disagrees)
+    assert not decision.passed and (alias(client, "champion"), alias(client, "challenger")) == (v1, v2)
+    tags = client.get_model_version(NAME, v2).tags
+    assert (tags["onenip.export_parity"], tags["onenip.export_p50_ms"]) == ("failed", "19.0")
+    assert "3 verdicts flipped" in tags["onenip.export_parity_detail"]
+    with pytest.raises(registry.RegistryError, match="exported graph disagrees with torch"):
+        registry.promote_version(client, NAME, v2)  # not even by hand
+    assert alias(client, "champion") == v1
+    rows = {row.version: row for row in registry.describe(client)}
+    assert (rows[v1].export, rows[v2].export) == ("passed, 21.3 ms", "failed, 19.0 ms")
+
+
 def test_rollback_command_and_clear_errors(client: MlflowClient, tmp_path: Path) -> None:
     runner = CliRunner()
     (tmp_path / "params.yaml").write_text("data:\n  name: widgets\n")

@@ -118,3 +118,17 @@ def test_validation_anomaly_strength_is_checked_at_load(tmp_path: Path, strength
     bad.write_text(f"validation:\n  anomaly_strength: {strength}\n")
     with pytest.raises(ConfigError, match="anomaly_strength"):
         load_params(bad)
+
+
+def test_a_user_error_prints_its_text_as_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Error messages are text, not rich markup: the brackets of a YAML error must survive."""
+    from typer.testing import CliRunner
+
+    from onenip.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("data:\n  categories: [mono, poly\n")
+    result = CliRunner().invoke(app, ["registry"])
+    assert result.exit_code == 1
+    assert "categories: [mono, poly" in result.output and "expected ',' or ']'" in result.output
+    assert not (tmp_path / "mlflow.db").exists()  # failed before touching any store
