@@ -132,12 +132,13 @@ def predict_worker(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     from onenip.prediction import load_predictor
 
-    load_predictor(resolved.folder, resolved.category, runtime=args.runtime).predict([_open(images[0])])
+    category = resolved.category or args.category
+    load_predictor(resolved.folder, category, runtime=args.runtime).predict([_open(images[0])])
     return {
         "load_and_first_image_s": time.perf_counter() - started,
-        "images_per_s_batch1": bench_predict(resolved.folder, resolved.category, images, 1, args.runtime),
-        "images_per_s_batch16": bench_predict(resolved.folder, resolved.category, images, 16, args.runtime),
-        "stages_ms_batch1": profile_stages(resolved.folder, resolved.category, images[:32], args.runtime),
+        "images_per_s_batch1": bench_predict(resolved.folder, category, images, 1, args.runtime),
+        "images_per_s_batch16": bench_predict(resolved.folder, category, images, 16, args.runtime),
+        "stages_ms_batch1": profile_stages(resolved.folder, category, images[:32], args.runtime),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
@@ -221,6 +222,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="models:/<name>@<alias>, models:/<name>/<version> or a model folder")
     parser.add_argument("--images", type=Path, help="folder of real images (searched recursively)")
+    parser.add_argument("--category", help="the category of a model folder that holds several (a registered version has its own)")
     parser.add_argument("--all-champions", action="store_true",
                         help="every champion of the project's registry, each on the images of --images-pattern")
     parser.add_argument("--images-pattern", default="data/{dataset}/{category}/test",
@@ -297,7 +299,7 @@ def bench_model(args: argparse.Namespace) -> dict[str, Any]:
     for runtime in args.runtimes:
         worker = subprocess.run(
             [sys.executable, __file__, "--worker", "--runtime", runtime, "--model", args.model, "--images", str(args.images),
-             "--limit", str(args.limit), "--params", str(args.params)],
+             "--limit", str(args.limit), "--params", str(args.params), *(["--category", args.category] if args.category else [])],
             capture_output=True, text=True, check=False,
         )  # fmt: skip
         if worker.returncode:

@@ -22,7 +22,18 @@ from PIL import Image
 
 from onenip.data.geometry import InputGeometry
 from onenip.data.manifest import to_rgb
-from onenip.runtime import EXPORT_FOLDER, EXPORT_JSON, ExportInfo, GraphScorer, file_sha256, load_export, resolve_runtime, runtime_threads, safe_name
+from onenip.runtime import (
+    EXPORT_FOLDER,
+    EXPORT_JSON,
+    ExportInfo,
+    GraphScorer,
+    file_sha256,
+    load_export,
+    resolve_runtime,
+    runtime_threads,
+    safe_name,
+    served_runtime,
+)
 
 
 @dataclass
@@ -255,6 +266,11 @@ def load_predictor(
 
     ``device``: cpu, cuda[:N] or auto (CUDA when a driver is present and torch sees a GPU).
     """
+    if runtime == "auto":
+        # the runtime registration chose for this category (the fastest export that agreed with torch)
+        category = served_category or default_category
+        if category is not None:
+            runtime = served_runtime(Path(model_dir) / EXPORT_FOLDER / safe_name(category)) or runtime
     resolved = resolve_runtime(runtime)
     if resolved != "torch" and _cpu(device):
         wanted = [c for c in (served_category, default_category) if c]

@@ -163,20 +163,25 @@ class OneNIPPyfunc(mlflow.pyfunc.PythonModel):
 
 
 def log_pyfunc_model(
-    model_dir: str | Path, category: str, example_image: Image.Image, model_name_pattern: str | None = None,
+    model_dir: str | Path, category: str, example_image: Image.Image, model_name_pattern: str | None = None, runtime: str | None = None,
 ) -> Any:
     """Log the pyfunc model into the active run; returns MLflow's ModelInfo.
 
-    The model serves ``category`` only; ``model_name_pattern`` (``onenip-elpv-{category}``) names the
-    models of the other categories in the refusal a request for one of them gets.
+    The model serves ``category`` only, on ``runtime`` (default ``serving_runtime``);
+    ``model_name_pattern`` (``onenip-elpv-{category}``) names the models of the other categories in
+    the refusal a request for one of them gets.
     """
-    runtime = serving_runtime(model_dir)
+    runtime = runtime or serving_runtime(model_dir)
     config: dict[str, str] = {"category": category, "runtime": runtime}
     if model_name_pattern:
         config["model_name_pattern"] = model_name_pattern
     requirements = list(PIP_REQUIREMENTS)
-    if export_for_serving(model_dir, category) == "onnx":
-        requirements.append(f"onnxruntime=={_version('onnxruntime')}")
+    if runtime in ("onnx", "openvino"):
+        if runtime not in export_for_serving(model_dir, category):
+            msg = f"runtime {runtime!r} cannot serve {model_dir}: it is not installed"
+            raise ValueError(msg)
+        package = {"onnx": "onnxruntime", "openvino": "openvino"}[runtime]
+        requirements.append(f"{package}=={_version(package)}")
     example = pd.DataFrame({"image": [encode_image(example_image.resize((64, 64)))], "category": [category]})
     return mlflow.pyfunc.log_model(
         name="model",
@@ -189,22 +194,26 @@ def log_pyfunc_model(
     )
 
 
-def export_for_serving(model_dir: str | Path, category: str) -> str:
-    """Export ``category``'s whole scoring graph into ``model_dir/export`` when the served runtime is
-    onnx and no export of these weights is there yet (it travels with the weights: the served model's
-    fast path); returns the served runtime."""
-    runtime = serving_runtime(model_dir)
-    if runtime == "onnx":
-        from onenip.prediction import export_matches
-        from onenip.runtime import EXPORT_FOLDER, safe_name
+def export_for_serving(model_dir: str | Path, category: str) -> list[str]:
+    """Export ``category``'s whole scoring graph into ``model_dir/export`` (ONNX, plus OpenVINO IR where
+    OpenVINO is installed) unless an export of these weights is there already: it travels with the
+    weights, the served model's fast path. Returns the installed runtimes that can serve it (empty: a
+    generalist model, or no graph runtime installed; torch serves)."""
+    from onenip.runtime import EXPORT_FOLDER, exported_runtimes, safe_name
 
-        folder, weights = Path(model_dir) / EXPORT_FOLDER / safe_name(category), Path(model_dir) / "model.safetensors"
-        if not export_matches(folder, weights, runtime):
-            from onenip.export import export_category
-            from onenip.models.detector import OneNIPDetector
+    if serving_runtime(model_dir) == "torch":
+        return []
+    runtimes = exported_runtimes()
+    from onenip.prediction import export_matches
 
-            export_category(OneNIPDetector.load(model_dir), category, folder, weights=weights)
-    return runtime
+    folder, weights = Path(model_dir) / EXPORT_FOLDER / safe_name(category), Path(model_dir) / "model.safetensors"
+    if not all(export_matches(folder, weights, runtime) for runtime in runtimes):
+        from onenip.export import export_category
+        from onenip.models.detector import OneNIPDetector
+
+        fmt = "openvino" if "openvino" in runtimes else "onnx"
+        export_category(OneNIPDetector.load(model_dir), category, folder, fmt=fmt, weights=weights)
+    return runtimes
 
 
 def serving_runtime(model_dir: str | Path) -> str:

@@ -160,16 +160,15 @@ def register_model(
     example_image: Any,
     tags: dict[str, str],
     name_pattern: str | None = None,
+    runtime: str | None = None,
 ) -> Any:
     """Log the pyfunc model into ``run_id`` and register it as a new version of ``name``; the version
-    serves ``category`` only."""
-    from onenip.pyfunc import log_pyfunc_model
+    serves ``category`` only, on ``runtime`` (default: ``onenip.pyfunc.serving_runtime``)."""
+    from onenip.pyfunc import log_pyfunc_model, serving_runtime
 
-    from onenip.pyfunc import serving_runtime
-
-    runtime = serving_runtime(model_dir)
+    runtime = runtime or serving_runtime(model_dir)
     with mlflow.start_run(run_id=run_id):
-        info = log_pyfunc_model(model_dir, category, example_image, name_pattern)
+        info = log_pyfunc_model(model_dir, category, example_image, name_pattern, runtime)
     tags = tags | {f"{TAG_PREFIX}runtime": runtime}
     version = mlflow.register_model(info.model_uri, name, tags={k: str(v) for k, v in tags.items()})
     return client.get_model_version(name, version.version)

@@ -257,16 +257,20 @@ def _register_and_gate(
     from onenip.data.manifest import read_image
     from onenip.export_check import check_export, spread_sample
     from onenip.pyfunc import export_for_serving
+    from onenip.runtime import EXPORT_FOLDER, record_served_runtime, safe_name
 
     model = registry.model_name(params, dataset, category)
     version_tags = tags | {f"onenip.metric.{k}": f"{v:.6f}" for k, v in metrics.items() if isinstance(v, float)}
     # outside the lock: exporting and timing take seconds, other categories may register meanwhile
-    runtime = export_for_serving(model_dir, category)
+    runtimes = export_for_serving(model_dir, category)
     images = [read_image(p) for p in spread_sample(check_images, params.gates.export_check_images)] if check_images else [example]
-    export = check_export(model_dir, category, images, runtime=runtime, tolerance=params.gates.export_tolerance)
+    export = check_export(model_dir, category, images, runtime=runtimes or "torch", tolerance=params.gates.export_tolerance)
+    if export.runtime != "torch":
+        record_served_runtime(model_dir / EXPORT_FOLDER / safe_name(category), export.runtime)
     with registry.registry_lock(client, model):
         version = registry.register_model(
             client, run_id, model_dir, model, category, example, version_tags, registry.model_name_pattern(params, dataset),
+            runtime=export.runtime,
         )
         decision = registry.gate_and_promote(client, model, version.version, metrics if gate_metrics is None else gate_metrics,
                                              params.gates, has_masks=has_masks, export=export)  # fmt: skip

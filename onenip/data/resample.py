@@ -52,8 +52,13 @@ def resize_chw(image: np.ndarray, size: tuple[int, int], *, antialias: bool = Tr
         return image
     if antialias or (size[0] >= height and size[1] >= width):
         channels = image.reshape(-1, height, width)
+        if len(channels) > 1 and all(np.array_equal(channels[0], c) for c in channels[1:]):
+            # a grey image comes as equal channels (most inspection cameras): resizing one gives the same numbers
+            channels = channels[:1]
         resized = [np.asarray(Image.fromarray(np.ascontiguousarray(c)).resize((size[1], size[0]), Image.Resampling.BILINEAR))
                    for c in channels]  # fmt: skip
+        if len(resized) == 1 and image.ndim == 3 and image.shape[0] > 1:
+            resized = resized * image.shape[0]
         return np.stack(resized).reshape(*image.shape[:-2], *size)
     rows = resize_weights(height, size[0], antialias)
     cols = resize_weights(width, size[1], antialias)

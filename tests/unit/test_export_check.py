@@ -45,11 +45,16 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_export_of_a_model_agrees_with_torch_and_is_timed(model_dir: Path) -> None:
     pytest.importorskip("onnxruntime")
     from onenip.pyfunc import export_for_serving
+    from onenip.runtime import exported_runtimes
 
-    assert export_for_serving(model_dir, "plate") == "onnx"
-    check = check_export(model_dir, "plate", pictures(8), tolerance=1e-3, latency_repeats=5)
-    assert check.runtime == "onnx" and check.images == 8
+    runtimes = export_for_serving(model_dir, "plate")
+    assert runtimes == exported_runtimes() and "onnx" in runtimes
+    check = check_export(model_dir, "plate", pictures(8), runtime=runtimes, tolerance=1e-3, latency_repeats=5)
+    assert check.runtime in runtimes and check.images == 8
     assert check.parity is True and check.flipped == 0
+    # every other installed runtime was measured too, and the chosen one is the fastest that agrees
+    assert {r for r, _, _ in check.others} == set(runtimes) - {check.runtime}
+    assert all(check.p50_ms <= p50 for _, parity, p50 in check.others if parity)
     # float32 through two runtimes: far inside the tolerance, but not bit-identical arithmetic
     assert check.max_score_diff < 1e-4 and check.max_map_diff < 1e-4
     assert 0 < check.p50_ms < 5000
@@ -91,6 +96,14 @@ def test_compare_predictions_in_threshold_units_and_flips_away_from_the_threshol
     assert map_diff == pytest.approx(0.02 / 2.0, rel=1e-5)
     # the second image's torch score sits within the tolerance of the threshold: its flip does not count
     assert flipped == 1
+
+
+def test_a_nan_anywhere_fails_parity() -> None:
+    reference = [prediction(0.5, 1.0, 0.2), prediction(0.7, 1.0, 0.2)]
+    broken_map = prediction(0.5, 1.0, 0.2)
+    broken_map.anomaly_map[1, 1] = np.nan
+    assert compare_predictions(reference, [broken_map, prediction(0.7, 1.0, 0.2)], 1e-3)[1] == float("inf")
+    assert compare_predictions(reference, [prediction(0.5, 1.0, 0.2), prediction(float("nan"), 1.0, 0.2)], 1e-3)[0] == float("inf")
 
 
 def test_latency_limit_per_category_or_for_all() -> None:

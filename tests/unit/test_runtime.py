@@ -31,6 +31,20 @@ def test_numpy_resize_is_torch_interpolate(source: tuple[int, int], target: tupl
     np.testing.assert_allclose(resize_chw(image, target, antialias=antialias), expected.numpy(), atol=5e-5)
 
 
+@pytest.mark.parametrize(("source", "target"), SIZES[:4])
+def test_a_grey_image_resized_once_is_the_same_as_per_channel(source: tuple[int, int], target: tuple[int, int]) -> None:
+    grey = np.random.default_rng(sum(source)).random(source, dtype=np.float32)
+    image = np.stack([grey, grey, grey])
+    expected = F.interpolate(torch.from_numpy(image)[None], size=target, mode="bilinear", align_corners=False, antialias=True)[0]
+    resized = resize_chw(image, target, antialias=True)
+    assert resized.shape == (3, *target) and resized.flags.writeable
+    np.testing.assert_allclose(resized, expected.numpy(), atol=5e-5)
+    nearly = image.copy()
+    nearly[2, 0, 0] += 0.5  # one pixel differs: every channel is resized on its own
+    np.testing.assert_allclose(resize_chw(nearly, target, antialias=True)[2], F.interpolate(
+        torch.from_numpy(nearly)[None], size=target, mode="bilinear", align_corners=False, antialias=True)[0, 2].numpy(), atol=5e-5)
+
+
 def test_resize_weights_rows_sum_to_one_and_identity_keeps_the_image() -> None:
     for source, target in SIZES:
         np.testing.assert_allclose(resize_weights(source[0], target[0]).sum(axis=1), 1.0, atol=1e-6)
