@@ -129,3 +129,23 @@ def test_spread_sample_covers_the_sorted_list() -> None:
     chosen = spread_sample(paths, 4)
     assert chosen[0] == Path("crack/000.png") and chosen[-1] == Path("good/009.png") and len(chosen) == 4
     assert spread_sample(paths[:3], 4) == sorted(paths[:3])
+
+
+def test_auto_runtime_is_the_one_registration_chose(model_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("openvino")
+    import shutil
+
+    from onenip.prediction import load_predictor
+    from onenip.pyfunc import export_for_serving
+    from onenip.runtime import EXPORT_FOLDER, record_served_runtime, served_runtime
+
+    folder = tmp_path / "m"
+    shutil.copytree(model_dir, folder)
+    export_for_serving(folder, "plate")
+    export = folder / EXPORT_FOLDER / "plate"
+    assert served_runtime(export) is None and load_predictor(folder, "plate", runtime="auto").runtime == "onnx"  # nothing recorded
+    record_served_runtime(export, "openvino")
+    assert served_runtime(export) == "openvino"
+    predictor = load_predictor(folder, "plate", runtime="auto")
+    assert predictor.runtime == "openvino" and type(predictor).__name__ == "ExportedPredictor"
+    assert load_predictor(folder, "plate", runtime="onnx").runtime == "onnx"  # asked for by name: that one
