@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from onenip.config import DEFAULT_PARAMS_PATH, ConfigError, Params, load_params
+from onenip.config import DEFAULT_PARAMS_PATH, ConfigError, Params, find_project_root, load_params
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="OneNIP industrial anomaly detection.")
 data_app = typer.Typer(no_args_is_help=True, help="Import, validate and summarise datasets.")
@@ -26,8 +26,18 @@ err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        console.print(f"onenip {version('onenip')}")
+        raise typer.Exit
+
+
 @app.callback()
-def _configure_logging() -> None:
+def _configure_logging(
+    show_version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
     """onenip's own progress messages (resume, saved model) on stderr; libraries stay at WARNING."""
     import logging
 
@@ -70,10 +80,18 @@ def _user_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _root() -> Path:
+    """The project: the nearest folder with params.yaml from here up; here when there is none."""
+    return find_project_root(Path.cwd()) or Path.cwd()
+
+
 def _load(params: Path) -> Params:
-    """params.yaml as given; only the default path may be absent (then the built-in defaults apply)."""
-    if params == DEFAULT_PARAMS_PATH and not params.exists():
-        return Params()
+    """params.yaml as given; the default is the project's (found from any folder below it) and may be
+    absent (then the built-in defaults apply)."""
+    if params == DEFAULT_PARAMS_PATH:
+        params = _root() / DEFAULT_PARAMS_PATH
+        if not params.exists():
+            return Params()
     return load_params(params)
 
 
@@ -170,7 +188,7 @@ def promote(
     if rollback == (version is not None):
         msg = "Give exactly one of --rollback or --version"
         raise ConfigError(msg)
-    client = registry.connect(cfg, Path.cwd())
+    client = registry.connect(cfg, _root(), existing=True)
     name = registry.model_name(cfg, dataset or cfg.data.name, category)
     try:
         if rollback:
@@ -191,8 +209,8 @@ def show_registry(params: ParamsOption = DEFAULT_PARAMS_PATH) -> None:
     from onenip import registry
 
     cfg = _load(params)
-    client = registry.connect(cfg, Path.cwd())
-    table = Table(title=f"MLflow registry ({registry.tracking_uri(cfg, Path.cwd())})")
+    client = registry.connect(cfg, _root(), existing=True)
+    table = Table(title=f"MLflow registry ({registry.tracking_uri(cfg, _root())})")
     columns = ("model", "version", "kind", "aliases", "gate", "category data version", "I-AUROC", "P-AUROC", "network share, adds", "runtime", "export parity, p50", "run")
     for column in columns:
         table.add_column(column)
@@ -223,7 +241,7 @@ def export(
         raise ConfigError(msg)
     cfg = _load(params)
     try:
-        resolved = registry.resolve_model(model, cfg, Path.cwd())
+        resolved = registry.resolve_model(model, cfg, _root())
     except registry.RegistryError as error:
         raise ConfigError(str(error)) from None
     detector = OneNIPDetector.load(resolved.folder)
@@ -263,7 +281,7 @@ def predict(
 
     cfg = _load(params)
     try:
-        resolved = registry.resolve_model(model, cfg, Path.cwd())
+        resolved = registry.resolve_model(model, cfg, _root())
     except registry.RegistryError as error:
         raise ConfigError(str(error)) from None
     paths = collect_images(inputs)

@@ -477,6 +477,12 @@ class Params(_Section):
     generalist: GeneralistParams = GeneralistParams()
 
 
+def find_project_root(start: str | Path) -> Path | None:
+    """The nearest folder holding ``params.yaml``, from ``start`` up (as git and dvc find their roots)."""
+    start = Path(start).resolve()
+    return next((folder for folder in (start, *start.parents) if (folder / DEFAULT_PARAMS_PATH.name).is_file()), None)
+
+
 class ConfigError(ValueError):
     """``params.yaml`` is missing, not YAML, or does not match the schema."""
 
@@ -512,8 +518,26 @@ def load_params(
     try:
         return Params.model_validate(raw)
     except ValidationError as error:
-        msg = f"Params file {path} is invalid:\n{error}"
-        raise ConfigError(msg) from error
+        msg = f"Params file {path} is invalid: " + "; ".join(_describe_error(e) for e in error.errors())
+        raise ConfigError(msg) from None
+
+
+def _describe_error(error: Any) -> str:
+    """One pydantic error as ``section.key: what is wrong``, with a "did you mean" for a misspelt key."""
+    import difflib
+
+    where = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        section: Any = Params
+        for part in error["loc"][:-1]:
+            field = getattr(section, "model_fields", {}).get(part)
+            section = field.annotation if field is not None else None
+        known = list(getattr(section, "model_fields", {}))
+        close = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
+        prefix = ".".join(str(part) for part in error["loc"][:-1])
+        hint = f" (did you mean {prefix + '.' if prefix else ''}{close[0]}?)" if close else ""
+        return f"{where}: unknown setting{hint}"
+    return f"{where or 'file'}: {error['msg']} (got {error.get('input')!r})"
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

@@ -58,8 +58,17 @@ def tracking_uri(params: Params, project_root: str | Path = ".") -> str:
     )
 
 
-def connect(params: Params, project_root: str | Path = ".") -> MlflowClient:
+def connect(params: Params, project_root: str | Path = ".", *, existing: bool = False) -> MlflowClient:
+    """A client of the project's tracking store and registry. ``existing``: a command that only reads
+    the store refuses a local store that is not there yet (one line naming it) instead of creating an
+    empty ``mlflow.db`` wherever it was run."""
     uri = tracking_uri(params, project_root)
+    if existing and uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
+        msg = (
+            f"No MLflow store at {uri}: nothing has been registered here. Run this in the onenip project "
+            "(the folder with params.yaml, or one below it), or set MLFLOW_TRACKING_URI"
+        )
+        raise RegistryError(msg)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -341,7 +350,7 @@ def _require_model(client: MlflowClient, name: str) -> None:
         client.get_registered_model(name)
     except MlflowException:
         known = sorted(m.name for m in client.search_registered_models())
-        msg = f"Registered model {name!r} does not exist; known models: {known or 'none'}"
+        msg = f"Registered model {name!r} does not exist in {mlflow.get_registry_uri()}; known models: {known or 'none'}"
         raise RegistryError(msg) from None
 
 
@@ -456,7 +465,7 @@ def resolve_model(uri: str, params: Params, project_root: str | Path = ".") -> R
     import yaml
 
     if uri.startswith(("models:/", "runs:/")):
-        client = connect(params, project_root)
+        client = connect(params, project_root, existing=True)
         if uri.startswith("models:/"):
             body = uri[len("models:/") :]
             name, _, ref = body.partition("@") if "@" in body else body.partition("/")

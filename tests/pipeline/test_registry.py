@@ -206,3 +206,29 @@ def test_registry_lock_is_exclusive_breaks_stale_locks_and_names_the_holder(clie
         assert client.get_registered_model(lock).tags["onenip.lock_owner"] != "gone:1"
     assert all(not m.name.startswith(registry.LOCK_PREFIX) for m in client.search_registered_models())
     assert all(row.name == NAME for row in registry.describe(client))  # locks never show as models
+
+
+def test_store_commands_find_the_project_from_below_and_create_nothing_outside(client: MlflowClient, tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    runner = CliRunner()
+    (tmp_path / "params.yaml").write_text("data:\n  name: widgets\n")
+    v1 = add_version(client, **GOOD)
+    registry.gate_and_promote(client, NAME, v1, GOOD, GATES, has_masks=True)
+    below = tmp_path / "runs" / "today"
+    below.mkdir(parents=True)
+    monkeypatch.chdir(below)  # as git and dvc do: the project is found from a folder inside it
+    listing = runner.invoke(app, ["registry"])
+    assert listing.exit_code == 0 and NAME in listing.output and str(tmp_path / "mlflow.db") in listing.output.replace("\n", "")
+    assert not (below / "mlflow.db").exists()
+    missing = runner.invoke(app, ["promote", "--category", "gizmo", "--rollback"])
+    assert missing.exit_code == 1 and f"sqlite:///{tmp_path / 'mlflow.db'}" in missing.output.replace("\n", "")
+
+    outside = tmp_path.parent / f"{tmp_path.name}-elsewhere"
+    outside.mkdir()
+    monkeypatch.chdir(outside)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri exported the project's: a new shell has none
+    for command in (["registry"], ["predict", "--model", f"models:/{NAME}@champion", str(outside)]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 1, result.output
+        assert "No MLflow store at" in result.output and "params.yaml" in result.output
+    assert list(outside.iterdir()) == []  # no mlflow.db, no runs folder: nothing created

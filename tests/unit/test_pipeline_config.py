@@ -132,3 +132,29 @@ def test_a_user_error_prints_its_text_as_is(tmp_path: Path, monkeypatch: pytest.
     assert result.exit_code == 1
     assert "categories: [mono, poly" in result.output and "expected ',' or ']'" in result.output
     assert not (tmp_path / "mlflow.db").exists()  # failed before touching any store
+
+
+def test_schema_errors_are_one_line_per_field_with_a_suggestion(tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text("train:\n  epoch: 3\n  lr: fast\nmodel:\n  backbone:\n    nme: x\n")
+    with pytest.raises(ConfigError) as error:
+        load_params(params)
+    message = str(error.value)
+    assert "\n" not in message and "errors.pydantic.dev" not in message
+    assert "train.epoch: unknown setting (did you mean train.epochs?)" in message
+    assert "model.backbone.nme: unknown setting (did you mean model.backbone.name?)" in message
+    assert "train.lr: Input should be a valid number" in message and "(got 'fast')" in message
+    params.write_text("trian:\n  epochs: 3\n")
+    with pytest.raises(ConfigError, match=r"trian: unknown setting \(did you mean train\?\)"):
+        load_params(params)
+
+
+def test_version_flag() -> None:
+    from importlib.metadata import version
+
+    from typer.testing import CliRunner
+
+    from onenip.cli import app
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"onenip {version('onenip')}"
