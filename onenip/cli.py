@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from enum import Enum
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -24,6 +25,31 @@ console = Console()
 err_console = Console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+# choices shown in --help and checked before anything runs (a typo fails at once, naming the choices)
+class DataFormat(str, Enum):
+    mvtec = "mvtec"
+    visa = "visa"
+    btad = "btad"
+    elpv = "elpv"
+
+
+class GraphFormat(str, Enum):
+    onnx = "onnx"
+    openvino = "openvino"
+
+
+class Runtime(str, Enum):
+    auto = "auto"
+    torch = "torch"
+    onnx = "onnx"
+    openvino = "openvino"
+
+
+class Mode(str, Enum):
+    unified = "unified"
+    per_category = "per-category"
 
 
 def _print_version(value: bool) -> None:
@@ -116,7 +142,7 @@ def _print_summary(root: Path) -> None:
 def data_add(
     source: Annotated[str, typer.Argument(help="Source folder, or 'elpv-dataset' for --format elpv.")],
     name: Annotated[str, typer.Option("--name", help="Dataset name: written to data/<name>.")],
-    fmt: Annotated[str, typer.Option("--format", help="mvtec | visa | btad | elpv")] = "mvtec",
+    fmt: Annotated[DataFormat, typer.Option("--format", help="The source's layout.")] = DataFormat.mvtec,
     params: ParamsOption = DEFAULT_PARAMS_PATH,
 ) -> None:
     """Convert SOURCE into data/NAME, validate it, track it with DVC and print its data version."""
@@ -126,7 +152,7 @@ def data_add(
     result = import_dataset(
         source,
         name,
-        fmt,
+        fmt.value,
         project_root=Path.cwd(),
         min_train_images=cfg.min_train_images,
         require_masks=cfg.require_masks,
@@ -227,7 +253,7 @@ def show_registry(params: ParamsOption = DEFAULT_PARAMS_PATH) -> None:
 def export(
     model: Annotated[str, typer.Argument(help="models:/<name>@champion, models:/<name>/<version>, runs:/<id>/model, or a model folder.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the graph and export.json.")],
-    fmt: Annotated[str, typer.Option("--format", help="onnx or openvino.")] = "onnx",
+    fmt: Annotated[GraphFormat, typer.Option("--format", help="Graph format.")] = GraphFormat.onnx,
     category: Annotated[str | None, typer.Option("--category", help="Category (needed for a multi-category model folder).")] = None,
     params: ParamsOption = DEFAULT_PARAMS_PATH,
 ) -> None:
@@ -236,9 +262,6 @@ def export(
     from onenip.export import ExportError, export_category
     from onenip.models.detector import OneNIPDetector
 
-    if fmt not in ("onnx", "openvino"):
-        msg = f"--format must be onnx or openvino, got {fmt!r}"
-        raise ConfigError(msg)
     cfg = _load(params)
     try:
         resolved = registry.resolve_model(model, cfg, _root())
@@ -254,7 +277,7 @@ def export(
         raise ConfigError(msg)
     try:
         detector.category_index(chosen)
-        graph = export_category(detector, chosen, out, fmt=fmt, weights=resolved.folder / "model.safetensors")  # type: ignore[arg-type]
+        graph = export_category(detector, chosen, out, fmt=fmt.value, weights=resolved.folder / "model.safetensors")  # type: ignore[arg-type]
     except (ValueError, ExportError) as error:
         raise ConfigError(str(error)) from None
     geometry = detector.geometry(chosen)
@@ -270,7 +293,7 @@ def predict(
     category: Annotated[str | None, typer.Option("--category", help="Category (needed for a multi-category model folder).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
     heatmaps: Annotated[bool, typer.Option("--heatmaps/--no-heatmaps", help="Write heatmap overlay PNGs.")] = True,
-    runtime: Annotated[str, typer.Option("--runtime", help="torch, onnx, openvino, or auto (onnx when installed).")] = "auto",
+    runtime: Annotated[Runtime, typer.Option("--runtime", help="auto: the runtime the version was registered with, else onnx when installed, else torch.")] = Runtime.auto,
     params: ParamsOption = DEFAULT_PARAMS_PATH,
 ) -> None:
     """Score images: per image the score, the decision at the model's calibrated threshold and a
@@ -292,7 +315,7 @@ def predict(
         # A registered version answers for its own category only (the one its gate passed for).
         predictor = load_predictor(
             resolved.folder, category, device=cfg.train.device,
-            served_category=resolved.category, model_name_pattern=resolved.name_pattern, runtime=runtime,
+            served_category=resolved.category, model_name_pattern=resolved.name_pattern, runtime=runtime.value,
         )  # fmt: skip
     except ValueError as error:
         raise DatasetError(str(error)) from None
@@ -327,7 +350,7 @@ CategoriesOption = Annotated[list[str] | None, typer.Option("--category", "--cat
 def train(
     data: Annotated[Path, typer.Option("--data", help="Dataset root in MVTec AD layout.")],
     categories: CategoriesOption = None,
-    mode: Annotated[str | None, typer.Option("--mode", help="unified | per-category (default: params.yaml).")] = None,
+    mode: Annotated[Mode | None, typer.Option("--mode", help="One network for all categories or one each (default: params.yaml).")] = None,
     out: Annotated[Path, typer.Option("--out", help="Run folder: <out>/<unified|category>/model.")] = Path("runs/train"),
     epochs: Annotated[int | None, typer.Option("--epochs", help="Override train.epochs.")] = None,
     evaluate_after: Annotated[bool, typer.Option("--evaluate/--no-evaluate", help="Evaluate on the test split.")] = True,
@@ -340,7 +363,7 @@ def train(
     cfg = _load(params)
     if epochs:
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": epochs})})
-    trained = jobs.train_models(data, categories, cfg, out, mode=mode, resume=resume)
+    trained = jobs.train_models(data, categories, cfg, out, mode=None if mode is None else mode.value, resume=resume)
     for name, result in trained.items():
         console.print(f"{name}: model saved to {result.model_dir} ({result.train_seconds / 60:.1f} min training)")
     if evaluate_after:

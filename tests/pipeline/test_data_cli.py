@@ -101,7 +101,6 @@ def test_cli_add_summary_validate(project: Path, source: Path) -> None:
     [
         (["data", "summary", "does/not/exist"], "does not exist"),
         (["data", "add", "nowhere", "--name", "x", "--format", "mvtec"], "nowhere"),
-        (["data", "add", ".", "--name", "x", "--format", "pascal"], "pascal"),
         (["data", "validate", "empty"], "No categories"),
     ],
 )
@@ -111,6 +110,14 @@ def test_cli_user_errors_are_one_clear_line(project: Path, args: list[str], expe
     assert result.exit_code == 1
     assert expected in result.output
     assert "Traceback" not in result.output
+
+
+def test_an_unknown_choice_is_refused_before_anything_runs(project: Path) -> None:
+    result = runner.invoke(app, ["data", "add", ".", "--name", "x", "--format", "pascal"])
+    assert result.exit_code == 2  # click's usage error
+    words = " ".join(result.output.replace("│", " ").split())  # the error box wraps and frames lines
+    assert "'pascal' is not one of 'mvtec', 'visa', 'btad', 'elpv'" in words
+    assert not (project / "data" / "x").exists()
 
 
 def test_cli_validate_reports_fault_by_name(project: Path, source: Path) -> None:
