@@ -49,7 +49,7 @@ def run_pipeline(
     categories: Annotated[list[str] | None, typer.Option("--category", help="Only these categories (repeat).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Retrain even if data, params and code are unchanged.")] = False,
 ) -> None:
-    """The full pipeline (Prefect flow ``retrain``) on the configured dataset: version (DVC), validate
+    """The full pipeline (Prefect flow 'retrain') on the configured dataset: version (DVC), validate
     (GX), synthesize, cache features, train, evaluate, log (MLflow), register, gate and promote."""
     from onenip.registry import RegistryError
     from pipelines.flows import run_retrain
@@ -73,7 +73,7 @@ def schedule(
     profile: ProfileOption = None,
     cron: Annotated[str | None, typer.Option("--cron", help="Override pipeline.schedule_cron.")] = None,
 ) -> None:
-    """Serve the ``retrain`` deployment on its cron schedule (blocks; Ctrl-C stops serving)."""
+    """Serve the 'retrain' deployment on its cron schedule (blocks; Ctrl-C stops serving)."""
     from pipelines.deployments import serve_retrain
 
     serve_retrain(load_params(params, profile=profile), str(params), profile, cron)
@@ -87,7 +87,7 @@ def deploy(
     profile: ProfileOption = None,
     cron: Annotated[str | None, typer.Option("--cron", help="Override pipeline.schedule_cron.")] = None,
 ) -> None:
-    """Register the scheduled ``retrain`` deployment with the Prefect server at PREFECT_API_URL."""
+    """Register the scheduled 'retrain' deployment with the Prefect server at PREFECT_API_URL."""
     from pipelines.deployments import DEPLOYMENT_NAME, deploy_retrain
 
     cfg = load_params(params, profile=profile)
@@ -104,7 +104,7 @@ def train_generalist(
     params: ParamsOption = DEFAULT_PARAMS_PATH,
     profile: ProfileOption = None,
 ) -> None:
-    """Train the few-shot generalist (InCTRL head) once on auxiliary categories (flow ``train-generalist``)."""
+    """Train the few-shot generalist (InCTRL head) once on auxiliary categories (flow 'train-generalist')."""
     from pipelines.flows import generalist
 
     load_params(params, profile=profile)
@@ -129,7 +129,7 @@ def onboard(
     profile: ProfileOption = None,
 ) -> None:
     """Onboard a category from k normal images with no training: prompts, threshold, evaluation, gate,
-    registered version (``champion`` when it passes); predict and serve it like a trained one."""
+    registered version ('champion' when it passes); predict and serve it like a trained one."""
     from pipelines.flows import onboard_category
 
     load_params(params, profile=profile)
