@@ -61,7 +61,8 @@ def _tree_peak_rss_mb(pid: int) -> float:
 
 
 def bench_predict(model_dir: Path, category: str | None, images: list[Path], batch_size: int, runtime: str) -> float:
-    from onenip.prediction import load_predictor, predict_files
+    from onenip.prediction import predict_files
+    from onenip.predictors import load_predictor
 
     predictor = load_predictor(model_dir, category, runtime=runtime)
     with tempfile.TemporaryDirectory() as out:
@@ -75,7 +76,8 @@ def profile_stages(model_dir: Path, category: str | None, images: list[Path], ru
     """Milliseconds per image at batch 1: decode, resize (geometry), backbone + head (torch: split),
     the whole graph (exported runtimes: numpy preprocessing, no torch), map crop."""
     from onenip.data.manifest import decode_image
-    from onenip.prediction import ExportedPredictor, crop_content, image_to_array, load_predictor
+    from onenip.prediction import ExportedPredictor, crop_content, image_to_array
+    from onenip.predictors import load_predictor
 
     predictor = load_predictor(model_dir, category, runtime=runtime)
     exported = isinstance(predictor, ExportedPredictor)  # else torch (or a graph exported on first use)
@@ -130,7 +132,7 @@ def predict_worker(args: argparse.Namespace) -> dict[str, Any]:
     resolved = resolve_model(args.model, load_params(args.params), Path.cwd())
     images = collect_images([args.images])[: args.limit]
     started = time.perf_counter()
-    from onenip.prediction import load_predictor
+    from onenip.predictors import load_predictor
 
     category = resolved.category or args.category
     load_predictor(resolved.folder, category, runtime=args.runtime).predict([_open(images[0])])

@@ -300,7 +300,8 @@ def predict(
     heatmap overlay; unreadable files are listed and skipped, the rest are scored."""
     from onenip import registry
     from onenip.data.manifest import DatasetError
-    from onenip.prediction import collect_images, load_predictor, predict_files
+    from onenip.prediction import collect_images, predict_files
+    from onenip.predictors import load_predictor
 
     cfg = _load(params)
     try:

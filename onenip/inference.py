@@ -1,4 +1,4 @@
-"""Score new images with a saved torch detector (``Predictor``): what ``onenip.prediction.load_predictor``
+"""Score new images with a saved torch detector (``Predictor``): what ``onenip.predictors.load_predictor``
 returns for the torch runtime, a GPU, a generalist model or a category without an exported graph. The
 CLI and the MLflow pyfunc both go through ``load_predictor``, so a served model and the CLI give the
 same numbers."""
@@ -15,8 +15,7 @@ from PIL import Image
 
 from onenip.data.transforms import image_to_tensor
 from onenip.models.detector import OneNIPDetector
-from onenip.prediction import CategoryChoice, as_rgb_uint8, crop_content
-from onenip.prediction import CategoryNotServed, Prediction, PredictReport, collect_images, predict_files  # noqa: F401  (re-exported)
+from onenip.prediction import CategoryChoice, Prediction, as_rgb_uint8, crop_content
 from onenip.runtime import EXPORT_FOLDER, load_export, resolve_runtime, runtime_threads, safe_name
 
 
@@ -24,7 +23,7 @@ from onenip.runtime import EXPORT_FOLDER, load_export, resolve_runtime, runtime_
 class Predictor(CategoryChoice):
     """A loaded torch detector plus the preprocessing it was trained with (each category's input
     geometry). ``runtime`` onnx/openvino runs the category's exported graph instead of the torch
-    forward (exported on first use when the model folder has none); ``onenip.prediction.load_predictor``
+    forward (exported on first use when the model folder has none); ``onenip.predictors.load_predictor``
     serves folders with exported graphs without importing torch at all.
 
     ``served_category`` restricts the predictor to one category (see ``CategoryChoice``).

@@ -1,6 +1,5 @@
 """What a scored image is, which category a predictor answers for, and the torch-free predictor that
-runs exported graphs: ``load_predictor`` is the one entry point of ``onenip predict`` and the MLflow
-pyfunc model.
+runs exported graphs (``onenip.predictors.load_predictor`` chooses between it and the torch one).
 
 A model folder whose categories carry exported graphs (``export/<category>/``, written at
 registration) is served by ``ExportedPredictor``: numpy preprocessing with torch's arithmetic
@@ -32,7 +31,6 @@ from onenip.runtime import (
     resolve_runtime,
     runtime_threads,
     safe_name,
-    served_runtime,
 )
 
 
@@ -249,56 +247,6 @@ def export_matches(folder: Path, weights: Path, runtime: str) -> bool:
         return False
     recorded = meta.get("weights_sha256")
     return recorded is None or (weights.is_file() and recorded == file_sha256(weights))
-
-
-def load_predictor(
-    model_dir: str | Path,
-    default_category: str | None = None,
-    device: str = "cpu",
-    *,
-    served_category: str | None = None,
-    model_name_pattern: str | None = None,
-    runtime: str = "torch",
-) -> ImagePredictor:
-    """The predictor for a saved model: its exported graphs when ``runtime`` is onnx/openvino (or auto
-    with ONNX Runtime installed), the device is the CPU and the categories asked for were exported;
-    otherwise the torch ``Predictor`` (which exports on first use when a graph runtime is asked for).
-
-    ``device``: cpu, cuda[:N] or auto (CUDA when a driver is present and torch sees a GPU).
-    """
-    if runtime == "auto":
-        # the runtime registration chose for this category (the fastest export that agreed with torch)
-        category = served_category or default_category
-        if category is not None:
-            runtime = served_runtime(Path(model_dir) / EXPORT_FOLDER / safe_name(category)) or runtime
-    resolved = resolve_runtime(runtime)
-    if resolved != "torch" and _cpu(device):
-        wanted = [c for c in (served_category, default_category) if c]
-        exported = ExportedPredictor.from_folder(
-            model_dir, resolved, wanted, default_category=default_category,
-            served_category=served_category, model_name_pattern=model_name_pattern,
-        )  # fmt: skip
-        if exported is not None:
-            if exported.default_category is not None:
-                exported.graph(exported.default_category)  # load now: a broken graph fails here, not on a request
-            return exported
-    from onenip.device import resolve_device
-    from onenip.inference import Predictor
-
-    return Predictor.load(
-        model_dir, default_category, device=resolve_device(device), served_category=served_category,
-        model_name_pattern=model_name_pattern, runtime=runtime,
-    )  # fmt: skip
-
-
-def _cpu(device: str) -> bool:
-    if device == "cpu":
-        return True
-    if device == "auto":
-        from onenip.device import cuda_present
-
-        return not cuda_present()
-    return False
 
 
 # -- predict on files -------------------------------------------------------------------------------

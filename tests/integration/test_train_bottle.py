@@ -56,7 +56,8 @@ def test_small_model_detects_bottle_defects(industrial_root: Path, tmp_path: Pat
     from onenip.export import export_category
     from onenip.inference import Predictor
     from onenip.models.detector import OneNIPDetector
-    from onenip.prediction import ExportedPredictor, load_predictor
+    from onenip.prediction import ExportedPredictor
+    from onenip.predictors import load_predictor
 
     model_dir = out / "unified" / "model"
     export_category(OneNIPDetector.load(model_dir), "bottle", model_dir / "export" / "bottle", fmt="openvino")

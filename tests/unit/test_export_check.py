@@ -135,7 +135,7 @@ def test_auto_runtime_is_the_one_registration_chose(model_dir: Path, tmp_path: P
     pytest.importorskip("openvino")
     import shutil
 
-    from onenip.prediction import load_predictor
+    from onenip.predictors import load_predictor
     from onenip.pyfunc import export_for_serving
     from onenip.runtime import EXPORT_FOLDER, record_served_runtime, served_runtime
 

@@ -96,7 +96,8 @@ def test_exported_graph_serves_without_building_the_torch_model(tmp_path: Path) 
     pytest.importorskip("onnxruntime")
     from onenip.export import export_category
     from onenip.inference import Predictor
-    from onenip.prediction import ExportedPredictor, load_predictor
+    from onenip.prediction import ExportedPredictor
+    from onenip.predictors import load_predictor
 
     folder = tmp_path / "m"
     detector = OneNIPDetector(ModelParams.model_validate(TINY_MODEL), ["plate", "widget"], pretrained=False)

@@ -81,7 +81,8 @@ def _saved_model(folder: Path, geometries: dict[str, InputGeometry] | None = Non
 def test_exported_predictor_scores_like_torch_on_letterboxed_and_squashed_inputs(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     from onenip.inference import Predictor
-    from onenip.prediction import ExportedPredictor, load_predictor
+    from onenip.prediction import ExportedPredictor
+    from onenip.predictors import load_predictor
 
     _saved_model(tmp_path, {"tile": InputGeometry(48, 80, letterbox=True)})
     rng = np.random.default_rng(3)
@@ -121,7 +122,8 @@ def test_a_broken_or_stale_export_falls_back_to_torch(tmp_path: Path) -> None:
 
     from onenip.export import export_category
     from onenip.inference import Predictor
-    from onenip.prediction import ExportedPredictor, load_predictor
+    from onenip.prediction import ExportedPredictor
+    from onenip.predictors import load_predictor
 
     detector = _saved_model(tmp_path)
     export_category(detector, "plate", tmp_path / "export" / "plate", weights=tmp_path / "model.safetensors")
@@ -137,7 +139,8 @@ def test_a_broken_or_stale_export_falls_back_to_torch(tmp_path: Path) -> None:
 
 def test_several_exported_categories_without_a_default_need_one_named(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
-    from onenip.prediction import ExportedPredictor, load_predictor
+    from onenip.prediction import ExportedPredictor
+    from onenip.predictors import load_predictor
 
     _saved_model(tmp_path)
     predictor = load_predictor(tmp_path, runtime="onnx")
