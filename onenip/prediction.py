@@ -301,7 +301,9 @@ def predict_files(
 
     out_dir = Path(out_dir)
     heatmap_dir = out_dir / "heatmaps"
-    heatmap_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if heatmaps:
+        heatmap_dir.mkdir(exist_ok=True)
     rows: list[dict[str, object]] = []
     failures: list[dict[str, str]] = []
     bar = tqdm(total=len(paths), desc="Predicting", unit="img", disable=not progress)

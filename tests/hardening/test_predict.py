@@ -94,8 +94,9 @@ def test_predict_model_folder_matches_registry_model(registered_project: Path, t
     assert by_uri.exit_code == 0, by_uri.output
     run_dir = registered_project / "runs/pipeline/widgets"
     folder = next(p.parent for p in run_dir.glob("*/model/onenip.json") if "widget" in json.loads(p.read_text())["categories"])
-    by_folder = runner.invoke(app, ["predict", str(image), "--model", str(folder), "--out", str(tmp_path / "b")])
+    by_folder = runner.invoke(app, ["predict", str(image), "--model", str(folder), "--out", str(tmp_path / "b"), "--no-heatmaps"])
     assert by_folder.exit_code == 0, by_folder.output
+    assert (tmp_path / "a" / "heatmaps").is_dir() and not (tmp_path / "b" / "heatmaps").exists()  # no empty folder
     from onenip.config import load_params
     from onenip.registry import resolve_model
 
