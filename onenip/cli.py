@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from enum import Enum
@@ -289,7 +290,7 @@ def export(
 def predict(
     inputs: Annotated[list[Path], typer.Argument(help="Image files and/or folders (searched recursively).")],
     model: Annotated[str, typer.Option("--model", help="models:/<name>@champion, models:/<name>/<version>, runs:/<id>/model, or a model folder.")],
-    out: Annotated[Path, typer.Option("--out", help="Writes predictions.csv, predictions.json, heatmaps/.")] = Path("runs/predict"),
+    out: Annotated[Path | None, typer.Option("--out", help="Writes predictions.csv, predictions.json, heatmaps/ (default: a new runs/predict/<time> folder of the project).")] = None,
     category: Annotated[str | None, typer.Option("--category", help="Category (needed for a multi-category model folder).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
     heatmaps: Annotated[bool, typer.Option("--heatmaps/--no-heatmaps", help="Write heatmap overlay PNGs.")] = True,
@@ -323,6 +324,10 @@ def predict(
     if predictor.default_category is None and not category:
         msg = f"{model} knows several categories; say which one with --category"
         raise ConfigError(msg)
+    if out is None:  # each run its own folder: earlier results never mix with new ones
+        out = _root() / "runs" / "predict" / time.strftime("%Y%m%d-%H%M%S")
+        while out.exists():
+            out = out.with_name(out.name + "-1")
     report = predict_files(predictor, paths, out, category or resolved.category, batch_size=batch_size, heatmaps=heatmaps)
     anomalous = sum(bool(r["is_anomaly"]) for r in report.predictions)
     console.print(f"Scored {len(report.predictions)} of {len(paths)} images: {anomalous} anomalous at the model's threshold.")

@@ -125,3 +125,15 @@ def test_unknown_model_alias_or_path_is_one_clear_line(registered_project: Path,
     assert result.exit_code == 1
     assert expected in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) <= 2
+
+
+def test_each_predict_run_gets_its_own_folder(registered_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    image = sorted((registered_project / "data/widgets/widget/test").rglob("*.png"))[0]
+    monkeypatch.chdir(registered_project / "data")  # from a folder inside the project: results land in the project's runs/
+    runner = CliRunner()
+    for _ in range(2):
+        result = runner.invoke(app, ["predict", str(image), "--model", "models:/onenip-widgets-widget@champion", "--no-heatmaps"])
+        assert result.exit_code == 0, result.output
+    runs = sorted((registered_project / "runs" / "predict").iterdir())
+    assert len(runs) == 2 and all((run / "predictions.csv").is_file() for run in runs)
+    assert not (registered_project / "data" / "runs").exists()
