@@ -82,3 +82,48 @@ def heatmap_overlay(image: Image.Image, anomaly_map: np.ndarray, vmax: float, ma
         edge = mask & ~ndimage.binary_erosion(mask, iterations=2)
         blended[edge] = (0, 255, 0)
     return Image.fromarray(np.concatenate([np.asarray(image.convert("RGB")), blended], axis=1))
+
+
+HEADER_PX = 22
+BAR_PX = 14
+
+
+def prediction_overlay(image: Image.Image, anomaly_map: np.ndarray, score: float, threshold: float) -> Image.Image:
+    """What a quality engineer reads at a glance: image | heatmap overlay with the predicted region
+    outlined (map above the threshold), a header with score, threshold and verdict (red: anomalous,
+    green: normal), and a colour bar under the overlay from 0 to twice the threshold, the threshold marked.
+
+    The colour scale is the same for every image of a model (0 to 2 x threshold), so images compare."""
+    from PIL import ImageDraw
+    from scipy import ndimage
+
+    vmax = max(2.0 * threshold, 1e-6)
+    pair = heatmap_overlay(image, anomaly_map, vmax, None)
+    width, height = pair.size
+    half = width // 2
+    region = anomaly_map > threshold
+    if region.any():
+        pixels = np.asarray(pair).copy()
+        edge = region & ~ndimage.binary_erosion(region, iterations=2)
+        pixels[:, half:][edge] = (255, 255, 255)
+        pair = Image.fromarray(pixels)
+    anomalous = score > threshold
+    canvas = Image.new("RGB", (width, HEADER_PX + height + BAR_PX), (255, 255, 255))
+    canvas.paste(pair, (0, HEADER_PX))
+    draw = ImageDraw.Draw(canvas)
+    draw.rectangle((0, 0, width, HEADER_PX - 1), fill=(200, 30, 30) if anomalous else (30, 140, 60))
+    verdict = "ANOMALY" if anomalous else "normal"
+    draw.text((4, 5), f"{verdict}   score {score:.3f}   threshold {threshold:.3f}", fill=(255, 255, 255))
+    draw_colour_bar(canvas, (half, HEADER_PX + height, width, HEADER_PX + height + BAR_PX), vmax, threshold)
+    return canvas
+
+
+def draw_colour_bar(canvas: Image.Image, box: tuple[int, int, int, int], vmax: float, threshold: float) -> None:
+    """The heatmap's colour scale (``jet`` from 0 to ``vmax``) in ``box`` of ``canvas``, a black tick at the threshold."""
+    from matplotlib import colormaps
+
+    left, top, right, bottom = box
+    ramp = (colormaps["jet"](np.linspace(0, 1, max(right - left, 1)))[:, :3] * 255).astype(np.uint8)
+    canvas.paste(Image.fromarray(np.repeat(ramp[None], bottom - top, axis=0)), (left, top))
+    tick = left + round((right - left - 1) * min(threshold / vmax, 1.0))
+    canvas.paste((0, 0, 0), (tick - 1, top, tick + 1, bottom))

@@ -297,7 +297,7 @@ def predict_files(
 
     from onenip.data.manifest import ImageReadError, decode_image
     from onenip.data.resample import resize_chw
-    from onenip.plots import heatmap_overlay
+    from onenip.plots import prediction_overlay
 
     out_dir = Path(out_dir)
     heatmap_dir = out_dir / "heatmaps"
@@ -329,9 +329,8 @@ def predict_files(
                 }
                 if heatmaps and prediction.anomaly_map is not None:
                     anomaly_map = resize_chw(prediction.anomaly_map, (image.height, image.width), antialias=False)
-                    vmax = max(2.0 * prediction.threshold, 1e-6)  # same colour scale for every image: red is well past the threshold
                     name = f"{len(rows):05d}_{path.stem}_{'anomaly' if prediction.is_anomaly else 'normal'}.png"
-                    heatmap_overlay(image, anomaly_map, vmax, None).save(heatmap_dir / name)
+                    prediction_overlay(image, anomaly_map, prediction.score, prediction.threshold).save(heatmap_dir / name)
                     row["heatmap"] = str(heatmap_dir / name)
                 rows.append(row)
         bar.update(len(paths[start : start + batch_size]))

@@ -64,7 +64,10 @@ def test_predict_scores_good_files_and_names_every_bad_one(registered_project: P
     assert sorted(Path(p).stem for p in frame["image_path"]) == ["gray", "gray16", "large", "rgb", "rgba"]
     assert frame["category"].eq("plate").all() and frame["threshold"].gt(0).all()
     assert all(Path(p).is_file() for p in frame["heatmap"])
-    assert Image.open(frame.loc[frame["image_path"].str.endswith("large.jpg"), "heatmap"].iloc[0]).size == (600, 180)
+    # the image and its overlay side by side at the image's own size (300 x 180), the verdict header and colour bar
+    from onenip.plots import BAR_PX, HEADER_PX
+
+    assert Image.open(frame.loc[frame["image_path"].str.endswith("large.jpg"), "heatmap"].iloc[0]).size == (600, HEADER_PX + 180 + BAR_PX)
     summary = json.loads((out / "predictions.json").read_text())
     failures = {Path(f["image_path"]).name: f["error"] for f in summary["failures"]}
     assert set(failures) == {"corrupt.png", "truncated.png", "empty.png", "notes.png", "tiny.png", "huge.png"}
