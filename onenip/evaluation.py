@@ -11,6 +11,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import zip_longest
 from pathlib import Path
 
 import numpy as np
@@ -71,24 +72,39 @@ def content_masks(geometry: InputGeometry, rows: pd.DataFrame) -> torch.Tensor |
     return torch.stack([geometry.valid_mask(int(h), int(w))[None] for h, w in zip(rows["height"], rows["width"], strict=True)])
 
 
+def heatmap_choice(labels: Sequence[int], scores: Sequence[float], threshold: float, count: int) -> list[tuple[int, str]]:
+    """Which test images get an overlay, and why: the mistakes first (a quality engineer's questions),
+    then the clearest finds and the most anomalous-looking normals.
+
+    Order: missed defects (anomalous, score at or below the threshold; lowest first), false alarms
+    (normal, above it; highest first), then found defects and normals by descending score, alternating.
+    Returns up to ``count`` (index, kind) pairs, kind in missed / false-alarm / found / normal."""
+    ranked = sorted(range(len(scores)), key=lambda i: -scores[i])
+    missed = [(i, "missed") for i in reversed(ranked) if labels[i] == 1 and scores[i] <= threshold]
+    false_alarms = [(i, "false-alarm") for i in ranked if labels[i] == 0 and scores[i] > threshold]
+    found = [(i, "found") for i in ranked if labels[i] == 1 and scores[i] > threshold]
+    normal = [(i, "normal") for i in ranked if labels[i] == 0 and scores[i] <= threshold]
+    rest = [pair for pairs in zip_longest(found, normal) for pair in pairs if pair is not None]
+    return (missed + false_alarms + rest)[:count]
+
+
 def write_heatmaps(
     rows: pd.DataFrame, maps: Sequence[np.ndarray], masks: Sequence[np.ndarray | None], folder: Path, count: int, vmax: float,
-) -> list[Path]:
-    """Overlays for up to ``count`` images: the highest-scoring anomalous and normal ones first."""
+    threshold: float,
+) -> list[Path]:  # fmt: skip
+    """Overlays for up to ``count`` images chosen by ``heatmap_choice``, named by why they were chosen."""
     folder.mkdir(parents=True, exist_ok=True)
-    order = rows.reset_index(drop=True).sort_values(["label_index", "pred_score"], ascending=False).index.tolist()
-    anomalous = [i for i in order if rows.iloc[i]["label_index"] == 1]
-    normal = [i for i in order if rows.iloc[i]["label_index"] == 0]
-    chosen = (anomalous[: (count + 1) // 2] + normal[: count // 2])[:count]
+    rows = rows.reset_index(drop=True)
+    chosen = heatmap_choice(rows["label_index"].tolist(), rows["pred_score"].tolist(), threshold, count)
     written = []
-    for i in chosen:
+    for i, kind in chosen:
         row = rows.iloc[i]
         image = read_image(row["image_path"])
         anomaly_map = maps[i]
         if anomaly_map.shape != (image.height, image.width):
             anomaly_map = resize_maps_to_masks(anomaly_map[None], (image.height, image.width))[0]
         mask = masks[i]
-        name = f"{row['defect_type']}_{Path(row['image_path']).stem}_score{row['pred_score']:.3f}.png"
+        name = f"{kind}_{row['defect_type']}_{Path(row['image_path']).stem}_score{row['pred_score']:.3f}.png"
         path = folder / name
         heatmap_overlay(image, anomaly_map, vmax, None if mask is None else mask.astype(bool)).save(path)
         written.append(path)
@@ -169,7 +185,7 @@ def evaluate_category(
         )
         if num_heatmaps:
             vmax = float(np.quantile(np.stack([m.max() for m in maps]), 0.9))
-            write_heatmaps(predictions, resized, masks, folder / "heatmaps", num_heatmaps, vmax)
+            write_heatmaps(predictions, resized, masks, folder / "heatmaps", num_heatmaps, vmax, threshold)
     return CategoryEvaluation(category, metrics, predictions, has_masks, time.perf_counter() - started)
 
 

@@ -33,3 +33,16 @@ def test_a_normal_image_has_a_green_header_and_no_outline() -> None:
     canvas = np.asarray(prediction_overlay(_picture(), anomaly_map, score=0.5, threshold=1.0))
     assert tuple(canvas[2, 98]) == (30, 140, 60)
     assert not np.all(canvas[HEADER_PX : HEADER_PX + 40, 50:] == 255, axis=-1).any()
+
+
+def test_evaluation_shows_the_mistakes_first() -> None:
+    from onenip.evaluation import heatmap_choice
+
+    labels = [1, 1, 1, 0, 0, 0, 1, 0]
+    scores = [0.9, 0.3, 2.0, 1.5, 0.2, 1.2, 0.8, 0.1]
+    # threshold 1.0: missed defects 1 (0.3), 6 (0.8), 0 (0.9), lowest first; false alarms 3 (1.5) then 5 (1.2);
+    # then found defects and normals alternate by descending score
+    assert heatmap_choice(labels, scores, 1.0, 8) == [(1, "missed"), (6, "missed"), (0, "missed"), (3, "false-alarm"),
+                                                      (5, "false-alarm"), (2, "found"), (4, "normal"), (7, "normal")]  # fmt: skip
+    assert heatmap_choice(labels, scores, 1.0, 2) == [(1, "missed"), (6, "missed")]
+    assert heatmap_choice([0, 1], [0.1, 2.0], 1.0, 4) == [(1, "found"), (0, "normal")]  # no mistakes: the clearest of each
