@@ -229,6 +229,39 @@ def promote(
         raise ConfigError(str(error)) from None
 
 
+@app.command("serve")
+@_user_errors
+def serve(
+    model: Annotated[str, typer.Argument(help="models:/<name>@champion or models:/<name>/<version>.")],
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 5001,
+    host: Annotated[str, typer.Option("--host", help="127.0.0.1 serves this machine only; 0.0.0.0 every interface.")] = "127.0.0.1",
+    runtime: Annotated[Runtime, typer.Option("--runtime", help="auto: the runtime the version was registered with.")] = Runtime.auto,
+    params: ParamsOption = DEFAULT_PARAMS_PATH,
+) -> None:
+    """Serve a registered model over HTTP (mlflow models serve on the project's store and this environment)."""
+    import os
+
+    from onenip import registry
+
+    cfg = _load(params)
+    root = _root()
+    if not model.startswith("models:/"):
+        msg = f"serve takes a registered model (models:/<name>@champion or models:/<name>/<version>), got {model!r}"
+        raise ConfigError(msg)
+    registry.resolve_model(model, cfg, root)  # one clear line for an unknown name, alias or version, before anything starts
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registry.tracking_uri(cfg, root),
+           # mlflow starts uvicorn from PATH: this environment's, as with an activated venv
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
+    if runtime != Runtime.auto:
+        env["ONENIP_RUNTIME"] = runtime.value
+    console.print(f"Serving {model} on http://{host}:{port}/invocations (Ctrl-C stops it); health: http://{host}:{port}/ping")
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model, "--env-manager", "local", "-h", host, "-p", str(port)]
+    sys.stdout.flush()
+    os.chdir(root)
+    # this process becomes the server: a signal that stops `onenip serve` stops the server and its workers
+    os.execve(sys.executable, command, env)
+
+
 @app.command("registry")
 @_user_errors
 def show_registry(params: ParamsOption = DEFAULT_PARAMS_PATH) -> None:

@@ -140,3 +140,12 @@ def test_each_predict_run_gets_its_own_folder(registered_project: Path, monkeypa
     runs = sorted((registered_project / "runs" / "predict").iterdir())
     assert len(runs) == 2 and all((run / "predictions.csv").is_file() for run in runs)
     assert not (registered_project / "data" / "runs").exists()
+
+
+def test_serve_refuses_what_it_cannot_serve_in_one_line(registered_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(registered_project)
+    runner = CliRunner()
+    unknown = runner.invoke(app, ["serve", "models:/onenip-nothing@champion"])
+    assert unknown.exit_code == 1 and "'onenip-nothing' does not exist" in unknown.output
+    folder = runner.invoke(app, ["serve", "runs/pipeline"])
+    assert folder.exit_code == 1 and "serve takes a registered model" in folder.output

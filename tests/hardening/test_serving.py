@@ -30,13 +30,13 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def server(registered_project: Path) -> Iterator[str]:
     port = free_port()
-    # mlflow starts `uvicorn` from PATH: the venv's bin must be on it, as with an activated venv
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{registered_project / 'mlflow.db'}", "OMP_NUM_THREADS": "1",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
+    # `onenip serve` from a folder inside the project, in a shell with nothing set: it finds the project's
+    # store and puts this environment's bin on PATH for the server itself
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"} | {"OMP_NUM_THREADS": "1"}
     log = (registered_project / "serve.log").open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", MODEL, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=registered_project, env=env, stdout=log, stderr=subprocess.STDOUT,
+        [str(Path(sys.executable).parent / "onenip"), "serve", MODEL, "--port", str(port)],
+        cwd=registered_project / "data", env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
