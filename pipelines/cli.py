@@ -1,5 +1,5 @@
 """The ``onenip`` console command: the library's CLI (``onenip.cli``) plus the commands that drive
-orchestration (``run``, ``schedule``, ``deploy``), which live here so that the library never imports
+orchestration (``run``, ``schedule``, ``deploy``, ``ui``), which live here so that the library never imports
 ``pipelines``."""
 
 from __future__ import annotations
@@ -138,3 +138,56 @@ def onboard(
     _print_outcomes({category: outcome})
     if outcome["status"] == "failed":
         raise typer.Exit(code=1)
+
+
+@app.command("ui")
+@_user_errors
+def ui(
+    mlflow_port: Annotated[int, typer.Option("--mlflow-port", min=1, max=65535)] = 5000,
+    prefect_port: Annotated[int, typer.Option("--prefect-port", min=1, max=65535)] = 4200,
+    params: ParamsOption = DEFAULT_PARAMS_PATH,
+) -> None:
+    """Start the MLflow UI on the project's store (runs, artifacts, registry) and the Prefect UI (flow
+    runs, schedules), print both addresses; Ctrl-C stops both."""
+    import os
+    import subprocess
+    import sys
+
+    from onenip import registry
+    from onenip.config import find_project_root
+
+    root = find_project_root(Path.cwd()) or Path.cwd()
+    cfg = load_params(root / DEFAULT_PARAMS_PATH if params == DEFAULT_PARAMS_PATH else params)
+    uri = registry.tracking_uri(cfg, root)
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    servers = {
+        f"MLflow UI ({uri})": ([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+                                "--port", str(mlflow_port)], f"http://127.0.0.1:{mlflow_port}"),  # fmt: skip
+        "Prefect UI": ([str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
+                       f"http://127.0.0.1:{prefect_port}"),  # fmt: skip
+    }
+    processes = [subprocess.Popen(command, cwd=root, env=env) for command, _ in servers.values()]
+    for name, (_, address) in servers.items():
+        console.print(f"{name}: {address}")
+    console.print("Ctrl-C stops both.")
+    try:
+        while all(process.poll() is None for process in processes):
+            try:
+                processes[0].wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    failed = [name for (name, _), process in zip(servers.items(), processes, strict=True) if process.returncode not in (0, -15, None)]
+    if failed:
+        err_console.print(f"stopped on their own: {', '.join(failed)}")

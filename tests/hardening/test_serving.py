@@ -120,3 +120,38 @@ def test_a_version_serves_only_its_own_category(server: str, registered_project:
     assert post(server, mixed).status_code == 400  # no partial answer that slips the other category through
     own = post(server, {"dataframe_split": {"columns": ["image", "category"], "data": [[b64(good), "plate"]]}})
     assert own.status_code == 200 and own.json()["predictions"][0]["category"] == "plate"
+
+
+def test_ui_starts_both_interfaces_on_the_project_and_stops_both(registered_project: Path, tmp_path: Path) -> None:
+    import signal
+
+    ports = free_port(), free_port()
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"} | {"PREFECT_HOME": str(tmp_path / "prefect")}
+    log = (tmp_path / "ui.log").open("w")
+    process = subprocess.Popen([str(Path(sys.executable).parent / "onenip"), "ui", "--mlflow-port", str(ports[0]), "--prefect-port",
+                                str(ports[1])], cwd=registered_project / "data", env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    checks = {f"http://127.0.0.1:{ports[0]}/api/2.0/mlflow/registered-models/search": "onenip-widgets-plate",
+              f"http://127.0.0.1:{ports[1]}/api/health": "true"}  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        pending = dict(checks)
+        while pending and time.monotonic() < deadline:
+            assert process.poll() is None, (tmp_path / "ui.log").read_text()[-3000:]
+            for url, expected in list(pending.items()):
+                try:
+                    response = requests.get(url, timeout=2)
+                    if response.status_code == 200 and expected in response.text:
+                        del pending[url]
+                except requests.ConnectionError:
+                    pass
+            time.sleep(1)
+        assert not pending, f"not up: {list(pending)}\n" + (tmp_path / "ui.log").read_text()[-3000:]
+        output = (tmp_path / "ui.log").read_text()
+        assert f"http://127.0.0.1:{ports[0]}" in output and f"http://127.0.0.1:{ports[1]}" in output
+        assert str(registered_project / "mlflow.db") in output.replace("\n", "")  # the project's store, found from data/
+    finally:
+        process.send_signal(signal.SIGINT)  # Ctrl-C
+        process.wait(timeout=60)
+    for port in ports:
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"http://127.0.0.1:{port}/", timeout=2)
