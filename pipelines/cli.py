@@ -4,6 +4,9 @@ orchestration (``run``, ``schedule``, ``deploy``, ``ui``), which live here so th
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -167,27 +170,44 @@ def ui(
         "Prefect UI": ([str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
                        f"http://127.0.0.1:{prefect_port}"),  # fmt: skip
     }
-    processes = [subprocess.Popen(command, cwd=root, env=env) for command, _ in servers.values()]
+    # Ctrl-C and a termination stop both servers with every process they started: each server runs in its
+    # own session (its own process group, stopped as a whole), and the signals are handled here even
+    # where the shell started this process with SIGINT ignored (a background job)
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    processes = [subprocess.Popen(command, cwd=root, env=env, start_new_session=True) for command, _ in servers.values()]
     for name, (_, address) in servers.items():
         console.print(f"{name}: {address}")
     console.print("Ctrl-C stops both.")
     try:
         while all(process.poll() is None for process in processes):
-            try:
-                processes[0].wait(timeout=1)
-            except subprocess.TimeoutExpired:
-                pass
+            time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-    failed = [name for (name, _), process in zip(servers.items(), processes, strict=True) if process.returncode not in (0, -15, None)]
-    if failed:
-        err_console.print(f"stopped on their own: {', '.join(failed)}")
+        _stop_groups(processes)
+    stopped = [name for (name, _), process in zip(servers.items(), processes, strict=True) if process.returncode not in (0, -15)]
+    if stopped:
+        err_console.print(f"stopped on their own: {', '.join(stopped)}")
+
+
+def _stop_groups(processes: list[Any]) -> None:
+    """SIGTERM to each process's group, SIGKILL to what still runs after 30 s."""
+    import os
+    import subprocess
+
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

@@ -150,8 +150,13 @@ def test_ui_starts_both_interfaces_on_the_project_and_stops_both(registered_proj
         assert f"http://127.0.0.1:{ports[0]}" in output and f"http://127.0.0.1:{ports[1]}" in output
         assert str(registered_project / "mlflow.db") in output.replace("\n", "")  # the project's store, found from data/
     finally:
-        process.send_signal(signal.SIGINT)  # Ctrl-C
-        process.wait(timeout=60)
+        process.send_signal(signal.SIGINT)  # Ctrl-C (handled even where the test runner's shell ignores SIGINT)
+        process.wait(timeout=90)
+    import psutil
+
     for port in ports:
         with pytest.raises(requests.ConnectionError):
             requests.get(f"http://127.0.0.1:{port}/", timeout=2)
+    leftovers = [p.info["cmdline"] for p in psutil.process_iter(["cmdline"])
+                 if any(str(port) in " ".join(p.info["cmdline"] or []) for port in ports)]  # fmt: skip
+    assert not leftovers, f"processes left running: {leftovers}"
