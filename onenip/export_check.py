@@ -17,7 +17,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -147,7 +147,7 @@ def check_export(
     agreeing = sorted((c for c in checks if c.parity), key=lambda c: c.p50_ms)
     chosen = agreeing[0] if agreeing else checks[0]
     others = tuple((c.runtime, c.parity, c.p50_ms) for c in checks if c is not chosen)
-    return ExportCheck(**{**chosen.__dict__, "others": others})
+    return replace(chosen, others=others)
 
 
 def spread_sample(paths: Sequence[Path], count: int) -> list[Path]:
