@@ -31,6 +31,7 @@ from onenip.metrics.pixel import pixel_pr_curve_points, pixel_roc_curve_points
 from onenip.metrics.resize import resize_maps_to_masks
 from onenip.models.detector import OneNIPDetector
 from onenip.plots import heatmap_overlay, plot_curves
+from onenip.report import EVALUATE_KINDS, evaluation_items, write_report
 
 
 @dataclass
@@ -91,12 +92,13 @@ def heatmap_choice(labels: Sequence[int], scores: Sequence[float], threshold: fl
 def write_heatmaps(
     rows: pd.DataFrame, maps: Sequence[np.ndarray], masks: Sequence[np.ndarray | None], folder: Path, count: int, vmax: float,
     threshold: float,
-) -> list[Path]:  # fmt: skip
-    """Overlays for up to ``count`` images chosen by ``heatmap_choice``, named by why they were chosen."""
+) -> dict[str, Path]:  # fmt: skip
+    """Overlays for up to ``count`` images chosen by ``heatmap_choice``, named by why they were chosen
+    (image path -> overlay)."""
     folder.mkdir(parents=True, exist_ok=True)
     rows = rows.reset_index(drop=True)
     chosen = heatmap_choice(rows["label_index"].tolist(), rows["pred_score"].tolist(), threshold, count)
-    written = []
+    written: dict[str, Path] = {}
     for i, kind in chosen:
         row = rows.iloc[i]
         image = read_image(row["image_path"])
@@ -107,7 +109,7 @@ def write_heatmaps(
         name = f"{kind}_{row['defect_type']}_{Path(row['image_path']).stem}_score{row['pred_score']:.3f}.png"
         path = folder / name
         heatmap_overlay(image, anomaly_map, vmax, None if mask is None else mask.astype(bool)).save(path)
-        written.append(path)
+        written[str(row["image_path"])] = path
     return written
 
 
@@ -122,9 +124,10 @@ def evaluate_category(
     batch_size: int = 16,
     progress: bool = True,
     per_image: str | Path | None = None,
+    model: str = "",
 ) -> CategoryEvaluation:
-    """Metrics of one category's test split; writes metrics.json, curves.png, heatmaps/ when asked, and
-    the per-image summary for paired bootstrap intervals (``onenip.metrics.bootstrap.PerImage``) to
+    """Metrics of one category's test split; writes metrics.json, curves.png, heatmaps/ and the
+    ``index.html`` report (``model`` names the model on it) when asked, and the per-image summary for paired bootstrap intervals (``onenip.metrics.bootstrap.PerImage``) to
     ``per_image``."""
     started = time.perf_counter()
     test = manifest[(manifest["category"] == category) & (manifest["split"] == "test")].reset_index(drop=True)
@@ -183,9 +186,11 @@ def evaluate_category(
             pixel_pr_curve_points(resized, masks) if has_masks else None,
             title=f"{category}: image AUROC {metrics['image_AUROC']:.3f}",
         )
+        overlays: dict[str, Path] = {}
         if num_heatmaps:
             vmax = float(np.quantile(np.stack([m.max() for m in maps]), 0.9))
-            write_heatmaps(predictions, resized, masks, folder / "heatmaps", num_heatmaps, vmax, threshold)
+            overlays = write_heatmaps(predictions, resized, masks, folder / "heatmaps", num_heatmaps, vmax, threshold)
+        _write_category_report(folder, category, predictions, threshold, metrics, overlays, model)
     return CategoryEvaluation(category, metrics, predictions, has_masks, time.perf_counter() - started)
 
 
@@ -198,18 +203,51 @@ def evaluate(
     *,
     num_heatmaps: int = 8,
     progress: bool = True,
+    model: str = "",
 ) -> dict[str, CategoryEvaluation]:
-    """Evaluate every category the detector knows (or ``categories``)."""
+    """Evaluate every category the detector knows (or ``categories``); with ``output_dir``, also
+    ``metrics.json`` and an ``index.html`` linking each category's report."""
     results = {}
     for category in categories or detector.categories:
         results[category] = evaluate_category(
-            detector, manifest, category, cache, output_dir, num_heatmaps=num_heatmaps, progress=progress,
+            detector, manifest, category, cache, output_dir, num_heatmaps=num_heatmaps, progress=progress, model=model,
         )
     if output_dir is not None:
         summary = {c: r.metrics for c, r in results.items()}
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         (Path(output_dir) / "metrics.json").write_text(json.dumps(summary, indent=2))
+        write_index(output_dir, summary, model)
     return results
+
+
+def _write_category_report(
+    folder: Path, category: str, predictions: pd.DataFrame, threshold: float, metrics: dict[str, float], overlays: dict[str, Path],
+    model: str,
+) -> Path:  # fmt: skip
+    items = evaluation_items(predictions["image_path"].astype(str).tolist(), predictions["label_index"].astype(int).tolist(),
+                             predictions["pred_score"].astype(float).tolist(), threshold,
+                             predictions["defect_type"].astype(str).tolist(), overlays)  # fmt: skip
+    shown = {name: f"{metrics[name]:.4f}" for name in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO") if name in metrics}
+    return write_report(folder, items, title=f"{category}: test split", threshold=threshold, model=model or "-",
+                        kinds=EVALUATE_KINDS, summary=shown)  # fmt: skip
+
+
+def write_index(output_dir: str | Path, metrics: dict[str, dict[str, float]], model: str) -> Path:
+    """``output_dir/index.html``: one line per category with its metrics and a link to its report."""
+    import html
+
+    rows = "".join(
+        f'<tr><td><a href="{html.escape(c)}/index.html">{html.escape(c)}</a></td>'
+        + "".join(f"<td>{m.get(n, float('nan')):.4f}</td>" for n in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO"))
+        + "</tr>"
+        for c, m in metrics.items()
+    )
+    page = (f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Evaluation</title></head><body>"
+            f"<h1>Evaluation</h1><p>Model: <code>{html.escape(model or '-')}</code></p><table><tr><th>category</th>"
+            f"<th>I-AUROC</th><th>P-AUROC</th><th>AUPRO</th></tr>{rows}</table></body></html>")  # fmt: skip
+    path = Path(output_dir) / "index.html"
+    path.write_text(page, encoding="utf-8")
+    return path
 
 
 @torch.no_grad()

@@ -301,9 +301,11 @@ def evaluate_model(
     out_dir: str | Path,
     *,
     progress: bool = False,
+    model: str = "",
 ) -> dict[str, CategoryReport]:
-    """Test-split metrics, ROC/PR PNGs and heatmaps per category (all the model's categories when
-    ``categories`` is None); writes ``metrics.json`` and per-category ``metrics.md`` tables."""
+    """Test-split metrics, ROC/PR PNGs, heatmaps and the ``index.html`` reports per category (all the
+    model's categories when ``categories`` is None); writes ``metrics.json`` and per-category
+    ``metrics.md`` tables. ``model`` names the model on the reports (default: the folder)."""
     from onenip.data.manifest import DatasetError
     from onenip.device import resolve_device
     from onenip.evaluation import evaluate
@@ -318,7 +320,8 @@ def evaluate_model(
     categories = list(categories or detector.categories)
     manifest = make_manifest(root, categories, progress=False)
     cache = FeatureCache(params.train.cache_dir, detector.feature_extractor, detector.cfg.backbone)
-    results = evaluate(detector, manifest, cache, out_dir, categories, num_heatmaps=params.eval.num_heatmaps, progress=progress)
+    results = evaluate(detector, manifest, cache, out_dir, categories, num_heatmaps=params.eval.num_heatmaps, progress=progress,
+                       model=model or str(model_dir))  # fmt: skip
     reports = {}
     for category, result in results.items():
         folder = Path(out_dir) / category

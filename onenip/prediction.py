@@ -256,6 +256,8 @@ class PredictReport:
     failures: list[dict[str, str]]
     csv_path: Path
     json_path: Path
+    html_path: Path
+    """``index.html``: every image sorted by score, with filters, the threshold and a histogram."""
 
 
 def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
@@ -284,8 +286,10 @@ def predict_files(
     batch_size: int = 16,
     heatmaps: bool = True,
     progress: bool = True,
+    model: str = "",
 ) -> PredictReport:
-    """Score image files; write ``predictions.csv``, ``predictions.json`` and heatmap overlays.
+    """Score image files; write ``predictions.csv``, ``predictions.json``, heatmap overlays and the
+    ``index.html`` report (``model`` names the model version on it).
 
     A file that cannot be read (corrupt, truncated, empty, not an image, too small or too large) is
     reported in ``failures`` with its reason; every other file is still scored.
@@ -298,6 +302,7 @@ def predict_files(
     from onenip.data.manifest import ImageReadError, decode_image
     from onenip.data.resample import resize_chw
     from onenip.plots import prediction_overlay
+    from onenip.report import PREDICT_KINDS, predict_items, write_report
 
     out_dir = Path(out_dir)
     heatmap_dir = out_dir / "heatmaps"
@@ -348,4 +353,7 @@ def predict_files(
         "failures": failures,
     }
     json_path.write_text(json.dumps(summary, indent=2))
-    return PredictReport(rows, failures, csv_path, json_path)
+    html_path = write_report(out_dir, predict_items(rows, failures), title=f"Predictions: {len(rows)} of {len(paths)} images scored",
+                             threshold=float(rows[0]["threshold"]) if rows else float("nan"),  # type: ignore[arg-type]
+                             model=model or "-", kinds=PREDICT_KINDS)  # fmt: skip
+    return PredictReport(rows, failures, csv_path, json_path, html_path)

@@ -446,6 +446,9 @@ class ResolvedModel(NamedTuple):
     """The one category a registered version serves; None for a local folder (all its categories)."""
     name_pattern: str | None = None
     """``onenip-elpv-{category}``: names the other categories' models in a refusal."""
+    version: str | None = None
+    """What was loaded: ``models:/<name>/<version>`` (an alias pinned to the version it points at now) or the
+    ``runs:/`` URI; None for a local folder."""
 
 
 def pin_model_uri(uri: str, params: Params, project_root: str | Path = ".") -> str:
@@ -466,13 +469,15 @@ def resolve_model(uri: str, params: Params, project_root: str | Path = ".") -> R
 
     if uri.startswith(("models:/", "runs:/")):
         client = connect(params, project_root, existing=True)
+        pinned = uri
         if uri.startswith("models:/"):
             body = uri[len("models:/") :]
             name, _, ref = body.partition("@") if "@" in body else body.partition("/")
             if not ref:
                 msg = f"Model URI {uri!r} needs an alias or version: models:/<name>@champion or models:/<name>/<version>"
                 raise RegistryError(msg)
-            get_version(client, name, ref)  # one clear message for an unknown name, version or alias
+            # one clear message for an unknown name, version or alias; the version an alias points at now
+            pinned = f"models:/{name}/{get_version(client, name, ref).version}"
         try:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
         except (MlflowException, OSError) as error:
@@ -488,7 +493,7 @@ def resolve_model(uri: str, params: Params, project_root: str | Path = ".") -> R
         if not folders:
             msg = f"{uri} is not an onenip model (no onenip.json inside)"
             raise RegistryError(msg)
-        return ResolvedModel(folders[0], config.get("category"), config.get("model_name_pattern"))
+        return ResolvedModel(folders[0], config.get("category"), config.get("model_name_pattern"), pinned)
     path = Path(uri)
     if (path / "onenip.json").is_file():
         return ResolvedModel(path, None)

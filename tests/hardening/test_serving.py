@@ -77,7 +77,7 @@ def test_served_scores_match_predict(server: str, registered_project: Path, tmp_
     response = post(server, frame(*(b64(p.read_bytes()) for p in images)) | {"params": {"return_map": True}})
     assert response.status_code == 200, response.text
     rows = response.json()["predictions"]
-    model_dir, category, _ = resolve_model(MODEL, load_params(registered_project / "params.yaml"), registered_project)
+    model_dir, category, *_ = resolve_model(MODEL, load_params(registered_project / "params.yaml"), registered_project)
     local = Predictor.load(model_dir, category).predict([Image.open(p).convert("RGB") for p in images])
     for row, expected in zip(rows, local, strict=True):
         assert row["score"] == pytest.approx(expected.score, rel=1e-5)
