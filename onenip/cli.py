@@ -16,11 +16,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from onenip.config import DEFAULT_PARAMS_PATH, ConfigError, Params, find_project_root, load_params
+from onenip.config import DEFAULT_PARAMS_PATH, ConfigError, Params, find_project_root, load_params, parse_overrides
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="OneNIP industrial anomaly detection.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown", help="OneNIP industrial anomaly detection.")
 data_app = typer.Typer(no_args_is_help=True, help="Import, validate and summarise datasets.")
-app.add_typer(data_app, name="data")
+
+# the groups of `onenip --help`
+PIPELINE, MODEL, SERVING, DATA, FEWSHOT = "Pipeline", "Model", "Registry and serving", "Data", "Few-shot"
+app.add_typer(data_app, name="data", rich_help_panel=DATA)
 
 console = Console()
 err_console = Console(stderr=True)
@@ -75,10 +78,26 @@ def _configure_logging(
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
 
-ParamsOption = Annotated[Path, typer.Option("--params", help="params.yaml to read.")]
+ParamsOption = Annotated[Path, typer.Option("--params", help="params.yaml to read (default: the project's, found from here up).")]
+ProfileOption = Annotated[str | None, typer.Option("--profile", help="Merge profiles.NAME of params.yaml (e.g. fast).")]
+SetOption = Annotated[
+    list[str] | None, typer.Option("--set", help="Override one setting for this command: section.key=value (repeat), e.g. train.epochs=3."),
+]
+MODEL_HELP = "models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model, or a model folder."
+ModelOption = Annotated[str, typer.Option("--model", help=MODEL_HELP)]
+# commands with no other argument take the model as their argument too: `onenip export MODEL` = `--model MODEL`
+ModelArgument = Annotated[str | None, typer.Argument(metavar="MODEL", help=MODEL_HELP, show_default=False)]
+ModelOrOption = Annotated[str | None, typer.Option("--model", help="The same as MODEL.", show_default=False)]
 
 
-def _user_errors(func: F) -> F:
+def _model_reference(argument: str | None, option: str | None) -> str:
+    if (argument is None) == (option is None):
+        msg = "Give the model once: as MODEL or as --model (models:/NAME@champion, models:/NAME/VERSION, or a folder)"
+        raise ConfigError(msg)
+    return str(argument or option)
+
+
+def user_errors(func: F) -> F:
     """Turn errors a user can cause into one red line and exit code 1 (no traceback)."""
 
     @functools.wraps(func)
@@ -107,19 +126,33 @@ def _user_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _root() -> Path:
+def project_dir() -> Path:
     """The project: the nearest folder with params.yaml from here up; here when there is none."""
     return find_project_root(Path.cwd()) or Path.cwd()
 
 
-def _load(params: Path) -> Params:
-    """params.yaml as given; the default is the project's (found from any folder below it) and may be
-    absent (then the built-in defaults apply)."""
+def params_path(params: Path) -> Path | None:
+    """params.yaml as given; the default is the project's (found from any folder below it), None when
+    there is none (the built-in defaults apply)."""
     if params == DEFAULT_PARAMS_PATH:
-        params = _root() / DEFAULT_PARAMS_PATH
-        if not params.exists():
-            return Params()
-    return load_params(params)
+        found = project_dir() / DEFAULT_PARAMS_PATH
+        return found if found.exists() else None
+    return params
+
+
+def _load(params: Path, profile: str | None = None, sets: list[str] | None = None) -> Params:
+    """The settings a command runs with: params.yaml, then ``--profile``, then every ``--set``."""
+    return load_params(params_path(params), parse_overrides(sets or []), profile)
+
+
+def _resolve(model: str, cfg: Params) -> Any:
+    """A model reference -> ``registry.ResolvedModel``; an unknown name, alias, version or folder is one line."""
+    from onenip import registry
+
+    try:
+        return registry.resolve_model(model, cfg, project_dir())
+    except registry.RegistryError as error:
+        raise ConfigError(str(error)) from None
 
 
 def _print_frame(frame: Any, title: str) -> None:
@@ -139,22 +172,24 @@ def _print_summary(root: Path) -> None:
 
 
 @data_app.command("add")
-@_user_errors
+@user_errors
 def data_add(
     source: Annotated[str, typer.Argument(help="Source folder, or 'elpv-dataset' for --format elpv.")],
-    name: Annotated[str, typer.Option("--name", help="Dataset name: written to data/<name>.")],
+    name: Annotated[str, typer.Option("--name", help="Dataset name: written to data/NAME.")],
     fmt: Annotated[DataFormat, typer.Option("--format", help="The source's layout.")] = DataFormat.mvtec,
     params: ParamsOption = DEFAULT_PARAMS_PATH,
+    profile: ProfileOption = None,
+    sets: SetOption = None,
 ) -> None:
     """Convert SOURCE into data/NAME, validate it, track it with DVC and print its data version."""
     from onenip.data.versioning import import_dataset
 
-    cfg = _load(params).data
+    cfg = _load(params, profile, sets).data
     result = import_dataset(
         source,
         name,
         fmt.value,
-        project_root=Path.cwd(),
+        project_root=project_dir(),
         min_train_images=cfg.min_train_images,
         require_masks=cfg.require_masks,
         test_every=cfg.test_every,
@@ -165,17 +200,19 @@ def data_add(
 
 
 @data_app.command("validate")
-@_user_errors
+@user_errors
 def data_validate(
     root: Annotated[Path, typer.Argument(help="Dataset root in MVTec AD layout.")],
     categories: Annotated[list[str] | None, typer.Option("--category", help="Only these categories.")] = None,
     report: Annotated[Path | None, typer.Option("--report", help="Write the result as JSON here.")] = None,
     params: ParamsOption = DEFAULT_PARAMS_PATH,
+    profile: ProfileOption = None,
+    sets: SetOption = None,
 ) -> None:
     """Validate a dataset; exit 1 and list every failed expectation with its files."""
     from onenip.data.validate.dataset import validate_dataset
 
-    cfg = _load(params).data
+    cfg = _load(params, profile, sets).data
     result = validate_dataset(
         root,
         categories=categories or None,
@@ -190,33 +227,35 @@ def data_validate(
 
 
 @data_app.command("summary")
-@_user_errors
+@user_errors
 def data_summary(root: Annotated[Path, typer.Argument(help="Dataset root in MVTec AD layout.")]) -> None:
     """Counts per category, split and defect type."""
     _print_summary(root)
 
 
-ProfileOption = Annotated[str | None, typer.Option("--profile", help="Merge profiles.<name> of params.yaml (e.g. fast).")]
-
-
-@app.command("promote")
-@_user_errors
+@app.command("promote", rich_help_panel=SERVING)
+@user_errors
 def promote(
-    category: Annotated[str, typer.Option("--category", help="Category whose registered model to change.")],
+    model_argument: Annotated[str | None, typer.Argument(metavar="MODEL", help="models:/NAME/VERSION or models:/NAME@ALIAS to make champion; models:/NAME with --rollback.", show_default=False)] = None,
+    category: Annotated[str | None, typer.Option("--category", help="Instead of MODEL: this category's model of the dataset.")] = None,
     rollback: Annotated[bool, typer.Option("--rollback", help="Move champion back to the 'previous' version.")] = False,
-    version: Annotated[str | None, typer.Option("--version", help="Make this version (number or alias) champion.")] = None,
-    dataset: Annotated[str | None, typer.Option("--dataset", help="Dataset name (default: data.name).")] = None,
+    version: Annotated[str | None, typer.Option("--version", help="With --category: make this version (number or alias) champion.")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="With --category: the dataset name (default: data.name).")] = None,
+    model_option: ModelOrOption = None,
     params: ParamsOption = DEFAULT_PARAMS_PATH,
+    profile: ProfileOption = None,
+    sets: SetOption = None,
 ) -> None:
-    """Roll back the champion, or promote a version by hand (recorded as a tag on it)."""
+    """Promote a version to champion by hand (recorded as a tag on it), or roll the champion back."""
     from onenip import registry
 
-    cfg = _load(params)
+    cfg = _load(params, profile, sets)
+    model = None if model_argument is None and model_option is None else _model_reference(model_argument, model_option)
+    name, version = _promotion_target(model, category, dataset, version, rollback, cfg)
     if rollback == (version is not None):
-        msg = "Give exactly one of --rollback or --version"
+        msg = "Give exactly one of --rollback or a version (models:/NAME/VERSION, or --version)"
         raise ConfigError(msg)
-    client = registry.connect(cfg, _root(), existing=True)
-    name = registry.model_name(cfg, dataset or cfg.data.name, category)
+    client = registry.connect(cfg, project_dir(), existing=True)
     try:
         if rollback:
             demoted, restored = registry.rollback(client, name)
@@ -226,29 +265,58 @@ def promote(
             registry.promote_version(client, name, target.version)
             console.print(f"{name}: version {target.version} is now champion")
     except registry.RegistryError as error:
-        raise ConfigError(str(error)) from None
+        raise ConfigError(f"{error} (store: {registry.tracking_uri(cfg, project_dir())})") from None
 
 
-@app.command("serve")
-@_user_errors
+def _promotion_target(
+    model: str | None, category: str | None, dataset: str | None, version: str | None, rollback: bool, cfg: Params,
+) -> tuple[str, str | None]:  # fmt: skip
+    """(registered model name, version or alias or None) from MODEL or from --category/--dataset/--version."""
+    from onenip import registry
+
+    if model is None:
+        if category is None:
+            msg = "Say which model: models:/NAME/VERSION (see `onenip registry`), or --category"
+            raise ConfigError(msg)
+        return registry.model_name(cfg, dataset or cfg.data.name, category), version
+    if category is not None or dataset is not None or version is not None:
+        msg = "Give MODEL or --category/--dataset/--version, not both"
+        raise ConfigError(msg)
+    if not model.startswith("models:/"):
+        msg = f"promote takes a registered model (models:/NAME/VERSION), got {model!r}"
+        raise ConfigError(msg)
+    body = model[len("models:/") :]
+    name, _, ref = body.partition("@") if "@" in body else body.partition("/")
+    if rollback and ref:
+        msg = f"--rollback takes the model name only (models:/{name}), not a version"
+        raise ConfigError(msg)
+    return name, ref or None
+
+
+@app.command("serve", rich_help_panel=SERVING)
+@user_errors
 def serve(
-    model: Annotated[str, typer.Argument(help="models:/<name>@champion or models:/<name>/<version>.")],
+    model_argument: ModelArgument = None,
     port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 5001,
     host: Annotated[str, typer.Option("--host", help="127.0.0.1 serves this machine only; 0.0.0.0 every interface.")] = "127.0.0.1",
     runtime: Annotated[Runtime, typer.Option("--runtime", help="auto: the runtime the version was registered with.")] = Runtime.auto,
+    model_option: ModelOrOption = None,
     params: ParamsOption = DEFAULT_PARAMS_PATH,
+    profile: ProfileOption = None,
+    sets: SetOption = None,
 ) -> None:
     """Serve a registered model over HTTP (mlflow models serve on the project's store and this environment)."""
     import os
 
     from onenip import registry
 
-    cfg = _load(params)
-    root = _root()
+    model = _model_reference(model_argument, model_option)
+    cfg = _load(params, profile, sets)
+    root = project_dir()
     if not model.startswith("models:/"):
-        msg = f"serve takes a registered model (models:/<name>@champion or models:/<name>/<version>), got {model!r}"
+        msg = f"serve takes a registered model (models:/NAME@champion or models:/NAME/VERSION), got {model!r}"
         raise ConfigError(msg)
-    registry.resolve_model(model, cfg, root)  # one clear line for an unknown name, alias or version, before anything starts
+    _resolve(model, cfg)  # one clear line for an unknown name, alias or version, before anything starts
     env = {**os.environ, "MLFLOW_TRACKING_URI": registry.tracking_uri(cfg, root),
            # mlflow starts uvicorn from PATH: this environment's, as with an activated venv
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
@@ -262,15 +330,15 @@ def serve(
     os.execve(sys.executable, command, env)
 
 
-@app.command("registry")
-@_user_errors
-def show_registry(params: ParamsOption = DEFAULT_PARAMS_PATH) -> None:
+@app.command("registry", rich_help_panel=SERVING)
+@user_errors
+def show_registry(params: ParamsOption = DEFAULT_PARAMS_PATH, profile: ProfileOption = None, sets: SetOption = None) -> None:
     """Every registered onenip model version with its kind (trained, onboarded, generalist), aliases, gate decision, data version and metrics."""
     from onenip import registry
 
-    cfg = _load(params)
-    client = registry.connect(cfg, _root(), existing=True)
-    table = Table(title=f"MLflow registry ({registry.tracking_uri(cfg, _root())})")
+    cfg = _load(params, profile, sets)
+    client = registry.connect(cfg, project_dir(), existing=True)
+    table = Table(title=f"MLflow registry ({registry.tracking_uri(cfg, project_dir())})")
     columns = ("model", "version", "kind", "aliases", "gate", "category data version", "I-AUROC", "P-AUROC", "network share, adds", "runtime", "export parity, p50", "run")
     for column in columns:
         table.add_column(column)
@@ -282,25 +350,24 @@ def show_registry(params: ParamsOption = DEFAULT_PARAMS_PATH) -> None:
     Console(width=max(console.width, 200)).print(table)
 
 
-@app.command("export")
-@_user_errors
+@app.command("export", rich_help_panel=MODEL)
+@user_errors
 def export(
-    model: Annotated[str, typer.Argument(help="models:/<name>@champion, models:/<name>/<version>, runs:/<id>/model, or a model folder.")],
-    out: Annotated[Path, typer.Option("--out", help="Folder for the graph and export.json.")],
+    model_argument: ModelArgument = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Folder for the graph and export.json (default: runs/export/CATEGORY of the project).")] = None,
     fmt: Annotated[GraphFormat, typer.Option("--format", help="Graph format.")] = GraphFormat.onnx,
     category: Annotated[str | None, typer.Option("--category", help="Category (needed for a multi-category model folder).")] = None,
+    model_option: ModelOrOption = None,
     params: ParamsOption = DEFAULT_PARAMS_PATH,
+    profile: ProfileOption = None,
+    sets: SetOption = None,
 ) -> None:
     """Export one category's whole scoring graph (image -> anomaly map and score) for ONNX Runtime or OpenVINO."""
-    from onenip import registry
     from onenip.export import ExportError, export_category
     from onenip.models.detector import OneNIPDetector
 
-    cfg = _load(params)
-    try:
-        resolved = registry.resolve_model(model, cfg, _root())
-    except registry.RegistryError as error:
-        raise ConfigError(str(error)) from None
+    model = _model_reference(model_argument, model_option)
+    resolved = _resolve(model, _load(params, profile, sets))
     detector = OneNIPDetector.load(resolved.folder)
     if resolved.category and category not in (None, resolved.category):
         msg = f"{model} serves category {resolved.category!r} only, not {category!r}"
@@ -309,6 +376,7 @@ def export(
     if chosen is None:
         msg = f"This model knows several categories {detector.categories}; say which one with --category"
         raise ConfigError(msg)
+    out = out or project_dir() / "runs" / "export" / chosen
     try:
         detector.category_index(chosen)
         graph = export_category(detector, chosen, out, fmt=fmt.value, weights=resolved.folder / "model.safetensors")  # type: ignore[arg-type]
@@ -318,30 +386,29 @@ def export(
     console.print(f"Exported {chosen!r} ({geometry.height}x{geometry.width}{', letterboxed' if geometry.letterbox else ''}) to {graph}")
 
 
-@app.command("predict")
-@_user_errors
+@app.command("predict", rich_help_panel=MODEL)
+@user_errors
 def predict(
     inputs: Annotated[list[Path], typer.Argument(help="Image files and/or folders (searched recursively).")],
-    model: Annotated[str, typer.Option("--model", help="models:/<name>@champion, models:/<name>/<version>, runs:/<id>/model, or a model folder.")],
-    out: Annotated[Path | None, typer.Option("--out", help="Writes predictions.csv, predictions.json, heatmaps/ (default: a new runs/predict/<time> folder of the project).")] = None,
+    model: ModelOption,
+    out: Annotated[Path | None, typer.Option("--out", help="Writes index.html, predictions.csv, predictions.json, heatmaps/ (default: a new runs/predict/TIME folder of the project).")] = None,
     category: Annotated[str | None, typer.Option("--category", help="Category (needed for a multi-category model folder).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
     heatmaps: Annotated[bool, typer.Option("--heatmaps/--no-heatmaps", help="Write heatmap overlay PNGs.")] = True,
     runtime: Annotated[Runtime, typer.Option("--runtime", help="auto: the runtime the version was registered with, else onnx when installed, else torch.")] = Runtime.auto,
     params: ParamsOption = DEFAULT_PARAMS_PATH,
+    profile: ProfileOption = None,
+    sets: SetOption = None,
 ) -> None:
     """Score images: per image the score, the decision at the model's calibrated threshold and a
-    heatmap overlay; unreadable files are listed and skipped, the rest are scored."""
-    from onenip import registry
+    heatmap overlay, and an index.html report to browse them; unreadable files are listed and
+    skipped, the rest are scored."""
     from onenip.data.manifest import DatasetError
     from onenip.prediction import collect_images, predict_files
     from onenip.predictors import load_predictor
 
-    cfg = _load(params)
-    try:
-        resolved = registry.resolve_model(model, cfg, _root())
-    except registry.RegistryError as error:
-        raise ConfigError(str(error)) from None
+    cfg = _load(params, profile, sets)
+    resolved = _resolve(model, cfg)
     paths = collect_images(inputs)
     if not paths:
         msg = f"No image files in {', '.join(map(str, inputs))}"
@@ -357,14 +424,13 @@ def predict(
     if predictor.default_category is None and not category:
         msg = f"{model} knows several categories; say which one with --category"
         raise ConfigError(msg)
-    if out is None:  # each run its own folder: earlier results never mix with new ones
-        out = _root() / "runs" / "predict" / time.strftime("%Y%m%d-%H%M%S")
-        while out.exists():
-            out = out.with_name(out.name + "-1")
-    report = predict_files(predictor, paths, out, category or resolved.category, batch_size=batch_size, heatmaps=heatmaps)
+    out = out or _new_folder(project_dir() / "runs" / "predict")  # each run its own folder
+    report = predict_files(predictor, paths, out, category or resolved.category, batch_size=batch_size, heatmaps=heatmaps,
+                           model=resolved.version or str(resolved.folder))  # fmt: skip
     anomalous = sum(bool(r["is_anomaly"]) for r in report.predictions)
     console.print(f"Scored {len(report.predictions)} of {len(paths)} images: {anomalous} anomalous at the model's threshold.")
     console.print(f"Wrote {report.csv_path}, {report.json_path}" + (f" and heatmaps under {out / 'heatmaps'}" if heatmaps else ""))
+    console.print(f"Report: {report.html_path.resolve().as_uri()}")
     if report.failures:
         err_console.print(f"[bold red]{len(report.failures)} file(s) could not be scored:[/]")
         for failure in report.failures:
@@ -384,67 +450,107 @@ def _print_metrics(metrics: dict[str, dict[str, float]], title: str) -> None:
 CategoriesOption = Annotated[list[str] | None, typer.Option("--category", "--categories", help="Only these categories (repeat).")]
 
 
-@app.command("train")
-@_user_errors
+DataOption = Annotated[Path | None, typer.Option("--data", help="Dataset root in MVTec AD layout (default: the project's data/DATA_NAME).")]
+
+
+def _data_root(data: Path | None, cfg: Params) -> Path:
+    root = data if data is not None else project_dir() / cfg.data.root
+    if not root.is_dir():
+        msg = f"No dataset at {root}: give --data, or import one with `onenip data add` / `onenip run --data`"
+        raise ConfigError(msg)
+    return root
+
+
+@app.command("train", rich_help_panel=MODEL)
+@user_errors
 def train(
-    data: Annotated[Path, typer.Option("--data", help="Dataset root in MVTec AD layout.")],
+    data: DataOption = None,
     categories: CategoriesOption = None,
     mode: Annotated[Mode | None, typer.Option("--mode", help="One network for all categories or one each (default: params.yaml).")] = None,
-    out: Annotated[Path, typer.Option("--out", help="Run folder: <out>/<unified|category>/model.")] = Path("runs/train"),
+    out: Annotated[Path, typer.Option("--out", help="Run folder: OUT/unified|CATEGORY/model.")] = Path("runs/train"),
     epochs: Annotated[int | None, typer.Option("--epochs", help="Override train.epochs.")] = None,
     evaluate_after: Annotated[bool, typer.Option("--evaluate/--no-evaluate", help="Evaluate on the test split.")] = True,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the last checkpoint.")] = True,
     params: ParamsOption = DEFAULT_PARAMS_PATH,
+    profile: ProfileOption = None,
+    sets: SetOption = None,
 ) -> None:
-    """Train OneNIP on the normal training images; optionally evaluate on the test split."""
+    """Train OneNIP on the normal training images (no registry: `onenip run` trains and registers);
+    optionally evaluate on the test split."""
     from onenip import jobs
 
-    cfg = _load(params)
+    cfg = _load(params, profile, sets)
+    root = _data_root(data, cfg)
     if epochs:
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": epochs})})
-    trained = jobs.train_models(data, categories, cfg, out, mode=None if mode is None else mode.value, resume=resume)
+    trained = jobs.train_models(root, categories, cfg, out, mode=None if mode is None else mode.value, resume=resume)
     for name, result in trained.items():
         console.print(f"{name}: model saved to {result.model_dir} ({result.train_seconds / 60:.1f} min training)")
     if evaluate_after:
         metrics = {}
         for name, result in trained.items():
-            reports = jobs.evaluate_model(result.model_dir, data, result.categories, cfg, out / name / "eval", progress=True)
+            reports = jobs.evaluate_model(result.model_dir, root, result.categories, cfg, out / name / "eval", progress=True)
             metrics.update({category: report.metrics for category, report in reports.items()})
         _print_metrics(metrics, f"Test metrics ({out})")
+        console.print(f"Reports: {', '.join(str((out / name / 'eval' / 'index.html').resolve().as_uri()) for name in trained)}")
 
 
-@app.command("evaluate")
-@_user_errors
+@app.command("evaluate", rich_help_panel=MODEL)
+@user_errors
 def evaluate(
-    model: Annotated[Path, typer.Option("--model", help="A saved model folder (model.safetensors + onenip.json).")],
-    data: Annotated[Path, typer.Option("--data", help="Dataset root in MVTec AD layout.")],
+    model_argument: ModelArgument = None,
+    data: DataOption = None,
     categories: CategoriesOption = None,
-    out: Annotated[Path, typer.Option("--out", help="Writes metrics.json, <category>/curves.png, heatmaps/.")] = Path("runs/eval"),
+    out: Annotated[Path | None, typer.Option("--out", help="Writes index.html, metrics.json, CATEGORY/curves.png, heatmaps/ (default: a new runs/eval/TIME folder).")] = None,
+    model_option: ModelOrOption = None,
     params: ParamsOption = DEFAULT_PARAMS_PATH,
+    profile: ProfileOption = None,
+    sets: SetOption = None,
 ) -> None:
-    """Evaluate a saved model: metrics JSON, ROC/PR curve PNGs and heatmap overlays."""
+    """Evaluate a model on the test split: metrics, ROC/PR curves, heatmaps and an index.html report
+    with the missed defects and the false alarms first."""
     from onenip import jobs
 
-    reports = jobs.evaluate_model(model, data, categories, _load(params), out, progress=True)
+    model = _model_reference(model_argument, model_option)
+    cfg = _load(params, profile, sets)
+    resolved = _resolve(model, cfg)
+    if resolved.category and categories and set(categories) != {resolved.category}:
+        msg = f"{model} serves category {resolved.category!r} only, not {', '.join(categories)}"
+        raise ConfigError(msg)
+    out = out or _new_folder(project_dir() / "runs" / "eval")
+    reports = jobs.evaluate_model(resolved.folder, _data_root(data, cfg), categories or ([resolved.category] if resolved.category else None),
+                                  cfg, out, progress=True, model=resolved.version or str(resolved.folder))  # fmt: skip
     _print_metrics({c: r.metrics for c, r in reports.items()}, f"Test metrics ({model})")
     console.print(f"Wrote {out / 'metrics.json'} and per-category curves and heatmaps under {out}")
+    console.print(f"Report: {(out / 'index.html').resolve().as_uri()}")
 
 
-@app.command("synthesize")
-@_user_errors
+def _new_folder(parent: Path) -> Path:
+    """``parent/TIME``, never an existing folder: earlier results never mix with new ones."""
+    out = parent / time.strftime("%Y%m%d-%H%M%S")
+    while out.exists():
+        out = out.with_name(out.name + "-1")
+    return out
+
+
+@app.command("synthesize", rich_help_panel=MODEL)
+@user_errors
 def synthesize(
-    data: Annotated[Path, typer.Option("--data", help="Dataset root in MVTec AD layout.")],
     category: Annotated[str, typer.Option("--category", help="Category whose training images to use.")],
+    data: DataOption = None,
     count: Annotated[int, typer.Option("--count", min=1, help="Number of source images.")] = 8,
     seed: Annotated[int | None, typer.Option("--seed", help="Default: train.seed (what training synthesises).")] = None,
     validation: Annotated[bool, typer.Option("--validation", help="Show the validation families instead.")] = False,
     out: Annotated[Path, typer.Option("--out", help="Preview PNG to write.")] = Path("runs/synthesis_preview.png"),
     params: ParamsOption = DEFAULT_PARAMS_PATH,
+    profile: ProfileOption = None,
+    sets: SetOption = None,
 ) -> None:
     """Write a preview grid (original | synthetic anomaly | mask) for a person to look at."""
     from onenip.jobs import synthesis_preview
 
-    path = synthesis_preview(data, category, _load(params), out, count, seed=seed, validation=validation)
+    cfg = _load(params, profile, sets)
+    path = synthesis_preview(_data_root(data, cfg), category, cfg, out, count, seed=seed, validation=validation)
     console.print(f"Wrote {path} ({count} images of {category})")
 
 

@@ -7,6 +7,7 @@ to a default.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -487,15 +488,57 @@ class ConfigError(ValueError):
     """``params.yaml`` is missing, not YAML, or does not match the schema."""
 
 
+def parse_overrides(assignments: Sequence[str]) -> dict[str, Any]:
+    """``["train.epochs=3", "data.categories=[mono]"]`` -> nested overrides for ``load_params``. Values are
+    read as YAML (``3`` is a number, ``[a, b]`` a list, ``null`` none), as ``dvc exp run -S`` reads them."""
+    overrides: dict[str, Any] = {}
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            msg = f"--set {assignment!r}: expected section.key=value, e.g. train.epochs=3"
+            raise ConfigError(msg)
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            msg = f"--set {assignment!r}: the value is not valid YAML"
+            raise ConfigError(msg) from None
+        node = overrides
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                msg = f"--set {assignment!r} conflicts with an earlier --set of {part!r}"
+                raise ConfigError(msg)
+        node[parts[-1]] = parsed
+    return overrides
+
+
 def load_params(
-    path: str | Path = DEFAULT_PARAMS_PATH, overrides: dict[str, Any] | None = None, profile: str | None = None,
+    path: str | Path | None = DEFAULT_PARAMS_PATH, overrides: dict[str, Any] | None = None, profile: str | None = None,
 ) -> Params:
-    """Read ``params.yaml`` into ``Params``.
+    """Read ``params.yaml`` into ``Params`` (``path`` None: the built-in defaults).
 
     ``profile`` merges ``profiles.<name>`` of the same file on top (for example ``fast`` for
-    ``make run``); ``overrides`` (nested dicts) are merged last.
+    ``make run``); ``overrides`` (nested dicts, ``parse_overrides``) are merged last.
     """
-    path = Path(path)
+    raw = {} if path is None else _read_params(Path(path))
+    profiles = raw.pop("profiles", None) or {}
+    if profile:
+        if profile not in profiles:
+            msg = f"Profile {profile!r} is not defined in {path or 'the built-in defaults (no params.yaml)'} (profiles: {sorted(profiles) or 'none'})"
+            raise ConfigError(msg)
+        raw = deep_merge(raw, profiles[profile])
+    if overrides:
+        raw = deep_merge(raw, overrides)
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        where = f"Params file {path}" if path is not None else "Params"
+        msg = f"{where} {'with --set ' if overrides else ''}is invalid: " + "; ".join(_describe_error(e) for e in error.errors())
+        raise ConfigError(msg) from None
+
+
+def _read_params(path: Path) -> dict[str, Any]:
     if not path.is_file():
         msg = f"Params file not found: {path}"
         raise ConfigError(msg)
@@ -507,19 +550,7 @@ def load_params(
     if not isinstance(raw, dict):
         msg = f"Params file {path} must hold a mapping of sections, got {type(raw).__name__}"
         raise ConfigError(msg)
-    profiles = raw.pop("profiles", None) or {}
-    if profile:
-        if profile not in profiles:
-            msg = f"Profile {profile!r} is not defined in {path} (profiles: {sorted(profiles) or 'none'})"
-            raise ConfigError(msg)
-        raw = _deep_merge(raw, profiles[profile])
-    if overrides:
-        raw = _deep_merge(raw, overrides)
-    try:
-        return Params.model_validate(raw)
-    except ValidationError as error:
-        msg = f"Params file {path} is invalid: " + "; ".join(_describe_error(e) for e in error.errors())
-        raise ConfigError(msg) from None
+    return raw
 
 
 def _describe_error(error: Any) -> str:
@@ -540,11 +571,12 @@ def _describe_error(error: Any) -> str:
     return f"{where or 'file'}: {error['msg']} (got {error.get('input')!r})"
 
 
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``extra`` over ``base``, section by section (a new dict; neither is changed)."""
     merged = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged

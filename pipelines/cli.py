@@ -13,10 +13,36 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from onenip.cli import ParamsOption, ProfileOption, _user_errors, app, console, err_console
-from onenip.config import DEFAULT_PARAMS_PATH, ConfigError, load_params
+from onenip.cli import (
+    FEWSHOT,
+    MODEL,
+    PIPELINE,
+    SERVING,
+    DataFormat,
+    ParamsOption,
+    ProfileOption,
+    SetOption,
+    app,
+    console,
+    err_console,
+    params_path,
+    project_dir,
+    user_errors,
+)
+from onenip.config import DEFAULT_PARAMS_PATH, ConfigError, Params, deep_merge, load_params, parse_overrides
 
 __all__ = ["app"]
+
+
+def _project_params(params: Path, profile: str | None, sets: list[str] | None, extra: dict[str, Any] | None = None) -> tuple[Path, Path, Params, dict[str, Any]]:
+    """(project root, params.yaml, settings, overrides) for a pipeline command, from any folder of the
+    project; outside one it says so and creates nothing."""
+    path = params_path(params)
+    if path is None:
+        msg = f"No params.yaml in {Path.cwd()} or any folder above: run this inside an onenip project (a clone of the repository)"
+        raise ConfigError(msg)
+    overrides = deep_merge(parse_overrides(sets or []), extra or {})
+    return project_dir(), path.resolve(), load_params(path, overrides, profile), overrides
 
 
 def _print_outcomes(outcomes: dict[str, dict[str, Any]]) -> None:
@@ -44,22 +70,35 @@ def _print_outcomes(outcomes: dict[str, dict[str, Any]]) -> None:
     console.print(table)
 
 
-@app.command("run")
-@_user_errors
+@app.command("run", rich_help_panel=PIPELINE)
+@user_errors
 def run_pipeline(
-    params: ParamsOption = DEFAULT_PARAMS_PATH,
-    profile: ProfileOption = None,
+    data: Annotated[Path | None, typer.Option("--data", help="Your own dataset folder: import (or re-import) it as data/NAME, then run the pipeline on it.")] = None,
+    fmt: Annotated[DataFormat, typer.Option("--format", help="The layout of --data.")] = DataFormat.mvtec,
+    name: Annotated[str | None, typer.Option("--name", help="Dataset name for --data (default: the folder's name).")] = None,
     categories: Annotated[list[str] | None, typer.Option("--category", help="Only these categories (repeat).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Retrain even if data, params and code are unchanged.")] = False,
+    params: ParamsOption = DEFAULT_PARAMS_PATH,
+    profile: ProfileOption = None,
+    sets: SetOption = None,
 ) -> None:
-    """The full pipeline (Prefect flow 'retrain') on the configured dataset: version (DVC), validate
-    (GX), synthesize, cache features, train, evaluate, log (MLflow), register, gate and promote."""
+    """The full pipeline (Prefect flow 'retrain') on the configured dataset, or on --data: version (DVC),
+    validate (GX), synthesize, cache features, train, evaluate, log (MLflow), register, gate and promote."""
     from onenip.registry import RegistryError
     from pipelines.flows import run_retrain
 
-    load_params(params, profile=profile)  # a bad file or profile fails here with one line
+    extra = None
+    if data is not None:
+        extra = {"data": {"name": name or data.resolve().name, "source": str(data.resolve()), "format": fmt.value,
+                          "categories": list(categories or [])}}  # fmt: skip
+    elif name is not None:
+        msg = "--name goes with --data (the dataset to import)"
+        raise ConfigError(msg)
+    root, path, cfg, overrides = _project_params(params, profile, sets, extra)
+    if data is not None:
+        _import(data, cfg, root)
     try:
-        outcomes = run_retrain(params, profile, categories or None, force, Path.cwd())
+        outcomes = run_retrain(path, profile, categories or None, force, root, overrides or None)
     except RegistryError as error:
         raise ConfigError(str(error)) from None
     _print_outcomes(outcomes)
@@ -69,86 +108,104 @@ def run_pipeline(
         raise typer.Exit(code=1)
 
 
-@app.command("schedule")
-@_user_errors
+def _import(data: Path, cfg: Params, root: Path) -> None:
+    """``onenip run --data``: convert, validate and version the folder before the flow runs on it."""
+    from onenip.data.versioning import import_dataset
+
+    d = cfg.data
+    result = import_dataset(d.source, d.name, d.format, root, min_train_images=d.min_train_images, require_masks=d.require_masks,
+                            test_every=d.test_every)  # fmt: skip
+    console.print(f"Imported {data} as data/{d.name}: {result.validation.num_images} images, {result.validation.num_categories} "
+                  f"categories, data version {result.data_version}")  # fmt: skip
+
+
+@app.command("schedule", rich_help_panel=PIPELINE)
+@user_errors
 def schedule(
+    cron: Annotated[str | None, typer.Option("--cron", help="Override pipeline.schedule_cron.")] = None,
     params: ParamsOption = DEFAULT_PARAMS_PATH,
     profile: ProfileOption = None,
-    cron: Annotated[str | None, typer.Option("--cron", help="Override pipeline.schedule_cron.")] = None,
+    sets: SetOption = None,
 ) -> None:
     """Serve the 'retrain' deployment on its cron schedule (blocks; Ctrl-C stops serving)."""
     from pipelines.deployments import serve_retrain
 
-    serve_retrain(load_params(params, profile=profile), str(params), profile, cron)
+    root, path, cfg, overrides = _project_params(params, profile, sets)
+    serve_retrain(cfg, str(path), profile, cron, root, overrides or None)
 
 
-@app.command("deploy")
-@_user_errors
+@app.command("deploy", rich_help_panel=PIPELINE)
+@user_errors
 def deploy(
     pool: Annotated[str, typer.Option("--pool", help="Prefect work pool (type process) whose workers run it.")],
+    cron: Annotated[str | None, typer.Option("--cron", help="Override pipeline.schedule_cron.")] = None,
     params: ParamsOption = DEFAULT_PARAMS_PATH,
     profile: ProfileOption = None,
-    cron: Annotated[str | None, typer.Option("--cron", help="Override pipeline.schedule_cron.")] = None,
+    sets: SetOption = None,
 ) -> None:
     """Register the scheduled 'retrain' deployment with the Prefect server at PREFECT_API_URL."""
     from pipelines.deployments import DEPLOYMENT_NAME, deploy_retrain
 
-    cfg = load_params(params, profile=profile)
-    deployment_id = deploy_retrain(cfg, str(params), pool, Path.cwd(), profile, cron)
+    root, path, cfg, overrides = _project_params(params, profile, sets)
+    deployment_id = deploy_retrain(cfg, str(path), pool, root, profile, cron, overrides or None)
     console.print(f"Deployment scheduled-retrain/{DEPLOYMENT_NAME} ({deployment_id}) on work pool {pool!r}, "
                   f"cron {cron or cfg.pipeline.schedule_cron!r}. Start a worker: prefect worker start -p {pool}")
 
 
-@app.command("generalist")
-@_user_errors
+@app.command("generalist", rich_help_panel=FEWSHOT)
+@user_errors
 def train_generalist(
     data: Annotated[Path, typer.Option("--data", help="Dataset root (MVTec AD layout) of the auxiliary categories.")],
     categories: Annotated[list[str], typer.Option("--category", help="An auxiliary category to train on (repeat).")],
     params: ParamsOption = DEFAULT_PARAMS_PATH,
     profile: ProfileOption = None,
+    sets: SetOption = None,
 ) -> None:
     """Train the few-shot generalist (InCTRL head) once on auxiliary categories (flow 'train-generalist')."""
     from pipelines.flows import generalist
 
-    load_params(params, profile=profile)
-    result = generalist(str(data.resolve()), list(categories), str(params), profile, str(Path.cwd()))
+    root, path, _, overrides = _project_params(params, profile, sets)
+    result = generalist(str(data.resolve()), list(categories), str(path), profile, str(root), overrides or None)
     gate = "passed" if result["passed"] else "FAILED"
     console.print(f"Generalist saved to {result['model_dir']} (MLflow run {result['run_id']}); validation "
                   f"{result['validation'].get('val_image_AUROC', float('nan')):.4f}, gate {gate}; registered as "
                   f"models:/{result['model_name']}/{result['version']} (@{result['alias']})")  # fmt: skip
 
 
-@app.command("onboard")
-@_user_errors
+@app.command("onboard", rich_help_panel=FEWSHOT)
+@user_errors
 def onboard(
     data: Annotated[Path, typer.Option("--data", help="Dataset root (MVTec AD layout) holding the new category.")],
     category: Annotated[str, typer.Option("--category", help="The new category.")],
     generalist: Annotated[
-        str | None, typer.Option("--generalist", help="The generalist: models:/<name>@<alias> or a model folder (default: generalist.model_name@champion)."),
+        str | None, typer.Option("--generalist", help="The generalist: models:/NAME@ALIAS or a model folder (default: generalist.model_name@champion)."),
     ] = None,
     shots: Annotated[int | None, typer.Option("--shots", min=1, help="Normal prompt images (default generalist.shots).")] = None,
     dataset: Annotated[str | None, typer.Option("--dataset", help="Dataset name for the model name (default data.name).")] = None,
     params: ParamsOption = DEFAULT_PARAMS_PATH,
     profile: ProfileOption = None,
+    sets: SetOption = None,
 ) -> None:
     """Onboard a category from k normal images with no training: prompts, threshold, evaluation, gate,
     registered version ('champion' when it passes); predict and serve it like a trained one."""
     from pipelines.flows import onboard_category
 
-    load_params(params, profile=profile)
+    root, path, _, overrides = _project_params(params, profile, sets)
     source = generalist if generalist is None or generalist.startswith(("models:/", "runs:/")) else str(Path(generalist).resolve())
-    outcome = onboard_category(str(data.resolve()), category, source, shots, dataset, str(params), profile, str(Path.cwd()))
+    outcome = onboard_category(str(data.resolve()), category, source, shots, dataset, str(path), profile, str(root), overrides or None)
     _print_outcomes({category: outcome})
     if outcome["status"] == "failed":
         raise typer.Exit(code=1)
 
 
-@app.command("ui")
-@_user_errors
+@app.command("ui", rich_help_panel=SERVING)
+@user_errors
 def ui(
     mlflow_port: Annotated[int, typer.Option("--mlflow-port", min=1, max=65535)] = 5000,
     prefect_port: Annotated[int, typer.Option("--prefect-port", min=1, max=65535)] = 4200,
     params: ParamsOption = DEFAULT_PARAMS_PATH,
+    profile: ProfileOption = None,
+    sets: SetOption = None,
 ) -> None:
     """Start the MLflow UI on the project's store (runs, artifacts, registry) and the Prefect UI (flow
     runs, schedules), print both addresses; Ctrl-C stops both."""
@@ -157,10 +214,8 @@ def ui(
     import sys
 
     from onenip import registry
-    from onenip.config import find_project_root
 
-    root = find_project_root(Path.cwd()) or Path.cwd()
-    cfg = load_params(root / DEFAULT_PARAMS_PATH if params == DEFAULT_PARAMS_PATH else params)
+    root, _, cfg, _ = _project_params(params, profile, sets)
     uri = registry.tracking_uri(cfg, root)
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -211,3 +266,8 @@ def _stop_groups(processes: list[Any]) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+# `onenip --help` lists its groups in this order (typer orders panels by the commands' registration)
+_PANELS = [PIPELINE, MODEL, SERVING, FEWSHOT]
+app.registered_commands.sort(key=lambda c: _PANELS.index(c.rich_help_panel) if c.rich_help_panel in _PANELS else len(_PANELS))

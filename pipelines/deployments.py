@@ -22,7 +22,10 @@ from pipelines.flows import DEFAULT_PARAMS_PATH, retrain, run_retrain, task_runn
 DEPLOYMENT_NAME = "weekly-retrain"
 
 
-def retrain_deployment(params: Params, params_path: str, profile: str | None = None, cron: str | None = None) -> Any:
+def retrain_deployment(
+    params: Params, params_path: str, profile: str | None = None, cron: str | None = None, project_root: str | Path = ".",
+    overrides: dict[str, Any] | None = None,
+) -> Any:  # fmt: skip
     """The ``retrain`` flow with the configured task runner on the cron schedule from params.yaml.
 
     A scheduled run retrains a category only when its data version (or params, or code) differs from
@@ -34,16 +37,20 @@ def retrain_deployment(params: Params, params_path: str, profile: str | None = N
     return configured.to_deployment(
         name=DEPLOYMENT_NAME,
         schedule=Cron(cron or params.pipeline.schedule_cron, timezone=params.pipeline.schedule_timezone),
-        parameters={"params_path": params_path, "profile": profile, "force": False},
+        parameters={"params_path": params_path, "profile": profile, "force": False, "project_root": str(Path(project_root).resolve()),
+                    "overrides": overrides},
         description="Retrain categories whose data changed; promote only through the metric gates.",
         tags=["onenip", params.data.name],
     )
 
 
-def serve_retrain(params: Params, params_path: str, profile: str | None = None, cron: str | None = None) -> None:
+def serve_retrain(
+    params: Params, params_path: str, profile: str | None = None, cron: str | None = None, project_root: str | Path = ".",
+    overrides: dict[str, Any] | None = None,
+) -> None:  # fmt: skip
     from prefect import serve
 
-    serve(retrain_deployment(params, params_path, profile, cron))
+    serve(retrain_deployment(params, params_path, profile, cron, project_root, overrides))
 
 
 @flow(name="scheduled-retrain", log_prints=True)
@@ -53,10 +60,11 @@ def scheduled_retrain(
     categories: list[str] | None = None,
     force: bool = False,
     project_root: str = ".",
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """What a worker runs: ``retrain`` as a subflow, with the task runner params.yaml asks for (a
     worker loads a flow from its entrypoint, so ``with_options`` must happen inside the run)."""
-    return run_retrain(params_path, profile, categories, force, project_root)
+    return run_retrain(params_path, profile, categories, force, project_root, overrides)
 
 
 def deploy_retrain(
@@ -66,6 +74,7 @@ def deploy_retrain(
     project_root: str | Path,
     profile: str | None = None,
     cron: str | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> str:
     """Register the ``retrain`` deployment with a Prefect server's work pool; returns its id.
 
@@ -80,7 +89,8 @@ def deploy_retrain(
         name=DEPLOYMENT_NAME,
         work_pool_name=work_pool,
         schedule=Cron(cron or params.pipeline.schedule_cron, timezone=params.pipeline.schedule_timezone),
-        parameters={"params_path": params_path, "profile": profile, "force": False, "project_root": str(Path(project_root).resolve())},
+        parameters={"params_path": params_path, "profile": profile, "force": False, "project_root": str(Path(project_root).resolve()),
+                    "overrides": overrides},
         description="Retrain categories whose data changed; promote only through the metric gates.",
         tags=["onenip", params.data.name],
         build=False,

@@ -134,10 +134,11 @@ def retrain(
     categories: list[str] | None = None,
     force: bool = False,
     project_root: str = ".",
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Version the data, then retrain, evaluate, register and gate every category that changed."""
-    root_dir = Path(project_root).resolve()
-    params = load_params(root_dir / params_path if not Path(params_path).is_absolute() else params_path, profile=profile)
+    """Version the data, then retrain, evaluate, register and gate every category that changed
+    (``overrides``: nested settings merged over params.yaml and the profile, as ``--set`` gives them)."""
+    root_dir, params = _setup(params_path, profile, project_root, overrides)
     retry = {"retries": params.pipeline.retries, "retry_delay_seconds": params.pipeline.retry_delay_seconds}
     dataset = version_data.with_options(**retry)(params, str(root_dir))
     client = registry.connect(params, root_dir)
@@ -197,9 +198,10 @@ def train_category(
     profile: str | None = None,
     force: bool = False,
     project_root: str = ".",
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One category through the same steps (a subflow run of ``retrain``)."""
-    return retrain(params_path, profile, [category], force, project_root)[category]
+    return retrain(params_path, profile, [category], force, project_root, overrides)[category]
 
 
 # -- few-shot generalist -----------------------------------------------------------------------------
@@ -222,18 +224,19 @@ def version_prompts(params: Params, dataset: str, category: str, prompt_paths: l
     return jobs.track_prompts(params, dataset, category, prompt_paths, project_root)
 
 
-def _setup(params_path: str, profile: str | None, project_root: str) -> tuple[Path, Params]:
+def _setup(params_path: str, profile: str | None, project_root: str, overrides: dict[str, Any] | None = None) -> tuple[Path, Params]:
     root_dir = Path(project_root).resolve()
-    return root_dir, load_params(root_dir / params_path if not Path(params_path).is_absolute() else params_path, profile=profile)
+    path = Path(params_path) if Path(params_path).is_absolute() else root_dir / params_path
+    return root_dir, load_params(path, overrides, profile)
 
 
 @flow(name="train-generalist", log_prints=True)
 def generalist(
     data_root: str, categories: list[str], params_path: str = str(DEFAULT_PARAMS_PATH), profile: str | None = None,
-    project_root: str = ".",
+    project_root: str = ".", overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Train the InCTRL generalist once on auxiliary categories; record it (validation, gate) in MLflow."""
-    root_dir, params = _setup(params_path, profile, project_root)
+    root_dir, params = _setup(params_path, profile, project_root, overrides)
     out_dir = root_dir / params.pipeline.runs_dir / "generalist"
     result = train_generalist(Path(data_root), sorted(categories), params, out_dir)
     return steps.record_generalist(registry.connect(params, root_dir), params, result, sorted(categories), root_dir)
@@ -243,11 +246,12 @@ def generalist(
 def onboard_category(
     data_root: str, category: str, generalist: str | None = None, shots: int | None = None, dataset: str | None = None,
     params_path: str = str(DEFAULT_PARAMS_PATH), profile: str | None = None, project_root: str = ".",
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """A new category from k normal images and the generalist (a folder or a models:/ URI; default the
     registered generalist's champion): prompts, threshold, evaluation, the prompt images versioned with
     DVC (``data/prompts/<dataset>/<category>``), gate, register."""
-    root_dir, params = _setup(params_path, profile, project_root)
+    root_dir, params = _setup(params_path, profile, project_root, overrides)
     name = dataset or params.data.name
     # the version the alias points at now: the onboarded model records which generalist made it
     source = registry.pin_model_uri(generalist or f"models:/{params.generalist.model_name}@champion", params, root_dir)
@@ -287,10 +291,9 @@ def run_retrain(
     categories: list[str] | None = None,
     force: bool = False,
     project_root: str | Path = ".",
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run ``retrain`` with the task runner params.yaml asks for (what ``onenip run`` calls)."""
-    root = Path(project_root).resolve()
-    path = Path(params_path)
-    params = load_params(path if path.is_absolute() else root / path, profile=profile)
+    root, params = _setup(str(params_path), profile, str(project_root), overrides)
     configured = retrain.with_options(task_runner=task_runner(params))
-    return configured(str(params_path), profile, categories, force, str(root))
+    return configured(str(params_path), profile, categories, force, str(root), overrides)

@@ -136,6 +136,18 @@ def test_rollback_command_and_clear_errors(client: MlflowClient, tmp_path: Path)
     assert result.exit_code == 0 and alias(client, "champion") == v2
     listing = runner.invoke(app, ["registry"])
     assert listing.exit_code == 0 and "champion" in listing.output
+    # the same through a model reference, as predict, evaluate, export and serve take it
+    result = runner.invoke(app, ["promote", f"models:/{NAME}", "--rollback"])
+    assert result.exit_code == 0 and alias(client, "champion") == v1, result.output
+    result = runner.invoke(app, ["promote", f"models:/{NAME}/{v2}"])
+    assert result.exit_code == 0 and alias(client, "champion") == v2, result.output
+    for args, expected in ((["promote", f"models:/{NAME}/{v1}", "--rollback"], "--rollback takes the model name only"),
+                           (["promote", f"models:/{NAME}/{v1}", "--category", "plate"], "not both"),
+                           (["promote", "runs/plate/model"], "promote takes a registered model"),
+                           (["promote"], "Say which model")):  # fmt: skip
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1 and expected in result.output, (args, result.output)
+    assert alias(client, "champion") == v2  # nothing moved on a refused command
 
 
 def test_concurrent_promotions_leave_consistent_aliases(client: MlflowClient, tmp_path: Path) -> None:

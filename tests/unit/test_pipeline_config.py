@@ -41,10 +41,12 @@ def test_schedule_deployment_uses_cron_from_params() -> None:
     from pipelines.deployments import retrain_deployment
 
     params = load_params(REPO_PARAMS)
-    deployment = retrain_deployment(params, "params.yaml", "fast")
+    deployment = retrain_deployment(params, "params.yaml", "fast", project_root=REPO_PARAMS.parent, overrides={"train": {"epochs": 3}})
     schedule = deployment.schedules[0].schedule
     assert schedule.cron == params.pipeline.schedule_cron and schedule.timezone == params.pipeline.schedule_timezone
-    assert deployment.parameters == {"params_path": "params.yaml", "profile": "fast", "force": False}
+    # the project and any --set travel with the deployment: a scheduled run trains what `onenip schedule` was given
+    assert deployment.parameters == {"params_path": "params.yaml", "profile": "fast", "force": False,
+                                     "project_root": str(REPO_PARAMS.parent.resolve()), "overrides": {"train": {"epochs": 3}}}
     assert retrain_deployment(params, "params.yaml", cron="*/5 * * * *").schedules[0].schedule.cron == "*/5 * * * *"
 
 
