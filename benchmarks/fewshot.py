@@ -76,11 +76,11 @@ def onenip_transfer(root: Path, left_out: str, auxiliary: list[str], params: Any
     from onenip.evaluation import evaluate
     from onenip.features import FeatureCache
     from onenip.models.transfer import OneNIPTransfer
-    from onenip.training import train_models
+    from onenip.training import train_networks
 
     started = time.perf_counter()
     manifest = make_manifest(root, auxiliary, progress=False)
-    detector = train_models(manifest, params, out, auxiliary, mode="unified", resume=False, progress=True)["unified"].detector.eval()
+    detector = train_networks(manifest, params, out, auxiliary, mode="unified", resume=False, progress=True)["unified"].detector.eval()
     train_minutes = (time.perf_counter() - started) / 60
     cache = FeatureCache(params.train.cache_dir, detector.feature_extractor, params.model.backbone)
     target = make_manifest(root, [left_out], progress=False)

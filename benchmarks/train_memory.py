@@ -1,8 +1,8 @@
 """Peak resident memory of a OneNIP training run, per stage (issue "OneNIP quality": peak RSS <= 4 GB).
 
-Wraps the stages of ``onenip.training.train_onenip`` (data preparation, synthetic pools, validation
-set, the training steps, residual statistics, scales, selection, threshold) and samples the process's
-RSS every 0.2 s; prints the peak per stage and writes JSON.
+Follows the stages of ``onenip.training.train_onenip`` through its ``TrainCallback.on_stage`` hook (data
+preparation, statistics, validation set, synthetic pools, the training steps, validation, checkpoint,
+threshold, save) and samples the process's RSS every 0.2 s; prints the peak per stage and writes JSON.
 
     OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 .venv/bin/python benchmarks/train_memory.py --epochs 1 --out memory.json
 """
@@ -15,7 +15,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("MKL_NUM_THREADS", "2")
 
 import argparse  # noqa: E402
-import functools  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import resource  # noqa: E402
 import sys  # noqa: E402
@@ -23,12 +23,10 @@ import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-STAGES = ("prepare_category_data", "fit_gaussians", "fit_memory_banks", "build_category_validation", "validate", "calibrate_error_statistics", "calibrate_scales",
-          "calibrate_threshold", "save_checkpoint")  # fmt: skip
 
 
 class StageMemory:
@@ -49,18 +47,17 @@ class StageMemory:
             self.peaks[self.stage] = max(self.peaks.get(self.stage, 0.0), rss)
             time.sleep(self.interval)
 
-    def wrap(self, owner: Any, name: str, label: str | None = None) -> None:
-        original = getattr(owner, name)
+    @contextlib.contextmanager
+    def on_stage(self, name: str) -> Iterator[None]:
+        """``TrainCallback.on_stage``: the RSS sampled while ``name`` runs counts for it."""
+        previous, self.stage = self.stage, name
+        try:
+            yield
+        finally:
+            self.stage = previous
 
-        @functools.wraps(original)
-        def staged(*args: Any, **kwargs: Any) -> Any:
-            previous, self.stage = self.stage, label or name
-            try:
-                return original(*args, **kwargs)
-            finally:
-                self.stage = previous
-
-        setattr(owner, name, staged)
+    def on_epoch_end(self, epoch: int, record: dict[str, float]) -> bool:
+        return False
 
 
 def main() -> int:
@@ -73,29 +70,16 @@ def main() -> int:
     args = parser.parse_args()
 
     memory = StageMemory()
-    import onenip.training as training
     from onenip.config import load_params
     from onenip.data.manifest import make_manifest
+    from onenip.training import train_onenip
 
-    for name in STAGES:
-        memory.wrap(training, name)
-    build = training.SyntheticPool.build.__func__
-
-    def staged_build(cls: type, *a: Any, **k: Any) -> Any:
-        previous, memory.stage = memory.stage, "synthetic pool"
-        try:
-            return build(cls, *a, **k)
-        finally:
-            memory.stage = previous
-
-    training.SyntheticPool.build = classmethod(staged_build)
     overrides = {"train": {"epochs": args.epochs}} if args.epochs else None
     params = load_params(args.params, overrides=overrides)
     manifest = make_manifest(args.root, args.categories, progress=False)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
-        memory.stage = "training steps"
-        training.train_onenip(manifest, params, out, args.categories, resume=False, progress=False)
+        train_onenip(manifest, params, out, args.categories, resume=False, progress=False, callbacks=[memory])  # type: ignore[list-item]
         memory.stage = "end"
     time.sleep(2 * memory.interval)
     result = {

@@ -72,7 +72,8 @@ def train_generalist(
 ) -> GeneralistResult:
     """The InCTRL head on the auxiliary ``categories`` of ``root``; saved to ``out_dir/model``."""
     from onenip.synthesis import AnomalySynthesizer
-    from onenip.training import SyntheticPool, build_synthesizer, prepare_category_data
+    from onenip.training.data import prepare_category_data
+    from onenip.training.pool import SyntheticPool, build_synthesizer
     from onenip.validation import check_validation_methods
 
     check_validation_methods(params)  # the gate and onboarding's choice are scored on families training never saw
@@ -148,7 +149,7 @@ def validate_generalist(detector: GeneralistDetector, data: Sequence[Any], param
     of the validation families (never used in training) made on them, k = ``generalist.shots`` prompts."""
     from onenip.metrics import image_auroc
     from onenip.features import extract_features
-    from onenip.training import select_prompts
+    from onenip.training.data import select_prompts
 
     detector.eval()
     result: dict[str, float] = {}
@@ -204,7 +205,7 @@ def prepare_onboarding(generalist_dir: str | Path, root: str | Path, category: s
                        progress: bool = True, prompt_paths: Sequence[str] | None = None) -> Onboarding:  # fmt: skip
     """Load the generalist, choose (or check) the ``shots`` prompts among ``category``'s normal training
     images and add the category: the part of ``onboard_category`` that every choice of scoring shares."""
-    from onenip.training import select_prompts
+    from onenip.training.data import select_prompts
 
     input_size = params.model.input_sizes.get(category)  # the user's input for this category, read before it is cleared
     params = _generalist_params(params)
@@ -256,7 +257,7 @@ def onboarding_geometry(detector: GeneralistDetector, normals: pd.DataFrame, par
     ``model.input_sizes`` entry, or else its normal training images' aspect); without, the generalist's
     square. A category whose aspects vary stays square: letterboxed, the nearest-patch residuals would
     compare padding with padding. ``normals``: the category's manifest rows."""
-    from onenip.training import choose_geometries
+    from onenip.training.data import choose_geometries
 
     if not params.generalist.keep_aspect or normals.empty:
         return detector.geometry_
@@ -391,7 +392,7 @@ def rotated_prompt_features(detector: GeneralistDetector, category: int, paths: 
     """Backbone features of the prompt images turned by 180 degrees, rounded as the feature cache rounds
     (float16) so both halves of the bank carry the same error."""
     from onenip.features import extract_features
-    from onenip.training import load_images
+    from onenip.training.data import load_images
 
     images, _ = load_images(list(paths), detector.geometry(category))
     turned = (images.float() / 255).flip(-2, -1)
@@ -429,7 +430,7 @@ def validation_scores(detector: GeneralistDetector, category: int, normal_featur
     and ``normal_features`` (the category's calibration normals)."""
     from onenip.features import extract_features
     from onenip.synthesis import AnomalySynthesizer
-    from onenip.training import load_images
+    from onenip.training.data import load_images
 
     images, _ = load_images(list(anomaly_sources), detector.geometry(category))
     # full strength: validation.anomaly_strength fades OneNIP's saturated validation, not this one (AUROCs about 0.8)

@@ -25,10 +25,10 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 NOT_RESULT_CODE = frozenset(
-    {"cli.py", "env.py", "export.py", "gates.py", "inference.py", "jobs.py", "registry.py", "pyfunc.py", "pyfunc_entry.py",
-     "prediction.py", "runtime.py", "data/resample.py"},  # fmt: skip
+    {"cli.py", "env.py", "export.py", "gates.py", "jobs.py", "registry.py", "pyfunc.py", "pyfunc_entry.py", "report.py", "runtime.py",
+     "data/resample.py", *(f"serving/{name}.py" for name in ("__init__", "base", "exported", "files", "loader", "torch_predictor"))},  # fmt: skip
 )
-"""Modules that cannot change a trained model or its test metrics (CLI, serving, registry, gates)."""
+"""Modules that cannot change a trained model or its test metrics (CLI, serving, registry, gates, the report page)."""
 
 
 def code_version() -> str:
@@ -273,7 +273,7 @@ def train_models(
     progress: bool = True,
 ) -> dict[str, TrainedModel]:
     """``onenip train``: one network (``unified``) or one per category, each in ``out_dir/<name>``."""
-    from onenip.training import train_models as train_networks
+    from onenip.training import train_networks
 
     manifest = make_manifest(root, list(categories) if categories else None, progress=False)
     results = train_networks(manifest, params, out_dir, mode=mode, resume=resume, progress=progress)

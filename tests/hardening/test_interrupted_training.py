@@ -69,13 +69,13 @@ def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(setup: tuple[Path, 
 def test_damaged_or_mismatched_checkpoint_is_never_loaded(setup: tuple[Path, Path], tmp_path: Path) -> None:
     from onenip.config import load_params
     from onenip.data.manifest import make_manifest
-    from onenip.training import train_onenip
+    from onenip.training import StopAfterEpoch, train_onenip
 
     data, params_path = setup
     params = load_params(params_path, overrides={"train": {"epochs": 2}})
     manifest = make_manifest(data, progress=False)
     out = tmp_path / "run"
-    train_onenip(manifest, params, out, progress=False, stop_after_epoch=1)
+    train_onenip(manifest, params, out, progress=False, callbacks=[StopAfterEpoch(1)])
     checkpoint = out / "checkpoint"
     weights = checkpoint / "last.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # truncated by a crash or a full disk

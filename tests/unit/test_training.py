@@ -16,7 +16,7 @@ from onenip.features import FeatureCache, Features
 from onenip.models.detector import ModelLoadError, OneNIPDetector
 from onenip import training
 from onenip.training import (
-    epoch_batches, epoch_subset, generation_indices, select_prompt, split_holdout, train_onenip,
+    StopAfterEpoch, epoch_batches, epoch_subset, generation_indices, select_prompt, split_holdout, train_onenip,
 )
 from tests.helpers.tiny import TINY_MODEL, TINY_VALIDATION
 from tests.helpers.trees import make_mvtec_tree
@@ -84,7 +84,7 @@ def test_resume_matches_uninterrupted_run(tiny_tree: Path, tmp_path: Path) -> No
     params = tiny_params(tmp_path)
     full = train_onenip(manifest, params, tmp_path / "full", progress=False)
 
-    interrupted = train_onenip(manifest, params, tmp_path / "resumed", progress=False, stop_after_epoch=1)
+    interrupted = train_onenip(manifest, params, tmp_path / "resumed", progress=False, callbacks=[StopAfterEpoch(1)])
     assert len(interrupted.history) == 1
     assert not (tmp_path / "resumed" / "model").exists()
     resumed = train_onenip(manifest, params, tmp_path / "resumed", progress=False)
@@ -151,7 +151,7 @@ def test_capped_epochs_train_on_subsets_and_resume_identically(
     assert all(rows == used * 2 for rows, used in built)  # pool_size 2
     assert [used for _, used in built][2:] == [5, 5]  # the last generation serves epoch 3 alone
     assert len(built) == 4  # two categories, generations {0, 1} and {2}
-    train_onenip(manifest, params, tmp_path / "resumed", progress=False, stop_after_epoch=1)
+    train_onenip(manifest, params, tmp_path / "resumed", progress=False, callbacks=[StopAfterEpoch(1)])
     resumed = train_onenip(manifest, params, tmp_path / "resumed", progress=False)
     assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in full.history], rel=1e-6)
 
@@ -165,7 +165,7 @@ def test_a_cap_above_every_category_changes_nothing(tiny_tree: Path, tmp_path: P
 
 def test_changed_params_do_not_resume_from_foreign_checkpoint(tiny_tree: Path, tmp_path: Path) -> None:
     manifest = make_manifest(tiny_tree, progress=False)
-    train_onenip(manifest, tiny_params(tmp_path), tmp_path / "run", progress=False, stop_after_epoch=1)
+    train_onenip(manifest, tiny_params(tmp_path), tmp_path / "run", progress=False, callbacks=[StopAfterEpoch(1)])
     other = tiny_params(tmp_path, lr=1e-3, epochs=2)
     result = train_onenip(manifest, other, tmp_path / "run", progress=False)
     assert [h["epoch"] for h in result.history] == [1, 2]  # started over
@@ -209,11 +209,11 @@ def test_loading_a_folder_that_is_not_a_model_is_one_clear_error(tmp_path: Path)
 
 def test_per_category_mode_and_prompt_sensitivity(tiny_tree: Path, tmp_path: Path) -> None:
     from onenip.evaluation import prompt_sensitivity
-    from onenip.training import train_models
+    from onenip.training import train_networks
 
     manifest = make_manifest(tiny_tree, progress=False)
     params = tiny_params(tmp_path, epochs=1)
-    results = train_models(manifest, params, tmp_path / "run", mode="per-category", progress=False)
+    results = train_networks(manifest, params, tmp_path / "run", mode="per-category", progress=False)
     assert set(results) == {"plate", "widget"}
     assert results["plate"].detector.categories == ["plate"]
     assert (tmp_path / "run" / "widget" / "model" / "onenip.json").is_file()
@@ -228,7 +228,7 @@ def test_per_category_mode_and_prompt_sensitivity(tiny_tree: Path, tmp_path: Pat
     assert report["prompt_image_AUROC_mean"] >= 0.9 and report["stored_prompt_image_AUROC"] >= 0.9
     assert torch.equal(detector.prompt(0).coarse, stored[0]) and torch.equal(detector.prompt(0).fine, stored[1])
     with pytest.raises(ValueError, match="mode"):
-        train_models(manifest, params, tmp_path / "other", mode="sideways", progress=False)
+        train_networks(manifest, params, tmp_path / "other", mode="sideways", progress=False)
 
 
 def test_cached_prompt_encoding_matches_and_follows_changes(tiny_tree: Path, tmp_path: Path) -> None:
@@ -336,7 +336,7 @@ def test_validation_every_n_epochs_and_the_kept_last_epoch_is_not_validated_twic
     params = base.model_copy(update={"validation": base.validation.model_copy(update={"every_epochs": 2, "epoch_tolerance": 1.0})})
     calls: list[int] = []
     real_validate, real_threshold = training.validate, training.calibrate_threshold
-    monkeypatch.setattr(training, "validate", lambda *a, **k: calls.append(1) or real_validate(*a, **k))
+    monkeypatch.setattr(training.loop, "validate", lambda *a, **k: calls.append(1) or real_validate(*a, **k))
     compared: list[tuple[bool, torch.Tensor, torch.Tensor]] = []
 
     def threshold(detector, data, quantile, device, *, calibrated=False):  # noqa: ANN001, ANN202
@@ -345,7 +345,7 @@ def test_validation_every_n_epochs_and_the_kept_last_epoch_is_not_validated_twic
         real_threshold(fresh, data, quantile, device, calibrated=False)  # statistics and scales recomputed
         compared.append((calibrated, detector.score_threshold.clone(), fresh.score_threshold.clone()))
 
-    monkeypatch.setattr(training, "calibrate_threshold", threshold)
+    monkeypatch.setattr(training.loop, "calibrate_threshold", threshold)
     result = train_onenip(manifest, params, tmp_path / "run", progress=False)
     assert [("val_score" in h) for h in result.history] == [False, True, True]
     assert result.detector.metadata["kept_epoch"] == 3

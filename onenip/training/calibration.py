@@ -1,0 +1,303 @@
+"""What is fitted on training normals without gradient steps: the per-position Gaussians, the memory
+banks, the feature standardisation, the reconstruction-error statistics, the map scales and the
+decision threshold."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from onenip.config import Params
+from onenip.models.detector import OneNIPDetector
+from onenip.models.gaussian import fit_position_gaussian
+from onenip.models.memory import CANDIDATES_PER_PATCH, kcenter_greedy
+from onenip.models.scoring import ScoringRule
+from onenip.training.data import CategoryData
+
+STATISTICS_IMAGES = 256
+"""Training normals per category that the residual statistics are estimated on (evenly spread)."""
+STATISTICS_CHUNK = 16
+"""Images per chunk when the residual statistics are summed (bounds the float64 temporaries)."""
+STATISTICS_PRIOR = 10.0
+"""Pseudo-count pulling each position's statistics towards the channel's (few images at a position)."""
+
+
+def error_statistics(
+    residuals: Tensor, weights: Tensor, prior: float = 10.0, whiten: bool = True, ridge: float = 0.01,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Statistics that turn a residual map into z-scores: ``(mean (C, h, w), whitening (C, C), std (C, h, w))``.
+
+    ``mean``: per position and channel, weighted by ``weights`` (N, 1, h, w: 1 where the cell holds image
+    content), shrunk towards the channel's mean by ``prior`` pseudo-images (a position few images
+    cover gets the channel's statistics). ``whitening``: ``L^-1`` of the Cholesky factor of the
+    channels' covariance of the centred residual, pooled over positions, with a ``ridge`` of the mean
+    variance on the diagonal (identity when ``whiten`` is false): correlated channels (neighbouring
+    backbone channels often move together) then count once. ``std``: per position and channel of the
+    whitened residual, shrunk alike. The z-score is ``whitening @ (r - mean) / std``.
+    """
+    # Three passes over chunks of images, sums in float64: the residuals stay in their own dtype, so
+    # memory is the input plus one chunk (a whole-batch float64 copy of the stride-8 residuals of 256
+    # images was over a gigabyte, several times over in temporaries).
+    channels = residuals.shape[1]
+    chunks = [slice(start, start + STATISTICS_CHUNK) for start in range(0, len(residuals), STATISTICS_CHUNK)]
+
+    def part(index: slice) -> tuple[Tensor, Tensor]:
+        return residuals[index].double(), weights[index].double()
+
+    weight = weights.double().sum(0)  # (1, h, w)
+    total_weight = weight.sum()
+    weighted = sum((r * w).sum(0) for r, w in map(part, chunks))  # (C, h, w)
+    channel_mean = weighted.sum(dim=(1, 2)) / total_weight
+
+    def shrunk(total: Tensor, channel: Tensor) -> Tensor:
+        return (total + prior * channel[:, None, None]) / (weight + prior)
+
+    mean = shrunk(weighted, channel_mean)
+    if whiten:
+        covariance = torch.zeros(channels, channels, dtype=torch.float64)
+        for r, w in map(part, chunks):
+            flat = ((r - mean) * w.sqrt()).permute(0, 2, 3, 1).reshape(-1, channels)
+            covariance += flat.t() @ flat
+        covariance /= total_weight
+        covariance += ridge * covariance.diagonal().mean() * torch.eye(channels, dtype=covariance.dtype)
+        whitening = torch.linalg.inv(torch.linalg.cholesky(covariance))
+    else:
+        whitening = torch.eye(channels, dtype=torch.float64)
+    squares = torch.zeros_like(mean)
+    for r, w in map(part, chunks):
+        centred = r - mean
+        if whiten:
+            centred = torch.einsum("ij,njhw->nihw", whitening, centred)
+        squares += (centred.pow(2) * w).sum(0)
+    channel_sq = squares.sum(dim=(1, 2)) / total_weight
+    second = shrunk(squares, channel_sq)
+    floor = 1e-3 * float(channel_sq.mean().clamp_min(0).sqrt()) + 1e-6
+    return mean.float(), whitening.float(), second.clamp_min(0).sqrt().clamp_min(floor).float()
+
+
+@torch.no_grad()
+def calibrate_error_statistics(detector: OneNIPDetector, data: Sequence[CategoryData], device: torch.device) -> None:
+    """Per category, the z-score statistics (``error_statistics``) of the reconstruction residual and of
+    the fine prompt residual on up to ``STATISTICS_IMAGES`` fit images (``model.error_normalization``),
+    counting a grid cell only where it holds image content (letterboxing). Fit images, not the held-out
+    ones: those stay for calibration and validation."""
+    from onenip.models.onenip import prompt_residual
+
+    if detector.cfg.error_normalization == "none":
+        return
+    whiten = detector.cfg.error_normalization == "whitened"
+    detector.eval()
+    stride = detector.cfg.backbone.feature_stride
+    for item in data:
+        count = len(item.fit_features)
+        index = torch.linspace(0, count - 1, min(count, STATISTICS_IMAGES)).round().long().unique()
+        recon, recon_w, fine, fine_w = [], [], [], []
+        for start in range(0, len(index), 16):
+            chosen = index[start : start + 16]
+            features = item.fit_features.select(chosen).float().to(device)
+            prompt = detector.choose_prompts(features, item.index)
+            query = detector.network_input(item.index, features.coarse)
+            residual = detector.model.reconstruct(query, detector.network_input(item.index, prompt.coarse)) - query
+            valid = None if item.fit_valid is None else item.fit_valid[chosen].float().to(device)
+            recon.append(residual.half().cpu())
+            recon_w.append(_cell_weight(valid, residual.shape[-2:], stride, len(chosen), device).cpu())
+            if features.fine is not None:
+                _, fine_residual = prompt_residual(features.fine, prompt.fine, window=detector.model.residual_window)
+                fine.append(fine_residual.half().cpu())
+                fine_w.append(_cell_weight(valid, fine_residual.shape[-2:], stride // 2, len(chosen), device).cpu())
+        stats = error_statistics(torch.cat(recon), torch.cat(recon_w), STATISTICS_PRIOR, whiten)
+        detector.set_error_statistics(item.index, "recon", *stats)
+        if fine:
+            stats = error_statistics(torch.cat(fine), torch.cat(fine_w), STATISTICS_PRIOR, whiten)
+            detector.set_error_statistics(item.index, "fine", *stats)
+
+
+@torch.no_grad()
+def fit_standardization(detector: OneNIPDetector, data: Sequence[CategoryData]) -> None:
+    """Per category, the mean and standard deviation of each coarse channel over its fit images (content
+    cells only) that the network's inputs and targets are standardised with
+    (``model.feature_standardization: category``); nothing to do otherwise."""
+    if detector.cfg.feature_standardization == "none":
+        return
+    stride = detector.cfg.backbone.feature_stride
+    for item in data:
+        total = torch.zeros((), dtype=torch.float64)
+        sums = squares = None
+        for start in range(0, len(item.fit_features), STATISTICS_CHUNK):
+            coarse = item.fit_features.coarse[start : start + STATISTICS_CHUNK].double()
+            valid = None if item.fit_valid is None else item.fit_valid[start : start + STATISTICS_CHUNK].float()
+            weight = _cell_weight(valid, coarse.shape[-2:], stride, len(coarse), torch.device("cpu")).double()
+            part, part_sq = (coarse * weight).sum(dim=(0, 2, 3)), (coarse.pow(2) * weight).sum(dim=(0, 2, 3))
+            sums, squares = (part, part_sq) if sums is None else (sums + part, squares + part_sq)
+            total = total + weight.sum()
+        mean = sums / total
+        std = (squares / total - mean.pow(2)).clamp_min(0).sqrt().clamp_min(1e-3 * float(mean.abs().mean()) + 1e-6)
+        detector.set_standardization(item.index, mean.float().to(detector.device), std.float().to(detector.device))
+
+
+@torch.no_grad()
+def fit_gaussians(detector: OneNIPDetector, data: Sequence[CategoryData]) -> None:
+    """Per category, the per-position Gaussian (``onenip.models.gaussian``) of ALL its fit images'
+    features (PaDiM's full covariance needs many images: on magnetic_tile's validation data 256 of
+    its 685 gave image AUROC 0.90, all of them 0.95), a letterboxed cell counting where it holds
+    image content. Nothing to do when ``model.gaussian_channels`` is 0."""
+    if not detector.has_gaussian:
+        return
+    backbone = detector.cfg.backbone
+    stride = backbone.fine_stride if detector.has_fine else backbone.feature_stride
+    for item in data:
+        chunks = []
+        for start in range(0, len(item.fit_features), STATISTICS_CHUNK):
+            index = slice(start, start + STATISTICS_CHUNK)
+            source = detector.gaussian_source(item.fit_features.select(index))
+            valid = None if item.fit_valid is None else item.fit_valid[index].float()
+            chunks.append((source, _cell_weight(valid, source.shape[-2:], stride, len(source), torch.device("cpu"))))
+        mean, precision = fit_position_gaussian(chunks, STATISTICS_PRIOR)
+        detector.set_gaussian(item.index, mean.to(detector.device), precision.to(detector.device))
+
+
+@torch.no_grad()
+def fit_memory_banks(detector: OneNIPDetector, data: Sequence[CategoryData], seed: int) -> None:
+    """Per category, PatchCore's memory bank (``onenip.models.memory``) of its fit images: k-center
+    greedy picks ``model.memory_patches`` of a seeded uniform sample (at most ``CANDIDATES_PER_PATCH``
+    per bank patch) of all their locally aware patches, letterbox padding excluded. A category with
+    fewer patches than the bank keeps every patch (repeated to fill it). Nothing to do when
+    ``model.memory_patches`` is 0."""
+    if not detector.has_memory:
+        return
+    size = detector.cfg.memory_patches
+    backbone = detector.cfg.backbone
+    stride = backbone.fine_stride if detector.has_fine else backbone.feature_stride
+    for item in data:
+        starts = range(0, len(item.fit_features), STATISTICS_CHUNK)
+
+        def cells(start: int) -> Tensor:  # (n, h*w) bool: the chunk's patches that hold image content
+            chunk = item.fit_features.select(slice(start, start + STATISTICS_CHUNK))
+            grid = (chunk.fine if chunk.fine is not None else chunk.coarse).shape[-2:]
+            valid = None if item.fit_valid is None else item.fit_valid[start : start + STATISTICS_CHUNK].float()
+            return _cell_weight(valid, grid, stride, len(chunk), torch.device("cpu")).flatten(1) > 0.5
+
+        counts = [int(cells(start).sum()) for start in starts]
+        total = sum(counts)
+        generator = torch.Generator().manual_seed(seed * 7919 + item.index)
+        sample = torch.randperm(total, generator=generator)[: size * CANDIDATES_PER_PATCH].sort().values
+        candidates, offset = [], 0
+        for start, count in zip(starts, counts, strict=True):
+            chunk = item.fit_features.select(slice(start, start + STATISTICS_CHUNK)).float()
+            embedding = detector.memory_embedding(chunk.to(detector.device)).cpu()
+            patches = embedding.flatten(2).transpose(1, 2)[cells(start)]  # (count, C) in image, row, column order
+            lo, hi = torch.searchsorted(sample, torch.tensor([offset, offset + count]))
+            candidates.append(patches[sample[lo:hi] - offset])
+            offset += count
+        points = torch.cat(candidates)
+        chosen = kcenter_greedy(points, size, generator)
+        bank = points[chosen.repeat(-(-size // len(chosen)))[:size]]
+        detector.set_memory(item.index, bank.to(detector.device))
+
+
+def _cell_weight(valid: Tensor | None, grid: tuple[int, int] | torch.Size, stride: int, count: int, device: torch.device) -> Tensor:
+    """(N, 1, h, w): 1 where a grid cell is mostly image content (always, without letterboxing)."""
+    if valid is None:
+        return torch.ones(count, 1, *grid, device=device)
+    return (torch.nn.functional.avg_pool2d(valid, stride) >= 0.5).float()
+
+
+@torch.no_grad()
+def calibrate_scales(
+    detector: OneNIPDetector, data: Sequence[CategoryData], device: torch.device, weights: Sequence[float] | None = None,
+) -> None:
+    """Per category, the typical maximum of each error map on held-out training normals.
+
+    ``recon_scale`` / ``residual_scale`` / ``gaussian_scale`` / ``memory_scale`` = the mean over held-out
+    normals of each image's maximum of the reconstruction-error / prompt-residual / Gaussian-distance /
+    memory-distance map, so after division a normal image peaks near 1.
+    The reference code uses the *test set's* (max + min) / 2; we never look at test data. With no
+    holdout (fraction 0) the fit images are used, which is optimistic and documented as such.
+    """
+    detector.eval()
+    for item in data:
+        features = item.holdout_features if len(item.holdout_features) else item.fit_features
+        detector.recon_scale[item.index] = 1.0
+        detector.residual_scale[item.index] = 1.0
+        detector.gaussian_scale[item.index] = 1.0
+        detector.memory_scale[item.index] = 1.0
+        recon_max, residual_max, gaussian_max, memory_max = [], [], [], []
+        valid = item.holdout_valid if len(item.holdout_features) else item.fit_valid
+        for start in range(0, len(features), 16):
+            chunk = features.select(slice(start, start + 16)).float().to(device)
+            recon, _, residual, gaussian, memory = detector.components(chunk, item.index, weights=weights)
+            mask = None if valid is None else valid[start : start + 16].to(device)
+            if recon is not None:
+                recon_max.append(_masked_max(recon, mask))
+            if residual is not None:
+                residual_max.append(_masked_max(residual, mask))
+            if gaussian is not None:
+                gaussian_max.append(_masked_max(gaussian, mask))
+            if memory is not None:
+                memory_max.append(_masked_max(memory, mask))
+        if recon_max:
+            detector.recon_scale[item.index] = float(torch.cat(recon_max).mean().clamp_min(1e-6))
+        if residual_max:
+            detector.residual_scale[item.index] = float(torch.cat(residual_max).mean().clamp_min(1e-6))
+        if gaussian_max:
+            detector.gaussian_scale[item.index] = float(torch.cat(gaussian_max).mean().clamp_min(1e-6))
+        if memory_max:
+            detector.memory_scale[item.index] = float(torch.cat(memory_max).mean().clamp_min(1e-6))
+
+
+def _masked_max(maps: Tensor, valid: Tensor | None) -> Tensor:
+    if valid is not None:
+        maps = maps * valid.to(maps.dtype)
+    return maps.flatten(1).amax(dim=1).cpu()
+
+
+def scale_refiner(detector: OneNIPDetector, category: str, components: list[Tensor | None]) -> list[Tensor | None]:
+    """Set category's ``refiner_scale`` to the midpoint of its normalised reconstruction error's range on
+    its validation images, as the reference scales the refiner's probability before blending (it takes
+    the TEST set's (max + min) / 2; validation images are training data), and scale the validation
+    refiner map alike. Maxima and minima of the quarter-size maps, as validation sees them."""
+    k = detector.category_index(category)
+    recon, refiner = components[0], components[1]
+    if recon is None or refiner is None:
+        return components
+    previous = float(detector.refiner_scale[k])
+    scale = float((recon.amax() + recon.amin()) / 2)
+    scale = scale if math.isfinite(scale) and scale > 0 else 1.0
+    detector.refiner_scale[k] = scale
+    return [components[0], refiner * (scale / previous), *components[2:]]
+
+
+STATISTICS_ONLY = (False, False, False, True, True)
+"""The maps a statistics-only model (``train.network: none``) may use: the Gaussian and the memory bank."""
+
+
+def statistics_rule(detector: OneNIPDetector, params: Params) -> ScoringRule:
+    """A statistics-only model's rule where validation cannot choose: the memory bank alone (the Gaussian
+    without a bank), with the configured smoothing and pooling."""
+    weights = (0.0, 0.0, 0.0, 0.0, 1.0) if detector.has_memory else (0.0, 0.0, 0.0, 1.0, 0.0)
+    return ScoringRule(weights, params.model.scoring.smoothing_sigma, params.model.scoring.score_pool_size)
+
+
+@torch.no_grad()
+def calibrate_threshold(
+    detector: OneNIPDetector, data: Sequence[CategoryData], threshold_quantile: float, device: torch.device, *, calibrated: bool = False,
+) -> None:
+    """Map statistics and scales (unless ``calibrated``: ``validate`` has just set them for the current
+    weights), then the decision threshold per category: the ``threshold_quantile`` of the held-out
+    training normals' image scores under the model's scoring rule."""
+    if not calibrated:
+        calibrate_error_statistics(detector, data, device)
+        calibrate_scales(detector, data, device)
+    for item in data:
+        holdout = len(item.holdout_features) > 0
+        features = item.holdout_features if holdout else item.fit_features
+        valid = item.holdout_valid if holdout else item.fit_valid
+        scores = []
+        for start in range(0, len(features), 16):
+            chunk = features.select(slice(start, start + 16)).float().to(device)
+            mask = None if valid is None else valid[start : start + 16].to(device)
+            scores.append(detector.forward_features(chunk, item.index, mask).pred_score.float().cpu())
+        detector.score_threshold[item.index] = float(torch.quantile(torch.cat(scores), threshold_quantile))
