@@ -2,7 +2,7 @@
 model's requests/s and latency.
 
 Measures, on real images of one folder, for each runtime (torch, onnx, openvino) side by side:
-  * predict: images/s of ``onenip.prediction.predict_files`` (decode, resize, the scoring graph, maps,
+  * predict: images/s of ``onenip.serving.predict_files`` (decode, resize, the scoring graph, maps,
     CSV; heatmap PNGs off) at batch 1 and batch 16, peak RSS of a process that does only that, and the
     per-stage milliseconds at batch 1;
   * serving: ``mlflow models serve -m <uri> --env-manager local`` on 127.0.0.1 with ``ONENIP_RUNTIME``
@@ -61,8 +61,8 @@ def _tree_peak_rss_mb(pid: int) -> float:
 
 
 def bench_predict(model_dir: Path, category: str | None, images: list[Path], batch_size: int, runtime: str) -> float:
-    from onenip.prediction import predict_files
-    from onenip.predictors import load_predictor
+    from onenip.serving import predict_files
+    from onenip.serving import load_predictor
 
     predictor = load_predictor(model_dir, category, runtime=runtime)
     with tempfile.TemporaryDirectory() as out:
@@ -76,8 +76,8 @@ def profile_stages(model_dir: Path, category: str | None, images: list[Path], ru
     """Milliseconds per image at batch 1: decode, resize (geometry), backbone + head (torch: split),
     the whole graph (exported runtimes: numpy preprocessing, no torch), map crop."""
     from onenip.data.manifest import decode_image
-    from onenip.prediction import ExportedPredictor, crop_content, image_to_array
-    from onenip.predictors import load_predictor
+    from onenip.serving import ExportedPredictor, as_rgb_uint8, crop_content, image_to_array
+    from onenip.serving import load_predictor
 
     predictor = load_predictor(model_dir, category, runtime=runtime)
     exported = isinstance(predictor, ExportedPredictor)  # else torch (or a graph exported on first use)
@@ -90,7 +90,9 @@ def profile_stages(model_dir: Path, category: str | None, images: list[Path], ru
         if not exported:
             import torch
 
-            picture = predictor.to_tensor(image)
+            from onenip.data.transforms import image_to_tensor
+
+            picture = image_to_tensor(as_rgb_uint8(image))
             t1 = time.perf_counter()
             batch = geometry.apply(picture)[None]
             valid = geometry.valid_mask(*picture.shape[-2:])[None, None] if geometry.letterbox else None
@@ -126,13 +128,13 @@ def profile_stages(model_dir: Path, category: str | None, images: list[Path], ru
 def predict_worker(args: argparse.Namespace) -> dict[str, Any]:
     """One runtime in its own process (its own peak RSS)."""
     from onenip.config import load_params
-    from onenip.prediction import collect_images
+    from onenip.serving import collect_images
     from onenip.registry import resolve_model
 
     resolved = resolve_model(args.model, load_params(args.params), Path.cwd())
     images = collect_images([args.images])[: args.limit]
     started = time.perf_counter()
-    from onenip.predictors import load_predictor
+    from onenip.serving import load_predictor
 
     category = resolved.category or args.category
     load_predictor(resolved.folder, category, runtime=args.runtime).predict([_open(images[0])])
@@ -294,7 +296,7 @@ def bench_all_champions(args: argparse.Namespace) -> int:
 
 def bench_model(args: argparse.Namespace) -> dict[str, Any]:
     """Predict (and, for a registered model, serving) figures of ``args.model`` for each runtime; prints its table."""
-    from onenip.prediction import collect_images
+    from onenip.serving import collect_images
 
     images = collect_images([args.images])[: args.limit]
     result: dict[str, Any] = {"model": args.model, "images": len(images), "threads": os.environ.get("OMP_NUM_THREADS"), "runtimes": {}}

@@ -404,8 +404,8 @@ def predict(
     heatmap overlay, and an index.html report to browse them; unreadable files are listed and
     skipped, the rest are scored."""
     from onenip.data.manifest import DatasetError
-    from onenip.prediction import collect_images, predict_files
-    from onenip.predictors import load_predictor
+    from onenip.serving import collect_images, predict_files
+    from onenip.serving import load_predictor
 
     cfg = _load(params, profile, sets)
     resolved = _resolve(model, cfg)

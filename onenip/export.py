@@ -4,7 +4,7 @@ The graph: preprocessed images (B, 3, H, W) in [0, 1] at the category's input ge
 letterboxed category the content mask (B, 1, H, W) -> backbone -> OneNIP reconstruction -> refiner
 -> the category's scoring rule -> (anomaly map (B, 1, H, W), image score (B,)). The category's
 prompt features and the encoder's pass over them are constants of the graph; the batch is dynamic,
-the input size fixed per category. Decoding and resizing stay in Python (``onenip.prediction``): the same
+the input size fixed per category. Decoding and resizing stay in Python (``onenip.serving``): the same
 arithmetic feeds every runtime, so the runtimes differ only in the graph. Running an exported graph needs no
 torch: ``onenip.runtime``.
 """

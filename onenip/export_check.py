@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from onenip.prediction import ExportedPredictor, Prediction
+from onenip.serving import ExportedPredictor, Prediction
 
 LATENCY_WARMUP = 3
 """Requests answered before timing (first-call allocations, thread pools)."""
@@ -124,13 +124,13 @@ def check_export(
     on each of ``runtime`` (one name or several); time each. Returns the check of the runtime that
     should serve: the fastest whose export agrees with torch (the others in ``others``); when none
     agrees, the first one's failed check; torch's own latency when nothing is exported."""
-    from onenip.inference import Predictor
+    from onenip.serving.torch_predictor import TorchPredictor
 
     if not images:
         msg = f"check_export needs at least one image of category {category!r}"
         raise ValueError(msg)
     runtimes = [runtime] if isinstance(runtime, str) else list(runtime)
-    torch_predictor = Predictor.load(model_dir, category, runtime="torch")
+    torch_predictor = TorchPredictor.load(model_dir, category, runtime="torch")
     reference = torch_predictor.predict(images, category, return_maps=True, batch_size=1)
     checks = []
     for name in (r for r in runtimes if r != "torch"):

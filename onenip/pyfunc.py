@@ -1,4 +1,4 @@
-"""The registered model: an ``mlflow.pyfunc`` wrapper around ``onenip.predictors.load_predictor`` (the
+"""The registered model: an ``mlflow.pyfunc`` wrapper around ``onenip.serving.load_predictor`` (the
 exported graph in ONNX Runtime without importing torch when the version carries one, else torch).
 
 Input: a DataFrame with a column ``image`` (base64 of an encoded image file: PNG, JPEG, TIFF, BMP)
@@ -99,7 +99,7 @@ class OneNIPPyfunc(mlflow.pyfunc.PythonModel):
     """Loads the detector from the ``onenip_model`` artifact; the category comes from model_config."""
 
     def load_context(self, context: Any) -> None:
-        from onenip.predictors import load_predictor
+        from onenip.serving import load_predictor
 
         config = context.model_config or {}
         # A version serves only the category it was registered (and gated) for.
@@ -204,7 +204,7 @@ def export_for_serving(model_dir: str | Path, category: str) -> list[str]:
     if serving_runtime(model_dir) == "torch":
         return []
     runtimes = exported_runtimes()
-    from onenip.prediction import export_matches
+    from onenip.serving import export_matches
 
     folder, weights = Path(model_dir) / EXPORT_FOLDER / safe_name(category), Path(model_dir) / "model.safetensors"
     if not all(export_matches(folder, weights, runtime) for runtime in runtimes):

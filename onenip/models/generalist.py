@@ -1,6 +1,6 @@
 """GeneralistDetector: the frozen backbone + an InCTRL head, and per onboarded category its k prompts.
 
-The same interface as ``OneNIPDetector`` where ``onenip.inference.Predictor`` needs it (categories,
+The same interface as ``OneNIPDetector`` where ``onenip.serving.torch_predictor.TorchPredictor`` needs it (categories,
 geometry, ``score_threshold``, ``forward(images, k, valid)`` -> ``DetectorOutput``, save / load), so an
 onboarded category is predicted and served exactly like a trained one.
 

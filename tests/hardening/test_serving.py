@@ -70,7 +70,7 @@ def frame(*images: str, columns: tuple[str, ...] = ("image",)) -> dict:
 
 def test_served_scores_match_predict(server: str, registered_project: Path, tmp_path: Path) -> None:
     from onenip.config import load_params
-    from onenip.inference import Predictor
+    from onenip.serving.torch_predictor import TorchPredictor
     from onenip.registry import resolve_model
 
     images = sorted((registered_project / "data/widgets/plate/test").rglob("*.png"))[:3]
@@ -78,7 +78,7 @@ def test_served_scores_match_predict(server: str, registered_project: Path, tmp_
     assert response.status_code == 200, response.text
     rows = response.json()["predictions"]
     model_dir, category, *_ = resolve_model(MODEL, load_params(registered_project / "params.yaml"), registered_project)
-    local = Predictor.load(model_dir, category).predict([Image.open(p).convert("RGB") for p in images])
+    local = TorchPredictor.load(model_dir, category).predict([Image.open(p).convert("RGB") for p in images])
     for row, expected in zip(rows, local, strict=True):
         assert row["score"] == pytest.approx(expected.score, rel=1e-5)
         assert row["is_anomaly"] == expected.is_anomaly and row["category"] == "plate"

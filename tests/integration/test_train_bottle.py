@@ -54,15 +54,15 @@ def test_small_model_detects_bottle_defects(industrial_root: Path, tmp_path: Pat
     # The exported graphs score the whole test split like torch: same maps, scores, decisions. The graph
     # sits where registration puts it, so the served path runs: numpy preprocessing, no torch model.
     from onenip.export import export_category
-    from onenip.inference import Predictor
+    from onenip.serving.torch_predictor import TorchPredictor
     from onenip.models.detector import OneNIPDetector
-    from onenip.prediction import ExportedPredictor
-    from onenip.predictors import load_predictor
+    from onenip.serving import ExportedPredictor
+    from onenip.serving import load_predictor
 
     model_dir = out / "unified" / "model"
     export_category(OneNIPDetector.load(model_dir), "bottle", model_dir / "export" / "bottle", fmt="openvino")
     images = [Image.open(p).convert("RGB") for p in sorted((industrial_root / "bottle" / "test").rglob("*.png"))]
-    reference = Predictor.load(model_dir, "bottle", runtime="torch").predict(images, return_maps=True)
+    reference = TorchPredictor.load(model_dir, "bottle", runtime="torch").predict(images, return_maps=True)
     for runtime in ("onnx", "openvino"):
         predictor = load_predictor(model_dir, "bottle", runtime=runtime)
         assert isinstance(predictor, ExportedPredictor), runtime

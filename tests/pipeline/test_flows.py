@@ -102,14 +102,14 @@ def test_end_to_end_then_cache_hit_then_impossible_gate(project: Path, prefect_h
     # the registered pyfunc model loads offline and scores like the library does
     import mlflow.pyfunc
 
-    from onenip.inference import Predictor
+    from onenip.serving.torch_predictor import TorchPredictor
     from onenip.pyfunc import encode_image
 
     model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
     assert model.unwrap_python_model().predictor.runtime == served_by  # the runtime registration chose
     image_path = sorted((project / "data" / "widgets" / "plate" / "test").rglob("*.png"))[0]
     served = model.predict(pd.DataFrame({"image": [encode_image(image_path)]}), params={"return_map": True})
-    local = Predictor.load(run_dir).predict([np.asarray(Image.open(image_path).convert("RGB"))], "plate")[0]
+    local = TorchPredictor.load(run_dir).predict([np.asarray(Image.open(image_path).convert("RGB"))], "plate")[0]
     assert served["score"][0] == pytest.approx(local.score, rel=1e-4, abs=1e-4)  # served by the exported graph
     assert np.asarray(served["anomaly_map"][0]).shape == (64, 64)
 

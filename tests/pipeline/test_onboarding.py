@@ -82,13 +82,13 @@ def test_generalist_then_onboard_then_predict(project: Path, prefect_harness: No
     # what `mlflow models serve` loads: the registered pyfunc scores like the library (torch: no graph export)
     import mlflow.pyfunc
 
-    from onenip.inference import Predictor
+    from onenip.serving.torch_predictor import TorchPredictor
     from onenip.pyfunc import encode_image
 
     image_path = sorted((new / "gear" / "test").rglob("*.png"))[0]
     served = mlflow.pyfunc.load_model("models:/onenip-widgets-gear@champion").predict(
         pd.DataFrame({"image": [encode_image(image_path)]}), params={"return_map": True})  # fmt: skip
-    local = Predictor.load(project / "runs" / "pipeline" / "widgets" / "onboard" / "gear" / "model")
+    local = TorchPredictor.load(project / "runs" / "pipeline" / "widgets" / "onboard" / "gear" / "model")
     expected = local.predict([np.asarray(Image.open(image_path).convert("RGB"))], "gear")[0]
     assert served["category"][0] == "gear" and served["score"][0] == pytest.approx(expected.score, rel=1e-5, abs=1e-6)
     assert np.asarray(served["anomaly_map"][0]).shape == (64, 64)

@@ -14,7 +14,7 @@ from onenip.export_check import ExportCheck, check_export, compare_predictions, 
 from onenip.gates import decide
 from onenip.models.detector import OneNIPDetector
 from onenip.models.scoring import ScoringRule
-from onenip.prediction import Prediction
+from onenip.serving import Prediction
 from tests.helpers.tiny import TINY_MODEL
 
 GOOD = {"image_AUROC": 0.95}
@@ -34,9 +34,9 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     detector.scoring["plate"] = ScoringRule((0.5, 0.25, 0.0, 0.0, 0.25), 1.0, 4)
     folder = tmp_path_factory.mktemp("model")
     detector.save(folder)
-    from onenip.inference import Predictor
+    from onenip.serving.torch_predictor import TorchPredictor
 
-    scores = [p.score for p in Predictor.load(folder, "plate").predict(pictures(8), "plate")]
+    scores = [p.score for p in TorchPredictor.load(folder, "plate").predict(pictures(8), "plate")]
     detector.score_threshold.fill_(float(np.median(scores)))
     detector.save(folder)
     return folder
@@ -135,7 +135,7 @@ def test_auto_runtime_is_the_one_registration_chose(model_dir: Path, tmp_path: P
     pytest.importorskip("openvino")
     import shutil
 
-    from onenip.predictors import load_predictor
+    from onenip.serving import load_predictor
     from onenip.pyfunc import export_for_serving
     from onenip.runtime import EXPORT_FOLDER, record_served_runtime, served_runtime
 

@@ -1,5 +1,5 @@
 """The few-shot generalist end to end on a tiny tree: train on auxiliary categories, onboard an unseen one
-from k normal images, predict through the same Predictor; clear errors for impossible onboarding."""
+from k normal images, predict through the same TorchPredictor; clear errors for impossible onboarding."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from onenip.config import Params
 from onenip.data.manifest import DatasetError
 from onenip.generalist import onboard_category, train_generalist
-from onenip.inference import Predictor
+from onenip.serving.torch_predictor import TorchPredictor
 from tests.helpers.trees import make_mvtec_tree
 
 pytestmark = pytest.mark.slow
@@ -46,7 +46,7 @@ def test_onboard_unseen_category_and_predict(trained: tuple[Path, Path, Params],
     # deterministic prompts: onboarding again picks the same images
     again = onboard_category(generalist, root, "gear", 2, params, tmp_path / "again", progress=False)
     assert again.prompt_paths == result.prompt_paths and again.threshold == pytest.approx(result.threshold)
-    predictor = Predictor.load(result.model_dir, runtime="torch")
+    predictor = TorchPredictor.load(result.model_dir, runtime="torch")
     assert predictor.default_category == "gear"
     from PIL import Image
 
@@ -316,7 +316,7 @@ def test_onboarding_keeps_a_categorys_own_aspect_when_asked(trained: tuple[Path,
             assert tuple(detector.category_scores(queries, 0)[0].shape) == (2, 6, 12), residual
     assert json.loads((result.model_dir / "onenip.json").read_text())["format_version"] == 2
     assert set(result.metrics) >= {"image_AUROC", "pixel_AUROC"} and result.has_masks
-    [prediction] = Predictor.load(result.model_dir, runtime="torch").predict(
+    [prediction] = TorchPredictor.load(result.model_dir, runtime="torch").predict(
         [Image.open(sorted((root / "strip" / "test").rglob("*.png"))[0]).convert("RGB")], return_maps=True)  # fmt: skip
     assert prediction.anomaly_map is not None and prediction.anomaly_map.shape == (48, 96)  # the input grid, as a trained model's
     assert np.isfinite(prediction.score)

@@ -95,9 +95,9 @@ def test_onnx_runtime_scores_like_torch(model: OneNIPPyfunc, tmp_path: Path) -> 
 def test_exported_graph_serves_without_building_the_torch_model(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     from onenip.export import export_category
-    from onenip.inference import Predictor
-    from onenip.prediction import ExportedPredictor
-    from onenip.predictors import load_predictor
+    from onenip.serving.torch_predictor import TorchPredictor
+    from onenip.serving import ExportedPredictor
+    from onenip.serving import load_predictor
 
     folder = tmp_path / "m"
     detector = OneNIPDetector(ModelParams.model_validate(TINY_MODEL), ["plate", "widget"], pretrained=False)
@@ -106,12 +106,12 @@ def test_exported_graph_serves_without_building_the_torch_model(tmp_path: Path) 
     export_category(detector, "plate", folder / "export" / "plate")
     light = load_predictor(folder, served_category="plate", runtime="onnx")
     assert isinstance(light, ExportedPredictor) and light.runtime == "onnx"
-    full = Predictor.load(folder, "plate", runtime="torch")
+    full = TorchPredictor.load(folder, "plate", runtime="torch")
     picture = image(5)
     assert light.predict([picture])[0].score == pytest.approx(full.predict([picture])[0].score, rel=1e-4, abs=1e-4)
     with pytest.raises(ValueError, match="serves category 'plate' only"):
         light.predict([picture], "widget")
     with pytest.raises(ValueError, match="Unknown category 'bolt'"):
         load_predictor(folder, served_category="bolt", runtime="onnx")
-    assert isinstance(load_predictor(folder, "widget", runtime="onnx"), Predictor)  # no export: full model
-    assert isinstance(load_predictor(folder, "plate", runtime="torch"), Predictor)
+    assert isinstance(load_predictor(folder, "widget", runtime="onnx"), TorchPredictor)  # no export: full model
+    assert isinstance(load_predictor(folder, "plate", runtime="torch"), TorchPredictor)

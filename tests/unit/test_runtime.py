@@ -80,9 +80,9 @@ def _saved_model(folder: Path, geometries: dict[str, InputGeometry] | None = Non
 
 def test_exported_predictor_scores_like_torch_on_letterboxed_and_squashed_inputs(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
-    from onenip.inference import Predictor
-    from onenip.prediction import ExportedPredictor
-    from onenip.predictors import load_predictor
+    from onenip.serving.torch_predictor import TorchPredictor
+    from onenip.serving import ExportedPredictor
+    from onenip.serving import load_predictor
 
     _saved_model(tmp_path, {"tile": InputGeometry(48, 80, letterbox=True)})
     rng = np.random.default_rng(3)
@@ -90,7 +90,7 @@ def test_exported_predictor_scores_like_torch_on_letterboxed_and_squashed_inputs
     for category in ("plate", "tile"):
         exported = load_predictor(tmp_path, category, runtime="onnx")
         assert isinstance(exported, ExportedPredictor)
-        reference = Predictor.load(tmp_path, category, runtime="torch").predict(images, return_maps=True)
+        reference = TorchPredictor.load(tmp_path, category, runtime="torch").predict(images, return_maps=True)
         got = exported.predict(images, return_maps=True)
         for a, b in zip(got, reference, strict=True):
             assert a.score == pytest.approx(b.score, abs=1e-4) and a.is_anomaly == b.is_anomaly
@@ -121,9 +121,9 @@ def test_a_broken_or_stale_export_falls_back_to_torch(tmp_path: Path) -> None:
     import json
 
     from onenip.export import export_category
-    from onenip.inference import Predictor
-    from onenip.prediction import ExportedPredictor
-    from onenip.predictors import load_predictor
+    from onenip.serving.torch_predictor import TorchPredictor
+    from onenip.serving import ExportedPredictor
+    from onenip.serving import load_predictor
 
     detector = _saved_model(tmp_path)
     export_category(detector, "plate", tmp_path / "export" / "plate", weights=tmp_path / "model.safetensors")
@@ -131,16 +131,16 @@ def test_a_broken_or_stale_export_falls_back_to_torch(tmp_path: Path) -> None:
     meta_path = tmp_path / "export" / "plate" / "export.json"
     meta = json.loads(meta_path.read_text())
     meta_path.write_text(json.dumps(meta | {"weights_sha256": "0" * 64}))  # the weights changed since the export
-    assert isinstance(load_predictor(tmp_path, "plate", runtime="onnx"), Predictor)
+    assert isinstance(load_predictor(tmp_path, "plate", runtime="onnx"), TorchPredictor)
     meta_path.write_text(json.dumps(meta))
     (tmp_path / "export" / "plate" / meta["onnx"]).unlink()  # the graph file is gone
-    assert isinstance(load_predictor(tmp_path, "plate", runtime="onnx"), Predictor)
+    assert isinstance(load_predictor(tmp_path, "plate", runtime="onnx"), TorchPredictor)
 
 
 def test_several_exported_categories_without_a_default_need_one_named(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
-    from onenip.prediction import ExportedPredictor
-    from onenip.predictors import load_predictor
+    from onenip.serving import ExportedPredictor
+    from onenip.serving import load_predictor
 
     _saved_model(tmp_path)
     predictor = load_predictor(tmp_path, runtime="onnx")
@@ -155,7 +155,7 @@ def test_non_rgb_images_are_converted_like_decoded_files() -> None:
     from PIL import Image
 
     from onenip.data.manifest import to_rgb
-    from onenip.prediction import as_rgb_uint8
+    from onenip.serving import as_rgb_uint8
 
     grey16 = Image.fromarray(np.array([[0, 300], [40000, 65535]], dtype=np.uint16))
     grey = Image.fromarray(np.array([[0, 128], [200, 255]], dtype=np.uint8))
@@ -200,10 +200,10 @@ def test_onenip_predict_on_an_exported_model_never_imports_torch(tmp_path: Path)
 def test_amp_covers_the_backbone_only_so_served_maps_are_the_calibrated_float32_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """On CUDA ``predict`` runs under float16 autocast; the distance maps (|q|^2 + |b|^2 - 2 q.b and the like)
     must still be computed in float32, as calibration and evaluation computed them."""
-    from onenip.inference import Predictor
+    from onenip.serving.torch_predictor import TorchPredictor
 
     _saved_model(tmp_path)
-    predictor = Predictor.load(tmp_path, "plate", runtime="torch")
+    predictor = TorchPredictor.load(tmp_path, "plate", runtime="torch")
     detector, active, seen = predictor.detector, [], {}
 
     class RecordingAutocast:  # stands in for torch.autocast; records whether a block runs inside one

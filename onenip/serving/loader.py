@@ -1,17 +1,13 @@
-"""Which predictor scores a saved model: ``load_predictor``, the one entry point of ``onenip predict`` and
-the MLflow pyfunc model.
-
-It sits apart from both predictors so that each import points one way: ``onenip.prediction`` (the
-torch-free ``ExportedPredictor``) and ``onenip.inference`` (the torch ``Predictor``, which builds on
-the former) never import each other; torch is imported only when the torch predictor is chosen.
-"""
+"""Which predictor scores a saved model: ``load_predictor``, the one entry point of ``onenip predict`` and the
+MLflow pyfunc model. Torch is imported only when the torch predictor is chosen."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from onenip.prediction import ExportedPredictor, ImagePredictor
 from onenip.runtime import EXPORT_FOLDER, resolve_runtime, safe_name, served_runtime
+from onenip.serving.base import ImagePredictor
+from onenip.serving.exported import ExportedPredictor
 
 
 def load_predictor(
@@ -25,7 +21,7 @@ def load_predictor(
 ) -> ImagePredictor:
     """The predictor for a saved model: its exported graphs when ``runtime`` is onnx/openvino (or auto
     with ONNX Runtime installed), the device is the CPU and the categories asked for were exported;
-    otherwise the torch ``Predictor`` (which exports on first use when a graph runtime is asked for).
+    otherwise the ``TorchPredictor`` (which exports on first use when a graph runtime is asked for).
 
     ``device``: cpu, cuda[:N] or auto (CUDA when a driver is present and torch sees a GPU).
     """
@@ -46,9 +42,9 @@ def load_predictor(
                 exported.graph(exported.default_category)  # load now: a broken graph fails here, not on a request
             return exported
     from onenip.device import resolve_device
-    from onenip.inference import Predictor
+    from onenip.serving.torch_predictor import TorchPredictor
 
-    return Predictor.load(
+    return TorchPredictor.load(
         model_dir, default_category, device=resolve_device(device), served_category=served_category,
         model_name_pattern=model_name_pattern, runtime=runtime,
     )  # fmt: skip
