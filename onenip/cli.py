@@ -16,7 +16,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from onenip.config import DEFAULT_PARAMS_PATH, ConfigError, Params, find_project_root, load_params, parse_overrides
+from onenip.config import DEFAULT_PARAMS_PATH, ConfigError, Params, find_project_root, load_params
+from onenip.overrides import parse_overrides
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown", help="OneNIP industrial anomaly detection.")
 data_app = typer.Typer(no_args_is_help=True, help="Import, validate and summarise datasets.")

@@ -29,7 +29,8 @@ from onenip.cli import (
     project_dir,
     user_errors,
 )
-from onenip.config import DEFAULT_PARAMS_PATH, ConfigError, Params, deep_merge, load_params, parse_overrides
+from onenip.config import DEFAULT_PARAMS_PATH, ConfigError, Params, load_params
+from onenip.overrides import deep_merge, parse_overrides
 
 __all__ = ["app"]
 

@@ -10,7 +10,8 @@ import yaml
 from typer.testing import CliRunner
 
 import pipelines.flows  # noqa: F401  (Prefect sets up its log handlers on import: here, not on a CliRunner's stream that closes)
-from onenip.config import ConfigError, load_params, parse_overrides
+from onenip.config import ConfigError, load_params
+from onenip.overrides import parse_overrides
 from pipelines.cli import app
 from tests.helpers.trees import make_mvtec_tree
 
