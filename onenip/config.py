@@ -516,8 +516,11 @@ def _read_params(path: Path) -> dict[str, Any]:
         raise ConfigError(msg)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        msg = f"Params file {path} is not valid YAML: {error}"
+    except yaml.YAMLError as error:  # one line: where, and what the parser expected
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        msg = f"Params file {path} is not valid YAML{where}: {problem}"
         raise ConfigError(msg) from error
     if not isinstance(raw, dict):
         msg = f"Params file {path} must hold a mapping of sections, got {type(raw).__name__}"

@@ -46,6 +46,15 @@ def test_set_changes_what_a_command_does(tmp_path: Path, monkeypatch: pytest.Mon
     assert typo.exit_code == 1 and "did you mean data.min_train_images?" in words(typo.output)
 
 
+def test_broken_params_file_is_one_line_naming_where(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "params.yaml").write_text("data:\n  name: x\ntrain: [epochs: 3\n")
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["registry"])
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "not valid YAML at line 4, column 1: expected ',' or ']'" in lines[0], result.output
+
+
 def test_project_found_from_below_and_nothing_created_outside_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     outside = tmp_path / "elsewhere"
     outside.mkdir()
