@@ -78,6 +78,7 @@ def _configure_logging(
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
+        logger.propagate = False  # printed once: Prefect's console handler on the root logger would repeat each line
 
 ParamsOption = Annotated[Path, typer.Option("--params", help="params.yaml to read (default: the project's, found from here up).")]
 ProfileOption = Annotated[str | None, typer.Option("--profile", help="Merge profiles.NAME of params.yaml (e.g. fast).")]
