@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from onenip.cli import (
@@ -68,7 +69,8 @@ def _print_outcomes(outcomes: dict[str, dict[str, Any]]) -> None:
         else:
             decision = reasons[0] if reasons else "-"
         table.add_row(category, outcome["status"], version, fmt("image_AUROC"), fmt("pixel_AUROC"), fmt("pixel_AP"), decision)
-    console.print(table)
+    # model names must not be cut, also in a pipe or a narrow terminal (rich would shrink to 80 columns)
+    Console(width=max(console.width, 140)).print(table)
 
 
 @app.command("run", rich_help_panel=PIPELINE)
