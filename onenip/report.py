@@ -143,7 +143,7 @@ header p { margin: .2rem 0; }
 #grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(240px, 1fr)); gap: 12px; margin-top: 1rem; }
 .card { border: 1px solid #ddd; border-left: 6px solid var(--c); padding: 6px; font-size: 13px; }
 .card img { width: 100%; height: auto; display: block; background: #eee; }
-.card .meta { margin-top: 4px; word-break: break-all; }
+.card .meta { margin-top: 4px; overflow-wrap: anywhere; }
 .card .verdict { font-weight: bold; color: var(--c); }
 .card[hidden] { display: none; }
 table.summary td { padding: 0 1rem 0 0; }
