@@ -244,9 +244,9 @@ def image_scores(maps: np.ndarray, pool: int) -> np.ndarray:
 
 def pixel_metrics(maps: list[np.ndarray], masks: list[np.ndarray]) -> dict[str, float]:
     """Pixel AUROC, AP and AUPRO from one shared score histogram (``HISTOGRAM_BINS`` adaptive bins)."""
-    from onenip.metrics.histogram import _histogram
+    from onenip.metrics.histogram import histogram_counts
 
-    histogram = _histogram(maps, masks, HISTOGRAM_BINS, "quantile")
+    histogram = histogram_counts(maps, masks, HISTOGRAM_BINS, "quantile")
     return {"pixel_AUROC": histogram.auroc().value, "pixel_AP": histogram.average_precision().value, "pixel_AUPRO": histogram.aupro().value}
 
 

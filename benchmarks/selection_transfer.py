@@ -140,7 +140,7 @@ def onenip_cells(model: Path, params: Any, root: Path) -> list[dict[str, Any]]:
     from onenip.models.detector import OneNIPDetector
     from onenip.training import prepare_category_data
     from onenip.metrics.bootstrap import PerImage
-    from onenip.validation import (SELECTION_DOWNSCALE, CategoryValidation, _downscaled, _rule_maps, _select_one,
+    from onenip.validation import (SELECTION_DOWNSCALE, CategoryValidation, downscaled, rule_maps, select_one,
                                    build_category_validation, validation_components)  # fmt: skip
 
     detector = OneNIPDetector.load(model).eval()
@@ -157,8 +157,8 @@ def onenip_cells(model: Path, params: Any, root: Path) -> list[dict[str, Any]]:
         labels = validation.labels.numpy()
         methods = np.array(validation.methods)
         normal = np.flatnonzero(labels == 0)
-        masks = (_downscaled(validation.masks.float(), SELECTION_DOWNSCALE) >= 0.5)[:, 0].numpy()
-        valid = None if validation.valid is None else _downscaled(validation.valid.float(), SELECTION_DOWNSCALE) >= 0.5
+        masks = (downscaled(validation.masks.float(), SELECTION_DOWNSCALE) >= 0.5)[:, 0].numpy()
+        valid = None if validation.valid is None else downscaled(validation.valid.float(), SELECTION_DOWNSCALE) >= 0.5
 
         def subset(rows: np.ndarray) -> tuple[CategoryValidation, list[Any]]:
             picked = torch.as_tensor(rows)
@@ -176,8 +176,8 @@ def onenip_cells(model: Path, params: Any, root: Path) -> list[dict[str, Any]]:
             for rule_name, every_family in RULES.items():
                 cfg = params.validation.model_copy(update={"refiner_every_family": every_family})
                 part, part_components = subset(choose)
-                _, rule, _, _ = _select_one(part, part_components, cfg)
-                maps = _rule_maps(rule, components, valid)
+                _, rule, _, _ = select_one(part, part_components, cfg)
+                maps = rule_maps(rule, components, valid)
                 score = float(np.mean(list(PerImage.from_maps(maps[1], labels, list(maps[0]), list(masks)).metrics(counts).values())))
                 row[rule_name] = {"choice": rule.to_dict(), "held_out_score": score}
             held_out.append(row)

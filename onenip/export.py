@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from onenip.features import Features
 from onenip.models.detector import OneNIPDetector
 from onenip.models.scoring import score_maps
-from onenip.runtime import EXPORT_JSON, OPSET, ExportInfo, _import, file_sha256, safe_name
+from onenip.runtime import EXPORT_JSON, OPSET, ExportInfo, import_optional, file_sha256, safe_name
 from onenip.runtime import ExportError, GraphScorer, load_export  # noqa: F401  (running a graph lives in onenip.runtime)
 
 Runtime = Literal["torch", "onnx", "openvino"]
@@ -84,7 +84,7 @@ def export_category(
         )  # fmt: skip
     graph = onnx_path
     if fmt == "openvino":
-        ov = _import("openvino", "openvino")
+        ov = import_optional("openvino", "openvino")
         model = ov.convert_model(str(onnx_path))
         graph = out / f"{safe_name(category)}.xml"
         ov.save_model(model, str(graph), compress_to_fp16=False)

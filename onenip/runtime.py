@@ -118,7 +118,7 @@ class ExportInfo:
         return cls(**{k: meta[k] for k in ("category", "height", "width", "letterbox", "threshold", "format", "opset")}), meta
 
 
-def _import(module: str, package: str) -> Any:
+def import_optional(module: str, package: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as error:
@@ -144,7 +144,7 @@ class GraphScorer:
             raise ExportError(msg)
         threads = threads or available_cores()
         if runtime == "onnx":
-            ort = _import("onnxruntime", "onnxruntime")
+            ort = import_optional("onnxruntime", "onnxruntime")
             options = ort.SessionOptions()
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # fusions and the NCHWc layout
             options.intra_op_num_threads = threads  # the cores this process is given, not the machine's
@@ -153,7 +153,7 @@ class GraphScorer:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
             self.inputs = [i.name for i in self.session.get_inputs()]
         else:
-            ov = _import("openvino", "openvino")
+            ov = import_optional("openvino", "openvino")
             core = ov.Core()
             model = core.read_model(str(path))
             model.reshape({port.get_any_name(): [1, *(d.get_length() for d in list(port.get_partial_shape())[1:])] for port in model.inputs})

@@ -175,15 +175,15 @@ def restricted_selections(
         error = 0.0
         if chosen != base:
             components = [*components, *[None] * (len(COMPONENTS) - len(components))]
-            masks = (_downscaled(validation.masks.float(), SELECTION_DOWNSCALE) >= 0.5)[:, 0].numpy()
-            valid = None if validation.valid is None else _downscaled(validation.valid.float(), SELECTION_DOWNSCALE) >= 0.5
-            error = paired_score_difference_se(_rule_maps(chosen, components, valid), _rule_maps(base, components, valid), masks,
+            masks = (downscaled(validation.masks.float(), SELECTION_DOWNSCALE) >= 0.5)[:, 0].numpy()
+            valid = None if validation.valid is None else downscaled(validation.valid.float(), SELECTION_DOWNSCALE) >= 0.5
+            error = paired_score_difference_se(rule_maps(chosen, components, valid), rule_maps(base, components, valid), masks,
                                                validation.labels.numpy(), cfg.refiner_bootstrap)  # fmt: skip
         selection.network_adds[c] = {"difference": difference, "standard_error": error,
                                      "network_weight": float(sum(chosen.weights[:3]))}  # fmt: skip
 
 
-def _downscaled(maps: Tensor, factor: int) -> Tensor:
+def downscaled(maps: Tensor, factor: int) -> Tensor:
     return F.avg_pool2d(maps, factor) if factor > 1 else maps
 
 
@@ -200,7 +200,7 @@ def validation_components(
         chunk = validation.features.select(slice(start, start + batch_size)).float().to(device)
         for index, maps in enumerate(detector.components(chunk, k, weights=weights)):
             if maps is not None:
-                parts[index].append(_downscaled(maps.float(), SELECTION_DOWNSCALE).cpu())
+                parts[index].append(downscaled(maps.float(), SELECTION_DOWNSCALE).cpu())
     return [torch.cat(p) if p else None for p in parts]
 
 
@@ -228,7 +228,7 @@ def select_scoring(
         if validation.num_normals < cfg.min_normals or int(validation.labels.sum()) == 0:
             rules[validation.category] = default
             continue
-        score, rule, chosen, table = _select_one(validation, components, cfg)
+        score, rule, chosen, table = select_one(validation, components, cfg)
         rules[validation.category], metrics[validation.category], tables[validation.category] = rule, chosen, table
         scores.append(score)
     return Selection(rules, float(np.mean(scores)) if scores else float("nan"), metrics, tables)
@@ -243,13 +243,13 @@ MAX_NEGATIVE_PIXELS = 200_000
 """Normal pixels sampled (fixed seed) for the pixel AUROC; every anomalous pixel is kept."""
 
 
-def _select_one(
+def select_one(
     validation: CategoryValidation, components: list[Tensor | None], cfg: ValidationParams,
 ) -> tuple[float, ScoringRule, dict[str, float], list[dict[str, object]]]:
     components = [*components, *[None] * (len(COMPONENTS) - len(components))]  # maps a model lacks
     factor = SELECTION_DOWNSCALE
-    masks = (_downscaled(validation.masks.float(), factor) >= 0.5)[:, 0].numpy()
-    valid = None if validation.valid is None else _downscaled(validation.valid.float(), factor) >= 0.5
+    masks = (downscaled(validation.masks.float(), factor) >= 0.5)[:, 0].numpy()
+    valid = None if validation.valid is None else downscaled(validation.valid.float(), factor) >= 0.5
     labels = validation.labels.numpy()
     sample = _pixel_sample(masks)
     sampled_masks = masks.ravel()[sample]
@@ -351,7 +351,7 @@ def _anchor_unless_beaten(
         return best
     row = max(rows, key=lambda r: float(r["score"]))  # type: ignore[arg-type]
     base = float(row["score"]), ScoringRule.from_dict(row), {name: float(row[name]) for name in SELECTION_METRICS}  # type: ignore[arg-type]
-    differences = paired_metric_differences(_rule_maps(best[1], components, valid), _rule_maps(base[1], components, valid), masks,
+    differences = paired_metric_differences(rule_maps(best[1], components, valid), rule_maps(base[1], components, valid), masks,
                                             validation.labels.numpy(), cfg.refiner_bootstrap)  # fmt: skip
     margin = cfg.anchor_margin_se
     parts = {"localisation": np.mean([differences[n] for n in LOCALISATION_METRICS], axis=0), "image": differences["image_AUROC"]}
@@ -378,12 +378,12 @@ def _less_refiner_within_noise(
     levels = sorted({float(row["weights"][1]) for row in scored if float(row["weights"][1]) < best[1].weights[1]})  # type: ignore[index]
     if not levels:
         return best
-    best_maps = _rule_maps(best[1], components, valid)
+    best_maps = rule_maps(best[1], components, valid)
     for level in levels:
         row = max((r for r in scored if float(r["weights"][1]) == level), key=lambda r: float(r["score"]))  # type: ignore[arg-type, index]
         rule = ScoringRule.from_dict(row)
         difference = best[0] - float(row["score"])  # type: ignore[arg-type]
-        error = paired_score_difference_se(best_maps, _rule_maps(rule, components, valid), masks, validation.labels.numpy(),
+        error = paired_score_difference_se(best_maps, rule_maps(rule, components, valid), masks, validation.labels.numpy(),
                                            cfg.refiner_bootstrap)  # fmt: skip
         logger.info("%s: refiner %.2f scores %.4f below refiner %.2f (bootstrap SE %.4f)", validation.category, level, difference,
                     best[1].weights[1], error)  # fmt: skip
@@ -391,7 +391,7 @@ def _less_refiner_within_noise(
         if difference <= cfg.refiner_margin_se * error:
             return less
         if cfg.refiner_every_family:
-            by_family = family_score_differences(best_maps, _rule_maps(rule, components, valid), masks, validation.labels.numpy(),
+            by_family = family_score_differences(best_maps, rule_maps(rule, components, valid), masks, validation.labels.numpy(),
                                                  np.array(validation.methods))  # fmt: skip
             logger.info("%s: refiner %.2f minus refiner %.2f per family: %s", validation.category, best[1].weights[1], level, by_family)
             if min(by_family.values()) < 0:
@@ -399,7 +399,7 @@ def _less_refiner_within_noise(
     return best
 
 
-def _rule_maps(rule: ScoringRule, components: list[Tensor | None], valid: Tensor | None) -> tuple[np.ndarray, np.ndarray]:
+def rule_maps(rule: ScoringRule, components: list[Tensor | None], valid: Tensor | None) -> tuple[np.ndarray, np.ndarray]:
     """(anomaly maps (N, h, w), image scores (N,)) of a rule at the selection's quarter size (sigma and
     pooling scaled alike, as stage 1 scales them)."""
     factor = SELECTION_DOWNSCALE

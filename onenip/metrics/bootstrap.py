@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import rankdata
 
-from onenip.metrics.edges import _adaptive_edges
-from onenip.metrics.histogram import ScoreHistogram, _accumulate
+from onenip.metrics.edges import adaptive_edges
+from onenip.metrics.histogram import ScoreHistogram, accumulate
 
 BINS = 1024
 IMAGE_METRIC = "image_AUROC"
@@ -64,8 +64,8 @@ class PerImage:
         if maps is None or masks is None:
             return cls(np.asarray(scores, dtype=np.float64), labels)
         maps = [np.asarray(m, dtype=np.float32) for m in maps]
-        edges = _adaptive_edges(list(maps), bins)
-        rows = [_accumulate([m], [np.asarray(k) > 0], edges, track_ties=False) for m, k in zip(maps, masks, strict=True)]
+        edges = adaptive_edges(list(maps), bins)
+        rows = [accumulate([m], [np.asarray(k) > 0], edges, track_ties=False) for m, k in zip(maps, masks, strict=True)]
         return cls(np.asarray(scores, dtype=np.float64), labels, np.asarray(edges, dtype=np.float64),
                    np.stack([r.positives for r in rows]).astype(np.float64), np.stack([r.negatives for r in rows]).astype(np.float64),
                    np.stack([r.region_overlap for r in rows]), np.array([r.num_regions for r in rows], dtype=np.float64))  # fmt: skip

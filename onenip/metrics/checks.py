@@ -95,7 +95,7 @@ def _as_numpy(array: ArrayLike) -> np.ndarray:
     return np.asarray(array)
 
 
-def _as_image_list(images: ArrayLike, name: str) -> list[np.ndarray]:
+def as_image_list(images: ArrayLike, name: str) -> list[np.ndarray]:
     """``(N, H, W)``, ``(N, 1, H, W)`` or a sequence of ``(H, W)``/``(1, H, W)`` -> list of ``(H, W)`` arrays."""
     if isinstance(images, list | tuple):
         items = [_as_numpy(image) for image in images]
@@ -117,7 +117,7 @@ def _as_image_list(images: ArrayLike, name: str) -> list[np.ndarray]:
     return list(array)
 
 
-def _check_image_inputs(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+def check_image_inputs(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     scores = _as_numpy(scores).astype(np.float64, copy=False)
     labels = _as_numpy(labels)
     is_binary_labels(labels)
@@ -128,11 +128,11 @@ def _check_image_inputs(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarra
     return scores, labels
 
 
-def _check_pixel_inputs(maps: ArrayLike, masks: ArrayLike) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def check_pixel_inputs(maps: ArrayLike, masks: ArrayLike) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Checks, then ``(H, W)`` maps and masks, one per image; masks are binarised (``> 0``) where used, one
     image at a time, so no copy of the whole set is made."""
-    map_list = _as_image_list(maps, "anomaly_maps")
-    mask_list = _as_image_list(masks, "masks")
+    map_list = as_image_list(maps, "anomaly_maps")
+    mask_list = as_image_list(masks, "masks")
     if len(map_list) != len(mask_list):
         msg = f"Expected as many anomaly maps as masks, but got {len(map_list)} maps and {len(mask_list)} masks"
         raise ValueError(msg)
@@ -147,7 +147,7 @@ def _check_pixel_inputs(maps: ArrayLike, masks: ArrayLike) -> tuple[list[np.ndar
     return map_list, mask_list
 
 
-def _masks_agree_with_labels(labels: np.ndarray, masks: list[np.ndarray]) -> None:
+def masks_agree_with_labels(labels: np.ndarray, masks: list[np.ndarray]) -> None:
     """A normal image (label 0) must have an empty mask; otherwise labels and masks are misaligned."""
     if len(labels) != len(masks):
         msg = f"Expected one mask per image, but got {len(masks)} masks for {len(labels)} image labels"

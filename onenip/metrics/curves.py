@@ -32,10 +32,10 @@ class PrCurve:
         return float(-np.sum(np.diff(self.recall) * self.precision[:-1]))
 
     def f1max(self) -> float:
-        return _f1max(self.precision, self.recall)
+        return f1max(self.precision, self.recall)
 
 
-def _f1max(precision: np.ndarray, recall: np.ndarray) -> float:
+def f1max(precision: np.ndarray, recall: np.ndarray) -> float:
     total = precision + recall
     f1 = np.divide(2 * precision * recall, total, out=np.zeros_like(total), where=total > 0)
     return float(f1.max())

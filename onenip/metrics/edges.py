@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Quantile bin edges come from two seeded samples of the scores (see _adaptive_edges). A uniform one of
+# Quantile bin edges come from two seeded samples of the scores (see adaptive_edges). A uniform one of
 # QUANTILE_SAMPLE_SIZE places the equal-size bins (16 scores per bin at the default num_bins; sampling noise
 # only unbalances bins, it never makes a bound wrong). A top-heavy one keeps the TOP_SAMPLE_SCALE highest
 # scores and rank r with probability about TOP_SAMPLE_SCALE / r, so it resolves ranks near the top to a few
@@ -90,7 +90,7 @@ def _top_sketch(map_list: list[np.ndarray], uniform: _RankSketch, num_scores: in
     return _RankSketch(scores=sketch, ranks=np.cumsum(weights, out=weights))
 
 
-def _adaptive_edges(map_list: list[np.ndarray], num_bins: int) -> np.ndarray:
+def adaptive_edges(map_list: list[np.ndarray], num_bins: int) -> np.ndarray:
     """Increasing lower bin edges, at most ``num_bins``: the smallest score, then three kinds of edges
     sharing the budget. Half at ranks from the top spaced ``max(1, eps * rank)``: a bin's pixels have a
     precision uncertain by about the bin's size over the pixels above it, so AP and F1 need small bins at

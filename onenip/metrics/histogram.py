@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from onenip.metrics.checks import ArrayLike, BinEdges, _check_pixel_inputs, is_bin_edges, is_fpr_limit, is_num_bins
+from onenip.metrics.checks import ArrayLike, BinEdges, check_pixel_inputs, is_bin_edges, is_fpr_limit, is_num_bins
 from onenip.metrics.curves import PrCurve, RocCurve
-from onenip.metrics.edges import _adaptive_edges
+from onenip.metrics.edges import adaptive_edges
 
 DEFAULT_FPR_LIMIT = 0.3  # AUPRO's usual limit (MVTec AD paper, anomalib.metrics.AUPRO)
 DEFAULT_NUM_BINS = 1 << 16
@@ -173,34 +173,34 @@ def pixel_histogram(
     ``edges="quantile"`` (default) places most edges at ranks of the scores, whatever their scale: half
     the bins get finer toward the highest scores (a bin's size grows with the number of pixels above it),
     where precision and F1 move fastest, a quarter hold equally many pixels, and a quarter are equally
-    wide; a score shared by more pixels than one bin's share gets a bin of its own (``_adaptive_edges``).
+    wide; a score shared by more pixels than one bin's share gets a bin of its own (``adaptive_edges``).
     Ranks come from seeded samples (``QUANTILE_SAMPLE_SIZE``, ``TOP_SAMPLE_SCALE``), read in two passes
     over the maps before the one that counts. ``edges="uniform"`` uses ``num_bins`` equal-width bins over
     ``[min, max]``, which skewed maps (most pixels near 0) fill badly. Memory is ``O(num_bins)`` plus one
     image, ``ACCUMULATE_BATCH`` scores and the samples.
     """
-    map_list, mask_list = _check_pixel_inputs(maps, masks)
-    return _histogram(map_list, mask_list, num_bins, edges)
+    map_list, mask_list = check_pixel_inputs(maps, masks)
+    return histogram_counts(map_list, mask_list, num_bins, edges)
 
 
-def _histogram(
+def histogram_counts(
     map_list: list[np.ndarray], mask_list: list[np.ndarray], num_bins: int, edges: BinEdges = "quantile"
 ) -> ScoreHistogram:
     is_num_bins(num_bins)
     is_bin_edges(edges)
     if edges == "quantile":
-        lower_edges = _adaptive_edges(map_list, num_bins)
+        lower_edges = adaptive_edges(map_list, num_bins)
     else:
         low = min(float(anomaly_map.min()) for anomaly_map in map_list)
         high = max(float(anomaly_map.max()) for anomaly_map in map_list)
         lower_edges = np.unique(low + np.arange(num_bins) * ((high - low) / num_bins))
-    return _accumulate(map_list, mask_list, lower_edges, track_ties=True)
+    return accumulate(map_list, mask_list, lower_edges, track_ties=True)
 
 
-def _exact_histogram(map_list: list[np.ndarray], mask_list: list[np.ndarray]) -> ScoreHistogram:
+def exact_histogram(map_list: list[np.ndarray], mask_list: list[np.ndarray]) -> ScoreHistogram:
     """One bin per distinct score: every bin is tied, so every estimate is exact (memory O(pixels))."""
     values = np.unique(np.concatenate([anomaly_map.ravel() for anomaly_map in map_list]).astype(np.float64))
-    return _accumulate(map_list, mask_list, values, track_ties=False)
+    return accumulate(map_list, mask_list, values, track_ties=False)
 
 
 def _bin_starts(sorted_scores: np.ndarray, lower_edges: np.ndarray) -> np.ndarray:
@@ -212,7 +212,7 @@ def _bin_starts(sorted_scores: np.ndarray, lower_edges: np.ndarray) -> np.ndarra
     return np.cumsum(counts) - counts
 
 
-def _accumulate(
+def accumulate(
     map_list: list[np.ndarray], mask_list: list[np.ndarray], lower_edges: np.ndarray, *, track_ties: bool
 ) -> ScoreHistogram:
     """Bin ``k`` holds the scores in ``[lower_edges[k], lower_edges[k + 1])``; ``lower_edges[0]`` is the

@@ -5,20 +5,20 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
-from onenip.metrics.checks import ArrayLike, _check_image_inputs
+from onenip.metrics.checks import ArrayLike, check_image_inputs
 from onenip.metrics.curves import PrCurve, RocCurve
 
 
 def roc_curve_points(scores: ArrayLike, labels: ArrayLike) -> RocCurve:
     """Image-level ROC curve of ``(N,)`` scores against ``(N,)`` 0/1 labels (sklearn, exact)."""
-    scores, labels = _check_image_inputs(scores, labels)
+    scores, labels = check_image_inputs(scores, labels)
     fpr, tpr, thresholds = roc_curve(labels, scores)
     return RocCurve(fpr=fpr, tpr=tpr, thresholds=thresholds.astype(np.float64))
 
 
 def pr_curve_points(scores: ArrayLike, labels: ArrayLike) -> PrCurve:
     """Image-level precision-recall curve of ``(N,)`` scores against ``(N,)`` 0/1 labels (sklearn, exact)."""
-    scores, labels = _check_image_inputs(scores, labels)
+    scores, labels = check_image_inputs(scores, labels)
     precision, recall, thresholds = precision_recall_curve(labels, scores)
     return PrCurve(precision=precision, recall=recall, thresholds=thresholds.astype(np.float64))
 
@@ -26,7 +26,7 @@ def pr_curve_points(scores: ArrayLike, labels: ArrayLike) -> PrCurve:
 
 def image_auroc(scores: ArrayLike, labels: ArrayLike) -> float:
     """Area under the ROC curve of ``(N,)`` image scores against ``(N,)`` 0/1 labels."""
-    scores, labels = _check_image_inputs(scores, labels)
+    scores, labels = check_image_inputs(scores, labels)
     return float(roc_auc_score(labels, scores))
 
 
@@ -37,8 +37,8 @@ def paired_auroc_difference(scores_a: ArrayLike, scores_b: ArrayLike, labels: Ar
     Each anomalous image's share of normal images scored below it (ties half) and each normal image's
     share of anomalous images scored above it are the two AUROCs' structural components; the variance of
     the difference is that of the components' differences, over anomalies and over normals."""
-    scores_a, positive = _check_image_inputs(scores_a, labels)
-    scores_b, _ = _check_image_inputs(scores_b, labels)
+    scores_a, positive = check_image_inputs(scores_a, labels)
+    scores_b, _ = check_image_inputs(scores_b, labels)
 
     def components(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         anomalous, normal = scores[positive][:, None], scores[~positive][None, :]
@@ -55,7 +55,7 @@ def paired_auroc_difference(scores_a: ArrayLike, scores_b: ArrayLike, labels: Ar
 
 def image_ap(scores: ArrayLike, labels: ArrayLike) -> float:
     """Average precision (sklearn's step-wise area under the PR curve) of ``(N,)`` image scores."""
-    scores, labels = _check_image_inputs(scores, labels)
+    scores, labels = check_image_inputs(scores, labels)
     return float(average_precision_score(labels, scores))
 
 

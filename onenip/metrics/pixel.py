@@ -9,35 +9,35 @@ from collections.abc import Callable
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
-from onenip.metrics.checks import ArrayLike, BinEdges, Method, _check_pixel_inputs, is_fpr_limit, is_method
-from onenip.metrics.curves import PrCurve, RocCurve, _f1max
+from onenip.metrics.checks import ArrayLike, BinEdges, Method, check_pixel_inputs, is_fpr_limit, is_method
+from onenip.metrics.curves import PrCurve, RocCurve, f1max
 from onenip.metrics.histogram import (
     DEFAULT_FPR_LIMIT,
     DEFAULT_NUM_BINS,
     BinnedEstimate,
     ScoreHistogram,
-    _exact_histogram,
-    _histogram,
+    exact_histogram,
+    histogram_counts,
 )
 
 EXACT_PIXEL_LIMIT = 1 << 22  # about 4.2M pixels (64 images of 256x256): sklearn's sorts stay well under 1 GB
 BINNED_WARN_BOUND = 1e-3
 
 
-def _use_binned(map_list: list[np.ndarray], method: Method) -> bool:
+def use_binned(map_list: list[np.ndarray], method: Method) -> bool:
     is_method(method)
     if method == "auto":
         return sum(anomaly_map.size for anomaly_map in map_list) > EXACT_PIXEL_LIMIT
     return method == "binned"
 
 
-def _concatenate(map_list: list[np.ndarray], mask_list: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def concatenate(map_list: list[np.ndarray], mask_list: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     scores = np.concatenate([anomaly_map.ravel() for anomaly_map in map_list]).astype(np.float64)
     labels = np.concatenate([mask.ravel() > 0 for mask in mask_list])
     return scores, labels
 
 
-def _binned_value(estimate: BinnedEstimate, name: str, num_bins: int, stacklevel: int = 3) -> float:
+def binned_value(estimate: BinnedEstimate, name: str, num_bins: int, stacklevel: int = 3) -> float:
     if estimate.error_bound > BINNED_WARN_BOUND:
         msg = (
             f"{name} from {num_bins} score bins may be off by up to {estimate.error_bound:.2e}; "
@@ -58,10 +58,10 @@ def _pixel_metric(
     exact: Callable[[np.ndarray, np.ndarray], float],
 ) -> float:
     """One pixel metric: exact from all pixels, or binned (with its error bound) above the limit."""
-    map_list, mask_list = _check_pixel_inputs(maps, masks)
-    if _use_binned(map_list, method):
-        return _binned_value(binned(_histogram(map_list, mask_list, num_bins, edges)), name, num_bins, stacklevel=4)
-    scores, labels = _concatenate(map_list, mask_list)
+    map_list, mask_list = check_pixel_inputs(maps, masks)
+    if use_binned(map_list, method):
+        return binned_value(binned(histogram_counts(map_list, mask_list, num_bins, edges)), name, num_bins, stacklevel=4)
+    scores, labels = concatenate(map_list, mask_list)
     return exact(labels, scores)
 
 
@@ -106,7 +106,7 @@ def pixel_f1max(
     """Best pixel F1 over all thresholds (exact up to ``EXACT_PIXEL_LIMIT`` pixels, else binned)."""
     return _pixel_metric(
         maps, masks, method, num_bins, edges, "pixel_F1max", ScoreHistogram.f1max,
-        lambda labels, scores: _f1max(*precision_recall_curve(labels, scores)[:2]),
+        lambda labels, scores: f1max(*precision_recall_curve(labels, scores)[:2]),
     )
 
 
@@ -127,11 +127,11 @@ def pixel_aupro(
         1.0
     """
     is_fpr_limit(fpr_limit)
-    map_list, mask_list = _check_pixel_inputs(maps, masks)
-    if _use_binned(map_list, method):
-        histogram = _histogram(map_list, mask_list, num_bins, edges)
-        return _binned_value(histogram.aupro(fpr_limit), "pixel_AUPRO", num_bins)
-    return _exact_histogram(map_list, mask_list).aupro(fpr_limit).value
+    map_list, mask_list = check_pixel_inputs(maps, masks)
+    if use_binned(map_list, method):
+        histogram = histogram_counts(map_list, mask_list, num_bins, edges)
+        return binned_value(histogram.aupro(fpr_limit), "pixel_AUPRO", num_bins)
+    return exact_histogram(map_list, mask_list).aupro(fpr_limit).value
 
 
 def pixel_roc_curve_points(
@@ -143,10 +143,10 @@ def pixel_roc_curve_points(
     edges: BinEdges = "quantile",
 ) -> RocCurve:
     """Pixel-level ROC curve; from the histogram (at most ``num_bins + 1`` points) when binned."""
-    map_list, mask_list = _check_pixel_inputs(maps, masks)
-    if _use_binned(map_list, method):
-        return _histogram(map_list, mask_list, num_bins, edges).roc_curve()
-    scores, labels = _concatenate(map_list, mask_list)
+    map_list, mask_list = check_pixel_inputs(maps, masks)
+    if use_binned(map_list, method):
+        return histogram_counts(map_list, mask_list, num_bins, edges).roc_curve()
+    scores, labels = concatenate(map_list, mask_list)
     fpr, tpr, thresholds = roc_curve(labels, scores)
     return RocCurve(fpr=fpr, tpr=tpr, thresholds=thresholds)
 
@@ -160,9 +160,9 @@ def pixel_pr_curve_points(
     edges: BinEdges = "quantile",
 ) -> PrCurve:
     """Pixel-level precision-recall curve; from the histogram when binned."""
-    map_list, mask_list = _check_pixel_inputs(maps, masks)
-    if _use_binned(map_list, method):
-        return _histogram(map_list, mask_list, num_bins, edges).pr_curve()
-    scores, labels = _concatenate(map_list, mask_list)
+    map_list, mask_list = check_pixel_inputs(maps, masks)
+    if use_binned(map_list, method):
+        return histogram_counts(map_list, mask_list, num_bins, edges).pr_curve()
+    scores, labels = concatenate(map_list, mask_list)
     precision, recall, thresholds = precision_recall_curve(labels, scores)
     return PrCurve(precision=precision, recall=recall, thresholds=thresholds)

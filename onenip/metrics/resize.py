@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from onenip.metrics.checks import ArrayLike, _as_image_list
+from onenip.metrics.checks import ArrayLike, as_image_list
 
 
 def resize_maps_to_masks(
@@ -25,7 +25,7 @@ def resize_maps_to_masks(
     import torch
     import torch.nn.functional as F  # noqa: N812
 
-    map_list = _as_image_list(maps, "anomaly_maps")
+    map_list = as_image_list(maps, "anomaly_maps")
     one_shape = len(mask_shape) == 2 and all(isinstance(size, int | np.integer) for size in mask_shape)
     shapes = [tuple(mask_shape)] * len(map_list) if one_shape else [tuple(shape) for shape in mask_shape]
     if len(shapes) != len(map_list):

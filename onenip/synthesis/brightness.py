@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from onenip.synthesis.draws import _randint, _uniform
+from onenip.synthesis.draws import randint, uniform
 from onenip.synthesis.noise import perlin_noise
 
 
@@ -19,12 +19,12 @@ def brightness_anomaly(
 ) -> tuple[Tensor, Tensor]:
     """A low-frequency region whose intensity is scaled (same hue): uneven lighting or wear."""
     _, height, width = image.shape
-    res = 2 ** _randint(generator, 0, 2)
+    res = 2 ** randint(generator, 0, 2)
     noise = perlin_noise(
         height, width, (res, res), generator=generator, device=image.device,
-        angle=_uniform(generator, -90, 90), octaves=2,
+        angle=uniform(generator, -90, 90), octaves=2,
     )
-    threshold = _uniform(generator, 0.1, 0.5)
+    threshold = uniform(generator, 0.1, 0.5)
     weight = ((noise - threshold) / 0.25).clamp(0, 1)
     weight = torch.where(weight >= 0.2, weight, torch.zeros_like(weight))
     mask = weight > 0
@@ -33,7 +33,7 @@ def brightness_anomaly(
         weight = weight * mask
     if not mask.any():
         return mask, image
-    change = _uniform(generator, *brightness_change)
-    factor = 1 - change if _uniform(generator, 0, 1) < 0.5 else 1 + change
+    change = uniform(generator, *brightness_change)
+    factor = 1 - change if uniform(generator, 0, 1) < 0.5 else 1 + change
     out = (image * (1 + (factor - 1) * weight)).clamp(0, 1)
     return mask, torch.where(mask, out, image)

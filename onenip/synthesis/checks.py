@@ -10,7 +10,7 @@ class SynthesisError(ValueError):
 
 
 
-def _check_image(image: Tensor) -> None:
+def check_image(image: Tensor) -> None:
     if not isinstance(image, Tensor) or image.ndim != 3 or image.shape[0] != 3:
         shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
         msg = f"Expected an image tensor of shape (3, H, W), got {shape}"
@@ -23,7 +23,7 @@ def _check_image(image: Tensor) -> None:
         raise SynthesisError(msg)
 
 
-def _check_range(name: str, value: tuple[float, float], low: float, high: float) -> tuple[float, float]:
+def check_range(name: str, value: tuple[float, float], low: float, high: float) -> tuple[float, float]:
     if len(value) != 2 or not low <= value[0] <= value[1] <= high:
         msg = f"{name} must be a (min, max) pair with {low} <= min <= max <= {high}, got {value}"
         raise SynthesisError(msg)

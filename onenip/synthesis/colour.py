@@ -11,7 +11,7 @@ import math
 import torch
 from torch import Tensor
 
-from onenip.synthesis.draws import _uniform
+from onenip.synthesis.draws import uniform
 
 # RGB -> YIQ; hue is rotated in the (I, Q) chroma plane, which avoids an RGB <-> HSV round trip.
 _RGB_TO_YIQ = torch.tensor(
@@ -43,11 +43,11 @@ def colour_jitter(
     if strength <= 0:
         return _grayscale(image).expand_as(image).clone() if grey else image
     low = max(0.0, 1.0 - strength)
-    brightness = _uniform(generator, low, 1.0 + strength)
-    contrast = _uniform(generator, low, 1.0 + strength)
-    saturation = _uniform(generator, low, 1.0 + strength)
+    brightness = uniform(generator, low, 1.0 + strength)
+    contrast = uniform(generator, low, 1.0 + strength)
+    saturation = uniform(generator, low, 1.0 + strength)
     hue_limit = min(strength if hue is None else hue, 0.5)
-    hue_shift = _uniform(generator, -hue_limit, hue_limit)
+    hue_shift = uniform(generator, -hue_limit, hue_limit)
     if grey:
         image = _grayscale(image).expand_as(image)
     out = (image * brightness).clamp(0, 1)

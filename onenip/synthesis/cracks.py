@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from onenip.synthesis.draws import _random_point, _uniform
+from onenip.synthesis.draws import random_point, uniform
 
 
 def crack_anomaly(
@@ -23,10 +23,10 @@ def crack_anomaly(
     """A thin curved line: a random walk whose heading drifts smoothly, thickened to 1-4 px."""
     _, height, width = image.shape
     short = min(height, width)
-    length = max(8, round(_uniform(generator, *crack_length) * short))
-    y, x = _random_point(generator, foreground, height, width)
-    heading = _uniform(generator, -math.pi, math.pi)
-    turn = _uniform(generator, 0.02, 0.15)  # how wavy: radians of drift per pixel
+    length = max(8, round(uniform(generator, *crack_length) * short))
+    y, x = random_point(generator, foreground, height, width)
+    heading = uniform(generator, -math.pi, math.pi)
+    turn = uniform(generator, 0.02, 0.15)  # how wavy: radians of drift per pixel
     steps = torch.randn(length, generator=generator) * turn
     headings = heading + torch.cumsum(steps, 0)
     ys = y + torch.cumsum(torch.sin(headings), 0)
@@ -34,7 +34,7 @@ def crack_anomaly(
     inside = (ys >= 0) & (ys <= height - 1) & (xs >= 0) & (xs <= width - 1)
     mask = torch.zeros(height, width, dtype=torch.bool)
     mask[ys[inside].round().long(), xs[inside].round().long()] = True
-    line_width = max(1, round(_uniform(generator, *crack_width)))
+    line_width = max(1, round(uniform(generator, *crack_width)))
     if line_width > 1:  # any width, odd or even: max-pool and crop back to the image
         pooled = F.max_pool2d(mask[None, None].float(), line_width, stride=1, padding=line_width // 2)
         mask = pooled[0, 0, :height, :width] > 0.5
@@ -43,8 +43,8 @@ def crack_anomaly(
         mask &= foreground
     if not mask.any():
         return mask, image
-    strength = _uniform(generator, 0.3, 0.9)
+    strength = uniform(generator, 0.3, 0.9)
     local = image.mean(0, keepdim=True)
-    target = local * 0.15 if _uniform(generator, 0, 1) < 0.7 else (local + 0.5).clamp(max=1.0)  # mostly dark
+    target = local * 0.15 if uniform(generator, 0, 1) < 0.7 else (local + 0.5).clamp(max=1.0)  # mostly dark
     cracked = (image * (1 - strength) + target.expand_as(image) * strength).clamp(0, 1)
     return mask, torch.where(mask, cracked, image)

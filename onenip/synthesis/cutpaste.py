@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from onenip.synthesis.colour import colour_jitter
-from onenip.synthesis.draws import _randint, _uniform
+from onenip.synthesis.draws import randint, uniform
 
 
 def cutpaste_anomaly(
@@ -31,19 +31,19 @@ def cutpaste_anomaly(
     _, height, width = image.shape
     short = min(height, width)
     if scar:
-        patch_w = max(1, round(_uniform(generator, *scar_width) * short))
-        patch_h = max(patch_w + 1, round(_uniform(generator, *scar_length) * short))
-        angle = _uniform(generator, *scar_rotation)
+        patch_w = max(1, round(uniform(generator, *scar_width) * short))
+        patch_h = max(patch_w + 1, round(uniform(generator, *scar_length) * short))
+        angle = uniform(generator, *scar_rotation)
     else:
-        area = _uniform(generator, *patch_area) * height * width
+        area = uniform(generator, *patch_area) * height * width
         log_low, log_high = math.log(patch_aspect[0]), math.log(patch_aspect[1])
-        aspect = math.exp(_uniform(generator, log_low, log_high))
+        aspect = math.exp(uniform(generator, log_low, log_high))
         patch_h = max(1, round(math.sqrt(area * aspect)))
         patch_w = max(1, round(math.sqrt(area / aspect)))
         angle = 0.0  # CutPaste pastes patches unrotated
     patch_h, patch_w = min(patch_h, height), min(patch_w, width)
-    src_top = _randint(generator, 0, height - patch_h)
-    src_left = _randint(generator, 0, width - patch_w)
+    src_top = randint(generator, 0, height - patch_h)
+    src_left = randint(generator, 0, width - patch_w)
     patch = image[:, src_top : src_top + patch_h, src_left : src_left + patch_w]
     patch = colour_jitter(patch, colour_jitter_strength, generator, hue=colour_jitter_hue, grey=grey)
 
@@ -53,12 +53,12 @@ def cutpaste_anomaly(
     half_y = min(height / 2, abs(patch_h / 2 * cos) + abs(patch_w / 2 * sin))
     half_x = min(width / 2, abs(patch_h / 2 * sin) + abs(patch_w / 2 * cos))
     if foreground is None:
-        centre_y = _randint(generator, 0, height - 1) + 0.5
-        centre_x = _randint(generator, 0, width - 1) + 0.5
+        centre_y = randint(generator, 0, height - 1) + 0.5
+        centre_x = randint(generator, 0, width - 1) + 0.5
     else:
         # Centre on a random foreground pixel so the paste lands on the object.
         candidates = foreground.nonzero()
-        pick = candidates[_randint(generator, 0, len(candidates) - 1)]
+        pick = candidates[randint(generator, 0, len(candidates) - 1)]
         centre_y, centre_x = (pick.float() + 0.5).tolist()
     # Snap so an unrotated patch's top-left corner is an integer pixel (an exact copy).
     centre_y = min(max(centre_y, half_y), height - half_y) - patch_h / 2

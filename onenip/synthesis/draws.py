@@ -9,20 +9,20 @@ from torch import Tensor
 from onenip.synthesis.checks import SynthesisError
 
 
-def _uniform(generator: torch.Generator, low: float, high: float) -> float:
+def uniform(generator: torch.Generator, low: float, high: float) -> float:
     return low + (high - low) * torch.rand((), generator=generator).item()
 
 
-def _randint(generator: torch.Generator, low: int, high: int) -> int:
+def randint(generator: torch.Generator, low: int, high: int) -> int:
     """Integer in ``[low, high]`` (both ends included)."""
     return int(torch.randint(low, high + 1, (), generator=generator).item())
 
 
-def _choice(generator: torch.Generator, weights: Tensor) -> int:
+def choice(generator: torch.Generator, weights: Tensor) -> int:
     return int(torch.multinomial(weights, 1, generator=generator).item())
 
 
-def _as_generator(generator: torch.Generator | int | None, default: torch.Generator) -> torch.Generator:
+def as_generator(generator: torch.Generator | int | None, default: torch.Generator) -> torch.Generator:
     if generator is None:
         return default
     if isinstance(generator, (int, np.integer)) and not isinstance(generator, bool):
@@ -37,10 +37,10 @@ def _as_generator(generator: torch.Generator | int | None, default: torch.Genera
     return generator
 
 
-def _random_point(generator: torch.Generator, foreground: Tensor | None, height: int, width: int) -> tuple[float, float]:
+def random_point(generator: torch.Generator, foreground: Tensor | None, height: int, width: int) -> tuple[float, float]:
     """A random pixel ``(y, x)`` of the foreground, or anywhere in the image when there is none."""
     if foreground is None:
-        return _uniform(generator, 0, height - 1), _uniform(generator, 0, width - 1)
+        return uniform(generator, 0, height - 1), uniform(generator, 0, width - 1)
     candidates = foreground.nonzero()
-    y, x = candidates[_randint(generator, 0, len(candidates) - 1)].tolist()
+    y, x = candidates[randint(generator, 0, len(candidates) - 1)].tolist()
     return float(y), float(x)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import Tensor
 
-from onenip.synthesis.checks import _check_image
+from onenip.synthesis.checks import check_image
 
 FOREGROUND_MODES: tuple[str, ...] = ("none", "auto")
 ForegroundFn = Callable[[Tensor], Tensor]
@@ -33,7 +33,7 @@ def _dilate(mask: Tensor, kernel: int) -> Tensor:
     return _box_sum(mask.float(), kernel) > 0.5
 
 
-def _erode(mask: Tensor, kernel: int) -> Tensor:
+def erode(mask: Tensor, kernel: int) -> Tensor:
     return ~_dilate(~mask, kernel)
 
 
@@ -74,7 +74,7 @@ def estimate_foreground(
     ``min_separability``; MVTec bottle scores 0.95, the magnetic_tile and kolektor textures 0.57-0.70),
     the "object" covers most of the border, or it is under ``min_fraction`` of the image.
     """
-    _check_image(image)
+    check_image(image)
     _, height, width = image.shape
     short = min(height, width)
     band = max(1, round(0.03 * short))
@@ -92,8 +92,8 @@ def estimate_foreground(
         return whole
     foreground = distance > threshold
     small, large = max(3, (short // 100) | 1), max(3, (short // 30) | 1)
-    foreground = _dilate(_erode(foreground, small), small)  # opening: drop specks
-    foreground = _erode(_dilate(foreground, large), large)  # closing: bridge thin gaps
+    foreground = _dilate(erode(foreground, small), small)  # opening: drop specks
+    foreground = erode(_dilate(foreground, large), large)  # closing: bridge thin gaps
     # Hole filling on the CPU: a few milliseconds, and scipy does it exactly.
     filled = ndimage.binary_fill_holes(foreground.cpu().numpy())
     foreground = torch.from_numpy(filled).to(image.device)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from onenip.synthesis.draws import _randint, _uniform
+from onenip.synthesis.draws import randint, uniform
 from onenip.synthesis.noise import perlin_noise
 
 MIN_PERLIN_CELL_PX = 4
@@ -35,11 +35,11 @@ def perlin_anomaly(
     above ``perlin_threshold``; inside it the image is blended with ``make_texture``'s texture at an opacity
     drawn from ``texture_opacity``."""
     _, height, width = image.shape
-    scale_y = 2 ** _randint(generator, *scale_exp)
-    scale_x = 2 ** _randint(generator, *scale_exp)
+    scale_y = 2 ** randint(generator, *scale_exp)
+    scale_x = 2 ** randint(generator, *scale_exp)
     res_y = min(scale_y, max(1, height // MIN_PERLIN_CELL_PX))
     res_x = min(scale_x, max(1, width // MIN_PERLIN_CELL_PX))
-    angle = _uniform(generator, *perlin_rotation)
+    angle = uniform(generator, *perlin_rotation)
     noise = perlin_noise(
         height,
         width,
@@ -55,7 +55,7 @@ def perlin_anomaly(
     if not mask.any():  # skip the texture work; the caller retries
         return mask, image
     texture = make_texture(height, width, generator, image.device).to(image.dtype)
-    opacity = _uniform(generator, *texture_opacity)
+    opacity = uniform(generator, *texture_opacity)
     blended = (image * (1 - opacity) + texture * opacity).clamp(0, 1)
     # where() keeps pixels outside the mask bitwise identical to the input.
     return mask, torch.where(mask, blended, image)

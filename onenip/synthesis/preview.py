@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 from onenip.synthesis.checks import SynthesisError
-from onenip.synthesis.foreground import _erode
+from onenip.synthesis.foreground import erode
 from onenip.synthesis.synthesizer import AnomalySynthesizer
 from onenip.synthesis.textures import read_image_tensor
 
@@ -27,7 +27,7 @@ def _mask_overlay(image: Tensor, mask: Tensor) -> Tensor:
     m = mask[0].bool()
     red = torch.tensor([1.0, 0.0, 0.0], device=image.device)[:, None, None]
     tinted = torch.where(m, 0.5 * image + 0.5 * red, image)
-    outline = m & ~_erode(m, 3)
+    outline = m & ~erode(m, 3)
     return torch.where(outline, red.expand_as(image), tinted)
 
 

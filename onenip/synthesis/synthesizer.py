@@ -12,14 +12,14 @@ import torch
 from torch import Tensor
 
 from onenip.synthesis.brightness import brightness_anomaly
-from onenip.synthesis.checks import SynthesisError, _check_image, _check_range
+from onenip.synthesis.checks import SynthesisError, check_image, check_range
 from onenip.synthesis.colour import is_grey
 from onenip.synthesis.cracks import crack_anomaly
 from onenip.synthesis.cutpaste import cutpaste_anomaly
-from onenip.synthesis.draws import _as_generator, _choice, _randint, _uniform
+from onenip.synthesis.draws import as_generator, choice, randint, uniform
 from onenip.synthesis.foreground import FOREGROUND_MODES, ForegroundFn, estimate_foreground
 from onenip.synthesis.perlin import perlin_anomaly
-from onenip.synthesis.textures import TextureSource, _random_texture, _texture_to_uint8
+from onenip.synthesis.textures import TextureSource, random_texture, texture_to_uint8
 from onenip.synthesis.validation_families import VALIDATION_ANOMALIES
 
 METHODS: tuple[str, ...] = ("perlin", "cutpaste_patch", "cutpaste_scar", "crack", "brightness")
@@ -154,16 +154,16 @@ class AnomalySynthesizer:
             msg = f"Need 0 <= min_scale_exp <= max_scale_exp <= 8, got {min_scale_exp} and {max_scale_exp}"
             raise SynthesisError(msg)
         self.min_scale_exp, self.max_scale_exp = int(min_scale_exp), int(max_scale_exp)
-        self.perlin_rotation = _check_range("perlin_rotation", perlin_rotation, -360, 360)
+        self.perlin_rotation = check_range("perlin_rotation", perlin_rotation, -360, 360)
         if perlin_octaves < 1:
             msg = f"perlin_octaves must be >= 1, got {perlin_octaves}"
             raise SynthesisError(msg)
         self.perlin_octaves = int(perlin_octaves)
-        self.texture_opacity = _check_range("texture_opacity", texture_opacity, 0, 1)
+        self.texture_opacity = check_range("texture_opacity", texture_opacity, 0, 1)
         if self.texture_opacity[1] <= 0:
             msg = f"texture_opacity must allow a positive opacity, got {texture_opacity}"
             raise SynthesisError(msg)
-        self._texture_images = [_texture_to_uint8(src, i) for i, src in enumerate(texture_images or ())]
+        self._texture_images = [texture_to_uint8(src, i) for i, src in enumerate(texture_images or ())]
         if not 0.0 <= texture_image_probability <= 1.0:
             msg = f"texture_image_probability must be in [0, 1], got {texture_image_probability}"
             raise SynthesisError(msg)
@@ -176,14 +176,14 @@ class AnomalySynthesizer:
             raise SynthesisError(msg)
         self.texture_jitter, self.colour_jitter = float(texture_jitter), float(colour_jitter)
         self.colour_jitter_hue = float(colour_jitter_hue)
-        self.crack_width = _check_range("crack_width", crack_width, 0.5, 64)
-        self.crack_length = _check_range("crack_length", crack_length, 0, 1)
-        self.brightness_change = _check_range("brightness_change", brightness_change, 0, 1)
-        self.patch_area = _check_range("patch_area", patch_area, 1e-6, 1)
-        self.patch_aspect = _check_range("patch_aspect", patch_aspect, 1e-3, 1e3)
-        self.scar_width = _check_range("scar_width", scar_width, 0, 1)
-        self.scar_length = _check_range("scar_length", scar_length, 0, 1)
-        self.scar_rotation = _check_range("scar_rotation", scar_rotation, -360, 360)
+        self.crack_width = check_range("crack_width", crack_width, 0.5, 64)
+        self.crack_length = check_range("crack_length", crack_length, 0, 1)
+        self.brightness_change = check_range("brightness_change", brightness_change, 0, 1)
+        self.patch_area = check_range("patch_area", patch_area, 1e-6, 1)
+        self.patch_aspect = check_range("patch_aspect", patch_aspect, 1e-3, 1e3)
+        self.scar_width = check_range("scar_width", scar_width, 0, 1)
+        self.scar_length = check_range("scar_length", scar_length, 0, 1)
+        self.scar_rotation = check_range("scar_rotation", scar_rotation, -360, 360)
         if not (callable(foreground) or foreground in FOREGROUND_MODES):
             msg = f"foreground must be one of {FOREGROUND_MODES} or a callable, got {foreground!r}"
             raise SynthesisError(msg)
@@ -203,7 +203,7 @@ class AnomalySynthesizer:
             msg = f"max_tries must be >= 1, got {max_tries}"
             raise SynthesisError(msg)
         self.max_tries = int(max_tries)
-        self.strength = _check_range("strength", strength, 0, 1)
+        self.strength = check_range("strength", strength, 0, 1)
         if self.strength[0] <= 0:
             msg = f"strength must be above 0 (0 leaves the image unchanged), got {strength}"
             raise SynthesisError(msg)
@@ -251,7 +251,7 @@ class AnomalySynthesizer:
         """
         if isinstance(image, Tensor) and image.ndim == 4:
             return self.synthesize_batch(image, generator, foreground_masks=foreground_mask)
-        return self._synthesize(image, _as_generator(generator, self._generator), foreground_mask)
+        return self._synthesize(image, as_generator(generator, self._generator), foreground_mask)
 
     def on_content(self, image: Tensor, generator: torch.Generator | int | None, content: Tensor) -> SynthesisResult:
         """One anomaly on a letterboxed ``(3, H, W)`` image's content only (``content``: ``(H, W)`` or
@@ -259,7 +259,7 @@ class AnomalySynthesizer:
         sized and checked as on an unpadded image of that content, then pasted back; the padding is left
         as it was and its mask is 0. (The families size anomalies by the short side of what they are
         given: on the padded input, a narrow product's anomalies would be up to twice as large.)"""
-        _check_image(image)
+        check_image(image)
         inside = content.reshape(image.shape[1:]).to(image.device)
         inside = inside > 0.5 if inside.dtype != torch.bool else inside
         rows, cols = inside.any(dim=1).nonzero().flatten(), inside.any(dim=0).nonzero().flatten()
@@ -268,7 +268,7 @@ class AnomalySynthesizer:
             raise SynthesisError(msg)
         top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
         box = inside[top:bottom, left:right]
-        made = self._synthesize(image[:, top:bottom, left:right], _as_generator(generator, self._generator), None if bool(box.all()) else box)
+        made = self._synthesize(image[:, top:bottom, left:right], as_generator(generator, self._generator), None if bool(box.all()) else box)
         out = image.clone()
         out[:, top:bottom, left:right] = made.image
         mask = torch.zeros(1, *image.shape[1:], dtype=made.mask.dtype, device=made.mask.device)
@@ -287,7 +287,7 @@ class AnomalySynthesizer:
             shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
             msg = f"Expected a batch of shape (B, 3, H, W), got {shape}"
             raise SynthesisError(msg)
-        gen = _as_generator(generator, self._generator)
+        gen = as_generator(generator, self._generator)
         results = [
             self._synthesize(image, gen, None if foreground_masks is None else foreground_masks[i])
             for i, image in enumerate(images)
@@ -304,24 +304,24 @@ class AnomalySynthesizer:
     def _synthesize(
         self, image: Tensor, generator: torch.Generator, foreground_mask: Tensor | None
     ) -> SynthesisResult:
-        _check_image(image)
+        check_image(image)
         if image.min().item() < 0 or image.max().item() > 1:
             msg = f"Image values must lie in [0, 1], got [{image.min().item():.3g}, {image.max().item():.3g}]"
             raise SynthesisError(msg)
         _, height, width = image.shape
-        if self.anomaly_probability < 1.0 and _uniform(generator, 0, 1) >= self.anomaly_probability:
+        if self.anomaly_probability < 1.0 and uniform(generator, 0, 1) >= self.anomaly_probability:
             empty = torch.zeros(height, width, dtype=torch.bool, device=image.device)
             return self._result(image.clone(), empty, "none")
         foreground = self._foreground(image, foreground_mask)
         foreground_area = int(foreground.sum().item()) if foreground is not None else height * width
         required = max(self.min_mask_pixels, math.ceil(self.min_mask_fraction * height * width))
         required = min(required, foreground_area)
-        method = self.methods[_choice(generator, self._weights)]
+        method = self.methods[choice(generator, self._weights)]
         grey = is_grey(image)
         for _ in range(self.max_tries):
             mask, out = self._attempt(method, image, generator, foreground, grey)
             if self.strength != (1.0, 1.0):
-                out = image + _uniform(generator, *self.strength) * (out - image)
+                out = image + uniform(generator, *self.strength) * (out - image)
             if int(mask.sum().item()) >= required and self._change(image, out, mask) >= self.min_change:
                 return self._result(out, mask, method)
         mask, out = self._fallback(image, generator, foreground, required, grey)
@@ -368,7 +368,7 @@ class AnomalySynthesizer:
     def _texture(
         self, height: int, width: int, generator: torch.Generator, device: torch.device, grey: bool = False,
     ) -> Tensor:
-        return _random_texture(
+        return random_texture(
             height,
             width,
             generator,
@@ -432,7 +432,7 @@ class AnomalySynthesizer:
         else:
             allowed = foreground
         candidates = allowed.nonzero()
-        centre_y, centre_x = candidates[_randint(generator, 0, len(candidates) - 1)].tolist()
+        centre_y, centre_x = candidates[randint(generator, 0, len(candidates) - 1)].tolist()
         side = max(2, math.ceil(math.sqrt(max(required, 0.01 * len(candidates)))))
         while True:
             top, left = max(0, centre_y - side // 2), max(0, centre_x - side // 2)

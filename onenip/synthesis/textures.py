@@ -14,7 +14,7 @@ from torch import Tensor
 
 from onenip.synthesis.checks import SynthesisError
 from onenip.synthesis.colour import colour_jitter
-from onenip.synthesis.draws import _randint, _uniform
+from onenip.synthesis.draws import randint, uniform
 from onenip.synthesis.noise import perlin_noise
 
 PROCEDURAL_TEXTURES: tuple[str, ...] = ("perlin", "stripes", "checker", "gradient", "blotches", "speckle")
@@ -67,11 +67,11 @@ def procedural_texture(
         upsampled = F.interpolate(small[None], size=(height, width), mode="bilinear", align_corners=False)
         return upsampled[0].clamp(0, 1)
     if kind in ("stripes", "checker", "gradient"):
-        along, across = _rotated_coords(height, width, _uniform(generator, -90, 90), device)
-        period = short * _uniform(generator, 0.04, 0.3)
+        along, across = _rotated_coords(height, width, uniform(generator, -90, 90), device)
+        period = short * uniform(generator, 0.04, 0.3)
         if kind == "stripes":
-            wave = 0.5 + 0.5 * torch.sin(2 * math.pi * across / period + _uniform(generator, 0, 2 * math.pi))
-            if _uniform(generator, 0, 1) < 0.5:
+            wave = 0.5 + 0.5 * torch.sin(2 * math.pi * across / period + uniform(generator, 0, 2 * math.pi))
+            if uniform(generator, 0, 1) < 0.5:
                 wave = (wave > 0.5).float()
             return _mix(colours[0], colours[1], wave)
         if kind == "checker":
@@ -80,7 +80,7 @@ def procedural_texture(
         ramp = (across - across.min()) / (across.max() - across.min()).clamp_min(1e-6)
         return _mix(colours[0], colours[1], ramp)
     # speckle
-    amplitude = _uniform(generator, 0.1, 0.5)
+    amplitude = uniform(generator, 0.1, 0.5)
     noise = torch.rand(3, height, width, generator=generator).to(device) - 0.5
     return (colours[0][:, None, None] + amplitude * noise).clamp(0, 1)
 
@@ -94,14 +94,14 @@ def _smooth_texture(
     device: torch.device | str | None,
 ) -> Tensor:
     if kind == "perlin":
-        res = 2 ** _randint(generator, 0, 2)
+        res = 2 ** randint(generator, 0, 2)
         noise = perlin_noise(
             height,
             width,
             (res, res),
             generator=generator,
             device=device,
-            angle=_uniform(generator, -90, 90),
+            angle=uniform(generator, -90, 90),
             octaves=3,
         )
         weight = (noise - noise.min()) / (noise.max() - noise.min()).clamp_min(1e-6)
@@ -111,7 +111,7 @@ def _smooth_texture(
     texture = colours[0][:, None, None].expand(3, height, width).clone()
     ys = torch.arange(height, device=device, dtype=torch.float32)[:, None]
     xs = torch.arange(width, device=device, dtype=torch.float32)[None, :]
-    num_blobs = _randint(generator, 3, 12)
+    num_blobs = randint(generator, 3, 12)
     centres = torch.rand(num_blobs, 2, generator=generator) * torch.tensor([height, width])
     radii = short * (0.03 + 0.15 * torch.rand(num_blobs, generator=generator))
     blob_colours = _random_colours(generator, num_blobs, device)
@@ -129,7 +129,7 @@ def read_image_tensor(path: str | Path) -> Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255.0
 
 
-def _texture_to_uint8(source: TextureSource, index: int) -> Tensor:
+def texture_to_uint8(source: TextureSource, index: int) -> Tensor:
     """Store texture images as CPU uint8 ``(3, h, w)`` (a quarter of the float memory)."""
     if isinstance(source, (str, Path)):
         return (read_image_tensor(source) * 255).round().to(torch.uint8)
@@ -155,13 +155,13 @@ def _crop_resize(
 ) -> Tensor:
     """A random crop (25-100 % of the area, random flips) of a uint8 texture resized to ``(H, W)``."""
     src_h, src_w = source.shape[1:]
-    scale = math.sqrt(_uniform(generator, 0.25, 1.0))
+    scale = math.sqrt(uniform(generator, 0.25, 1.0))
     crop_h, crop_w = max(2, round(src_h * scale)), max(2, round(src_w * scale))
-    top, left = _randint(generator, 0, src_h - crop_h), _randint(generator, 0, src_w - crop_w)
+    top, left = randint(generator, 0, src_h - crop_h), randint(generator, 0, src_w - crop_w)
     crop = source[:, top : top + crop_h, left : left + crop_w].to(device).float() / 255.0
-    if _uniform(generator, 0, 1) < 0.5:
+    if uniform(generator, 0, 1) < 0.5:
         crop = crop.flip(-1)
-    if _uniform(generator, 0, 1) < 0.5:
+    if uniform(generator, 0, 1) < 0.5:
         crop = crop.flip(-2)
     resized = F.interpolate(
         crop[None], size=(height, width), mode="bilinear", align_corners=False, antialias=True
@@ -169,7 +169,7 @@ def _crop_resize(
     return resized[0].clamp(0, 1)
 
 
-def _random_texture(
+def random_texture(
     height: int,
     width: int,
     generator: torch.Generator,
@@ -180,12 +180,12 @@ def _random_texture(
     image_probability: float,
     jitter: float,
 ) -> Tensor:
-    """A colour-jittered texture of ``(H, W)``: a crop of one of ``images`` (uint8, from ``_texture_to_uint8``)
+    """A colour-jittered texture of ``(H, W)``: a crop of one of ``images`` (uint8, from ``texture_to_uint8``)
     with probability ``image_probability``, a procedural one otherwise."""
-    if images and _uniform(generator, 0, 1) < image_probability:
-        source = images[_randint(generator, 0, len(images) - 1)]
+    if images and uniform(generator, 0, 1) < image_probability:
+        source = images[randint(generator, 0, len(images) - 1)]
         texture = _crop_resize(source, height, width, generator, device)
     else:
-        kind = PROCEDURAL_TEXTURES[_randint(generator, 0, len(PROCEDURAL_TEXTURES) - 1)]
+        kind = PROCEDURAL_TEXTURES[randint(generator, 0, len(PROCEDURAL_TEXTURES) - 1)]
         texture = procedural_texture(kind, height, width, generator=generator, device=device)
     return colour_jitter(texture, jitter, generator, grey=grey)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from onenip.synthesis.colour import is_grey
-from onenip.synthesis.draws import _randint, _random_point, _uniform
+from onenip.synthesis.draws import randint, random_point, uniform
 
 
 def _blob(
@@ -23,10 +23,10 @@ def _blob(
 ) -> tuple[Tensor, float, float, float]:
     """A soft elliptical weight (H, W) in [0, 1] around a random (foreground) point, and its centre and radius."""
     short = min(height, width)
-    cy, cx = _random_point(generator, foreground, height, width)
-    radius = _uniform(generator, 0.05, 0.15) * short
-    aspect = math.exp(_uniform(generator, -0.7, 0.7))
-    angle = _uniform(generator, -math.pi, math.pi)
+    cy, cx = random_point(generator, foreground, height, width)
+    radius = uniform(generator, 0.05, 0.15) * short
+    aspect = math.exp(uniform(generator, -0.7, 0.7))
+    angle = uniform(generator, -math.pi, math.pi)
     ys = torch.arange(height, device=device, dtype=torch.float32)[:, None] - cy
     xs = torch.arange(width, device=device, dtype=torch.float32)[None, :] - cx
     along = (math.cos(angle) * ys + math.sin(angle) * xs) / (radius * aspect)
@@ -41,8 +41,8 @@ def warp_anomaly(image: Tensor, generator: torch.Generator, foreground: Tensor |
     weight, cy, cx, radius = _blob(generator, foreground, height, width, image.device)
     ys = torch.arange(height, device=image.device, dtype=torch.float32)[:, None] - cy
     xs = torch.arange(width, device=image.device, dtype=torch.float32)[None, :] - cx
-    twist = _uniform(generator, 0.6, 1.5) * (1 if _uniform(generator, 0, 1) < 0.5 else -1)
-    bulge = _uniform(generator, -0.5, 0.5)
+    twist = uniform(generator, 0.6, 1.5) * (1 if uniform(generator, 0, 1) < 0.5 else -1)
+    bulge = uniform(generator, -0.5, 0.5)
     smooth = weight**2 * (3 - 2 * weight)
     angle = twist * smooth
     scale = 1 - bulge * smooth
@@ -61,17 +61,17 @@ def smudge_anomaly(image: Tensor, generator: torch.Generator, foreground: Tensor
     """Validation only: a blurred, slightly darkened or tinted stain (contamination, residue)."""
     _, height, width = image.shape
     weight, _, _, radius = _blob(generator, foreground, height, width, image.device)
-    sigma = max(1.0, _uniform(generator, 0.15, 0.4) * radius)
+    sigma = max(1.0, uniform(generator, 0.15, 0.4) * radius)
     from onenip.models.onenip import gaussian_smooth  # one separable blur for the whole project
 
     blurred = gaussian_smooth(image[:, None], sigma)[:, 0]
     tint = torch.rand(3, generator=generator).to(image.device)
     if is_grey(image):
         tint = tint.mean().expand(3)
-    darker = _uniform(generator, 0, 1) < 0.6
-    level = _uniform(generator, 0.45, 0.8) if darker else _uniform(generator, 1.2, 1.6)
-    stain = blurred * level + tint[:, None, None] * _uniform(generator, 0.0, 0.15)
-    alpha = (weight * _uniform(generator, 1.5, 3.0)).clamp(0, 1)
+    darker = uniform(generator, 0, 1) < 0.6
+    level = uniform(generator, 0.45, 0.8) if darker else uniform(generator, 1.2, 1.6)
+    stain = blurred * level + tint[:, None, None] * uniform(generator, 0.0, 0.15)
+    alpha = (weight * uniform(generator, 1.5, 3.0)).clamp(0, 1)
     out = (image * (1 - alpha) + stain.clamp(0, 1) * alpha).clamp(0, 1)
     mask = (alpha > 0.15) & ((out - image).abs().amax(0) > 0.02)
     if foreground is not None:
@@ -86,15 +86,15 @@ def spots_anomaly(image: Tensor, generator: torch.Generator, foreground: Tensor 
     mask = torch.zeros(height, width, dtype=torch.bool, device=image.device)
     ys = torch.arange(height, device=image.device, dtype=torch.float32)[:, None]
     xs = torch.arange(width, device=image.device, dtype=torch.float32)[None, :]
-    cy0, cx0 = _random_point(generator, foreground, height, width)
-    spread = _uniform(generator, 0.02, 0.12) * min(height, width)
-    dark = _uniform(generator, 0, 1) < 0.7
-    for _ in range(_randint(generator, 1, 6)):
+    cy0, cx0 = random_point(generator, foreground, height, width)
+    spread = uniform(generator, 0.02, 0.12) * min(height, width)
+    dark = uniform(generator, 0, 1) < 0.7
+    for _ in range(randint(generator, 1, 6)):
         cy = cy0 + spread * torch.randn((), generator=generator).item()
         cx = cx0 + spread * torch.randn((), generator=generator).item()
-        radius = _uniform(generator, 2.0, 8.0) * min(height, width) / 256
+        radius = uniform(generator, 2.0, 8.0) * min(height, width) / 256
         distance = torch.sqrt((ys - cy) ** 2 + (xs - cx) ** 2) / max(radius, 1.0)
-        alpha = (1.2 - distance).clamp(0, 1) * _uniform(generator, 0.5, 0.95)
+        alpha = (1.2 - distance).clamp(0, 1) * uniform(generator, 0.5, 0.95)
         target = out * 0.1 if dark else (out + 0.6).clamp(max=1.0)
         out = out * (1 - alpha) + target * alpha
         mask |= alpha > 0.1

@@ -161,7 +161,7 @@ def test_the_refiner_must_win_beyond_the_noise(monkeypatch: pytest.MonkeyPatch) 
 def test_the_refiner_can_be_asked_to_win_on_every_family(monkeypatch: pytest.MonkeyPatch) -> None:
     """validation.refiner_every_family: a refiner lead beyond the noise that one family carries, while the
     rule with less refiner scores higher on another family alone, goes to the rule with less refiner."""
-    from onenip.validation import _rule_maps, family_score_differences
+    from onenip.validation import rule_maps, family_score_differences
 
     data = _validation("v")
     data.methods[6:] = ["warp"] * 4 + ["spots"] * 2
@@ -179,7 +179,7 @@ def test_the_refiner_can_be_asked_to_win_on_every_family(monkeypatch: pytest.Mon
     assert ValidationParams().refiner_every_family is False  # off unless asked for
     masks = (torch.nn.functional.avg_pool2d(data.masks.float(), 4) >= 0.5)[:, 0].numpy()
     rules = [ScoringRule(w, 0.0, 1) for w in ((0.0, 1.0, 0.0, 0.0, 0.0), (1.0, 0.0, 0.0, 0.0, 0.0))]
-    first, second = (_rule_maps(rule, [recon, refiner, None, None, None], None) for rule in rules)
+    first, second = (rule_maps(rule, [recon, refiner, None, None, None], None) for rule in rules)
     by_family = family_score_differences(first, second, masks, data.labels.numpy(), np.array(data.methods))
     assert sorted(by_family) == ["spots", "warp"] and by_family["warp"] > 0 > by_family["spots"]
     assert family_score_differences(first, first, masks, data.labels.numpy(), np.array(data.methods)) == {"spots": 0.0, "warp": 0.0}

@@ -6,9 +6,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from onenip.data.convert.plan import _check_folder_name, _check_src_dir, _image_files, _Plan, _select_categories
+from onenip.data.convert.plan import check_folder_name, check_src_dir, image_files, Plan, select_categories
 from onenip.data.convert.report import EXCLUDED_NO_MASK, EXCLUDED_TRAIN_ANOMALY, ConversionReport
-from onenip.data.convert.write import _run
+from onenip.data.convert.write import run
 from onenip.data.manifest import IMG_EXTENSIONS, MASK_SUFFIX, NORMAL_DIR, DatasetError, Split
 
 BTAD_NORMAL_DIR = "ok"
@@ -45,7 +45,7 @@ def convert_btad(
             is unknown, a mask's size differs from its image, or ``out`` is not empty.
     """
     started = time.perf_counter()
-    root = _check_src_dir(src, "btad")
+    root = check_src_dir(src, "btad")
     available = sorted(
         d.name
         for d in root.iterdir()
@@ -54,15 +54,15 @@ def convert_btad(
     if not available:
         msg = f"No BTAD categories in {root}: expected <src>/<NN>/train/ok/, <NN>/test/ok|ko/, <NN>/ground_truth/ko/"
         raise DatasetError(msg)
-    plan = _Plan()
-    for category in _select_categories(available, categories, root):
+    plan = Plan()
+    for category in select_categories(available, categories, root):
         category_dir = root / category
         for split in Split:
             split_dir = category_dir / split.value
             if not split_dir.is_dir():
                 continue
             for folder in sorted(d for d in split_dir.iterdir() if d.is_dir()):
-                images = _image_files(folder, plan)
+                images = image_files(folder, plan)
                 is_normal = folder.name == BTAD_NORMAL_DIR
                 if split is Split.TRAIN and not is_normal:
                     plan.excluded[EXCLUDED_TRAIN_ANOMALY] += len(images)
@@ -75,7 +75,7 @@ def convert_btad(
                     if mask is None:
                         plan.excluded[EXCLUDED_NO_MASK] += 1
                         continue
-                    defect_type = _check_folder_name(folder.name, "defect folder", str(split_dir))
+                    defect_type = check_folder_name(folder.name, "defect folder", str(split_dir))
                     image_dst = plan.add_image(image, category, split.value, defect_type)
                     plan.add_mask(mask, image_dst, image, threshold=BTAD_MASK_THRESHOLD)
-    return _run(plan, out, fmt="btad", src=root, started=started, overwrite=overwrite, progress=progress)
+    return run(plan, out, fmt="btad", src=root, started=started, overwrite=overwrite, progress=progress)

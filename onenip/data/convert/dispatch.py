@@ -8,7 +8,7 @@ from typing import Any
 from onenip.data.convert.btad import convert_btad
 from onenip.data.convert.elpv import convert_elpv
 from onenip.data.convert.mvtec import convert_mvtec
-from onenip.data.convert.plan import _check_src_dir
+from onenip.data.convert.plan import check_src_dir
 from onenip.data.convert.report import ConversionReport
 from onenip.data.convert.visa import convert_visa
 from onenip.data.manifest import DatasetError
@@ -34,5 +34,5 @@ def convert(format: str, src: str | Path | None, out: str | Path, **kwargs: Any)
     if name == "elpv":
         return convert_elpv(out, source=src, **kwargs)
     converters = {"mvtec": convert_mvtec, "visa": convert_visa, "btad": convert_btad}
-    return converters[name](_check_src_dir(src, name), out, **kwargs)
+    return converters[name](check_src_dir(src, name), out, **kwargs)
 

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from onenip.data.convert.plan import _check_folder_name, _Plan, _resolve_under, _select_categories
+from onenip.data.convert.plan import check_folder_name, Plan, resolve_under, select_categories
 from onenip.data.convert.report import ConversionReport
-from onenip.data.convert.write import _run
+from onenip.data.convert.write import run
 from onenip.data.manifest import NORMAL_DIR, DatasetError, Split
 
 ELPV_DEFECT_TYPE = "defect"
@@ -72,8 +72,8 @@ def _read_elpv_labels(labels: Path) -> list[_ElpvRow]:
         if not 0.0 <= probability <= 1.0:
             msg = f"Defect probability {probability} at {here} is outside [0, 1]"
             raise DatasetError(msg)
-        cell_type = _check_folder_name(fields[2], "cell type", here)
-        rows.append(_ElpvRow(_resolve_under(root, fields[0], here), probability, cell_type))
+        cell_type = check_folder_name(fields[2], "cell type", here)
+        rows.append(_ElpvRow(resolve_under(root, fields[0], here), probability, cell_type))
     if not rows:
         msg = f"{labels} lists no images"
         raise DatasetError(msg)
@@ -113,9 +113,9 @@ def convert_elpv(
         raise DatasetError(msg)
     rows = _read_elpv_labels(labels)
     available = sorted({row.cell_type for row in rows})
-    selected = set(_select_categories(available, categories, labels))
+    selected = set(select_categories(available, categories, labels))
 
-    plan = _Plan()
+    plan = Plan()
     normals_seen: Counter[str] = Counter()
     for row in rows:
         if row.cell_type not in selected:
@@ -130,4 +130,4 @@ def convert_elpv(
         else:
             plan.excluded[f"uncertain defect probability {row.probability:.3f}"] += 1
     # ELPV is read from an installed package or a folder the user owns; the output must lie outside it.
-    return _run(plan, out, fmt="elpv", src=labels.parent, started=started, overwrite=overwrite, progress=progress)
+    return run(plan, out, fmt="elpv", src=labels.parent, started=started, overwrite=overwrite, progress=progress)

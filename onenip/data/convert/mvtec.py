@@ -6,19 +6,19 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from onenip.data.convert.plan import _check_src_dir, _image_files, _Job, _Plan, _select_categories
+from onenip.data.convert.plan import check_src_dir, image_files, Job, Plan, select_categories
 from onenip.data.convert.report import EXCLUDED_TRAIN_ANOMALY, ConversionReport
-from onenip.data.convert.write import _run
+from onenip.data.convert.write import run
 from onenip.data.manifest import NORMAL_DIR, DatasetError, Split, discover_categories
 
 _LICENSE_SUFFIXES = (".txt", ".md")
 
 
-def _plan_extras(folder: Path, dst: Path, plan: _Plan) -> None:
+def _plan_extras(folder: Path, dst: Path, plan: Plan) -> None:
     """License and readme files travel with the data (MVTec AD's licence asks for attribution)."""
     for path in sorted(folder.iterdir()):
         if path.is_file() and path.suffix.lower() in _LICENSE_SUFFIXES and not path.name.startswith("."):
-            plan.jobs.append(_Job("extra", path, dst / path.name))
+            plan.jobs.append(Job("extra", path, dst / path.name))
 
 
 def convert_mvtec(
@@ -40,14 +40,14 @@ def convert_mvtec(
             unknown, or ``out`` is not empty and ``overwrite`` is false.
     """
     started = time.perf_counter()
-    root = _check_src_dir(src, "mvtec")
+    root = check_src_dir(src, "mvtec")
     available = discover_categories(root)
     if not available:
         msg = f"No MVTec AD categories in {root}: expected <src>/<category>/train/good/ and <category>/test/"
         raise DatasetError(msg)
-    plan = _Plan()
+    plan = Plan()
     _plan_extras(root, Path(), plan)
-    for category in _select_categories(available, categories, root):
+    for category in select_categories(available, categories, root):
         category_dir = root / category
         _plan_extras(category_dir, Path(category), plan)
         for split in Split:
@@ -55,7 +55,7 @@ def convert_mvtec(
             if not split_dir.is_dir():
                 continue
             for defect_dir in sorted(d for d in split_dir.iterdir() if d.is_dir()):
-                images = _image_files(defect_dir, plan)
+                images = image_files(defect_dir, plan)
                 if split is Split.TRAIN and defect_dir.name != NORMAL_DIR:
                     plan.excluded[EXCLUDED_TRAIN_ANOMALY] += len(images)
                     continue
@@ -64,7 +64,7 @@ def convert_mvtec(
         gt_dir = category_dir / "ground_truth"
         if gt_dir.is_dir():
             for defect_dir in sorted(d for d in gt_dir.iterdir() if d.is_dir()):
-                for mask in _image_files(defect_dir, plan):
+                for mask in image_files(defect_dir, plan):
                     dst = Path(category, "ground_truth", defect_dir.name, mask.name)
-                    plan.jobs.append(_Job("mask", mask, dst, category, Split.TEST.value, defect_dir.name))
-    return _run(plan, out, fmt="mvtec", src=root, started=started, overwrite=overwrite, progress=progress)
+                    plan.jobs.append(Job("mask", mask, dst, category, Split.TEST.value, defect_dir.name))
+    return run(plan, out, fmt="mvtec", src=root, started=started, overwrite=overwrite, progress=progress)

@@ -14,7 +14,7 @@ from onenip.data.convert.report import EXCLUDED_NOT_IMAGE
 from onenip.data.manifest import IMG_EXTENSIONS, MASK_SUFFIX, DatasetError, Split, is_image_file
 
 
-class _Job(NamedTuple):
+class Job(NamedTuple):
     kind: Literal["image", "mask", "extra"]
     src: Path
     dst: Path  # relative to out
@@ -27,8 +27,8 @@ class _Job(NamedTuple):
 
 
 @dataclass
-class _Plan:
-    jobs: list[_Job] = field(default_factory=list)
+class Plan:
+    jobs: list[Job] = field(default_factory=list)
     excluded: Counter[str] = field(default_factory=Counter)
     notes: Counter[str] = field(default_factory=Counter)
 
@@ -36,17 +36,17 @@ class _Plan:
         """Plan an image; returns its destination (relative to out) so a mask can be named after it."""
         name = src.name if src.suffix.lower() in IMG_EXTENSIONS else f"{src.stem}.png"
         dst = Path(category, split, defect_type, name)
-        self.jobs.append(_Job("image", src, dst, category, split, defect_type))
+        self.jobs.append(Job("image", src, dst, category, split, defect_type))
         return dst
 
     def add_mask(self, src: Path, image_dst: Path, image_src: Path, threshold: int) -> None:
         """Plan a mask binarised at ``threshold`` and named after its image, as ``make_manifest`` looks it up."""
         category, _, defect_type, _ = image_dst.parts
         dst = Path(category, "ground_truth", defect_type, f"{image_dst.stem}{MASK_SUFFIX}.png")
-        self.jobs.append(_Job("mask", src, dst, category, Split.TEST.value, defect_type, threshold, image_src))
+        self.jobs.append(Job("mask", src, dst, category, Split.TEST.value, defect_type, threshold, image_src))
 
 
-def _check_src_dir(src: str | Path | None, fmt: str) -> Path:
+def check_src_dir(src: str | Path | None, fmt: str) -> Path:
     if src is None:
         msg = f"A source folder is required for format {fmt!r}"
         raise DatasetError(msg)
@@ -60,7 +60,7 @@ def _check_src_dir(src: str | Path | None, fmt: str) -> Path:
     return path.resolve()
 
 
-def _select_categories(available: Sequence[str], categories: Sequence[str] | None, where: Path) -> list[str]:
+def select_categories(available: Sequence[str], categories: Sequence[str] | None, where: Path) -> list[str]:
     if isinstance(categories, str):
         categories = [categories]
     if not categories:
@@ -72,7 +72,7 @@ def _select_categories(available: Sequence[str], categories: Sequence[str] | Non
     return [name for name in available if name in set(categories)]
 
 
-def _check_folder_name(name: str, what: str, where: str) -> str:
+def check_folder_name(name: str, what: str, where: str) -> str:
     """Names from CSV/labels files become folder names; refuse ones that would escape or nest."""
     if not name or name in (".", "..") or "/" in name or "\\" in name:
         msg = f"Invalid {what} {name!r} in {where}: it must be a plain folder name"
@@ -80,7 +80,7 @@ def _check_folder_name(name: str, what: str, where: str) -> str:
     return name
 
 
-def _resolve_under(root: Path, relative: str, where: str) -> Path:
+def resolve_under(root: Path, relative: str, where: str) -> Path:
     """A path listed in a CSV, under ``root``; paths that climb out with ``..`` are refused.
 
     Normalised lexically rather than resolved, so a dataset whose folders are symlinks still converts.
@@ -92,7 +92,7 @@ def _resolve_under(root: Path, relative: str, where: str) -> Path:
     return path
 
 
-def _image_files(folder: Path, plan: _Plan) -> list[Path]:
+def image_files(folder: Path, plan: Plan) -> list[Path]:
     """Image files of a folder, sorted; other visible files are counted as excluded."""
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     images = [p for p in files if is_image_file(p)]
@@ -100,7 +100,7 @@ def _image_files(folder: Path, plan: _Plan) -> list[Path]:
     return images
 
 
-def _check_plan(plan: _Plan) -> None:
+def check_plan(plan: Plan) -> None:
     missing = [job.src for job in plan.jobs if not job.src.is_file()]
     if missing:
         shown = ", ".join(str(p) for p in missing[:5])

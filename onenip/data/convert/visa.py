@@ -7,9 +7,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from onenip.data.convert.plan import _check_folder_name, _check_src_dir, _Plan, _resolve_under, _select_categories
+from onenip.data.convert.plan import check_folder_name, check_src_dir, Plan, resolve_under, select_categories
 from onenip.data.convert.report import EXCLUDED_NO_MASK, EXCLUDED_TRAIN_ANOMALY, ConversionReport
-from onenip.data.convert.write import _run
+from onenip.data.convert.write import run
 from onenip.data.manifest import NORMAL_DIR, DatasetError, Split
 
 VISA_SPLIT_CSV = "split_csv/1cls.csv"
@@ -62,7 +62,7 @@ def convert_visa(
             leaves ``src``, a category is unknown, a mask's size differs from its image, or ``out`` is not empty.
     """
     started = time.perf_counter()
-    root = _check_src_dir(src, "visa")
+    root = check_src_dir(src, "visa")
     csv_path = Path(split_csv) if Path(split_csv).is_absolute() else root / split_csv
     if not csv_path.is_file():
         msg = (
@@ -72,10 +72,10 @@ def convert_visa(
         raise DatasetError(msg)
     rows = _read_visa_rows(csv_path)
     where = str(csv_path)
-    available = sorted({_check_folder_name(row["object"], "object", f"{where} line {line}") for line, row in rows})
-    selected = set(_select_categories(available, categories, csv_path))
+    available = sorted({check_folder_name(row["object"], "object", f"{where} line {line}") for line, row in rows})
+    selected = set(select_categories(available, categories, csv_path))
 
-    plan = _Plan()
+    plan = Plan()
     for line, row in rows:
         category = row["object"]
         if category not in selected:
@@ -91,7 +91,7 @@ def convert_visa(
         if not row["image"]:
             msg = f"Empty image path at {here}"
             raise DatasetError(msg)
-        image = _resolve_under(root, row["image"], here)
+        image = resolve_under(root, row["image"], here)
         if not VISA_LABELS[label]:
             plan.add_image(image, category, split, NORMAL_DIR)
         elif split == Split.TRAIN.value:
@@ -99,7 +99,7 @@ def convert_visa(
         elif not row["mask"]:
             plan.excluded[EXCLUDED_NO_MASK] += 1
         else:
-            mask = _resolve_under(root, row["mask"], here)
+            mask = resolve_under(root, row["mask"], here)
             image_dst = plan.add_image(image, category, split, VISA_DEFECT_TYPE)
             plan.add_mask(mask, image_dst, image, threshold=0)
-    return _run(plan, out, fmt="visa", src=root, started=started, overwrite=overwrite, progress=progress)
+    return run(plan, out, fmt="visa", src=root, started=started, overwrite=overwrite, progress=progress)

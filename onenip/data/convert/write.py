@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from onenip.data.convert.plan import _check_plan, _Job, _Plan
+from onenip.data.convert.plan import check_plan, Job, Plan
 from onenip.data.convert.report import (
     NOTE_EMPTY_MASK,
     NOTE_EXTRA_FILES,
@@ -82,7 +82,7 @@ def _image_size(path: Path) -> tuple[int, int]:
         raise ImageReadError(msg) from error
 
 
-def _write_image(job: _Job, dst: Path, notes: Counter[str]) -> None:
+def _write_image(job: Job, dst: Path, notes: Counter[str]) -> None:
     if job.src.suffix.lower() in IMG_EXTENSIONS:
         shutil.copy2(job.src, dst)
         return
@@ -96,7 +96,7 @@ def _write_image(job: _Job, dst: Path, notes: Counter[str]) -> None:
     notes[NOTE_REENCODED] += 1
 
 
-def _write_mask(job: _Job, dst: Path, notes: Counter[str]) -> None:
+def _write_mask(job: Job, dst: Path, notes: Counter[str]) -> None:
     if job.threshold is None:
         shutil.copy2(job.src, dst)
         return
@@ -120,7 +120,7 @@ def _write_mask(job: _Job, dst: Path, notes: Counter[str]) -> None:
 
 
 def _execute(
-    plan: _Plan,
+    plan: Plan,
     out: Path,
     *,
     fmt: str,
@@ -149,7 +149,7 @@ def _execute(
 
 
 def _report(
-    plan: _Plan,
+    plan: Plan,
     out: Path,
     *,
     fmt: str,
@@ -182,8 +182,8 @@ def _report(
     )
 
 
-def _run(
-    plan: _Plan,
+def run(
+    plan: Plan,
     out: str | Path,
     *,
     fmt: str,
@@ -192,6 +192,6 @@ def _run(
     overwrite: bool,
     progress: bool,
 ) -> ConversionReport:
-    _check_plan(plan)
+    check_plan(plan)
     out_path = _prepare_out(out, src, overwrite=overwrite)
     return _execute(plan, out_path, fmt=fmt, src=src, started=started, progress=progress)

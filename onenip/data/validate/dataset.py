@@ -11,14 +11,14 @@ import pandas as pd
 
 from onenip.data.manifest import DatasetError, LabelName, Split, discover_categories, make_manifest
 from onenip.data.validate.probe import REQUIRE_MASKS_OPTIONS, RequireMasks, probe_manifest, summarize_categories
-from onenip.data.validate.result import CheckOutcome, ValidationIssue, ValidationResult, _to_builtin
+from onenip.data.validate.result import CheckOutcome, ValidationIssue, ValidationResult, to_builtin
 from onenip.data.validate.suite import (
-    _category_checks,
-    _category_issues,
-    _row_checks,
-    _row_issues,
-    _run_suites,
-    _unexpected_count,
+    build_category_checks,
+    category_issues,
+    build_row_checks,
+    row_issues,
+    run_suites,
+    unexpected_count,
 )
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("image_path", "category", "split", "label_index", "mask_path", "sha256")
@@ -68,19 +68,19 @@ def validate_manifest(
 
     # Timed from here: the first call in a process also pays the great_expectations import (seconds).
     started = time.perf_counter()
-    row_checks = _row_checks()
-    category_checks = _category_checks(min_train_images, with_prompts="is_prompt" in rows.columns)
-    row_results, category_results = _run_suites(rows, row_checks, summary, category_checks)
+    row_checks = build_row_checks()
+    category_checks = build_category_checks(min_train_images, with_prompts="is_prompt" in rows.columns)
+    row_results, category_results = run_suites(rows, row_checks, summary, category_checks)
     gx_seconds = time.perf_counter() - started
 
     checks: list[CheckOutcome] = []
     issues: list[ValidationIssue] = []
     for check, result in zip(row_checks, row_results, strict=True):
-        checks.append(CheckOutcome(check.name, check.description, result["success"], _unexpected_count(result)))
-        issues += _row_issues(check, result, rows)
+        checks.append(CheckOutcome(check.name, check.description, result["success"], unexpected_count(result)))
+        issues += row_issues(check, result, rows)
     for check, result in zip(category_checks, category_results, strict=True):
-        checks.append(CheckOutcome(check.name, check.description, result["success"], _unexpected_count(result)))
-        issues += _category_issues(check, result, summary)
+        checks.append(CheckOutcome(check.name, check.description, result["success"], unexpected_count(result)))
+        issues += category_issues(check, result, summary)
 
     statistics = _statistics(rows, summary, min_train_images, require_masks, manifest.attrs.get("root"))
     statistics["seconds"] = {"probe": round(probe_seconds, 3), "great_expectations": round(gx_seconds, 3)}
@@ -129,7 +129,7 @@ def _statistics(
         str(record["category"]): {key: value for key, value in record.items() if key != "category"}
         for record in summary.to_dict(orient="records")
     }
-    return _to_builtin(
+    return to_builtin(
         {
             "root": root,
             "min_train_images": min_train_images,

@@ -68,7 +68,7 @@ class ValidationResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict (for MLflow / Prefect artifacts)."""
-        return _to_builtin(asdict(self))
+        return to_builtin(asdict(self))
 
     def to_markdown(self, max_files: int = 20) -> str:
         """A report a person reads: verdict, counts per category, every check, then each failure's files."""
@@ -145,12 +145,12 @@ class DataValidationError(DatasetError):
         super().__init__("\n".join(lines))
 
 
-def _to_builtin(value: Any) -> Any:
+def to_builtin(value: Any) -> Any:
     """numpy scalars -> Python scalars, recursively, so ``json.dumps`` accepts the result."""
     if isinstance(value, dict):
-        return {str(key): _to_builtin(item) for key, item in value.items()}
+        return {str(key): to_builtin(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_to_builtin(item) for item in value]
+        return [to_builtin(item) for item in value]
     if isinstance(value, np.generic):
         return value.item()
     return value

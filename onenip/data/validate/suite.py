@@ -37,7 +37,7 @@ class _Check:
         return f"{self.expectation.expectation_type}({column}{where})"
 
 
-def _row_checks() -> list[_Check]:
+def build_row_checks() -> list[_Check]:
     import great_expectations.expectations as gxe
     from great_expectations.expectations.row_conditions import Column
 
@@ -109,7 +109,7 @@ def _row_checks() -> list[_Check]:
     ]
 
 
-def _category_checks(min_train_images: int, *, with_prompts: bool) -> list[_Check]:
+def build_category_checks(min_train_images: int, *, with_prompts: bool) -> list[_Check]:
     import great_expectations.expectations as gxe
 
     checks = [
@@ -140,7 +140,7 @@ def _category_checks(min_train_images: int, *, with_prompts: bool) -> list[_Chec
     return checks
 
 
-def _run_suites(
+def run_suites(
     rows: pd.DataFrame,
     row_checks: list[_Check],
     summary: pd.DataFrame,
@@ -197,7 +197,7 @@ def _gx_frame(rows: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def _unexpected_count(result: dict[str, Any]) -> int:
+def unexpected_count(result: dict[str, Any]) -> int:
     return int((result.get("result") or {}).get("unexpected_count") or 0)
 
 
@@ -210,7 +210,7 @@ def _exception_issue(check: _Check, result: dict[str, Any]) -> ValidationIssue |
     )
 
 
-def _row_issues(check: _Check, result: dict[str, Any], rows: pd.DataFrame) -> list[ValidationIssue]:
+def row_issues(check: _Check, result: dict[str, Any], rows: pd.DataFrame) -> list[ValidationIssue]:
     if result["success"]:
         return []
     raised = _exception_issue(check, result)
@@ -240,7 +240,7 @@ def _row_issues(check: _Check, result: dict[str, Any], rows: pd.DataFrame) -> li
     return issues
 
 
-def _category_issues(check: _Check, result: dict[str, Any], summary: pd.DataFrame) -> list[ValidationIssue]:
+def category_issues(check: _Check, result: dict[str, Any], summary: pd.DataFrame) -> list[ValidationIssue]:
     if result["success"]:
         return []
     raised = _exception_issue(check, result)
