@@ -46,7 +46,7 @@ def score_category(root: Path, category: str, pooling: str, bank_images: int, pa
     from onenip.features import extract_features
     from onenip.models.backbone import build_feature_extractor
     from onenip.training import choose_geometries, load_images, split_holdout
-    from onenip.validation import SELECTION_DOWNSCALE, build_category_validation, rank_auroc
+    from onenip.scoring_selection import SELECTION_DOWNSCALE, build_category_validation, rank_auroc
     from onenip.metrics.pixel import pixel_aupro
 
     params = load_params(params_path, overrides={"model": {"backbone": {"pooling": pooling}}})

@@ -4,7 +4,7 @@ For each category of a saved OneNIP model this rebuilds the validation set exact
 it (held-out training normals + seeded anomalies of the validation families; no test image), computes
 the five component maps on it and on the test split, and scores every candidate rule (the selection's
 weight simplex x smoothing sigmas x pooling windows) on both with the selection's metrics (image
-AUROC, pixel AUROC, pixel AP, AUPRO at a quarter of the input size, as ``onenip.validation`` scores
+AUROC, pixel AUROC, pixel AP, AUPRO at a quarter of the input size, as ``onenip.scoring_selection`` scores
 them). Per category it reports Kendall's tau between the rules' validation and test scores (overall,
 image AUROC alone, localisation alone), and saves the quarter-size maps so that selection procedures
 can be compared leave-one-category-out without recomputing them (``benchmarks/selection_loco.py``).
@@ -39,7 +39,7 @@ from onenip.features import FeatureCache  # noqa: E402
 from onenip.models.detector import OneNIPDetector  # noqa: E402
 from onenip.models.onenip import masked_gaussian_smooth  # noqa: E402
 from onenip.models.scoring import COMPONENTS, pooled_map  # noqa: E402
-from onenip.validation import rank_auroc  # noqa: E402
+from onenip.scoring_selection import rank_auroc  # noqa: E402
 
 
 def main() -> int:
@@ -205,7 +205,7 @@ def collect_category_maps(
 ) -> RuleMaps:
     """The category's validation set rebuilt as training built it, and its test split, as component maps."""
     from onenip.training import calibrate_error_statistics, calibrate_scales, prepare_category_data, select_prompts
-    from onenip.validation import SELECTION_DOWNSCALE, build_category_validation, validation_components
+    from onenip.scoring_selection import SELECTION_DOWNSCALE, build_category_validation, validation_components
 
     k = detector.category_index(category)
     train_manifest = manifest[manifest["category"].isin(detector.categories)]
@@ -256,7 +256,7 @@ def _crop(maps: np.ndarray, boxes: np.ndarray) -> list[np.ndarray]:
 
 def score_rules(maps: RuleMaps, rules: list[tuple[tuple[float, ...], float]], pools: list[int], split: str) -> list[dict[str, object]]:
     """Every (weights, sigma) x pool on ``split`` ("val" or "test"): the selection's metrics."""
-    from onenip.validation import SELECTION_DOWNSCALE
+    from onenip.scoring_selection import SELECTION_DOWNSCALE
 
     factor = SELECTION_DOWNSCALE if split == "val" else TEST_DOWNSCALE
     components = maps.val_components if split == "val" else maps.test_components
@@ -293,7 +293,7 @@ def _box_valid(maps: RuleMaps) -> np.ndarray | None:
 
 def score_rule_table(maps: RuleMaps, cfg: ValidationParams) -> list[dict[str, object]]:
     """The selection's candidates scored on validation and on test, one row per (weights, sigma, pool)."""
-    from onenip.validation import candidate_rules
+    from onenip.scoring_selection import candidate_rules
 
     available = [c is not None for c in maps.val_components]
     rules = candidate_rules(cfg, *available[2:])

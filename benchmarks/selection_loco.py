@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.rule_transfer import LOCALISATION, SCORED, RuleMaps, image_scores, rule_maps, rule_score  # noqa: E402
-from onenip.validation import SELECTION_DOWNSCALE, paired_metric_differences  # noqa: E402
+from onenip.scoring_selection import SELECTION_DOWNSCALE, paired_metric_differences  # noqa: E402
 
 UTILITY = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO")
 MEMORY_ALONE = (0.0, 0.0, 0.0, 0.0, 1.0)

@@ -31,7 +31,7 @@ METRICS = ("image_AUROC", "pixel_AUROC", "pixel_AP", "pixel_AUPRO")
 def former_smoothing() -> Iterator[None]:
     """Blur first, then zero the padding: what validation and scoring did before."""
     import onenip.models.scoring as scoring
-    import onenip.validation as validation
+    import onenip.scoring_selection as validation
     from onenip.models.onenip import gaussian_smooth
 
     def blur_then_mask(maps, sigma, valid):  # noqa: ANN001, ANN202
@@ -66,7 +66,7 @@ def main() -> int:
     from onenip.models.detector import OneNIPDetector
     from onenip.models.scoring import ScoringRule, padded_weights
     from onenip.training import prepare_category_data
-    from onenip.validation import build_category_validation, select_scoring, validation_components
+    from onenip.scoring_selection import build_category_validation, select_scoring, validation_components
 
     detector = OneNIPDetector.load(args.model).eval()
     overrides = {"train": {"cache_dir": args.cache_dir}} if args.cache_dir else None

@@ -140,7 +140,7 @@ def onenip_cells(model: Path, params: Any, root: Path) -> list[dict[str, Any]]:
     from onenip.models.detector import OneNIPDetector
     from onenip.training import prepare_category_data
     from onenip.metrics.bootstrap import PerImage
-    from onenip.validation import (SELECTION_DOWNSCALE, CategoryValidation, downscaled, rule_maps, select_one,
+    from onenip.scoring_selection import (SELECTION_DOWNSCALE, CategoryValidation, downscaled, rule_maps, select_one,
                                    build_category_validation, validation_components)  # fmt: skip
 
     detector = OneNIPDetector.load(model).eval()

@@ -233,7 +233,7 @@ class TrainParams(_Section):
 
 class ValidationParams(_Section):
     """Validation data from training images only: held-out training normals plus anomalies of families
-    the model never trains on (``onenip.validation``). It chooses the scoring rule and the epoch to keep."""
+    the model never trains on (``onenip.scoring_selection``). It chooses the scoring rule and the epoch to keep."""
 
     select: bool = True
     """Choose the scoring rule (blend weights, smoothing, pooling) and the epoch on validation data;

@@ -74,7 +74,7 @@ def train_generalist(
     from onenip.synthesis import AnomalySynthesizer
     from onenip.training.data import prepare_category_data
     from onenip.training.pool import SyntheticPool, build_synthesizer
-    from onenip.validation import check_validation_methods
+    from onenip.scoring_selection import check_validation_methods
 
     check_validation_methods(params)  # the gate and onboarding's choice are scored on families training never saw
     started = time.perf_counter()
@@ -305,7 +305,7 @@ def onboard_category(
     ``source`` (``models:/onenip-generalist/3``) is recorded as the generalist instead of the folder."""
     from onenip.evaluation import evaluate
     from onenip.jobs import category_data_versions
-    from onenip.validation import check_validation_methods
+    from onenip.scoring_selection import check_validation_methods
 
     check_validation_methods(params)
     started = time.perf_counter()

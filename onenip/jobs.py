@@ -205,7 +205,7 @@ def synthesis_preview(
     validation set uses instead."""
     from onenip.synthesis.preview import make_preview_grid
     from onenip.training import build_synthesizer, choose_geometries, load_images
-    from onenip.validation import validation_synthesizer
+    from onenip.scoring_selection import validation_synthesizer
 
     manifest = make_manifest(root, [category], progress=False)
     geometry = choose_geometries(manifest, params, [category])[category]

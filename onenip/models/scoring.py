@@ -9,7 +9,7 @@ divided by its typical maximum on held-out training normals of the category (so 
 worst normal"), then Gaussian-smoothed; the image score is the maximum of the map average-pooled over
 ``score_pool_size`` pixels. The paper blends 0.5 / 0.5 and rescales with the *test set's* extremes;
 here the rule (weights, sigma, pooling) is chosen per model on validation data made from training
-images only (``onenip.validation``) and stored with the model.
+images only (``onenip.scoring_selection``) and stored with the model.
 """
 
 from __future__ import annotations

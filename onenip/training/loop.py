@@ -51,7 +51,7 @@ from onenip.training.checkpoint import CHECKPOINT_DIR, BestEpoch, fingerprint_of
 from onenip.training.data import CategoryData, choose_geometries, prepare_category_data, select_prompts, texture_sources
 from onenip.training.pool import SyntheticPool, build_synthesizer, generation_indices
 from onenip.training.schedule import draw_prompt_indices, epoch_batches, epoch_subsets, images_per_epoch, lr_at
-from onenip.validation import (
+from onenip.scoring_selection import (
     build_category_validation,
     CategoryValidation,
     check_validation_methods,

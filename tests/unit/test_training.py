@@ -609,7 +609,7 @@ def test_the_refiner_is_scaled_to_the_reconstruction_errors_range_on_validation(
     scale = float(detector.refiner_scale[0])
     item = training.prepare_category_data(manifest, params, FeatureCache(params.train.cache_dir, detector.feature_extractor,
                                           params.model.backbone), "plate", 0, detector.geometry("plate"), False)  # fmt: skip
-    from onenip.validation import build_category_validation, validation_components
+    from onenip.scoring_selection import build_category_validation, validation_components
 
     validation = build_category_validation("plate", item.holdout_images, item.holdout_valid, detector.feature_extractor, params, seed=params.train.seed)
     recon, refiner = validation_components(detector, validation)[:2]

@@ -10,8 +10,8 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from onenip.config import ValidationParams
 from onenip.features import Features
 from onenip.models.scoring import ScoringRule
-import onenip.validation
-from onenip.validation import CategoryValidation, candidate_rules, rank_auroc, sampled_auroc_and_ap, select_scoring
+import onenip.scoring_selection
+from onenip.scoring_selection import CategoryValidation, candidate_rules, rank_auroc, sampled_auroc_and_ap, select_scoring
 
 
 def _validation(name: str, normals: int = 6, anomalies: int = 6) -> CategoryValidation:
@@ -92,8 +92,8 @@ def test_finalists_are_ranked_with_pixel_ap_too(monkeypatch: pytest.MonkeyPatch)
     """A map with a few hot normal pixels keeps a near-perfect pixel AUROC but a poor AP; one that misses
     a few defect pixels loses AUROC but keeps its AP. The mean of the four metrics favours the second:
     it must reach the finalists even when only one candidate gets its AUPRO computed."""
-    monkeypatch.setattr(onenip.validation, "AUPRO_FINALISTS", 1)
-    monkeypatch.setattr(onenip.validation, "LEVEL_FINALISTS", 0)  # no finalist for the refiner's margin either
+    monkeypatch.setattr(onenip.scoring_selection, "AUPRO_FINALISTS", 1)
+    monkeypatch.setattr(onenip.scoring_selection, "LEVEL_FINALISTS", 0)  # no finalist for the refiner's margin either
     cfg = ValidationParams(smoothing_sigmas=(0.0,), score_pool_sizes=(1,), weight_step=1.0, min_normals=4, max_refiner_weight=1.0,
                            refiner_margin_se=0.0)  # fmt: skip
     data = _validation("v")
@@ -150,18 +150,18 @@ def test_the_refiner_must_win_beyond_the_noise(monkeypatch: pytest.MonkeyPatch) 
     plain = select_scoring([(data, [recon, refiner, None])], cfg, ScoringRule())
     assert plain.rules["v"].weights == (0.0, 1.0, 0.0, 0.0, 0.0)  # the highest score
     with_margin = cfg.model_copy(update={"refiner_margin_se": 1.0})
-    monkeypatch.setattr(onenip.validation, "paired_score_difference_se", lambda *args, **kwargs: 1.0)  # a lead well inside the noise
+    monkeypatch.setattr(onenip.scoring_selection, "paired_score_difference_se", lambda *args, **kwargs: 1.0)  # a lead well inside the noise
     inside = select_scoring([(data, [recon, refiner, None])], with_margin, ScoringRule())
     assert inside.rules["v"].weights == (1.0, 0.0, 0.0, 0.0, 0.0)
     assert inside.metrics["v"]["pixel_AUROC"] < plain.metrics["v"]["pixel_AUROC"]  # the metrics are the chosen rule's
-    monkeypatch.setattr(onenip.validation, "paired_score_difference_se", lambda *args, **kwargs: 0.0)  # a lead beyond any noise
+    monkeypatch.setattr(onenip.scoring_selection, "paired_score_difference_se", lambda *args, **kwargs: 0.0)  # a lead beyond any noise
     assert select_scoring([(data, [recon, refiner, None])], with_margin, ScoringRule()).rules["v"].weights == (0.0, 1.0, 0.0, 0.0, 0.0)
 
 
 def test_the_refiner_can_be_asked_to_win_on_every_family(monkeypatch: pytest.MonkeyPatch) -> None:
     """validation.refiner_every_family: a refiner lead beyond the noise that one family carries, while the
     rule with less refiner scores higher on another family alone, goes to the rule with less refiner."""
-    from onenip.validation import rule_maps, family_score_differences
+    from onenip.scoring_selection import rule_maps, family_score_differences
 
     data = _validation("v")
     data.methods[6:] = ["warp"] * 4 + ["spots"] * 2
@@ -171,7 +171,7 @@ def test_the_refiner_can_be_asked_to_win_on_every_family(monkeypatch: pytest.Mon
     refiner[10, :, 2, 2] = 0.0  # the refiner misses one spot pixel
     cfg = ValidationParams(smoothing_sigmas=(0.0,), score_pool_sizes=(1,), weight_step=1.0, min_normals=4, max_refiner_weight=1.0,
                            refiner_margin_se=1.0)  # fmt: skip
-    monkeypatch.setattr(onenip.validation, "paired_score_difference_se", lambda *args, **kwargs: 0.0)  # a lead beyond any noise
+    monkeypatch.setattr(onenip.scoring_selection, "paired_score_difference_se", lambda *args, **kwargs: 0.0)  # a lead beyond any noise
     pooled = select_scoring([(data, [recon, refiner, None])], cfg, ScoringRule())
     assert pooled.rules["v"].weights == (0.0, 1.0, 0.0, 0.0, 0.0)
     every = select_scoring([(data, [recon, refiner, None])], cfg.model_copy(update={"refiner_every_family": True}), ScoringRule())
@@ -188,7 +188,7 @@ def test_the_refiner_can_be_asked_to_win_on_every_family(monkeypatch: pytest.Mon
 def test_paired_bootstrap_of_the_score_difference() -> None:
     from onenip.metrics.bootstrap import PerImage
     from onenip.metrics.pixel import pixel_aupro
-    from onenip.validation import paired_score_difference_se
+    from onenip.scoring_selection import paired_score_difference_se
 
     data = _validation("v")
     labels = data.labels.numpy()
@@ -220,14 +220,14 @@ def test_validation_anomalies_are_faded_by_the_configured_strength(monkeypatch: 
         seen.append(batch.clone())
         return Features(torch.zeros(len(batch), 1, 2, 2), None)
 
-    monkeypatch.setattr(onenip.validation, "extract_features", fake_features)
+    monkeypatch.setattr(onenip.scoring_selection, "extract_features", fake_features)
     ys, xs = torch.meshgrid(torch.linspace(0, 1, 96), torch.linspace(0, 1, 96), indexing="ij")
     images = (torch.stack([ys, xs, (ys + xs) / 2]) * 200 + 20).to(torch.uint8).expand(4, 3, 96, 96).contiguous()
     repo = Path(__file__).resolve().parents[2] / "params.yaml"
     change = {}
     for strength in ((1.0, 1.0), (0.4, 0.4)):
         params = load_params(repo, overrides={"validation": {"anomaly_strength": list(strength), "anomalies_per_image": 6}})
-        built = onenip.validation.build_category_validation("c", images, None, None, params, seed=1)  # type: ignore[arg-type]
+        built = onenip.scoring_selection.build_category_validation("c", images, None, None, params, seed=1)  # type: ignore[arg-type]
         batch, masks = seen[-1], built.masks[4:, 0]
         assert int(built.labels.sum()) == 24 and masks.flatten(1).any(1).all()
         moved = (batch[4:] - batch[:4].repeat_interleave(6, 0)).abs().mean(1)
@@ -261,7 +261,7 @@ def test_the_memory_bank_alone_wins_ties_and_loses_only_beyond_the_noise(rule: s
 
 
 def test_restricted_selections_and_what_the_network_adds() -> None:
-    from onenip.validation import restricted_selections
+    from onenip.scoring_selection import restricted_selections
 
     data = _validation("v", normals=8, anomalies=8)
     recon, noise, memory = _maps(data, True, 0), _maps(data, False, 1), _maps(data, False, 2)

@@ -1,4 +1,4 @@
-"""Validation data from training images only, and the choices made on it.
+"""Choosing each category's scoring rule on validation data built from training images only.
 
 No choice may look at the test split. Per category the validation set is the held-out training normals
 (``train.holdout_fraction``) plus ``anomalies_per_image`` synthetic anomalies made on each of them with
