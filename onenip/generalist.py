@@ -29,6 +29,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from onenip.config import Params
+from onenip.rules import trained_must_beat_untrained
 from onenip.data.geometry import InputGeometry, square_geometry
 from onenip.data.manifest import DatasetError, make_manifest
 from onenip.device import resolve_device
@@ -516,10 +517,10 @@ def pick_scoring(scores: dict[tuple[str, float], np.ndarray], labels: np.ndarray
                  *, every_family: bool = False) -> tuple[tuple[str, float], dict[tuple[str, float], float], dict[str, Any] | None]:  # fmt: skip
     """The (residual, head weight) with the highest image AUROC of its ``scores`` against ``labels``
     (among equals the reference's residual first, then the bank without turns, then the head weight
-    nearest InCTRL's); ``inctrl`` only when it beats the best untrained candidate by more than
-    ``margin_se`` paired standard errors (``generalist.trained_margin_se``), and, with ``every_family``,
-    when its AUROC on no family of ``families`` alone (each sample's synthesis family, ``""`` for a
-    normal) is below the untrained candidate's; else that one.
+    nearest InCTRL's); ``inctrl`` only when ``onenip.rules.trained_must_beat_untrained`` keeps it against
+    the best untrained candidate: a lead of more than ``margin_se`` paired standard errors
+    (``generalist.trained_margin_se``; a tie goes to the untrained one) and, with ``every_family``, no
+    family of ``families`` (each sample's synthesis family, ``""`` for a normal) on which it is behind.
 
     Returns the choice, every candidate's AUROC, and ``inctrl``'s lead over the untrained candidate (its
     AUROC difference and standard error, and per family when given) when ``inctrl`` had the highest AUROC
@@ -539,12 +540,11 @@ def pick_scoring(scores: dict[tuple[str, float], np.ndarray], labels: np.ndarray
     baseline = best_of(untrained)
     difference, error = paired_auroc_difference(scores[chosen], scores[baseline], labels)
     lead: dict[str, Any] = {"over": baseline[0], "difference": difference, "standard_error": error, "margin_se": margin_se}
-    beaten = margin_se > 0 and difference <= margin_se * error
     if families is not None:
         trained, other = family_aurocs(scores[chosen], labels, families), family_aurocs(scores[baseline], labels, families)
         lead["by_family"] = {f: trained[f] - other[f] for f in trained}
-        beaten = beaten or (every_family and min(lead["by_family"].values()) < 0)
-    return (baseline if beaten else chosen), aurocs, lead
+    kept = trained_must_beat_untrained(difference, error, margin_se, lead.get("by_family") if every_family else None)
+    return (chosen if kept else baseline), aurocs, lead
 
 
 def prompt_table(result: OnboardResult) -> pd.DataFrame:

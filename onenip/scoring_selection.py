@@ -32,6 +32,7 @@ from torch import Tensor
 from onenip.config import Params, ValidationParams
 from onenip.features import Features, extract_features
 from onenip.metrics.bootstrap import PerImage, paired_differences, rank_auroc
+from onenip.rules import trained_must_beat_untrained
 from onenip.metrics.pixel import pixel_aupro
 from onenip.models.onenip import masked_gaussian_smooth
 from onenip.models.scoring import COMPONENTS, ScoringRule, blend, pooled_map, score_maps
@@ -388,14 +389,13 @@ def _less_refiner_within_noise(
         logger.info("%s: refiner %.2f scores %.4f below refiner %.2f (bootstrap SE %.4f)", validation.category, level, difference,
                     best[1].weights[1], error)  # fmt: skip
         less = float(row["score"]), rule, {name: float(row[name]) for name in SELECTION_METRICS}  # type: ignore[arg-type]
-        if difference <= cfg.refiner_margin_se * error:
-            return less
-        if cfg.refiner_every_family:
+        by_family = None
+        if cfg.refiner_every_family and difference > cfg.refiner_margin_se * error:  # only needed when the lead is clear
             by_family = family_score_differences(best_maps, rule_maps(rule, components, valid), masks, validation.labels.numpy(),
                                                  np.array(validation.methods))  # fmt: skip
             logger.info("%s: refiner %.2f minus refiner %.2f per family: %s", validation.category, best[1].weights[1], level, by_family)
-            if min(by_family.values()) < 0:
-                return less
+        if not trained_must_beat_untrained(difference, error, cfg.refiner_margin_se, by_family):
+            return less
     return best
 
 

@@ -119,9 +119,10 @@ def test_the_trained_residual_needs_a_lead_beyond_the_noise() -> None:
         assert (expected == "inctrl") == (difference > error)
         assert lead == {"over": "neighbourhood", "difference": difference, "standard_error": error, "margin_se": 1.0}
         assert pick_scoring(scores, labels, 0.0)[0] == ("inctrl", 0.0)  # no margin: the plain maximum
-    # ties: inctrl first (margin 0), the weight nearest 0.5; no lead recorded when an untrained map wins
+    # ties go to the untrained map, also at margin 0 (onenip.rules, the rule model selection uses);
+    # no lead recorded when an untrained map wins
     tied = {("inctrl", 0.0): untrained, ("inctrl", 0.5): untrained, ("neighbourhood", 0.0): untrained}
-    assert pick_scoring(tied, labels, 0.0)[0] == ("inctrl", 0.5)
+    assert pick_scoring(tied, labels, 0.0)[0] == ("neighbourhood", 0.0)
     assert pick_scoring(tied, labels, 1.0)[0] == ("neighbourhood", 0.0)
     assert pick_scoring({("inctrl", 0.5): slightly - labels, ("neighbourhood", 0.0): untrained}, labels, 1.0)[2] is None
     assert pick_scoring({("inctrl", 0.5): slightly}, labels, 1.0)[0] == ("inctrl", 0.5)  # nothing untrained offered
