@@ -66,8 +66,13 @@ def test_model_refuses_a_window_that_blocks_its_grid() -> None:
 def test_masked_attention_gives_finite_outputs_on_small_grids() -> None:
     torch.manual_seed(0)
     model = tiny_model(max_grid=(2, 6), neighbor_size=(3, 3)).eval()
-    out = model(torch.randn(2, 12, 2, 6), torch.randn(1, 12, 2, 6))
+    query, prompt = torch.randn(2, 12, 2, 6), torch.randn(1, 12, 2, 6)
+    out = model(query, prompt)
     assert torch.isfinite(out.recon_features).all()
+    # on a grid where most of each row is masked, the output still follows its inputs: a different prompt
+    # or a different query gives a different reconstruction (a fully masked softmax would give NaN or a constant)
+    assert not torch.allclose(out.recon_features[0], out.recon_features[1])
+    assert not torch.allclose(model(query, torch.randn(1, 12, 2, 6)).recon_features, out.recon_features)
 
 
 def test_a_query_token_cannot_reach_its_own_reconstruction() -> None:
@@ -115,7 +120,11 @@ def test_output_shapes_on_a_non_square_grid() -> None:
     assert out.refiner_logits.shape == (2, 1, 12, 24)  # the refiner's own resolution: 4x the grid
     assert out.recon_features.shape == (2, 12, 3, 6)
     assert out.residual_map is None
-    assert torch.all((out.refined_map >= 0) & (out.refined_map <= 1))
+    # the maps are what they claim to be, computed independently here
+    up = torch.nn.functional.interpolate(out.refiner_logits, size=(48, 96), mode="bilinear", align_corners=False)
+    assert torch.allclose(out.refined_map, up.sigmoid(), atol=1e-6)
+    error = (out.recon_features - query).pow(2).sum(dim=1, keepdim=True).sqrt()
+    assert torch.allclose(out.recon_map, torch.nn.functional.interpolate(error, size=(48, 96), mode="bilinear", align_corners=False), atol=1e-5)
 
 
 def test_one_network_serves_grids_of_different_aspects() -> None:

@@ -325,8 +325,14 @@ def test_cracks_are_thin_and_brightness_regions_are_smooth() -> None:
 def test_non_square_images() -> None:
     image = torch.rand(3, 40, 120, generator=torch.Generator().manual_seed(0))
     for method in ALL_METHODS:
-        result = AnomalySynthesizer(methods=(method,))(image, 0)
-        assert result.mask.shape == (1, 40, 120) and result.mask.sum().item() > 0
+        synthesizer = AnomalySynthesizer(methods=(method,))
+        result = synthesizer(image, 0)
+        mask = result.mask[0].bool()
+        assert result.mask.shape == (1, 40, 120)
+        assert mask.sum().item() >= synthesizer.min_mask_pixels, method  # the configured floor on the wide image too
+        change = (result.image - image).abs()
+        assert change.amax(0)[~mask].max().item() == 0.0, method  # nothing outside the mask changes
+        assert change.mean(0)[mask].mean().item() >= synthesizer.min_change, method  # and the anomaly is visible
 
 
 @pytest.mark.parametrize(
