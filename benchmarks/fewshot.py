@@ -133,7 +133,7 @@ def main() -> int:
 
     from onenip.config import load_params
     from onenip.data.manifest import make_manifest
-    from onenip.generalist import onboard_category, train_generalist
+    from onenip.fewshot import onboard_category, train_generalist
 
     generalist = {"epochs": args.epochs, "holistic_input": args.holistic_input, "real_anomalies": True if args.real_anomalies else None,
                   "trained_margin_se": args.trained_margin_se,
@@ -158,7 +158,7 @@ def main() -> int:
             trained, train_minutes = None, None
             existing = Path(args.trained.format(left_out=left_out)) if args.trained else None
             if not args.no_generalist and existing is not None and (existing / "onenip.json").is_file():
-                from onenip.generalist import GeneralistResult
+                from onenip.fewshot import GeneralistResult
                 from onenip.models.generalist import GeneralistDetector
 
                 loaded = GeneralistDetector.load(existing)

@@ -1,7 +1,7 @@
 """What each part of the generalist's image score contributes, on left-out categories (image labels only).
 
 For generalists already trained leave-one-category-out (``--trained`` with ``{left_out}``, e.g. by
-``benchmarks/fewshot.py`` or ``onenip.generalist.train_generalist``), score each left-out category's test
+``benchmarks/fewshot.py`` or ``onenip.fewshot.train_generalist``), score each left-out category's test
 images from the same seeded prompt sets as ``fewshot.py`` and report image AUROC of: the final score
 (mean of the holistic head and the max patch residual, what onboarding uses), the max patch residual
 alone (no trained part), the holistic head alone, the image-level residual head alone. Only cached

@@ -62,7 +62,7 @@ def main() -> int:
     from onenip.config import load_params
     from onenip.data.manifest import make_manifest
     from onenip.features import Features, extract_features
-    from onenip.generalist import ValidationScores, candidate_scores, pick_scoring, prepare_onboarding
+    from onenip.fewshot import ValidationScores, candidate_scores, pick_scoring, prepare_onboarding
     from onenip.metrics import image_auroc
 
     base = load_params(args.params)

@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 DEFAULT_ROOT = REPO.parent / "shared" / "datasets" / "industrial"
 # (label, file suffix, function name) of the phases read from the profile
 PHASES = (
-    ("choose residual + head weight", "onenip/generalist.py", "choose_scoring"),
+    ("choose residual + head weight", "onenip/fewshot/selection.py", "choose_scoring"),
     ("evaluate the test split", "onenip/evaluation.py", "evaluate"),
     ("neighbourhood search (all)", "onenip/models/inctrl.py", "nearest_patches"),
     ("InCTRL cosine search (all)", "onenip/models/inctrl.py", "patch_residual"),
@@ -72,7 +72,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from onenip.config import load_params
-    from onenip.generalist import onboard_category
+    from onenip.fewshot import onboard_category
     from onenip.models.generalist import GeneralistDetector
 
     params = load_params(args.params)

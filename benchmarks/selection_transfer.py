@@ -50,7 +50,7 @@ def held_out_family_aurocs(scores: dict[tuple[str, float], np.ndarray], labels: 
                            margin_se: float) -> list[dict[str, Any]]:  # fmt: skip
     """For each family: every rule's choice made on the other families and the even normals, and the
     chosen candidate's AUROC on that family against the odd normals."""
-    from onenip.generalist import pick_scoring
+    from onenip.fewshot import pick_scoring
     from onenip.metrics import image_auroc
 
     normal = np.flatnonzero(labels == 0)
@@ -87,7 +87,7 @@ def main() -> int:
     from benchmarks.fewshot import joined_root
     from onenip.config import load_params
     from onenip.data.manifest import make_manifest
-    from onenip.generalist import family_aurocs, prepare_onboarding, validation_scores
+    from onenip.fewshot import family_aurocs, prepare_onboarding, validation_scores
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.onenip is not None:

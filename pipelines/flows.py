@@ -207,14 +207,14 @@ def train_category(
 # -- few-shot generalist -----------------------------------------------------------------------------
 @task(name="train generalist", cache_policy=NO_CACHE)
 def train_generalist(root: Path, categories: list[str], params: Params, out_dir: Path) -> Any:
-    from onenip.generalist import train_generalist as train
+    from onenip.fewshot import train_generalist as train
 
     return train(root, categories, params, out_dir, progress=True)
 
 
 @task(name="onboard", cache_policy=NO_CACHE, task_run_name="onboard {category}")
 def onboard(generalist_dir: Path, root: Path, category: str, shots: int, params: Params, out_dir: Path, source: str) -> Any:
-    from onenip.generalist import onboard_category
+    from onenip.fewshot import onboard_category
 
     return onboard_category(generalist_dir, root, category, shots, params, out_dir, progress=True, source=source)
 

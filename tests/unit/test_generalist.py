@@ -10,7 +10,7 @@ import pytest
 
 from onenip.config import Params
 from onenip.data.manifest import DatasetError
-from onenip.generalist import onboard_category, train_generalist
+from onenip.fewshot import onboard_category, train_generalist
 from onenip.serving.torch_predictor import TorchPredictor
 from tests.helpers.trees import make_mvtec_tree
 
@@ -101,7 +101,7 @@ def test_the_trained_residual_needs_a_lead_beyond_the_noise() -> None:
     residual of more than ``margin_se`` paired standard errors; margin 0 is the plain maximum."""
     import numpy as np
 
-    from onenip.generalist import pick_scoring
+    from onenip.fewshot import pick_scoring
     from onenip.metrics import paired_auroc_difference
 
     rng = np.random.default_rng(0)
@@ -133,7 +133,7 @@ def test_the_trained_residual_can_be_asked_to_win_on_every_family() -> None:
     inctrl loses on another goes to the untrained residual; the lead per family is recorded either way."""
     import numpy as np
 
-    from onenip.generalist import family_aurocs, pick_scoring
+    from onenip.fewshot import family_aurocs, pick_scoring
     from onenip.metrics import image_auroc
 
     rng = np.random.default_rng(1)
@@ -157,7 +157,7 @@ def test_the_trained_residual_can_be_asked_to_win_on_every_family() -> None:
 def test_validation_scores_name_each_anomaly_family(trained: tuple[Path, Path, Params]) -> None:
     """The scores onboarding chooses on: every candidate on the same normals and anomalies, each anomaly
     named by the validation family that made it."""
-    from onenip.generalist import prepare_onboarding, scoring_candidates, validation_scores
+    from onenip.fewshot import prepare_onboarding, scoring_candidates, validation_scores
 
     root, generalist, params = trained
     state = prepare_onboarding(generalist, root, "gear", 2, params, progress=False)
@@ -235,7 +235,7 @@ def test_onboarding_chooses_the_residual_and_head_weight_on_training_data(traine
                               progress=False)  # fmt: skip
     assert turned.residual == "neighbourhood_rotated" and turned.prompt_paths == only.prompt_paths
     model = GeneralistDetector.load(turned.model_dir)
-    from onenip.generalist import rotated_prompt_features
+    from onenip.fewshot import rotated_prompt_features
 
     stored = model.rotated_prompts(0)
     expected_bank = rotated_prompt_features(model, 0, turned.prompt_paths, params, torch.device("cpu"))
@@ -344,7 +344,7 @@ def test_a_category_whose_aspects_vary_is_onboarded_square() -> None:
 
     from onenip.config import BackboneParams
     from onenip.data.geometry import InputGeometry
-    from onenip.generalist import onboarding_geometry
+    from onenip.fewshot import onboarding_geometry
     from onenip.models.generalist import GeneralistDetector
 
     detector = GeneralistDetector(BackboneParams(input_size=64), pretrained=False)

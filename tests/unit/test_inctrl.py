@@ -306,7 +306,7 @@ def test_rotated_bank_holds_each_prompt_turned_half_round_and_survives_save_and_
 
 def test_rotated_bank_is_offered_only_while_it_fits_the_onboarding_budget() -> None:
     from onenip.config import Params
-    from onenip.generalist import scoring_candidates
+    from onenip.fewshot import scoring_candidates
 
     defaults = Params()
     assert defaults.generalist.rotated_bank_images == 8

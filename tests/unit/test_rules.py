@@ -27,7 +27,8 @@ def test_trained_must_beat_untrained(difference: float, error: float, margin: fl
 def test_selection_and_onboarding_both_use_it() -> None:
     import inspect
 
-    from onenip import generalist, scoring_selection
+    from onenip import scoring_selection
+    from onenip.fewshot import selection
 
-    for module in (generalist, scoring_selection):
+    for module in (selection, scoring_selection):
         assert "trained_must_beat_untrained(" in inspect.getsource(module)
