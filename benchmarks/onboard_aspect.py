@@ -61,7 +61,8 @@ def main() -> int:
 
     from onenip.config import load_params
     from onenip.data.manifest import make_manifest
-    from onenip.features import Features, extract_features
+    from onenip.features import extract_features
+    from onenip.models.features import Features
     from onenip.fewshot import ValidationScores, candidate_scores, pick_scoring, prepare_onboarding
     from onenip.metrics import image_auroc
 

@@ -37,7 +37,7 @@ from onenip.config import Params, ValidationParams  # noqa: E402
 from onenip.data.geometry import InputGeometry  # noqa: E402
 from onenip.features import FeatureCache  # noqa: E402
 from onenip.models.detector import OneNIPDetector  # noqa: E402
-from onenip.models.onenip import masked_gaussian_smooth  # noqa: E402
+from onenip.models.blur import masked_gaussian_smooth  # noqa: E402
 from onenip.models.scoring import COMPONENTS, pooled_map  # noqa: E402
 from onenip.scoring_selection import rank_auroc  # noqa: E402
 

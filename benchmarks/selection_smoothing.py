@@ -32,7 +32,7 @@ def former_smoothing() -> Iterator[None]:
     """Blur first, then zero the padding: what validation and scoring did before."""
     import onenip.models.scoring as scoring
     import onenip.scoring_selection as validation
-    from onenip.models.onenip import gaussian_smooth
+    from onenip.models.blur import gaussian_smooth
 
     def blur_then_mask(maps, sigma, valid):  # noqa: ANN001, ANN202
         out = gaussian_smooth(maps, sigma)

@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from onenip.data.geometry import InputGeometry
 from onenip.data.manifest import DatasetError, read_image
 from onenip.data.transforms import load_mask
-from onenip.features import FeatureCache, Features
+from onenip.features import FeatureCache
+from onenip.models.features import Features
 from onenip.metrics.bootstrap import PerImage
 from onenip.metrics.compute import compute_metrics
 from onenip.metrics.image import pr_curve_points, roc_curve_points

@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from onenip.features import Features
+from onenip.models.features import Features
 from onenip.models.detector import OneNIPDetector
 from onenip.models.scoring import score_maps
 from onenip.runtime import EXPORT_JSON, OPSET, ExportInfo, import_optional, file_sha256, safe_name

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -25,6 +23,7 @@ from onenip.config import BackboneParams
 from onenip.data.geometry import InputGeometry
 from onenip.data.transforms import as_geometry, load_image, normalize
 from onenip.models.backbone import FeatureExtractor
+from onenip.models.features import Features, atomic_save_safetensors
 
 
 def backbone_key(cfg: BackboneParams) -> str:
@@ -34,43 +33,6 @@ def backbone_key(cfg: BackboneParams) -> str:
         del dumped["pooling"]
     payload = json.dumps(dumped, sort_keys=True)
     return f"{cfg.name}-{cfg.input_size}-{hashlib.sha256(payload.encode()).hexdigest()[:10]}"
-
-
-def atomic_save_safetensors(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Write to a temporary file and rename, so a crash never leaves a half-written file behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
-
-
-class Features(NamedTuple):
-    """Backbone features of N images: the coarse grid OneNIP reconstructs and the optional fine grid."""
-
-    coarse: Tensor
-    """(N, C, h, w) at ``feature_stride``."""
-    fine: Tensor | None
-    """(N, C_fine, h * r, w * r) at ``fine_stride`` (r = feature_stride / fine_stride), or None."""
-
-    def __len__(self) -> int:
-        return self.coarse.shape[0]
-
-    def select(self, index: Tensor | slice | list[int]) -> Features:
-        return Features(self.coarse[index], None if self.fine is None else self.fine[index])
-
-    def half(self) -> Features:
-        return Features(self.coarse.half(), None if self.fine is None else self.fine.half())
-
-    def float(self) -> Features:
-        return Features(self.coarse.float(), None if self.fine is None else self.fine.float())
-
-    def to(self, *args: object, **kwargs: object) -> Features:
-        return Features(self.coarse.to(*args, **kwargs), None if self.fine is None else self.fine.to(*args, **kwargs))
-
-    @staticmethod
-    def cat(parts: Sequence[Features]) -> Features:
-        fine = None if parts[0].fine is None else torch.cat([p.fine for p in parts])  # type: ignore[misc]
-        return Features(torch.cat([p.coarse for p in parts]), fine)
 
 
 @torch.no_grad()

@@ -30,11 +30,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from onenip.config import Params, ValidationParams
-from onenip.features import Features, extract_features
+from onenip.features import extract_features
+from onenip.models.features import Features
 from onenip.metrics.bootstrap import PerImage, paired_differences, rank_auroc
 from onenip.rules import trained_must_beat_untrained
 from onenip.metrics.pixel import pixel_aupro
-from onenip.models.onenip import masked_gaussian_smooth
+from onenip.models.blur import masked_gaussian_smooth
 from onenip.models.scoring import COMPONENTS, ScoringRule, blend, pooled_map, score_maps
 from onenip.synthesis.checks import SynthesisError
 from onenip.synthesis.synthesizer import VALIDATION_METHODS, AnomalySynthesizer

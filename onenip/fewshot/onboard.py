@@ -19,7 +19,8 @@ from onenip.config import Params
 from onenip.data.geometry import InputGeometry
 from onenip.data.manifest import DatasetError, make_manifest
 from onenip.device import resolve_device
-from onenip.features import FeatureCache, Features
+from onenip.features import FeatureCache
+from onenip.models.features import Features
 from onenip.fewshot.selection import apply_selection, choose_scoring, evenly_spaced, rotated_prompt_features, scoring_candidates
 from onenip.fewshot.train import generalist_params
 from onenip.models.generalist import INCTRL_HEAD_WEIGHT, GeneralistDetector

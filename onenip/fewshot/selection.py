@@ -14,7 +14,7 @@ from torch import Tensor
 
 from onenip.config import Params
 from onenip.rules import trained_must_beat_untrained
-from onenip.features import Features
+from onenip.models.features import Features
 from onenip.models.generalist import INCTRL_HEAD_WEIGHT, RESIDUALS, GeneralistDetector
 
 

@@ -17,7 +17,8 @@ from onenip.config import Params
 from onenip.data.geometry import square_geometry
 from onenip.data.manifest import make_manifest
 from onenip.device import resolve_device
-from onenip.features import FeatureCache, Features
+from onenip.features import FeatureCache
+from onenip.models.features import Features
 from onenip.models.generalist import GeneralistDetector
 from onenip.models.inctrl import inctrl_loss
 

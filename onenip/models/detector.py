@@ -18,10 +18,11 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from onenip.categories import CategoryIndex
 from onenip.config import ModelParams
 from onenip.data.geometry import InputGeometry, square_geometry
 from onenip.data.transforms import normalize
-from onenip.features import Features
+from onenip.models.features import Features
 from onenip.models.backbone import FeatureExtractor, build_feature_extractor
 from onenip.models.gaussian import mahalanobis_map, select_channels
 from onenip.models.memory import locally_aware_embedding, nearest_bank_distance, patchcore_layers
@@ -87,7 +88,7 @@ def nearest_prompt(queries: Tensor, prompts: Tensor) -> Tensor:
     return (q @ p.t()).argmax(dim=1)
 
 
-class OneNIPDetector(nn.Module):
+class OneNIPDetector(CategoryIndex, nn.Module):
     """Images of one category (B, 3, H, W) in [0, 1] -> ``DetectorOutput``.
 
     Buffers (saved in the state dict): ``prompt_<k>`` (P, C, h, w) and ``prompt_fine_<k>`` of category
@@ -186,13 +187,6 @@ class OneNIPDetector(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.recon_scale.device
-
-    def category_index(self, category: str) -> int:
-        try:
-            return self.categories.index(category)
-        except ValueError:
-            msg = f"Unknown category {category!r}; this model knows {self.categories}"
-            raise ValueError(msg) from None
 
     def geometry(self, category: str | int) -> InputGeometry:
         name = self.categories[category] if isinstance(category, int) else category
@@ -403,7 +397,7 @@ class OneNIPDetector(nn.Module):
     # -- persistence ------------------------------------------------------------------------------
     def save(self, folder: str | Path, metadata: dict[str, Any] | None = None) -> Path:
         """Write ``model.safetensors`` + ``onenip.json`` atomically into ``folder``."""
-        from onenip.features import atomic_save_safetensors
+        from onenip.models.features import atomic_save_safetensors
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)

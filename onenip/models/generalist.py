@@ -34,17 +34,18 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from onenip.categories import CategoryIndex
 from onenip.config import BackboneParams
 from onenip.data.geometry import InputGeometry, square_geometry
 from onenip.data.transforms import normalize
-from onenip.features import Features
+from onenip.models.features import Features
 from onenip.models.backbone import build_feature_extractor
 from onenip.models.detector import CONFIG_FILE, WEIGHTS_FILE, DetectorOutput, ModelLoadError
 from onenip.models.inctrl import (
     PATCHCORE_NEIGHBOURS, InCTRLHead, InCTRLOutput, nearest_patches, neighbourhood_embedding, patch_bank, reweighted_image_score,
 )
 from onenip.models.memory import patchcore_layers
-from onenip.models.onenip import masked_gaussian_smooth
+from onenip.models.blur import masked_gaussian_smooth
 
 KIND = "inctrl"
 FORMAT_VERSION = 2
@@ -76,7 +77,7 @@ def token_of(features: Features) -> Tensor:
     return features.coarse.mean(dim=(-2, -1))
 
 
-class GeneralistDetector(nn.Module):
+class GeneralistDetector(CategoryIndex, nn.Module):
     """Scores any category from its stored k normal prompts; trained once on auxiliary categories."""
 
     kind = KIND
@@ -115,13 +116,6 @@ class GeneralistDetector(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.score_threshold.device
-
-    def category_index(self, category: str) -> int:
-        try:
-            return self.categories.index(category)
-        except ValueError:
-            msg = f"Unknown category {category!r}; this model knows {self.categories}"
-            raise ValueError(msg) from None
 
     def geometry(self, category: str | int) -> InputGeometry:
         index = self.category_index(category) if isinstance(category, str) else int(category)
@@ -267,7 +261,7 @@ class GeneralistDetector(nn.Module):
 
     # -- persistence ------------------------------------------------------------------------------
     def save(self, folder: str | Path, metadata: dict[str, Any] | None = None) -> Path:
-        from onenip.features import atomic_save_safetensors
+        from onenip.models.features import atomic_save_safetensors
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)

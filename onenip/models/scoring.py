@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from onenip.models.onenip import masked_gaussian_smooth
+from onenip.models.blur import masked_gaussian_smooth
 
 COMPONENTS: tuple[str, ...] = ("recon", "refiner", "residual", "gaussian", "memory")
 

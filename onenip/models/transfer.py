@@ -15,9 +15,9 @@ import torch
 from torch import Tensor, nn
 
 from onenip.data.geometry import InputGeometry, square_geometry
-from onenip.features import Features
+from onenip.models.features import Features
 from onenip.models.detector import DetectorOutput, OneNIPDetector
-from onenip.models.onenip import masked_gaussian_smooth
+from onenip.models.blur import masked_gaussian_smooth
 
 
 class OneNIPTransfer(nn.Module):

@@ -13,6 +13,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
+from onenip.categories import CategoryIndex
 from onenip.data.geometry import InputGeometry
 from onenip.data.manifest import to_rgb
 
@@ -44,7 +45,7 @@ class ImagePredictor(Protocol):
     ) -> list[Prediction]: ...
 
 
-class CategoryChoice:
+class CategoryChoice(CategoryIndex):
     """Which category a request is for: the served one only (a registered version passed its gate for
     its own category; the unified network's other categories may have failed theirs), else the
     default, else the one named. ``model_name_pattern`` (``onenip-elpv-{category}``) lets a refusal
@@ -66,13 +67,6 @@ class CategoryChoice:
         self.default_category = default_category or (self.categories[0] if len(self.categories) == 1 else None)
         self.served_category = served_category
         self.model_name_pattern = model_name_pattern
-
-    def category_index(self, category: str) -> int:
-        try:
-            return self.categories.index(category)
-        except ValueError:
-            msg = f"Unknown category {category!r}; this model knows {self.categories}"
-            raise ValueError(msg) from None
 
     def _category(self, category: str | None) -> str:
         category = category or self.default_category

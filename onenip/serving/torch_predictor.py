@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from onenip.categories import CategoryDetector
 from onenip.data.geometry import InputGeometry
 from onenip.data.transforms import image_to_tensor
 from onenip.models.detector import OneNIPDetector
@@ -27,7 +28,7 @@ class TorchPredictor(BasePredictor):
 
     def __init__(
         self,
-        detector: OneNIPDetector,
+        detector: CategoryDetector,
         default_category: str | None = None,
         *,
         served_category: str | None = None,

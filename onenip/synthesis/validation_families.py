@@ -62,7 +62,7 @@ def smudge_anomaly(image: Tensor, generator: torch.Generator, foreground: Tensor
     _, height, width = image.shape
     weight, _, _, radius = _blob(generator, foreground, height, width, image.device)
     sigma = max(1.0, uniform(generator, 0.15, 0.4) * radius)
-    from onenip.models.onenip import gaussian_smooth  # one separable blur for the whole project
+    from onenip.models.blur import gaussian_smooth  # one separable blur for the whole project
 
     blurred = gaussian_smooth(image[:, None], sigma)[:, 0]
     tint = torch.rand(3, generator=generator).to(image.device)

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from onenip.config import Params
-from onenip.features import atomic_save_safetensors
+from onenip.models.features import atomic_save_safetensors
 from onenip.models.detector import OneNIPDetector
 from onenip.training.data import CategoryData
 

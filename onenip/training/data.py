@@ -15,7 +15,8 @@ from tqdm.auto import tqdm
 from onenip.config import Params
 from onenip.data.geometry import aspects_vary, choose_geometry, InputGeometry
 from onenip.data.manifest import DatasetError
-from onenip.features import FeatureCache, Features
+from onenip.features import FeatureCache
+from onenip.models.features import Features
 
 def split_holdout(frame: pd.DataFrame, fraction: float, min_holdout: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split training normals into (fit, holdout) per category with a seeded permutation.

@@ -31,7 +31,8 @@ from tqdm.auto import tqdm
 from onenip.config import Params
 from onenip.data.manifest import DatasetError
 from onenip.device import resolve_device
-from onenip.features import FeatureCache, Features
+from onenip.features import FeatureCache
+from onenip.models.features import Features
 from onenip.models.detector import OneNIPDetector
 from onenip.models.loss import onenip_loss
 from onenip.models.scoring import ScoringRule, padded_weights

@@ -11,7 +11,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from onenip.config import Params, SynthesisParams
-from onenip.features import extract_features, Features
+from onenip.features import extract_features
+from onenip.models.features import Features
 from onenip.models.loss import area_pool_masks
 from onenip.synthesis.synthesizer import AnomalySynthesizer
 from onenip.training.data import CategoryData

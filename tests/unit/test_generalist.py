@@ -174,7 +174,7 @@ def test_validation_scores_name_each_anomaly_family(trained: tuple[Path, Path, P
 def test_onboarding_chooses_the_residual_and_head_weight_on_training_data(trained: tuple[Path, Path, Params], tmp_path: Path) -> None:
     import torch
 
-    from onenip.features import Features
+    from onenip.models.features import Features
     from onenip.models.generalist import GeneralistDetector
 
     root, generalist, params = trained

@@ -263,7 +263,7 @@ def test_rotated_bank_holds_each_prompt_turned_half_round_and_survives_save_and_
     from safetensors.torch import load_file, save_file
 
     from onenip.config import BackboneParams
-    from onenip.features import Features
+    from onenip.models.features import Features
     from onenip.models.generalist import GeneralistDetector
 
     detector = GeneralistDetector(BackboneParams(input_size=64), pretrained=False).eval()

@@ -114,7 +114,7 @@ def test_detector_memory_map_where_fitted_and_old_models_load_without_it(tmp_pat
 
 def test_fit_memory_banks_samples_content_patches_only_and_is_seeded() -> None:
     from onenip.data.geometry import InputGeometry
-    from onenip.features import Features
+    from onenip.models.features import Features
     from onenip.training import fit_memory_banks
 
     torch.manual_seed(0)

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from onenip.models.loss import area_pool_masks, dice_loss, onenip_loss
-from onenip.models.onenip import OneNIP, gaussian_smooth, masked_gaussian_smooth, neighbor_mask, prompt_residual
+from onenip.models.onenip import OneNIP, neighbor_mask, prompt_residual
+from onenip.models.blur import gaussian_smooth, masked_gaussian_smooth
 
 
 def tiny_model(**overrides: object) -> OneNIP:

@@ -12,7 +12,8 @@ from onenip.config import Params, load_params
 from onenip.data.manifest import DatasetError, make_manifest
 from onenip.data.transforms import load_image
 from onenip.evaluation import evaluate
-from onenip.features import FeatureCache, Features
+from onenip.features import FeatureCache
+from onenip.models.features import Features
 from onenip.models.detector import ModelLoadError, OneNIPDetector
 from onenip import training
 from onenip.training import (

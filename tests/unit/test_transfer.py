@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from onenip.config import ModelParams
-from onenip.features import Features
+from onenip.models.features import Features
 from onenip.models.detector import OneNIPDetector
 from onenip.models.transfer import OneNIPTransfer
 from tests.helpers.tiny import TINY_MODEL

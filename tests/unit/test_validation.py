@@ -8,7 +8,7 @@ import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from onenip.config import ValidationParams
-from onenip.features import Features
+from onenip.models.features import Features
 from onenip.models.scoring import ScoringRule
 import onenip.scoring_selection
 from onenip.scoring_selection import CategoryValidation, candidate_rules, rank_auroc, sampled_auroc_and_ap, select_scoring
