@@ -243,7 +243,7 @@ class ValidationParams(_Section):
     anomalies_per_image: int = Field(4, ge=1)
     anomaly_strength: tuple[float, float] = (0.3, 1.0)
     """Each validation anomaly is faded towards its normal image by a factor drawn uniformly from this
-    range (``AnomalySynthesizer(strength=...)``; the mask is kept). At full strength every rule found
+    range (``AcceptanceSettings(strength=...)``; the mask is kept). At full strength every rule found
     them (validation pixel AUROC 0.99 on magnetic_tile, where real defects reach 0.82), so the scores
     hardly told the rules apart; faint ones are where the maps differ. ``[1, 1]``: full strength.
     OneNIP's choice only: the generalist's onboarding and gate keep full strength, where its validation

@@ -38,6 +38,7 @@ from onenip.metrics.pixel import pixel_aupro
 from onenip.models.blur import masked_gaussian_smooth
 from onenip.models.scoring import COMPONENTS, ScoringRule, blend, pooled_map, score_maps
 from onenip.synthesis.checks import SynthesisError
+from onenip.synthesis.settings import AcceptanceSettings
 from onenip.synthesis.synthesizer import VALIDATION_METHODS, AnomalySynthesizer
 
 logger = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def check_validation_methods(params: Params) -> None:
 
 def validation_synthesizer(cfg: ValidationParams) -> AnomalySynthesizer:
     """The validation families, faded as ``cfg.anomaly_strength`` says (what the validation set is made of)."""
-    return AnomalySynthesizer(methods=cfg.methods, strength=cfg.anomaly_strength)
+    return AnomalySynthesizer(methods=cfg.methods, acceptance=AcceptanceSettings(strength=cfg.anomaly_strength))
 
 
 def build_category_validation(

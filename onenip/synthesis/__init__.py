@@ -62,6 +62,14 @@ from onenip.synthesis.preview import (
     make_preview_grid,
     preview_grid_size,
 )
+from onenip.synthesis.settings import (
+    AcceptanceSettings,
+    BrightnessSettings,
+    CrackSettings,
+    CutPasteSettings,
+    PerlinSettings,
+    TextureSettings,
+)
 from onenip.synthesis.synthesizer import (
     ALL_METHODS,
     METHODS,
@@ -81,7 +89,13 @@ __all__ = [
     "PREVIEW_PAD",
     "PROCEDURAL_TEXTURES",
     "VALIDATION_METHODS",
+    "AcceptanceSettings",
     "AnomalySynthesizer",
+    "BrightnessSettings",
+    "CrackSettings",
+    "CutPasteSettings",
+    "PerlinSettings",
+    "TextureSettings",
     "ForegroundFn",
     "SynthesisError",
     "SynthesisResult",

@@ -6,20 +6,28 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from functools import partial
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from onenip.synthesis.brightness import brightness_anomaly
-from onenip.synthesis.checks import SynthesisError, check_image, check_range
+from onenip.synthesis.checks import SynthesisError, check_image
 from onenip.synthesis.colour import is_grey
 from onenip.synthesis.cracks import crack_anomaly
 from onenip.synthesis.cutpaste import cutpaste_anomaly
 from onenip.synthesis.draws import as_generator, choice, randint, uniform
-from onenip.synthesis.foreground import FOREGROUND_MODES, ForegroundFn, estimate_foreground
+from onenip.synthesis.foreground import estimate_foreground
 from onenip.synthesis.perlin import perlin_anomaly
-from onenip.synthesis.textures import TextureSource, random_texture, texture_to_uint8
+from onenip.synthesis.settings import (
+    AcceptanceSettings,
+    BrightnessSettings,
+    CrackSettings,
+    CutPasteSettings,
+    PerlinSettings,
+    TextureSettings,
+)
+from onenip.synthesis.textures import random_texture, texture_to_uint8
 from onenip.synthesis.validation_families import VALIDATION_ANOMALIES
 
 METHODS: tuple[str, ...] = ("perlin", "cutpaste_patch", "cutpaste_scar", "crack", "brightness")
@@ -40,6 +48,20 @@ class SynthesisResult(NamedTuple):
     """The method used (an entry of ``METHODS``, ``"fallback"`` or ``"none"`` for a normal sample)."""
 
 
+def checked_methods(methods: Sequence[str], probabilities: Sequence[float] | None) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    """Distinct known methods and one non-negative weight each (equal by default), or one clear error."""
+    methods = tuple(methods)
+    unknown = [m for m in methods if m not in ALL_METHODS]
+    if not methods or unknown or len(set(methods)) != len(methods):
+        msg = f"methods must be distinct entries of {ALL_METHODS}, got {methods}"
+        raise SynthesisError(msg)
+    weights = tuple(float(p) for p in (probabilities if probabilities is not None else [1.0] * len(methods)))
+    if len(weights) != len(methods) or min(weights) < 0 or sum(weights) <= 0:
+        msg = f"probabilities must give one non-negative weight per method {methods} with a positive sum, got {weights}"
+        raise SynthesisError(msg)
+    return methods, weights
+
+
 class AnomalySynthesizer:
     """Make a synthetic anomaly on a ``(3, H, W)`` float image in [0, 1].
 
@@ -52,38 +74,10 @@ class AnomalySynthesizer:
         probabilities: relative weight of each method (default: equal).
         anomaly_probability: chance that a sample is made anomalous; otherwise it is returned
             unchanged with an empty mask and ``is_anomalous=False``.
-        perlin_threshold: mask = noise > threshold (noise is about [-1, 1]; DRAEM uses 0.5).
-        min_scale_exp, max_scale_exp: noise cells along each axis are ``2^a`` with ``a`` uniform in
-            this integer range (DRAEM: 2^0..2^5), capped so a cell is at least ``MIN_PERLIN_CELL_PX``.
-        perlin_rotation: rotation of the noise in degrees (DRAEM: -90..90).
-        perlin_octaves: fractal octaves of the mask noise (DRAEM: 1).
-        texture_opacity: weight of the texture inside the mask (DRAEM's ``1 - beta``, 0.2..1.0).
-        texture_images: images of *other* categories used as textures (tensors or paths; read once).
-        texture_image_probability: chance of an image texture when ``texture_images`` is given.
-        texture_jitter: colour-jitter strength applied to every texture.
-        patch_area: CutPaste patch area as a fraction of the image (paper: 0.02..0.15).
-        patch_aspect: CutPaste patch height/width, log-uniform (paper: 0.3..3.3).
-        scar_width, scar_length: scar size as fractions of the shorter image side (2..16 px wide and
-            10..25 % long at 256 px; the paper's scars are 2..16 x 10..25 px).
-        scar_rotation: scar rotation in degrees. The paper uses -45..45 on a vertical scar; real
-            scratches run in every direction, so the default covers -90..90.
-        colour_jitter: CutPaste brightness/contrast/saturation jitter (OneNIP reference: 0.4).
-        colour_jitter_hue: CutPaste hue jitter in turns (OneNIP reference: 0.1).
-        crack_width: crack width in pixels (1-4); crack_length: its length as a fraction of the
-            shorter image side.
-        brightness_change: relative intensity change inside a ``brightness`` region (darker or brighter).
-        foreground: ``"none"``, ``"auto"`` (``estimate_foreground``) or a callable mapping a
-            ``(3, H, W)`` image to a ``(H, W)`` / ``(1, H, W)`` mask; anomalies stay inside it.
-        min_mask_pixels, min_mask_fraction: a mask needs at least ``max(min_mask_pixels,
-            min_mask_fraction * H * W)`` pixels (capped at the foreground area).
-        min_change: mean absolute change inside the mask (over channels, in [0, 1] units) a
-            candidate needs; rejects invisible anomalies such as background pasted on background.
-        max_tries: candidates tried with the chosen method before the fallback (a small texture
-            patch around a random foreground pixel, which is never empty).
-        strength: each candidate is faded towards the normal image, ``image + s * (anomaly - image)``
-            with ``s`` uniform in this range, before ``min_change`` is checked (the mask is kept: a faint
-            defect is still a defect; the fallback patch is not faded). ``(1, 1)`` leaves anomalies at
-            full strength and draws nothing.
+        perlin, texture, cutpaste, crack, brightness: each method family's settings
+            (``onenip.synthesis.settings``; the defaults follow DRAEM, CutPaste and the OneNIP reference).
+        acceptance: what every result must pass (foreground, mask size, visible change, tries) and how
+            much candidates are faded (``strength``).
         seed: seed of the generator used when a call passes none (None: non-deterministic).
 
     Example:
@@ -99,114 +93,23 @@ class AnomalySynthesizer:
         probabilities: Sequence[float] | None = None,
         *,
         anomaly_probability: float = 1.0,
-        perlin_threshold: float = 0.5,
-        min_scale_exp: int = 1,
-        max_scale_exp: int = 5,
-        perlin_rotation: tuple[float, float] = (-90.0, 90.0),
-        perlin_octaves: int = 1,
-        texture_opacity: tuple[float, float] = (0.2, 1.0),
-        texture_images: Sequence[TextureSource] | None = None,
-        texture_image_probability: float = 0.5,
-        texture_jitter: float = 0.3,
-        patch_area: tuple[float, float] = (0.02, 0.15),
-        patch_aspect: tuple[float, float] = (0.3, 3.3),
-        scar_width: tuple[float, float] = (2 / 256, 16 / 256),
-        scar_length: tuple[float, float] = (0.10, 0.25),
-        scar_rotation: tuple[float, float] = (-90.0, 90.0),
-        colour_jitter: float = 0.4,
-        colour_jitter_hue: float = 0.1,
-        crack_width: tuple[float, float] = (1.0, 4.0),
-        crack_length: tuple[float, float] = (0.15, 0.6),
-        brightness_change: tuple[float, float] = (0.1, 0.35),
-        foreground: Literal["none", "auto"] | ForegroundFn = "none",
-        min_mask_pixels: int = 16,
-        min_mask_fraction: float = 0.001,
-        min_change: float = 0.01,
-        max_tries: int = 10,
-        strength: tuple[float, float] = (1.0, 1.0),
+        perlin: PerlinSettings = PerlinSettings(),
+        texture: TextureSettings = TextureSettings(),
+        cutpaste: CutPasteSettings = CutPasteSettings(),
+        crack: CrackSettings = CrackSettings(),
+        brightness: BrightnessSettings = BrightnessSettings(),
+        acceptance: AcceptanceSettings = AcceptanceSettings(),
         seed: int | None = None,
     ) -> None:
-        self.methods = tuple(methods)
-        unknown = [m for m in self.methods if m not in ALL_METHODS]
-        if not self.methods or unknown or len(set(self.methods)) != len(self.methods):
-            msg = f"methods must be distinct entries of {ALL_METHODS}, got {self.methods}"
-            raise SynthesisError(msg)
-        if probabilities is None:
-            probabilities = [1.0] * len(self.methods)
-        probabilities = tuple(float(p) for p in probabilities)
-        if len(probabilities) != len(self.methods) or min(probabilities) < 0 or sum(probabilities) <= 0:
-            msg = (
-                f"probabilities must give one non-negative weight per method {self.methods} with a positive "
-                f"sum, got {probabilities}"
-            )
-            raise SynthesisError(msg)
-        self.probabilities = probabilities
-        self._weights = torch.tensor(probabilities, dtype=torch.float64)
+        self.methods, self.probabilities = checked_methods(methods, probabilities)
+        self._weights = torch.tensor(self.probabilities, dtype=torch.float64)
         if not 0.0 <= anomaly_probability <= 1.0:
             msg = f"anomaly_probability must be in [0, 1], got {anomaly_probability}"
             raise SynthesisError(msg)
         self.anomaly_probability = float(anomaly_probability)
-        if not -1.0 < perlin_threshold < 1.0:
-            msg = f"perlin_threshold must be in (-1, 1) (noise range), got {perlin_threshold}"
-            raise SynthesisError(msg)
-        self.perlin_threshold = float(perlin_threshold)
-        if not 0 <= min_scale_exp <= max_scale_exp <= 8:
-            msg = f"Need 0 <= min_scale_exp <= max_scale_exp <= 8, got {min_scale_exp} and {max_scale_exp}"
-            raise SynthesisError(msg)
-        self.min_scale_exp, self.max_scale_exp = int(min_scale_exp), int(max_scale_exp)
-        self.perlin_rotation = check_range("perlin_rotation", perlin_rotation, -360, 360)
-        if perlin_octaves < 1:
-            msg = f"perlin_octaves must be >= 1, got {perlin_octaves}"
-            raise SynthesisError(msg)
-        self.perlin_octaves = int(perlin_octaves)
-        self.texture_opacity = check_range("texture_opacity", texture_opacity, 0, 1)
-        if self.texture_opacity[1] <= 0:
-            msg = f"texture_opacity must allow a positive opacity, got {texture_opacity}"
-            raise SynthesisError(msg)
-        self._texture_images = [texture_to_uint8(src, i) for i, src in enumerate(texture_images or ())]
-        if not 0.0 <= texture_image_probability <= 1.0:
-            msg = f"texture_image_probability must be in [0, 1], got {texture_image_probability}"
-            raise SynthesisError(msg)
-        self.texture_image_probability = float(texture_image_probability)
-        if texture_jitter < 0 or colour_jitter < 0:
-            msg = (
-                f"Jitter strengths must be >= 0, got texture_jitter={texture_jitter}, "
-                f"colour_jitter={colour_jitter}"
-            )
-            raise SynthesisError(msg)
-        self.texture_jitter, self.colour_jitter = float(texture_jitter), float(colour_jitter)
-        self.colour_jitter_hue = float(colour_jitter_hue)
-        self.crack_width = check_range("crack_width", crack_width, 0.5, 64)
-        self.crack_length = check_range("crack_length", crack_length, 0, 1)
-        self.brightness_change = check_range("brightness_change", brightness_change, 0, 1)
-        self.patch_area = check_range("patch_area", patch_area, 1e-6, 1)
-        self.patch_aspect = check_range("patch_aspect", patch_aspect, 1e-3, 1e3)
-        self.scar_width = check_range("scar_width", scar_width, 0, 1)
-        self.scar_length = check_range("scar_length", scar_length, 0, 1)
-        self.scar_rotation = check_range("scar_rotation", scar_rotation, -360, 360)
-        if not (callable(foreground) or foreground in FOREGROUND_MODES):
-            msg = f"foreground must be one of {FOREGROUND_MODES} or a callable, got {foreground!r}"
-            raise SynthesisError(msg)
-        self.foreground = foreground
-        if min_mask_pixels < 1 or not 0.0 <= min_mask_fraction < 1.0:
-            msg = (
-                "Need min_mask_pixels >= 1 and 0 <= min_mask_fraction < 1, "
-                f"got {min_mask_pixels} and {min_mask_fraction}"
-            )
-            raise SynthesisError(msg)
-        self.min_mask_pixels, self.min_mask_fraction = int(min_mask_pixels), float(min_mask_fraction)
-        if not 0.0 <= min_change < 1.0:
-            msg = f"min_change must be in [0, 1), got {min_change}"
-            raise SynthesisError(msg)
-        self.min_change = float(min_change)
-        if max_tries < 1:
-            msg = f"max_tries must be >= 1, got {max_tries}"
-            raise SynthesisError(msg)
-        self.max_tries = int(max_tries)
-        self.strength = check_range("strength", strength, 0, 1)
-        if self.strength[0] <= 0:
-            msg = f"strength must be above 0 (0 leaves the image unchanged), got {strength}"
-            raise SynthesisError(msg)
+        self.perlin, self.texture, self.cutpaste = perlin.checked(), texture.checked(), cutpaste.checked()
+        self.crack, self.brightness, self.acceptance = crack.checked(), brightness.checked(), acceptance.checked()
+        self._texture_images = [texture_to_uint8(src, i) for i, src in enumerate(self.texture.images or ())]
         self.seed = seed
         self._generator = torch.Generator()
         if seed is None:
@@ -215,22 +118,8 @@ class AnomalySynthesizer:
             self._generator.manual_seed(seed)
 
     def __repr__(self) -> str:
-        fields = (
-            "methods",
-            "probabilities",
-            "anomaly_probability",
-            "perlin_threshold",
-            "min_scale_exp",
-            "max_scale_exp",
-            "foreground",
-            "min_mask_pixels",
-            "min_mask_fraction",
-            "min_change",
-            "max_tries",
-            "strength",
-        )
-        body = ", ".join(f"{name}={getattr(self, name)!r}" for name in fields)
-        return f"{type(self).__name__}({body}, texture_images={len(self._texture_images)})"
+        settings = ", ".join(f"{name}={getattr(self, name)!r}" for name in ("methods", "probabilities", "anomaly_probability", "perlin", "acceptance"))
+        return f"{type(self).__name__}({settings}, texture_images={len(self._texture_images)})"
 
     # ---------------------------------------------------------------- public API
 
@@ -314,15 +203,15 @@ class AnomalySynthesizer:
             return self._result(image.clone(), empty, "none")
         foreground = self._foreground(image, foreground_mask)
         foreground_area = int(foreground.sum().item()) if foreground is not None else height * width
-        required = max(self.min_mask_pixels, math.ceil(self.min_mask_fraction * height * width))
+        required = max(self.acceptance.min_mask_pixels, math.ceil(self.acceptance.min_mask_fraction * height * width))
         required = min(required, foreground_area)
         method = self.methods[choice(generator, self._weights)]
         grey = is_grey(image)
-        for _ in range(self.max_tries):
+        for _ in range(self.acceptance.max_tries):
             mask, out = self._attempt(method, image, generator, foreground, grey)
-            if self.strength != (1.0, 1.0):
-                out = image + uniform(generator, *self.strength) * (out - image)
-            if int(mask.sum().item()) >= required and self._change(image, out, mask) >= self.min_change:
+            if self.acceptance.strength != (1.0, 1.0):
+                out = image + uniform(generator, *self.acceptance.strength) * (out - image)
+            if int(mask.sum().item()) >= required and self._change(image, out, mask) >= self.acceptance.min_change:
                 return self._result(out, mask, method)
         mask, out = self._fallback(image, generator, foreground, required, grey)
         return self._result(out, mask, "fallback")
@@ -342,11 +231,11 @@ class AnomalySynthesizer:
     def _foreground(self, image: Tensor, foreground_mask: Tensor | None) -> Tensor | None:
         """``(H, W)`` bool foreground on the image's device, or None for "everywhere"."""
         if foreground_mask is None:
-            if self.foreground == "none":
+            if self.acceptance.foreground == "none":
                 return None
-            if self.foreground == "auto":
+            if self.acceptance.foreground == "auto":
                 return estimate_foreground(image)[0]
-            foreground_mask = self.foreground(image)  # type: ignore[operator]
+            foreground_mask = self.acceptance.foreground(image)  # type: ignore[operator]
             source = "foreground callable"
         else:
             source = "foreground_mask"
@@ -375,8 +264,8 @@ class AnomalySynthesizer:
             device,
             grey,
             images=self._texture_images,
-            image_probability=self.texture_image_probability,
-            jitter=self.texture_jitter,
+            image_probability=self.texture.image_probability,
+            jitter=self.texture.jitter,
         )
 
     def _attempt(
@@ -389,11 +278,11 @@ class AnomalySynthesizer:
                 generator,
                 foreground,
                 partial(self._texture, grey=grey),
-                perlin_threshold=self.perlin_threshold,
-                scale_exp=(self.min_scale_exp, self.max_scale_exp),
-                perlin_rotation=self.perlin_rotation,
-                perlin_octaves=self.perlin_octaves,
-                texture_opacity=self.texture_opacity,
+                perlin_threshold=self.perlin.threshold,
+                scale_exp=(self.perlin.min_scale_exp, self.perlin.max_scale_exp),
+                perlin_rotation=self.perlin.rotation,
+                perlin_octaves=self.perlin.octaves,
+                texture_opacity=self.texture.opacity,
             )
         if method in ("cutpaste_patch", "cutpaste_scar"):
             return cutpaste_anomaly(
@@ -402,20 +291,20 @@ class AnomalySynthesizer:
                 foreground,
                 scar=method == "cutpaste_scar",
                 grey=grey,
-                patch_area=self.patch_area,
-                patch_aspect=self.patch_aspect,
-                scar_width=self.scar_width,
-                scar_length=self.scar_length,
-                scar_rotation=self.scar_rotation,
-                colour_jitter_strength=self.colour_jitter,
-                colour_jitter_hue=self.colour_jitter_hue,
+                patch_area=self.cutpaste.patch_area,
+                patch_aspect=self.cutpaste.patch_aspect,
+                scar_width=self.cutpaste.scar_width,
+                scar_length=self.cutpaste.scar_length,
+                scar_rotation=self.cutpaste.scar_rotation,
+                colour_jitter_strength=self.cutpaste.colour_jitter,
+                colour_jitter_hue=self.cutpaste.colour_jitter_hue,
             )
         if method == "crack":
             return crack_anomaly(
-                image, generator, foreground, crack_width=self.crack_width, crack_length=self.crack_length
+                image, generator, foreground, crack_width=self.crack.width, crack_length=self.crack.length
             )
         if method == "brightness":
-            return brightness_anomaly(image, generator, foreground, brightness_change=self.brightness_change)
+            return brightness_anomaly(image, generator, foreground, brightness_change=self.brightness.change)
         return VALIDATION_ANOMALIES[method](image, generator, foreground)
 
     def _fallback(
@@ -444,6 +333,6 @@ class AnomalySynthesizer:
             side = math.ceil(side * 1.5)
         texture = self._texture(height, width, generator, image.device, grey).to(image.dtype)
         out = torch.where(mask, texture, image)
-        if self._change(image, out, mask) < self.min_change:
+        if self._change(image, out, mask) < self.acceptance.min_change:
             out = torch.where(mask, 1 - image, image)  # texture matched the image: invert instead
         return mask, out

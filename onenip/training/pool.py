@@ -14,6 +14,7 @@ from onenip.config import Params, SynthesisParams
 from onenip.features import extract_features
 from onenip.models.features import Features
 from onenip.models.loss import area_pool_masks
+from onenip.synthesis.settings import AcceptanceSettings, PerlinSettings, TextureSettings
 from onenip.synthesis.synthesizer import AnomalySynthesizer
 from onenip.training.data import CategoryData
 from onenip.training.schedule import epoch_subset
@@ -22,11 +23,9 @@ def build_synthesizer(cfg: SynthesisParams, texture_images: Sequence[Tensor] = (
     return AnomalySynthesizer(
         methods=cfg.methods,
         probabilities=cfg.probabilities,
-        perlin_threshold=cfg.perlin_threshold,
-        min_scale_exp=cfg.min_scale_exp,
-        max_scale_exp=cfg.max_scale_exp,
-        foreground=cfg.foreground,
-        texture_images=list(texture_images) or None,
+        perlin=PerlinSettings(threshold=cfg.perlin_threshold, min_scale_exp=cfg.min_scale_exp, max_scale_exp=cfg.max_scale_exp),
+        texture=TextureSettings(images=list(texture_images) or None),
+        acceptance=AcceptanceSettings(foreground=cfg.foreground),
     )
 
 

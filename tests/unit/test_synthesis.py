@@ -14,7 +14,10 @@ from onenip.synthesis import (
     METHODS,
     VALIDATION_METHODS,
     PROCEDURAL_TEXTURES,
+    AcceptanceSettings,
     AnomalySynthesizer,
+    PerlinSettings,
+    TextureSettings,
     SynthesisError,
     SynthesisResult,
     colour_jitter,
@@ -51,7 +54,7 @@ def object_on_background(size: int, seed: int = 0) -> tuple[torch.Tensor, torch.
 
 
 def required_area(synth: AnomalySynthesizer, size: int) -> int:
-    return max(synth.min_mask_pixels, int(np.ceil(synth.min_mask_fraction * size * size)))
+    return max(synth.acceptance.min_mask_pixels, int(np.ceil(synth.acceptance.min_mask_fraction * size * size)))
 
 
 @pytest.mark.parametrize("method", ALL_METHODS)
@@ -71,7 +74,7 @@ def test_anomalous_results_always_have_a_mask(method: str, size: int, num_seeds:
         assert result.image.min().item() >= 0.0 and result.image.max().item() <= 1.0
         # The image changed visibly inside the mask (min_change) ...
         changed = (result.image - image).abs().mean(0)[result.mask[0].bool()].mean().item()
-        assert changed >= synth.min_change
+        assert changed >= synth.acceptance.min_change
         # ... and not at all outside it.
         outside = ~result.mask[0].bool()
         assert torch.equal(result.image[:, outside], image[:, outside])
@@ -140,7 +143,7 @@ def test_foreground_callable_is_respected() -> None:
         mask[:, : img.shape[2] // 2] = True
         return mask
 
-    synth = AnomalySynthesizer(foreground=left_half)
+    synth = AnomalySynthesizer(acceptance=AcceptanceSettings(foreground=left_half))
     for seed in range(10):
         mask = synth(image, seed).mask[0].bool()
         assert mask.any() and not mask[:, 32:].any()
@@ -166,7 +169,7 @@ def test_estimate_foreground_is_whole_image_without_a_clear_object() -> None:
 def test_auto_foreground_keeps_anomalies_on_the_object(method: str) -> None:
     image, _ = object_on_background(64, seed=1)
     foreground = estimate_foreground(image)[0]
-    synth = AnomalySynthesizer(methods=(method,), foreground="auto")
+    synth = AnomalySynthesizer(methods=(method,), acceptance=AcceptanceSettings(foreground="auto"))
     for seed in range(10):
         mask = synth(image, seed).mask[0].bool()
         assert mask.any() and not (mask & ~foreground).any()
@@ -175,7 +178,7 @@ def test_auto_foreground_keeps_anomalies_on_the_object(method: str) -> None:
 def test_fallback_when_no_candidate_fits() -> None:
     image = textured_image(64)
     # Threshold above the noise maximum: every Perlin candidate is empty.
-    synth = AnomalySynthesizer(methods=("perlin",), perlin_threshold=0.999, max_tries=2)
+    synth = AnomalySynthesizer(methods=("perlin",), perlin=PerlinSettings(threshold=0.999), acceptance=AcceptanceSettings(max_tries=2))
     for seed in range(5):
         result = synth(image, seed)
         assert result.method == "fallback" and bool(result.is_anomalous)
@@ -189,7 +192,7 @@ def test_tiny_foreground_still_gives_a_mask_inside_it() -> None:
     foreground = torch.zeros(64, 64, dtype=torch.bool)
     foreground[10:12, 40:43] = True  # 6 pixels, fewer than min_mask_pixels
     for method in ALL_METHODS:
-        synth = AnomalySynthesizer(methods=(method,), max_tries=3)
+        synth = AnomalySynthesizer(methods=(method,), acceptance=AcceptanceSettings(max_tries=3))
         for seed in range(5):
             mask = synth(image, seed, foreground_mask=foreground).mask[0].bool()
             # The minimum area is capped at the foreground area, so the mask is all of it.
@@ -200,7 +203,7 @@ def test_plain_image_never_returns_an_invisible_anomaly() -> None:
     # CutPaste on a black image cannot change anything (jitter keeps black black); the fallback
     # must still change the pixels.
     flat = torch.zeros(3, 32, 32)
-    result = AnomalySynthesizer(methods=("cutpaste_patch",), max_tries=3)(flat, 0)
+    result = AnomalySynthesizer(methods=("cutpaste_patch",), acceptance=AcceptanceSettings(max_tries=3))(flat, 0)
     mask = result.mask[0].bool()
     assert result.method == "fallback" and mask.any()
     assert (result.image - flat).abs().mean(0)[mask].mean().item() >= 0.01
@@ -238,10 +241,7 @@ def test_texture_images_from_tensors_and_paths(tmp_path: Path) -> None:
     Image.fromarray(np.full((30, 30, 3), (0, 0, 255), dtype=np.uint8)).save(path)
     synth = AnomalySynthesizer(
         methods=("perlin",),
-        texture_images=[other, path],
-        texture_image_probability=1.0,
-        texture_jitter=0.0,
-        texture_opacity=(1.0, 1.0),
+        texture=TextureSettings(images=[other, path], image_probability=1.0, jitter=0.0, opacity=(1.0, 1.0)),
     )
     image = torch.full((3, 64, 64), 0.5)
     image[1] = 0.4  # a colour image: textures keep their colours (a grey one would get grey textures)
@@ -293,13 +293,13 @@ def test_grey_images_get_grey_anomalies() -> None:
     grey = textured_image(64).mean(0, keepdim=True).expand(3, -1, -1).contiguous()
     colourful = [torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(i)) for i in range(4)]
     for method in ALL_METHODS:
-        synth = AnomalySynthesizer(methods=(method,), texture_images=colourful, texture_image_probability=0.5)
+        synth = AnomalySynthesizer(methods=(method,), texture=TextureSettings(images=colourful, image_probability=0.5))
         for seed in range(8):
             out = synth(grey, seed).image
             assert (out.amax(0) - out.amin(0)).max().item() < 1e-5, f"{method}, seed {seed}"
     # a colour image still gets colour jitter (CutPaste's hue jitter is 0.1 of a turn, as the reference)
     patch = AnomalySynthesizer(methods=("cutpaste_patch",))
-    assert patch.colour_jitter == 0.4 and patch.colour_jitter_hue == 0.1
+    assert patch.cutpaste.colour_jitter == 0.4 and patch.cutpaste.colour_jitter_hue == 0.1
 
 
 def test_cracks_are_thin_and_brightness_regions_are_smooth() -> None:
@@ -329,10 +329,10 @@ def test_non_square_images() -> None:
         result = synthesizer(image, 0)
         mask = result.mask[0].bool()
         assert result.mask.shape == (1, 40, 120)
-        assert mask.sum().item() >= synthesizer.min_mask_pixels, method  # the configured floor on the wide image too
+        assert mask.sum().item() >= synthesizer.acceptance.min_mask_pixels, method  # the configured floor on the wide image too
         change = (result.image - image).abs()
         assert change.amax(0)[~mask].max().item() == 0.0, method  # nothing outside the mask changes
-        assert change.mean(0)[mask].mean().item() >= synthesizer.min_change, method  # and the anomaly is visible
+        assert change.mean(0)[mask].mean().item() >= synthesizer.acceptance.min_change, method  # and the anomaly is visible
 
 
 @pytest.mark.parametrize(
@@ -342,12 +342,12 @@ def test_non_square_images() -> None:
         ({"methods": ()}, "methods"),
         ({"probabilities": (1.0, 1.0)}, "probabilities"),
         ({"probabilities": (0.0, 0.0, 0.0)}, "probabilities"),
-        ({"min_scale_exp": 4, "max_scale_exp": 2}, "scale_exp"),
-        ({"texture_opacity": (0.8, 0.2)}, "texture_opacity"),
-        ({"foreground": "object"}, "foreground"),
-        ({"max_tries": 0}, "max_tries"),
+        ({"perlin": PerlinSettings(min_scale_exp=4, max_scale_exp=2)}, "scale_exp"),
+        ({"texture": TextureSettings(opacity=(0.8, 0.2))}, "texture_opacity"),
+        ({"acceptance": AcceptanceSettings(foreground="object")}, "foreground"),
+        ({"acceptance": AcceptanceSettings(max_tries=0)}, "max_tries"),
         ({"anomaly_probability": 1.5}, "anomaly_probability"),
-        ({"texture_images": [torch.zeros(4, 8, 8)]}, r"texture_images\[0\]"),
+        ({"texture": TextureSettings(images=[torch.zeros(4, 8, 8)])}, r"texture_images\[0\]"),
     ],
 )
 def test_invalid_settings_raise_clear_errors(kwargs: dict, match: str) -> None:
@@ -373,7 +373,7 @@ def test_invalid_inputs_raise_clear_errors() -> None:
 def test_follows_the_input_device() -> None:
     image = textured_image(64).cuda()
     for method in METHODS:
-        result = AnomalySynthesizer(methods=(method,), foreground="auto")(image, 0)
+        result = AnomalySynthesizer(methods=(method,), acceptance=AcceptanceSettings(foreground="auto"))(image, 0)
         assert result.image.device == image.device and result.mask.device == image.device
         assert result.mask.sum().item() > 0
 
@@ -411,7 +411,7 @@ def test_real_bottle_image() -> None:
     foreground = estimate_foreground(image)[0]
     assert 0.3 < foreground.float().mean().item() < 0.9  # the bottle, not the whole picture
     for method in METHODS:
-        synth = AnomalySynthesizer(methods=(method,), foreground="auto")
+        synth = AnomalySynthesizer(methods=(method,), acceptance=AcceptanceSettings(foreground="auto"))
         for seed in range(3):
             result = synth(image, seed)
             mask = result.mask[0].bool()
@@ -425,8 +425,8 @@ def test_strength_fades_the_anomaly_towards_the_normal_image_and_keeps_its_mask(
     image = textured_image(64)
     # every candidate accepted, so both keep their first (a retry would follow the strength's draw)
     accept = {"min_change": 0.0, "min_mask_pixels": 1, "min_mask_fraction": 0.0}
-    full = AnomalySynthesizer(methods=(method,), **accept)(image, torch.Generator().manual_seed(3))
-    half = AnomalySynthesizer(methods=(method,), strength=(0.5, 0.5), **accept)(image, torch.Generator().manual_seed(3))
+    full = AnomalySynthesizer(methods=(method,), acceptance=AcceptanceSettings(**accept))(image, torch.Generator().manual_seed(3))
+    half = AnomalySynthesizer(methods=(method,), acceptance=AcceptanceSettings(strength=(0.5, 0.5), **accept))(image, torch.Generator().manual_seed(3))
     assert half.method == full.method == method
     assert torch.equal(half.mask, full.mask)
     torch.testing.assert_close(half.image, image + 0.5 * (full.image - image))
@@ -436,7 +436,7 @@ def test_strength_fades_the_anomaly_towards_the_normal_image_and_keeps_its_mask(
 def test_full_strength_draws_nothing_so_seeded_anomalies_stay_as_they_were() -> None:
     image = textured_image(64)
     default = AnomalySynthesizer(methods=VALIDATION_METHODS)
-    explicit = AnomalySynthesizer(methods=VALIDATION_METHODS, strength=(1.0, 1.0))
+    explicit = AnomalySynthesizer(methods=VALIDATION_METHODS, acceptance=AcceptanceSettings(strength=(1.0, 1.0)))
     first, second = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     for _ in range(4):
         assert torch.equal(default(image, first).image, explicit(image, second).image)
@@ -446,12 +446,12 @@ def test_full_strength_draws_nothing_so_seeded_anomalies_stay_as_they_were() -> 
 @pytest.mark.parametrize("strength", [(0.0, 1.0), (0.8, 0.4), (0.5, 1.5)])
 def test_strength_outside_zero_one_is_refused(strength: tuple[float, float]) -> None:
     with pytest.raises(SynthesisError, match="strength"):
-        AnomalySynthesizer(strength=strength)
+        AnomalySynthesizer(acceptance=AcceptanceSettings(strength=strength))
 
 
 def test_a_candidate_faded_below_min_change_is_retried() -> None:
     image = textured_image(64)
-    faint = AnomalySynthesizer(methods=("spots",), strength=(0.02, 0.02), min_change=0.05, max_tries=3)
+    faint = AnomalySynthesizer(methods=("spots",), acceptance=AcceptanceSettings(strength=(0.02, 0.02), min_change=0.05, max_tries=3))
     result = faint(image, torch.Generator().manual_seed(0))
     assert result.method == "fallback"  # every faded candidate changed the image too little
 
