@@ -22,6 +22,7 @@ import itertools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -305,6 +306,19 @@ def select_one(
             pixel_ap = float(average_precision_score(masks.ravel(), smoothed.ravel())) if masks.any() else 0.0
             pixel_scores[i] = (float(pixel_aupro(smoothed, masks)), pixel_ap)
         del parts
+    table, best = _scored_table(order, stage, pixel_scores)
+    if cfg.refiner_margin_se > 0 and best[1].weights[1] > 0:
+        best = _less_refiner_within_noise(best, table, validation, components, masks, valid, cfg)
+    if anchor is not None and best[1].weights != anchor:
+        best = _anchor_unless_beaten(best, anchor, table, validation, components, masks, valid, cfg)
+    return best[0], best[1], best[2], table
+
+
+def _scored_table(
+    order: list[int], stage: list[Any], pixel_scores: dict[int, tuple[float, float]],
+) -> tuple[list[dict[str, object]], tuple[float, ScoringRule, dict[str, float]]]:  # fmt: skip
+    """Every candidate rule (each pooling of each stage-1 entry) as a table row, scored by the mean of the
+    ``SELECTION_METRICS`` where it reached stage 2; and the best (an earlier candidate wins ties)."""
     table: list[dict[str, object]] = []
     best: tuple[float, ScoringRule, dict[str, float]] | None = None
     for i in order:
@@ -322,11 +336,7 @@ def select_one(
             if best is None or score > best[0] + 1e-9:
                 best = (score, rule, found)
     assert best is not None
-    if cfg.refiner_margin_se > 0 and best[1].weights[1] > 0:
-        best = _less_refiner_within_noise(best, table, validation, components, masks, valid, cfg)
-    if anchor is not None and best[1].weights != anchor:
-        best = _anchor_unless_beaten(best, anchor, table, validation, components, masks, valid, cfg)
-    return best[0], best[1], best[2], table
+    return table, best
 
 
 LOCALISATION_METRICS = ("pixel_AUROC", "pixel_AUPRO")

@@ -88,6 +88,22 @@ def nearest_prompt(queries: Tensor, prompts: Tensor) -> Tensor:
     return (q @ p.t()).argmax(dim=1)
 
 
+def checked_grids(geometries: Mapping[str, InputGeometry], stride: int, window: Any) -> dict[str, tuple[int, int]]:
+    """Each category's feature grid, after checking its input is a multiple of the stride and that the
+    neighbour window leaves every grid position something to attend to (one clear error otherwise)."""
+    grids = {c: g.grid(stride) for c, g in geometries.items()}
+    for category, geometry in geometries.items():
+        if geometry.height % stride or geometry.width % stride:
+            msg = f"input size {geometry.size} of {category!r} must be a multiple of the feature stride {stride}"
+            raise ValueError(msg)
+        try:
+            check_neighbor_size(grids[category], window)
+        except ValueError as error:
+            msg = f"category {category!r} (input {geometry.height}x{geometry.width}): {error}"
+            raise ValueError(msg) from None
+    return grids
+
+
 class OneNIPDetector(CategoryIndex, nn.Module):
     """Images of one category (B, 3, H, W) in [0, 1] -> ``DetectorOutput``.
 
@@ -115,16 +131,7 @@ class OneNIPDetector(CategoryIndex, nn.Module):
         self.geometries = {c: (geometries or {}).get(c, default) for c in self.categories}
         self.feature_extractor: FeatureExtractor = build_feature_extractor(cfg.backbone, pretrained=pretrained)
         stride = cfg.backbone.feature_stride
-        grids = {c: g.grid(stride) for c, g in self.geometries.items()}
-        for category, geometry in self.geometries.items():
-            if geometry.height % stride or geometry.width % stride:
-                msg = f"input size {geometry.size} of {category!r} must be a multiple of the feature stride {stride}"
-                raise ValueError(msg)
-            try:
-                check_neighbor_size(grids[category], cfg.neighbor_window)
-            except ValueError as error:
-                msg = f"category {category!r} (input {geometry.height}x{geometry.width}): {error}"
-                raise ValueError(msg) from None
+        grids = checked_grids(self.geometries, stride, cfg.neighbor_window)
         max_grid = (max(g[0] for g in grids.values()), max(g[1] for g in grids.values()))
         extractor = self.feature_extractor
         self.model = build_onenip(cfg, extractor.num_features, extractor.num_fine_features, max_grid)

@@ -124,3 +124,19 @@ def test_the_cycle_finder_finds_a_late_import_cycle(tmp_path: Path) -> None:
 def test_no_import_cycle_in_the_library() -> None:
     found = cycles(import_graph())
     assert not found, f"import cycles (late imports included): {found}"
+
+
+def test_no_function_over_80_lines_and_no_module_over_600() -> None:
+    """Functions that fit on a screen, modules a reader can hold (onenip/ and pipelines/)."""
+    long_functions, long_modules = [], []
+    for folder in (LIBRARY, LIBRARY.parent / "pipelines"):
+        for path in sorted(folder.rglob("*.py")):
+            text = path.read_text()
+            if len(text.splitlines()) > 600:
+                long_modules.append(f"{path.name}: {len(text.splitlines())}")
+            for node in ast.walk(ast.parse(text)):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    start = min([d.lineno for d in node.decorator_list] + [node.lineno])
+                    if node.end_lineno - start + 1 > 80:  # type: ignore[operator]
+                        long_functions.append(f"{path.name}:{node.lineno} {node.name}")
+    assert not long_functions and not long_modules, (long_functions, long_modules)
