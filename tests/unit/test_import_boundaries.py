@@ -140,3 +140,15 @@ def test_no_function_over_80_lines_and_no_module_over_600() -> None:
                     if node.end_lineno - start + 1 > 80:  # type: ignore[operator]
                         long_functions.append(f"{path.name}:{node.lineno} {node.name}")
     assert not long_functions and not long_modules, (long_functions, long_modules)
+
+
+def test_few_shot_code_does_not_load_the_training_loop() -> None:
+    """Onboarding needs training's data preparation, not its loop (lazy re-exports of onenip.training)."""
+    import subprocess
+    import sys
+
+    # onenip.fewshot and the training modules its functions import (data, pool)
+    code = ("import sys, onenip.fewshot, onenip.training.data, onenip.training.pool; "
+            "print('onenip.training.loop' in sys.modules, 'onenip.training.data' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=LIBRARY.parent)
+    assert result.stdout.split() == ["False", "True"]
