@@ -287,8 +287,7 @@ def _promotion_target(
     if not model.startswith("models:/"):
         msg = f"promote takes a registered model (models:/NAME/VERSION), got {model!r}"
         raise ConfigError(msg)
-    body = model[len("models:/") :]
-    name, _, ref = body.partition("@") if "@" in body else body.partition("/")
+    name, ref = registry.split_model_uri(model)
     if rollback and ref:
         msg = f"--rollback takes the model name only (models:/{name}), not a version"
         raise ConfigError(msg)

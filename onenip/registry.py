@@ -451,6 +451,14 @@ class ResolvedModel(NamedTuple):
     ``runs:/`` URI; None for a local folder."""
 
 
+def split_model_uri(uri: str) -> tuple[str, str]:
+    """``models:/<name>@<alias>`` or ``models:/<name>/<version>`` -> (name, alias or version); the second is
+    empty for ``models:/<name>``."""
+    body = uri[len("models:/") :]
+    name, _, ref = body.partition("@") if "@" in body else body.partition("/")
+    return name, ref
+
+
 def pin_model_uri(uri: str, params: Params, project_root: str | Path = ".") -> str:
     """``models:/<name>@<alias>`` -> ``models:/<name>/<version>`` (what the alias points at now), so a
     record keeps naming the same model after the alias moves; any other URI or path unchanged."""
@@ -471,8 +479,7 @@ def resolve_model(uri: str, params: Params, project_root: str | Path = ".") -> R
         client = connect(params, project_root, existing=True)
         pinned = uri
         if uri.startswith("models:/"):
-            body = uri[len("models:/") :]
-            name, _, ref = body.partition("@") if "@" in body else body.partition("/")
+            name, ref = split_model_uri(uri)
             if not ref:
                 msg = f"Model URI {uri!r} needs an alias or version: models:/<name>@champion or models:/<name>/<version>"
                 raise RegistryError(msg)
