@@ -301,12 +301,15 @@ def serve(
     port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 5001,
     host: Annotated[str, typer.Option("--host", help="127.0.0.1 serves this machine only; 0.0.0.0 every interface.")] = "127.0.0.1",
     runtime: Annotated[Runtime, typer.Option("--runtime", help="auto: the runtime the version was registered with.")] = Runtime.auto,
+    log: Annotated[bool | None, typer.Option("--log/--no-log", help="Append every prediction to the prediction log (default: monitoring.log_serve).", show_default=False)] = None,
     model_option: ModelOrOption = None,
     params: ParamsOption = DEFAULT_PARAMS_PATH,
     profile: ProfileOption = None,
     sets: SetOption = None,
 ) -> None:
-    """Serve a registered model over HTTP (mlflow models serve on the project's store and this environment)."""
+    """Serve a registered model over HTTP (mlflow models serve on the project's store and this
+    environment), judged against the version's operating point (`onenip threshold`), every prediction
+    logged for the review page (`onenip review`)."""
     import os
 
     from onenip import registry
@@ -317,10 +320,15 @@ def serve(
     if not model.startswith("models:/"):
         msg = f"serve takes a registered model (models:/NAME@champion or models:/NAME/VERSION), got {model!r}"
         raise ConfigError(msg)
-    _resolve(model, cfg)  # one clear line for an unknown name, alias or version, before anything starts
-    env = {**os.environ, "MLFLOW_TRACKING_URI": registry.tracking_uri(cfg, root),
+    resolved = _resolve(model, cfg)  # one clear line for an unknown name, alias or version, before anything starts
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registry.tracking_uri(cfg, root), "ONENIP_MODEL_URI": resolved.version or model,
            # mlflow starts uvicorn from PATH: this environment's, as with an activated venv
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
+    if cfg.monitoring.log_serve if log is None else log:
+        from onenip.monitoring.log import log_url
+
+        env.update(ONENIP_PREDICTION_LOG=log_url(cfg.monitoring.database, root), ONENIP_PREDICTION_STORE=str(root / cfg.monitoring.store),
+                   ONENIP_PREDICTION_STORE_MB=str(cfg.monitoring.store_max_mb))  # fmt: skip
     if runtime != Runtime.auto:
         env["ONENIP_RUNTIME"] = runtime.value
     console.print(f"Serving {model} on http://{host}:{port}/invocations (Ctrl-C stops it); health: http://{host}:{port}/ping")
@@ -397,13 +405,16 @@ def predict(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
     heatmaps: Annotated[bool, typer.Option("--heatmaps/--no-heatmaps", help="Write heatmap overlay PNGs.")] = True,
     runtime: Annotated[Runtime, typer.Option("--runtime", help="auto: the runtime the version was registered with, else onnx when installed, else torch.")] = Runtime.auto,
+    threshold: Annotated[float | None, typer.Option("--threshold", help="Judge against this threshold instead of the version's operating point.")] = None,
+    log: Annotated[bool | None, typer.Option("--log/--no-log", help="Append the predictions to the prediction log (default: monitoring.log_predict).", show_default=False)] = None,
+    station: Annotated[str | None, typer.Option("--station", help="With --log: the station / line the images come from.")] = None,
     params: ParamsOption = DEFAULT_PARAMS_PATH,
     profile: ProfileOption = None,
     sets: SetOption = None,
 ) -> None:
-    """Score images: per image the score, the decision at the model's calibrated threshold and a
-    heatmap overlay, and an index.html report to browse them; unreadable files are listed and
-    skipped, the rest are scored."""
+    """Score images: per image the score, the decision at the version's operating point (`onenip
+    threshold`; the calibrated threshold unless one was set) and a heatmap overlay, and an index.html
+    report to browse them; unreadable files are listed and skipped, the rest are scored."""
     from onenip.data.manifest import DatasetError
     from onenip.serving import collect_images, predict_files
     from onenip.serving import load_predictor
@@ -426,10 +437,23 @@ def predict(
         msg = f"{model} knows several categories; say which one with --category"
         raise ConfigError(msg)
     out = out or _new_folder(project_dir() / "runs" / "predict")  # each run its own folder
+    if (resolved.version or "").startswith("models:/"):
+        from onenip import registry
+        from onenip.registry_thresholds import RegistryThreshold
+
+        predictor.threshold_source = RegistryThreshold.from_uri(resolved.version, client=registry.connect(cfg, project_dir(), existing=True))
+    prediction_log = None
+    if cfg.monitoring.log_predict if log is None else log:
+        from onenip.monitoring.log import open_log
+
+        prediction_log = open_log(cfg, project_dir())
     report = predict_files(predictor, paths, out, category or resolved.category, batch_size=batch_size, heatmaps=heatmaps,
-                           model=resolved.version or str(resolved.folder))  # fmt: skip
+                           model=resolved.version or str(resolved.folder), threshold=threshold, log=prediction_log, station=station)  # fmt: skip
+    if prediction_log is not None:
+        prediction_log.flush()
+        console.print(f"Logged {len(report.predictions)} predictions to {prediction_log.url}" + (f" ({prediction_log.failures} failed)" if prediction_log.failures else ""))
     anomalous = sum(bool(r["is_anomaly"]) for r in report.predictions)
-    console.print(f"Scored {len(report.predictions)} of {len(paths)} images: {anomalous} anomalous at the model's threshold.")
+    console.print(f"Scored {len(report.predictions)} of {len(paths)} images: {anomalous} anomalous at the operating point.")
     console.print(f"Wrote {report.csv_path}, {report.json_path}" + (f" and heatmaps under {out / 'heatmaps'}" if heatmaps else ""))
     console.print(f"Report: {report.html_path.resolve().as_uri()}")
     if report.failures:

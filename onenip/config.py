@@ -467,6 +467,24 @@ class GeneralistParams(_Section):
     """The registered model of the generalist; its ``champion`` onboards new categories."""
 
 
+class MonitoringParams(_Section):
+    """The prediction log, review page and drift checks (``onenip.monitoring``, ``onenip.review``; params.yaml says what each is)."""
+
+    log_serve: bool = True
+    log_predict: bool = False
+    database: str | None = None
+    """A SQLAlchemy URL; null: ``sqlite:///<project>/predictions.db``. ``ONENIP_PREDICTION_LOG`` wins."""
+    store: str = "store/predictions"
+    store_max_mb: float = Field(2048.0, ge=0)
+    users_file: str = "reviewers.yaml"
+    drift_window_hours: float = Field(24.0, gt=0)
+    drift_min_images: int = Field(20, ge=2)
+    drift_p_value: float = Field(0.001, gt=0, lt=1)
+    drift_alarm_factor: float = Field(3.0, ge=1)
+    drift_min_shift: float = Field(0.5, ge=0)
+    schedule_cron: str = "0 * * * *"
+
+
 class Params(_Section):
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()
@@ -477,6 +495,7 @@ class Params(_Section):
     gates: GateParams = GateParams()
     pipeline: PipelineParams = PipelineParams()
     generalist: GeneralistParams = GeneralistParams()
+    monitoring: MonitoringParams = MonitoringParams()
 
 
 def find_project_root(start: str | Path) -> Path | None:

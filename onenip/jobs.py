@@ -357,3 +357,45 @@ def category_test_images(root: str | Path, category: str) -> list[Path]:
     """The category's test images, in the manifest's order (normals and defects)."""
     manifest = make_manifest(root, [category], progress=False)
     return [Path(p) for p in manifest[manifest["split"] == "test"]["image_path"]]
+
+
+# -- monitor -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DriftReport:
+    checks: list[dict[str, Any]]
+    markdown: str
+
+    @property
+    def fired(self) -> list[dict[str, Any]]:
+        return [c for c in self.checks if c["fired"]]
+
+
+def monitor_traffic(params: Params, project_root: str | Path = ".") -> DriftReport:
+    """Drift checks of the logged traffic (``onenip.monitoring.drift``), recorded in the log's
+    ``drift_checks`` table (the review page shows them)."""
+    from onenip import registry
+    from onenip.data.manifest import is_image_file
+    from onenip.monitoring.drift import check_drift, drift_markdown
+    from onenip.monitoring.log import open_log
+    from onenip.operating_points import calibration_scores
+
+    project_root = Path(project_root)
+    log = open_log(params, project_root)
+    folders: dict[str, Path | None] = {}
+
+    def reference_scores(version: str, category: str) -> Any:
+        if version not in folders:
+            try:
+                folders[version] = registry.resolve_model(version, params, project_root).folder if version else None
+            except (registry.RegistryError, OSError):
+                folders[version] = None
+        folder = folders[version]
+        return None if folder is None else calibration_scores(folder, category)
+
+    def train_images(category: str) -> list[Path]:
+        folder = project_root / params.data.root / category / "train" / "good"
+        return sorted(p for p in folder.rglob("*") if is_image_file(p)) if folder.is_dir() else []
+
+    checks = check_drift(log, params.monitoring, reference_scores, train_images)
+    log.record_drift(checks)
+    return DriftReport(checks, drift_markdown(checks, params.monitoring.drift_window_hours))

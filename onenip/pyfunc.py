@@ -18,6 +18,7 @@ import base64
 import binascii
 import io
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +52,13 @@ PIP_REQUIREMENTS = [
 ]
 
 SIGNATURE = ModelSignature(
-    inputs=Schema([ColSpec("string", "image"), ColSpec("string", "category", required=False)]),
+    inputs=Schema([ColSpec("string", "image"), ColSpec("string", "category", required=False), ColSpec("string", "station", required=False)]),
     outputs=Schema(
-        [ColSpec("string", "category"), ColSpec("double", "score"), ColSpec("double", "threshold"), ColSpec("boolean", "is_anomaly")],
+        [ColSpec("string", "category"), ColSpec("double", "score"), ColSpec("double", "threshold"), ColSpec("boolean", "is_anomaly"),
+         ColSpec("string", "model_version"), ColSpec("string", "prediction_id")],
     ),
-    params=ParamSchema([ParamSpec("return_map", "boolean", False)]),
+    # threshold: judge this request against its own threshold (-1: the version's operating point)
+    params=ParamSchema([ParamSpec("return_map", "boolean", False), ParamSpec("threshold", "double", -1.0)]),
 )
 
 
@@ -110,11 +113,31 @@ class OneNIPPyfunc(mlflow.pyfunc.PythonModel):
             # ONENIP_RUNTIME overrides the registered choice (torch | onnx | openvino | auto)
             runtime=os.environ.get("ONENIP_RUNTIME") or config.get("runtime", "torch"),
         )
+        # onenip serve names the version it serves (models:/NAME/VERSION): its operating point is read
+        # from the registry, and the prediction log (when on) gets every prediction
+        self.model_version = os.environ.get("ONENIP_MODEL_URI")
+        if self.model_version and self.model_version.startswith("models:/"):
+            from onenip.registry_thresholds import RegistryThreshold
+
+            self.predictor.threshold_source = RegistryThreshold.from_uri(self.model_version)
+        self.log = None
+        if os.environ.get("ONENIP_PREDICTION_LOG"):
+            from onenip.monitoring.log import PredictionLog
+            from onenip.monitoring.store import ImageStore
+
+            store = os.environ.get("ONENIP_PREDICTION_STORE")
+            max_bytes = int(float(os.environ.get("ONENIP_PREDICTION_STORE_MB", "2048")) * 1e6)
+            self.log = PredictionLog(os.environ["ONENIP_PREDICTION_LOG"], ImageStore(store, max_bytes) if store else None)
 
     # No type hints here: MLflow would try to derive a schema from them; SIGNATURE is the schema.
     def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+        started = time.perf_counter()
         return_map = bool((params or {}).get("return_map", False))
+        threshold = (params or {}).get("threshold")
+        threshold = None if threshold is None or float(threshold) < 0 else float(threshold)
         images, categories = self._images(model_input)
+        stations = self._stations(model_input, len(images))
+        log = getattr(self, "log", None)
         if not images:
             msg = "Empty batch: send at least one image"
             raise _bad_input(msg)
@@ -127,7 +150,9 @@ class OneNIPPyfunc(mlflow.pyfunc.PythonModel):
             groups.setdefault(category, []).append(i)
         for category, positions in groups.items():
             try:
-                predictions = self.predictor.predict([images[i] for i in positions], category, return_maps=return_map)
+                predictions = self.predictor.predict(
+                    [images[i] for i in positions], category, return_maps=return_map or log is not None, threshold=threshold,
+                )
             except ValueError as error:  # unknown category, bad array shape
                 raise _bad_input(str(error)) from None
             for i, prediction in zip(positions, predictions, strict=True):
@@ -136,10 +161,36 @@ class OneNIPPyfunc(mlflow.pyfunc.PythonModel):
                     "score": prediction.score,
                     "threshold": prediction.threshold,
                     "is_anomaly": prediction.is_anomaly,
+                    "model_version": getattr(self, "model_version", None),
+                    "prediction_id": None,
+                    "_map": prediction.anomaly_map,
                 }
                 if return_map:
                     rows[i]["anomaly_map"] = prediction.anomaly_map.round(5).tolist()
+        if log is not None:
+            self._log(log, images, rows, stations, (time.perf_counter() - started) * 1000 / len(images))
+        for row in rows:
+            del row["_map"]
         return pd.DataFrame(rows)
+
+    def _log(self, log: Any, images: list[Any], rows: list[dict[str, Any]], stations: list[str | None], latency_ms: float) -> None:
+        """Hand every prediction to the log's background writer: never fails, never waits for the database."""
+        from onenip.monitoring.log import LoggedPrediction
+        from onenip.serving.base import as_rgb_uint8
+
+        records = []
+        for image, row, station in zip(images, rows, stations, strict=True):
+            record = LoggedPrediction(row["category"], row["score"], row["threshold"], row["is_anomaly"], as_rgb_uint8(image), row["_map"],
+                                      station, row["model_version"], latency_ms)  # fmt: skip
+            row["prediction_id"] = record.id
+            records.append(record)
+        log.submit(records)
+
+    @staticmethod
+    def _stations(model_input: Any, count: int) -> list[str | None]:
+        if isinstance(model_input, pd.DataFrame) and "station" in model_input.columns:
+            return [None if pd.isna(s) else str(s) for s in model_input["station"].tolist()]
+        return [None] * count
 
     @staticmethod
     def _images(model_input: Any) -> tuple[list[Any], list[str | None]]:

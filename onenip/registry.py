@@ -35,6 +35,7 @@ from onenip.config import GateParams, Params
 from onenip.gates import GateDecision, decide
 
 if TYPE_CHECKING:
+    from onenip.operating_points import OperatingPoint
     from onenip.export_check import ExportCheck
 
 CHAMPION, PREVIOUS, CHALLENGER = "champion", "previous", "challenger"
@@ -512,3 +513,32 @@ def resolve_model(uri: str, params: Params, project_root: str | Path = ".") -> R
         "model, or models:/<name>@<alias>"
     )
     raise RegistryError(msg)
+
+
+# -- operating points (onenip.operating_points): the threshold beside a version, not in it ----------
+THRESHOLD_KEYS = ("threshold", "threshold_how", "threshold_expected_fpr", "threshold_set_by", "threshold_set_at", "threshold_history")
+
+
+def operating_point(version: Any, trained_threshold: float, scores: Any = None) -> OperatingPoint:
+    """A version's operating point: the one set with ``onenip threshold`` (its tags), else the threshold
+    calibrated at training."""
+    from onenip.operating_points import OperatingPoint, expected_fpr
+
+    tags = version.tags
+    if f"{TAG_PREFIX}threshold" not in tags:
+        return OperatingPoint(trained_threshold, "calibration", expected_fpr(scores, trained_threshold))
+    fpr = tags.get(f"{TAG_PREFIX}threshold_expected_fpr", "")
+    return OperatingPoint(
+        float(tags[f"{TAG_PREFIX}threshold"]), tags.get(f"{TAG_PREFIX}threshold_how", "value"), float(fpr) if fpr else None,
+        tags.get(f"{TAG_PREFIX}threshold_set_by", ""), tags.get(f"{TAG_PREFIX}threshold_set_at", ""),
+        json.loads(tags.get(f"{TAG_PREFIX}threshold_history", "[]")),
+    )  # fmt: skip
+
+
+def set_operating_point(client: MlflowClient, name: str, version: str, point: OperatingPoint) -> None:
+    """Record ``point`` as the version's threshold (the history tag keeps who changed it from what, and when)."""
+    values = (point.threshold, point.how, "" if point.expected_fpr is None else point.expected_fpr, point.set_by, point.set_at,
+              json.dumps(point.history))  # fmt: skip
+    for key, value in zip(THRESHOLD_KEYS, values, strict=True):
+        client.set_model_version_tag(name, version, f"{TAG_PREFIX}{key}", str(value))
+

@@ -30,6 +30,7 @@ from onenip.cli import (
     project_dir,
     user_errors,
 )
+import onenip.cli_operations  # noqa: F401  (threshold, review, feedback: registered on app)
 from onenip.config import DEFAULT_PARAMS_PATH, ConfigError, Params, load_params
 from onenip.overrides import deep_merge, parse_overrides
 
@@ -135,6 +136,27 @@ def schedule(
 
     root, path, cfg, overrides = _project_params(params, profile, sets)
     serve_retrain(cfg, str(path), profile, cron, root, overrides or None)
+
+
+@app.command("monitor", rich_help_panel="On the line")
+@user_errors
+def monitor(
+    params: ParamsOption = DEFAULT_PARAMS_PATH,
+    profile: ProfileOption = None,
+    sets: SetOption = None,
+) -> None:
+    """Drift checks of the logged traffic per category and station (flow 'monitor'): scores and image
+    statistics against the calibration normals; exits 1 when a check fires (`onenip schedule` runs it hourly)."""
+    from pipelines.flows import DriftDetected
+    from pipelines.flows import monitor as monitor_flow
+
+    root, path, _, overrides = _project_params(params, profile, sets)
+    try:
+        checks = monitor_flow(str(path), profile, str(root), overrides or None)
+    except DriftDetected as error:
+        err_console.print(f"[bold red]Drift:[/] {error}", highlight=False)
+        raise typer.Exit(code=1) from None
+    console.print(f"No drift: {len(checks)} checks passed" if checks else "No category had enough logged images in the window to judge.")
 
 
 @app.command("deploy", rich_help_panel=PIPELINE)

@@ -17,9 +17,10 @@ from typing import Any
 from prefect import flow
 
 from onenip.config import Params
-from pipelines.flows import DEFAULT_PARAMS_PATH, retrain, run_retrain, task_runner
+from pipelines.flows import DEFAULT_PARAMS_PATH, monitor, retrain, run_retrain, task_runner
 
 DEPLOYMENT_NAME = "weekly-retrain"
+MONITOR_DEPLOYMENT_NAME = "hourly-monitor"
 
 
 def retrain_deployment(
@@ -44,13 +45,29 @@ def retrain_deployment(
     )
 
 
+def monitor_deployment(params: Params, params_path: str, profile: str | None = None, project_root: str | Path = ".",
+                       overrides: dict[str, Any] | None = None) -> Any:  # fmt: skip
+    """The ``monitor`` flow on ``monitoring.schedule_cron`` (hourly by default): a run fails when a drift check fires."""
+    from prefect.schedules import Cron
+
+    return monitor.to_deployment(
+        name=MONITOR_DEPLOYMENT_NAME,
+        schedule=Cron(params.monitoring.schedule_cron, timezone=params.pipeline.schedule_timezone),
+        parameters={"params_path": params_path, "profile": profile, "project_root": str(Path(project_root).resolve()), "overrides": overrides},
+        description="Drift of the logged traffic against the calibration normals; fails when a check fires.",
+        tags=["onenip", params.data.name, "monitor"],
+    )
+
+
 def serve_retrain(
     params: Params, params_path: str, profile: str | None = None, cron: str | None = None, project_root: str | Path = ".",
     overrides: dict[str, Any] | None = None,
 ) -> None:  # fmt: skip
+    """Serve the scheduled retrain and the scheduled drift monitor from this process."""
     from prefect import serve
 
-    serve(retrain_deployment(params, params_path, profile, cron, project_root, overrides))
+    serve(retrain_deployment(params, params_path, profile, cron, project_root, overrides),
+          monitor_deployment(params, params_path, profile, project_root, overrides))  # fmt: skip
 
 
 @flow(name="scheduled-retrain", log_prints=True)

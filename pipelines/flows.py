@@ -205,6 +205,30 @@ def train_category(
 
 
 # -- few-shot generalist -----------------------------------------------------------------------------
+class DriftDetected(RuntimeError):
+    """A drift check fired: the ``monitor`` run fails, so a Prefect notification can page someone."""
+
+
+@task(name="check drift", cache_policy=NO_CACHE)
+def check_drift(params: Params, project_root: Path) -> jobs.DriftReport:
+    return jobs.monitor_traffic(params, project_root)
+
+
+@flow(name="monitor", log_prints=True)
+def monitor(
+    params_path: str = str(DEFAULT_PARAMS_PATH), profile: str | None = None, project_root: str = ".", overrides: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Compare the recent logged traffic per category and station with the calibration normals; a
+    markdown artifact with every check; the run fails when one fires."""
+    root_dir, params = _setup(params_path, profile, project_root, overrides)
+    report = check_drift(params, root_dir)
+    _markdown("onenip-drift", report.markdown, f"drift: {len(report.fired)} of {len(report.checks)} checks fired")
+    if report.fired:
+        names = ", ".join(f"{c['category']}/{c['station'] or '-'}: {c['check']}" for c in report.fired)
+        raise DriftDetected(f"{len(report.fired)} drift check(s) fired: {names}")
+    return report.checks
+
+
 @task(name="train generalist", cache_policy=NO_CACHE)
 def train_generalist(root: Path, categories: list[str], params: Params, out_dir: Path) -> Any:
     from onenip.fewshot import train_generalist as train

@@ -6,7 +6,7 @@ OpenVINO; never imports torch) and ``onenip.serving.torch_predictor`` (torch).""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -39,9 +39,11 @@ class ImagePredictor(Protocol):
 
     runtime: str
     default_category: str | None
+    threshold_source: Callable[[str], float | None] | None
 
     def predict(
         self, images: Sequence[Image.Image | np.ndarray], category: str | None = None, *, return_maps: bool = False, batch_size: int = 16,
+        threshold: float | None = None,
     ) -> list[Prediction]: ...
 
 
@@ -126,12 +128,21 @@ class BasePredictor(CategoryChoice, ABC):
     from each map -> ``Prediction`` records at the category's threshold."""
 
     runtime: str
+    threshold_source: Callable[[str], float | None] | None = None
+    """An operating point set after training (``onenip threshold``: the registry's, for a registered
+    version), asked per call; None from it, or no source: the trained threshold."""
 
     @abstractmethod
     def geometry(self, category: str) -> InputGeometry: ...
 
     @abstractmethod
-    def threshold(self, category: str) -> float: ...
+    def threshold(self, category: str) -> float:
+        """The threshold calibrated at training."""
+
+    def operating_threshold(self, category: str) -> float:
+        """The threshold predictions are judged against: the operating point set after training, else the trained one."""
+        value = None if self.threshold_source is None else self.threshold_source(category)
+        return self.threshold(category) if value is None else float(value)
 
     @abstractmethod
     def _score(self, category: str, images: list[np.ndarray], return_maps: bool) -> tuple[np.ndarray | None, list[float]]:
@@ -144,10 +155,13 @@ class BasePredictor(CategoryChoice, ABC):
         *,
         return_maps: bool = False,
         batch_size: int = 16,
+        threshold: float | None = None,
     ) -> list[Prediction]:
-        """Score images of one category in batches."""
+        """Score images of one category in batches, judged against ``threshold`` when given, else the
+        category's operating point."""
         category = self._category(category)
-        geometry, threshold = self.geometry(category), self.threshold(category)
+        geometry = self.geometry(category)
+        threshold = self.operating_threshold(category) if threshold is None else float(threshold)
         results: list[Prediction] = []
         for start in range(0, len(images), batch_size):
             arrays = [as_rgb_uint8(image) for image in images[start : start + batch_size]]

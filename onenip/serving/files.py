@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from onenip.serving.base import ImagePredictor
 
@@ -47,9 +48,14 @@ def predict_files(
     heatmaps: bool = True,
     progress: bool = True,
     model: str = "",
+    threshold: float | None = None,
+    log: Any = None,
+    station: str | None = None,
 ) -> PredictReport:
     """Score image files; write ``predictions.csv``, ``predictions.json``, heatmap overlays and the
-    ``index.html`` report (``model`` names the model version on it).
+    ``index.html`` report (``model`` names the model version on it). Each image is judged against
+    ``threshold`` when given, else the predictor's operating point; with ``log`` (a
+    ``onenip.monitoring.log.PredictionLog``) every prediction is also appended to the prediction log.
 
     A file that cannot be read (corrupt, truncated, empty, not an image, too small or too large) is
     reported in ``failures`` with its reason; every other file is still scored.
@@ -60,8 +66,6 @@ def predict_files(
     from tqdm.auto import tqdm
 
     from onenip.data.manifest import ImageReadError, decode_image
-    from onenip.data.resample import resize_chw
-    from onenip.plots import prediction_overlay
     from onenip.report import PREDICT_KINDS, predict_items, write_report
 
     out_dir = Path(out_dir)
@@ -81,23 +85,12 @@ def predict_files(
             except (ImageReadError, OSError) as error:
                 failures.append({"image_path": str(path), "error": str(error)})
         if images:
-            predictions = predictor.predict(images, category, return_maps=heatmaps, batch_size=batch_size)
-            for path, image, prediction in zip(batch_paths, images, predictions, strict=True):
-                row: dict[str, object] = {
-                    "image_path": str(path),
-                    "category": prediction.category,
-                    "score": prediction.score,
-                    "threshold": prediction.threshold,
-                    "is_anomaly": prediction.is_anomaly,
-                    "width": image.width,
-                    "height": image.height,
-                }
-                if heatmaps and prediction.anomaly_map is not None:
-                    anomaly_map = resize_chw(prediction.anomaly_map, (image.height, image.width), antialias=False)
-                    name = f"{len(rows):05d}_{path.stem}_{'anomaly' if prediction.is_anomaly else 'normal'}.png"
-                    prediction_overlay(image, anomaly_map, prediction.score, prediction.threshold).save(heatmap_dir / name)
-                    row["heatmap"] = str(heatmap_dir / name)
-                rows.append(row)
+            predictions = predictor.predict(images, category, return_maps=heatmaps or log is not None, batch_size=batch_size, threshold=threshold)
+            if log is not None:
+                _log(log, images, predictions, model, station)
+            base = len(rows)
+            rows.extend(_row(path, image, prediction, base + i, heatmap_dir if heatmaps else None)
+                        for i, (path, image, prediction) in enumerate(zip(batch_paths, images, predictions, strict=True)))
         bar.update(len(paths[start : start + batch_size]))
     bar.close()
     csv_path, json_path = out_dir / "predictions.csv", out_dir / "predictions.json"
@@ -117,3 +110,28 @@ def predict_files(
                              threshold=float(rows[0]["threshold"]) if rows else float("nan"),  # type: ignore[arg-type]
                              model=model or "-", kinds=PREDICT_KINDS)  # fmt: skip
     return PredictReport(rows, failures, csv_path, json_path, html_path)
+
+
+def _log(log: Any, images: list[Any], predictions: list[Any], model: str, station: str | None) -> None:
+    from onenip.monitoring.log import LoggedPrediction
+    from onenip.serving.base import as_rgb_uint8
+
+    log.submit([
+        LoggedPrediction(p.category, p.score, p.threshold, p.is_anomaly, as_rgb_uint8(image), p.anomaly_map, station, model or None, source="predict")
+        for image, p in zip(images, predictions, strict=True)
+    ])  # fmt: skip
+
+
+def _row(path: Path, image: Any, prediction: Any, index: int, heatmap_dir: Path | None) -> dict[str, object]:
+    """One image's line of predictions.csv; its heatmap overlay written into ``heatmap_dir`` (None: none)."""
+    from onenip.data.resample import resize_chw
+    from onenip.plots import prediction_overlay
+
+    row: dict[str, object] = {"image_path": str(path), "category": prediction.category, "score": prediction.score,
+                              "threshold": prediction.threshold, "is_anomaly": prediction.is_anomaly, "width": image.width, "height": image.height}  # fmt: skip
+    if heatmap_dir is not None and prediction.anomaly_map is not None:
+        anomaly_map = resize_chw(prediction.anomaly_map, (image.height, image.width), antialias=False)
+        name = f"{index:05d}_{path.stem}_{'anomaly' if prediction.is_anomaly else 'normal'}.png"
+        prediction_overlay(image, anomaly_map, prediction.score, prediction.threshold).save(heatmap_dir / name)
+        row["heatmap"] = str(heatmap_dir / name)
+    return row

@@ -284,13 +284,15 @@ def statistics_rule(detector: OneNIPDetector, params: Params) -> ScoringRule:
 @torch.no_grad()
 def calibrate_threshold(
     detector: OneNIPDetector, data: Sequence[CategoryData], threshold_quantile: float, device: torch.device, *, calibrated: bool = False,
-) -> None:
+) -> dict[str, list[float]]:
     """Map statistics and scales (unless ``calibrated``: ``validate`` has just set them for the current
     weights), then the decision threshold per category: the ``threshold_quantile`` of the held-out
-    training normals' image scores under the model's scoring rule."""
+    training normals' image scores under the model's scoring rule. Returns those scores per category
+    (saved with the model: ``onenip threshold --fpr`` sets an operating point from them later)."""
     if not calibrated:
         calibrate_error_statistics(detector, data, device)
         calibrate_scales(detector, data, device)
+    calibration: dict[str, list[float]] = {}
     for item in data:
         holdout = len(item.holdout_features) > 0
         features = item.holdout_features if holdout else item.fit_features
@@ -301,3 +303,5 @@ def calibrate_threshold(
             mask = None if valid is None else valid[start : start + 16].to(device)
             scores.append(detector.forward_features(chunk, item.index, mask).pred_score.float().cpu())
         detector.score_threshold[item.index] = float(torch.quantile(torch.cat(scores), threshold_quantile))
+        calibration[detector.categories[item.index]] = [round(float(s), 6) for s in torch.cat(scores)]
+    return calibration

@@ -198,9 +198,10 @@ def train_onenip(
             return TrainResult(run.detector, run.history, run.train_seconds, run.prompt_paths, None)
     selection = keep_best_and_select(run)
     with run.stage("threshold"):  # a selection has just calibrated the maps of these very weights
-        calibrate_threshold(run.detector, run.data, params.eval.threshold_quantile, run.device, calibrated=selection is not None)
+        calibration = calibrate_threshold(run.detector, run.data, params.eval.threshold_quantile, run.device, calibrated=selection is not None)
     with run.stage("save"):
-        model_dir = run.detector.save(run.output_dir / "model", metadata=model_metadata(run, selection))
+        metadata = {**model_metadata(run, selection), "calibration_scores": calibration}
+        model_dir = run.detector.save(run.output_dir / "model", metadata=metadata)
     logger.info("Saved model to %s (%.1f s since start)", model_dir, time.perf_counter() - started)
     return TrainResult(run.detector, run.history, run.train_seconds, run.prompt_paths, run.output_dir, selection)
 

@@ -35,7 +35,8 @@ def image(seed: int, size: tuple[int, int] = (40, 50)) -> np.ndarray:
 def test_dataframe_and_array_inputs_agree(model: OneNIPPyfunc) -> None:
     images = [image(0), image(1, (70, 30))]
     frame = model.predict(None, pd.DataFrame({"image": [encode_image(i) for i in images]}))
-    assert list(frame.columns) == ["category", "score", "threshold", "is_anomaly"]
+    # the version and the log's id are None outside `onenip serve` (no registered version, no log)
+    assert list(frame.columns) == ["category", "score", "threshold", "is_anomaly", "model_version", "prediction_id"]
     assert frame["category"].tolist() == ["plate", "plate"] and frame["threshold"].eq(0.5).all()
     single = model.predict(None, images[0])
     assert single["score"][0] == pytest.approx(frame["score"][0], rel=1e-5)
