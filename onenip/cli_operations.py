@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import getpass
 import os
-import time
 from enum import Enum
 from typing import Annotated
 
@@ -14,7 +13,6 @@ from rich.table import Table
 
 from onenip.cli import (
     DEFAULT_PARAMS_PATH,
-    SERVING,
     ModelArgument,
     ModelOrOption,
     ParamsOption,
@@ -60,46 +58,19 @@ def threshold(
 ) -> None:
     """Show a registered version's operating point (threshold, how it was set, the expected false-alarm
     rate, its history), or set it with --fpr or --value: no retraining, recorded with who and when."""
-    from onenip import operating_points as op
-    from onenip import registry
+    from onenip.operating_points import OperatingPointError
+    from onenip.thresholds import current_and_set
 
     model = _model_reference(model_argument, model_option)
-    if not model.startswith("models:/"):
-        msg = f"threshold takes a registered model (models:/NAME@champion or models:/NAME/VERSION), got {model!r}"
-        raise ConfigError(msg)
-    if fpr is not None and value is not None:
-        raise ConfigError("Give --fpr or --value, not both")
     cfg = _load(params, profile, sets)
-    resolved = _resolve(model, cfg)
-    name, version = registry.split_model_uri(resolved.version)
-    client = registry.connect(cfg, project_dir(), existing=True)
-    scores = op.calibration_scores(resolved.folder, resolved.category)
-    point = registry.operating_point(client.get_model_version(name, version), _trained_threshold(resolved.folder, resolved.category), scores)
+    _resolve(model, cfg)  # one clear line for an unknown name, alias or version
+    try:
+        pinned, point = current_and_set(cfg, project_dir(), model, fpr=fpr, value=value, user=_user(user))
+    except OperatingPointError as error:
+        raise ConfigError(str(error)) from None
     if fpr is not None or value is not None:
-        if fpr is not None and scores is None:
-            msg = f"{resolved.version} was trained before calibration scores were kept: set the threshold with --value"
-            raise ConfigError(msg)
-        try:
-            new = op.threshold_for_fpr(scores, fpr) if fpr is not None else float(value)  # type: ignore[arg-type]
-        except op.OperatingPointError as error:
-            raise ConfigError(str(error)) from None
-        how = f"fpr {fpr:g}" if fpr is not None else "value"
-        point = op.changed(point, new, how, _user(user), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), scores)
-        registry.set_operating_point(client, name, version, point)
-        console.print(f"{resolved.version}: threshold set to {new:.6g} ({how}) by {point.set_by}; no retraining needed")
-    _print_point(resolved.version, point)
-
-
-def _trained_threshold(folder: os.PathLike[str] | str, category: str | None) -> float:
-    """The threshold calibrated at training, read from the weights without building the model."""
-    import json
-    from pathlib import Path
-
-    from safetensors import safe_open
-
-    categories = json.loads((Path(folder) / "onenip.json").read_text())["categories"]
-    with safe_open(str(Path(folder) / "model.safetensors"), framework="numpy") as weights:
-        return float(weights.get_tensor("score_threshold")[categories.index(category or categories[0])])
+        console.print(f"{pinned}: threshold set to {point.threshold:.6g} ({point.how}) by {point.set_by}; no retraining needed")
+    _print_point(pinned, point)
 
 
 def _print_point(model: str, point: object) -> None:
@@ -159,8 +130,17 @@ def build_review_app(cfg: object, root: os.PathLike[str] | str) -> object:
     assert isinstance(cfg, Params)
     root = Path(root)
     log = open_log(cfg, root)
-    apply = lambda category, user: apply_verdicts(log, cfg, root, category, user.name).summary()  # noqa: E731
-    return create_app(log, root / cfg.monitoring.users_file, session_secret(root / cfg.monitoring.store), apply)
+    from onenip.thresholds import current_and_set
+
+    def apply(category: str, user: object) -> str:
+        return apply_verdicts(log, cfg, root, category, user.name).summary()  # type: ignore[attr-defined]
+
+    def set_threshold(model: str, fpr: float | None, value: float | None, user: object) -> str:
+        pinned, point = current_and_set(cfg, root, model, fpr=fpr, value=value, user=user.name)  # type: ignore[attr-defined]
+        rate = "" if point.expected_fpr is None else f", expected false-alarm rate {100 * point.expected_fpr:.2f} %"
+        return f"{pinned}: threshold {point.threshold:.6g} ({point.how}){rate}"
+
+    return create_app(log, root / cfg.monitoring.users_file, session_secret(root / cfg.monitoring.store), apply, set_threshold)
 
 
 @review_app.command("add-user")

@@ -57,12 +57,16 @@ def apply_verdicts(log: PredictionLog, params: Params, project_root: str | Path,
     # evaluation scores a category with masks on pixels: every test anomaly there needs one
     masked = params.data.require_masks == "always" or any((folder / "ground_truth").glob("*/*"))
     result, copied, applied = FeedbackResult(category), [], []
+    known = _image_hashes(folder)
     for row in log.unapplied(category):
         if not row["image_path"] or log.store is None:
             result.skipped.append(f"{row['id'][:8]}: no stored copy")
             continue
-        if row["label"] == "defect" and masked:
-            result.skipped.append(f"{row['id'][:8]}: {category}'s test anomalies have pixel masks and this defect has none")
+        if row["label"] == "defect" and masked and not row["mask_path"]:
+            result.skipped.append(f"{row['id'][:8]}: {category}'s test anomalies have pixel masks: draw this defect's on the review page")
+            continue
+        if row["image_sha256"] in known:
+            result.skipped.append(f"{row['id'][:8]}: already in the data as {known[row['image_sha256']]}")
             continue
         source = log.store.resolve(row["image_path"])
         try:
@@ -72,10 +76,15 @@ def apply_verdicts(log: PredictionLog, params: Params, project_root: str | Path,
             continue
         where = destination(row["label"], row["defect_type"])
         target = folder / where / f"feedback-{row['image_sha256'][:16]}.png"
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, target)
-            copied.append(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        copied.append(target)
+        if row["label"] == "defect" and row["mask_path"]:
+            mask = folder / "ground_truth" / where.split("/", 1)[1] / f"{target.stem}_mask.png"
+            mask.parent.mkdir(parents=True, exist_ok=True)
+            _resize_mask(log.store.resolve(row["mask_path"]), source, mask)
+            copied.append(mask)
+        known[row["image_sha256"]] = str(target.relative_to(folder))
         result.added[where] = result.added.get(where, 0) + 1
         applied.append((row["verdict_id"], str(target.relative_to(project_root))))
     if not applied:
@@ -91,3 +100,29 @@ def apply_verdicts(log: PredictionLog, params: Params, project_root: str | Path,
     for verdict_id, path in applied:
         log.mark_applied(verdict_id, path, result.data_version, user)
     return result
+
+
+def _image_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of the decoded pixels of every image of a category (as the log hashes them) -> its path."""
+    import hashlib
+
+    import numpy as np
+
+    from onenip.data.manifest import decode_image, is_image_file
+    from onenip.serving.base import as_rgb_uint8
+
+    hashes = {}
+    for path in sorted(p for p in folder.rglob("*") if is_image_file(p) and p.parent.parent.name != "ground_truth"):
+        try:
+            pixels = as_rgb_uint8(decode_image(path.read_bytes(), source=str(path)))
+        except Exception:  # noqa: BLE001 - an unreadable file is GX's to report, not a duplicate
+            continue
+        hashes[hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()] = str(path.relative_to(folder))
+    return hashes
+
+
+def _resize_mask(mask_path: Path, image_path: Path, target: Path) -> None:
+    from PIL import Image
+
+    size = Image.open(image_path).size
+    Image.open(mask_path).convert("L").resize(size, Image.Resampling.NEAREST).save(target)

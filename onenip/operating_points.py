@@ -72,3 +72,4 @@ def changed(current: OperatingPoint, threshold: float, how: str, user: str, at: 
     entry = {"at": at, "by": user, "old": current.threshold, "new": threshold, "how": how}
     history = [*current.history, entry][-HISTORY_LIMIT:]
     return OperatingPoint(threshold, how, expected_fpr(scores, threshold), user, at, history)
+

@@ -60,6 +60,7 @@ VERDICTS = sa.Table(
     sa.Column("label", sa.String(16), nullable=False),
     sa.Column("defect_type", sa.String(64)),
     sa.Column("comment", sa.Text),
+    sa.Column("mask_path", sa.String(256)),
     sa.Column("user", sa.String(64), nullable=False),
     sa.Column("role", sa.String(16), nullable=False),
     sa.Column("created_at", sa.DateTime, nullable=False),
@@ -212,7 +213,8 @@ class PredictionLog:
             sa.select(VERDICTS.c.prediction_id, sa.func.max(VERDICTS.c.id).label("verdict_id")).group_by(VERDICTS.c.prediction_id).subquery()
         )
         query = (
-            sa.select(PREDICTIONS, VERDICTS.c.label, VERDICTS.c.defect_type, VERDICTS.c.user.label("verdict_user"), VERDICTS.c.id.label("verdict_id"))
+            sa.select(PREDICTIONS, VERDICTS.c.label, VERDICTS.c.defect_type, VERDICTS.c.mask_path, VERDICTS.c.user.label("verdict_user"),
+                      VERDICTS.c.id.label("verdict_id"))
             .select_from(PREDICTIONS.outerjoin(latest, latest.c.prediction_id == PREDICTIONS.c.id).outerjoin(VERDICTS, VERDICTS.c.id == latest.c.verdict_id))
             .order_by(PREDICTIONS.c.created_at.desc())
         )  # fmt: skip
@@ -229,16 +231,23 @@ class PredictionLog:
             return [dict(row) for row in connection.execute(query).mappings()]
 
     # -- verdicts ---------------------------------------------------------------------------------------
-    def add_verdict(self, prediction_id: str, label: str, user: str, role: str, defect_type: str | None = None, comment: str | None = None) -> int:
-        """Append a verdict (the newest one on a prediction is its verdict); ``KeyError`` for an unknown prediction."""
+    def add_verdict(
+        self, prediction_id: str, label: str, user: str, role: str, defect_type: str | None = None, comment: str | None = None,
+        mask: np.ndarray | None = None,
+    ) -> int:  # fmt: skip
+        """Append a verdict (the newest one on a prediction is its verdict); ``KeyError`` for an unknown
+        prediction. ``mask``: a defect's region drawn by the reviewer ((H, W) bool at the image's size), kept in the store."""
         if label not in LABELS:
             msg = f"verdict must be one of {LABELS}, got {label!r}"
             raise ValueError(msg)
         prediction = self.prediction(prediction_id)
         if prediction is None:
             raise KeyError(prediction_id)
+        mask_path = None
+        if mask is not None and label == "defect" and mask.any() and self.store is not None:
+            mask_path = self.store.put_mask(prediction["created_at"].strftime("%Y-%m-%d"), uuid.uuid4().hex, mask)
         row = {"prediction_id": prediction_id, "label": label, "defect_type": (defect_type or None) if label == "defect" else None,
-               "comment": comment or None, "user": user, "role": role, "created_at": now(),
+               "comment": comment or None, "mask_path": mask_path, "user": user, "role": role, "created_at": now(),
                "model_version": prediction["model_version"], "threshold": prediction["threshold"]}  # fmt: skip
         with self.engine.begin() as connection:
             return int(connection.execute(VERDICTS.insert().values(**row)).inserted_primary_key[0])

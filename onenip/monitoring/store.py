@@ -56,6 +56,15 @@ class ImageStore:
         names = list(blobs)
         return names[0], (names[1] if heatmap is not None else None)
 
+    def put_mask(self, day: str, name: str, mask: np.ndarray) -> str:
+        """A drawn defect mask as a binary PNG (0 / 255); returns its path relative to the store (no cap:
+        a verdict is never dropped)."""
+        relative = f"{day}/masks/{name}.png"
+        path = self.root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save(path)
+        return relative
+
     def resolve(self, relative: str) -> Path:
         """The file a stored relative path names; ``ValueError`` for anything outside the store."""
         path = (self.root / relative).resolve()

@@ -8,6 +8,7 @@ by prediction id from the store (the log holds their paths), never from a path i
 
 from __future__ import annotations
 
+import base64
 import io
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
@@ -26,14 +28,17 @@ COOKIE = "onenip_review"
 QUEUE_LIMIT = 200
 ApplyVerdicts = Callable[[str, User], str]
 """(category, lead) -> a one-line summary of what was applied (``onenip.feedback.apply_verdicts``)."""
+SetThreshold = Callable[[str, "float | None", "float | None", User], str]
+"""(models:/NAME/VERSION, false-alarm rate, value, lead) -> a one-line summary (``onenip.operating_points.current_and_set``)."""
+MAX_MASK_BYTES = 8 * 1024 * 1024
 
 
 class Review:
     """What every route needs: the log, the users file, the sessions, the apply step; page rendering and
     the checks of a write."""
 
-    def __init__(self, log: PredictionLog, users_file: str | Path, secret: str, apply: ApplyVerdicts | None) -> None:
-        self.log, self.users_file, self.sessions, self.apply = log, users_file, Sessions(secret), apply
+    def __init__(self, log: PredictionLog, users_file: str | Path, secret: str, apply: ApplyVerdicts | None, set_threshold: SetThreshold | None) -> None:
+        self.log, self.users_file, self.sessions, self.apply, self.set_threshold = log, users_file, Sessions(secret), apply, set_threshold
 
     def current(self, request: Request) -> tuple[User, str] | None:
         session = self.sessions.read(request.cookies.get(COOKIE))
@@ -81,9 +86,11 @@ class Review:
             return Response(status_code=404)
 
 
-def create_app(log: PredictionLog, users_file: str | Path, secret: str, apply: ApplyVerdicts | None = None) -> FastAPI:
+def create_app(
+    log: PredictionLog, users_file: str | Path, secret: str, apply: ApplyVerdicts | None = None, set_threshold: SetThreshold | None = None,
+) -> FastAPI:  # fmt: skip
     app = FastAPI(title="onenip review", docs_url=None, redoc_url=None, openapi_url=None)
-    review = Review(log, users_file, secret, apply)
+    review = Review(log, users_file, secret, apply, set_threshold)
     _login_routes(app, review)
     _page_routes(app, review)
     _write_routes(app, review)
@@ -125,8 +132,10 @@ def _page_routes(app: FastAPI, r: Review) -> None:
         filters = {"category": category, "station": station, "decision": decision, "review": review, "since": since, "until": until}
         categories = r.log.categories()
         summaries = {c: [("last day", r.log.summary(c, 1)), ("last week", r.log.summary(c, 7))] for c in categories}
+        versions = {c: rows[0]["model_version"] for c in categories if (rows := r.log.predictions(category=c, limit=1)) and rows[0]["model_version"]}
+        versions = versions if r.set_threshold is not None else {}
         return r.page("queue.html", user=session[0], csrf=session[1], items=queue_items(r.log, filters), categories=categories,
-                      f=filters, summaries=summaries, drift=r.log.latest_drift(20))  # fmt: skip
+                      f=filters, summaries=summaries, drift=r.log.latest_drift(20), versions=versions)  # fmt: skip
 
     @app.get("/item/{prediction_id}", response_class=HTMLResponse)
     def item(request: Request, prediction_id: str) -> Response:
@@ -159,8 +168,28 @@ def _write_routes(app: FastAPI, r: Review) -> None:
         label = fields.get("label", "")
         if label not in LABELS:
             return r.refuse(400, f"Choose a verdict: {', '.join(LABELS)}.", session)
-        r.log.add_verdict(prediction_id, label, session[0].name, session[0].role, fields.get("defect_type", "").strip(), fields.get("comment", "").strip())
+        try:
+            mask = drawn_mask(fields.get("mask", ""))
+        except ValueError as error:
+            return r.refuse(400, str(error), session)
+        r.log.add_verdict(prediction_id, label, session[0].name, session[0].role, fields.get("defect_type", "").strip(),
+                          fields.get("comment", "").strip(), mask)  # fmt: skip
         return RedirectResponse(f"/item/{prediction_id}", status_code=303)
+
+    @app.post("/threshold/{category}")
+    async def threshold(request: Request, category: str) -> Response:
+        session, fields, refusal = await r.writer(request, lead=True)
+        if refusal is not None:
+            return refusal
+        assert session is not None
+        if r.set_threshold is None:
+            return r.refuse(503, "Setting thresholds is not configured for this page.", session)
+        try:
+            fpr, value = (float(fields[k]) if fields.get(k, "").strip() else None for k in ("fpr", "value"))
+            message = r.set_threshold(fields.get("model", ""), fpr, value, session[0])
+        except (ValueError, OSError) as error:  # OperatingPointError, RegistryError: nothing was set
+            return r.refuse(400, f"Threshold not set: {error}", session)
+        return r.page("message.html", user=session[0], csrf=session[1], heading=f"{category}: threshold", message=message)
 
     @app.post("/apply/{category}")
     async def apply_category(request: Request, category: str) -> Response:
@@ -193,6 +222,23 @@ def queue_items(log: PredictionLog, f: dict[str, str]) -> list[dict[str, Any]]:
         rows = [r for r in rows if r["label"] == f["review"]]
     rows.sort(key=lambda r: abs(r["score"] - r["threshold"]) / max(abs(r["threshold"]), 1e-9))
     return rows[:QUEUE_LIMIT]
+
+
+def drawn_mask(data_url: str) -> np.ndarray | None:
+    """The region a reviewer drew (a PNG data URL of the canvas) -> (H, W) bool, None when nothing was drawn."""
+    if not data_url:
+        return None
+    prefix = "data:image/png;base64,"
+    if not data_url.startswith(prefix) or len(data_url) > MAX_MASK_BYTES:
+        raise ValueError("the drawn region must be a PNG data URL of at most 8 MB")
+    from PIL import Image
+
+    try:
+        drawing = Image.open(io.BytesIO(base64.b64decode(data_url[len(prefix) :], validate=True)))
+        alpha = np.asarray(drawing.convert("RGBA"))[..., 3]
+    except (ValueError, OSError) as error:
+        raise ValueError(f"the drawn region is not a readable PNG ({error})") from None
+    return alpha > 0 if alpha.any() else None
 
 
 def _day(value: str) -> datetime | None:

@@ -47,6 +47,12 @@ def send(port: int, paths: list[Path], station: str) -> list[dict]:
     return response.json()["predictions"]
 
 
+def registered_tags(project: Path) -> dict[str, str]:
+    from onenip import registry
+
+    return registry.connect(load_params(project / "params.yaml"), project).get_model_version("onenip-widgets-plate", "1").tags
+
+
 def mirrored(paths: list[Path], folder: Path) -> list[Path]:
     folder.mkdir(parents=True)
     for i, path in enumerate(paths):
@@ -104,10 +110,14 @@ def test_line_end_to_end(tmp_path: Path, project: Path, prefect_harness: None, c
         assert reviewer.post(f"{base}/item/unknown/verdict", data={"label": "normal", "csrf": token}).status_code == 404
         assert reviewer.get(f"{base}/image/..%2F..%2Fparams.yaml").status_code == 404
         assert reviewer.post(f"{base}/apply/plate", data={"csrf": token}).status_code == 403
-        assert not log.verdicts(normal_id)
+        assert reviewer.post(f"{base}/threshold/plate", data={"csrf": token, "model": MODEL, "value": "0.1"}).status_code == 403
+        assert not log.verdicts(normal_id) and "onenip.threshold" not in registered_tags(project)
         assert reviewer.post(f"{base}/item/{normal_id}/verdict", data={"label": "normal", "comment": "glare", "csrf": token}).status_code == 200
         assert reviewer.post(f"{base}/item/{defect_id}/verdict", data={"label": "defect", "defect_type": "scratch", "csrf": token}).status_code == 200
         assert lead.post(f"{base}/login", data={"username": "lee", "password": "lead-pass-1"}).status_code == 200
+        set_here = lead.post(f"{base}/threshold/plate", data={"csrf": csrf_of(lead.get(f"{base}/").text), "model": MODEL, "fpr": "0.5"})
+        assert set_here.status_code == 200 and "fpr 0.5" in set_here.text, set_here.text
+        assert registered_tags(project)["onenip.threshold_set_by"] == "lee"
         before = (project / "data" / "widgets.dvc").read_text()
         applied = lead.post(f"{base}/apply/plate", data={"csrf": csrf_of(lead.get(f"{base}/").text)})
         assert applied.status_code == 200 and "added 1 to test/scratch, 1 to train/good" in applied.text, applied.text

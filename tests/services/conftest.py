@@ -108,8 +108,9 @@ def postgres() -> Iterator[str]:
     subprocess.run([*as_user, str(pg_bin / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-o", options, "-w", "start"],
                    check=True, capture_output=True)  # fmt: skip
     try:
-        subprocess.run([*as_user, str(pg_bin / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "onenip", "mlflow"],
-                       check=True, capture_output=True)  # fmt: skip
+        for database in ("mlflow", "onenip_predictions"):  # the prediction log has its own database on the same server
+            subprocess.run([*as_user, str(pg_bin / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "onenip", database],
+                           check=True, capture_output=True)  # fmt: skip
         # SQLAlchemy 2.1 would pick the psycopg (3) driver for postgresql://; the driver installed is psycopg2
         yield f"postgresql+psycopg2://onenip@127.0.0.1:{port}/mlflow"
     finally:

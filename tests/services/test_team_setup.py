@@ -199,3 +199,21 @@ def test_external_dask_cluster_gives_the_same_results(
     for category, outcome in local.items():
         assert on_cluster[category]["status"] == "promoted"
         assert on_cluster[category]["metrics"] == pytest.approx(outcome["metrics"], abs=1e-6), category
+
+
+def test_prediction_log_on_the_team_postgresql(postgres: str, tmp_path: Path) -> None:
+    """The team setup's prediction log: its own database on the PostgreSQL server MLflow uses."""
+    import numpy as np
+
+    from onenip.monitoring.log import LoggedPrediction, PredictionLog
+    from onenip.monitoring.store import ImageStore
+
+    url = postgres.rsplit("/", 1)[0] + "/onenip_predictions"
+    log = PredictionLog(url, ImageStore(tmp_path / "store", 10**7))
+    image = np.full((16, 16, 3), 90, np.uint8)
+    log.submit([LoggedPrediction("plate", 0.7, 0.5, True, image, np.ones((4, 4), np.float32), station="line-1", model_version="models:/m/1")])
+    log.flush()
+    (row,) = log.predictions(station="line-1")
+    assert row["model_version"] == "models:/m/1" and row["is_anomaly"] and log.failures == 0
+    log.add_verdict(row["id"], "normal", "ana", "reviewer", comment="glare")
+    assert log.summary("plate", 1)["false_alarm_rate"] == 1.0
