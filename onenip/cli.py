@@ -348,13 +348,13 @@ def show_registry(params: ParamsOption = DEFAULT_PARAMS_PATH, profile: ProfileOp
     cfg = _load(params, profile, sets)
     client = registry.connect(cfg, project_dir(), existing=True)
     table = Table(title=f"MLflow registry ({registry.tracking_uri(cfg, project_dir())})")
-    columns = ("model", "version", "kind", "aliases", "gate", "category data version", "I-AUROC", "P-AUROC", "network share, adds", "runtime", "export parity, p50", "run")
+    columns = ("model", "version", "kind", "aliases", "gate", "category data version", "I-AUROC", "P-AUROC", "threshold", "network share, adds", "runtime", "export parity, p50", "run")
     for column in columns:
         table.add_column(column)
     for row in registry.describe(client, prefix=cfg.pipeline.model_name.split("{")[0]):
         table.add_row(row.name, row.version, row.kind + (f" ({row.residual})" if row.residual else ""), ", ".join(row.aliases) or "-", row.gate, row.data_version,
                       f"{row.metrics.get('image_AUROC', float('nan')):.4f}", f"{row.metrics.get('pixel_AUROC', float('nan')):.4f}",
-                      row.network, row.runtime, row.export, row.run_id[:12])  # fmt: skip
+                      row.threshold, row.network, row.runtime, row.export, row.run_id[:12])  # fmt: skip
     # model names must not be cut, also in a pipe or a narrow terminal (rich would shrink to 80 columns)
     Console(width=max(console.width, 200)).print(table)
 

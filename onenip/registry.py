@@ -396,6 +396,8 @@ class VersionRow:
     prompts as its bank); empty for the others."""
     export: str = "-"
     """``onenip.export_parity`` and ``onenip.export_p50_ms``, e.g. ``passed, 21.3 ms``."""
+    threshold: str = "trained"
+    """The operating point set with ``onenip threshold`` (value and how), or ``trained``: the calibrated one holds."""
     network: str = "-"
     """A trained version's network share of its map and what the network adds on validation
     (``onenip.network_weight``, ``onenip.network_adds``), e.g. ``0.25, +0.0120 (SE 0.0040)``."""
@@ -425,11 +427,17 @@ def describe(client: MlflowClient, prefix: str = "onenip-") -> list[VersionRow]:
                     version.tags.get(f"{TAG_PREFIX}kind", KIND_TRAINED),
                     version.tags.get(f"{TAG_PREFIX}residual", ""),
                     _export_cell(version.tags),
+                    _threshold_cell(version.tags),
                     ", ".join(version.tags[f"{TAG_PREFIX}{key}"] for key in ("network_weight", "network_adds")
                               if f"{TAG_PREFIX}{key}" in version.tags) or "-",  # fmt: skip
                 ),
             )
     return rows
+
+
+def _threshold_cell(tags: dict[str, str]) -> str:
+    value = tags.get(f"{TAG_PREFIX}threshold")
+    return "trained" if value is None else f"{float(value):.4g} ({tags.get(f'{TAG_PREFIX}threshold_how', 'value')})"
 
 
 def _export_cell(tags: dict[str, str]) -> str:

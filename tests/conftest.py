@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import os
 from collections.abc import Iterator
 
@@ -34,3 +36,18 @@ def prefect_harness() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=90):
         yield
+        rebind_prefect_console(sys.__stderr__)
+
+
+def rebind_prefect_console(stream: object) -> None:
+    """Point Prefect's console log handlers at ``stream``: each keeps the stream it was created with, and a
+    test that captured output (capsys) closes its stream when it ends; the next flow run would log into it."""
+    import logging
+
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for logger in [logging.getLogger(), *(logging.getLogger(name) for name in list(logging.root.manager.loggerDict))]:
+        for handler in getattr(logger, "handlers", []):
+            if isinstance(handler, PrefectConsoleHandler):
+                handler.stream = stream  # not setStream: it flushes the old, maybe closed, stream
+                handler.console.file = stream  # type: ignore[assignment]

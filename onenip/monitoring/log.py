@@ -14,6 +14,7 @@ import logging
 import os
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -137,9 +138,19 @@ class PredictionLog:
         self._ready = False
 
     def ensure_schema(self) -> None:
-        if not self._ready:
-            METADATA.create_all(self.engine)
-            self._ready = True
+        """Create the tables that are missing. The server, the review page and the CLI may do it at the same
+        moment: a table another process created in between is not an error (the second pass finds it)."""
+        if self._ready:
+            return
+        for attempt in range(3):
+            try:
+                METADATA.create_all(self.engine)
+                break
+            except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError):
+                if attempt == 2:
+                    raise
+                time.sleep(0.2)
+        self._ready = True
 
     # -- predictions --------------------------------------------------------------------------------
     def submit(self, records: Sequence[LoggedPrediction]) -> None:

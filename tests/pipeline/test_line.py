@@ -40,9 +40,9 @@ def wait_for(condition, seconds: float = 30.0) -> None:  # noqa: ANN001
         time.sleep(0.3)
 
 
-def send(port: int, paths: list[Path], station: str) -> list[dict]:
+def send(port: int, paths: list[Path], station: str, **params: object) -> list[dict]:
     records = [{"image": base64.b64encode(p.read_bytes()).decode(), "station": station} for p in paths]
-    response = requests.post(f"http://127.0.0.1:{port}/invocations", json={"dataframe_records": records}, timeout=120)
+    response = requests.post(f"http://127.0.0.1:{port}/invocations", json={"dataframe_records": records, "params": params}, timeout=120)
     assert response.status_code == 200, response.text
     return response.json()["predictions"]
 
@@ -92,8 +92,10 @@ def test_line_end_to_end(tmp_path: Path, project: Path, prefect_harness: None, c
     port = free_port()
     with served(f"onenip serve {MODEL} --port {port}", project):
         answers = send(port, good, "A") + send(port, bad, "B")
+        own = send(port, good[:1], "A", threshold=1e-6)  # a request may carry its own threshold
+        assert own[0]["threshold"] == 1e-6 and own[0]["is_anomaly"]
         log = open_log(load_params(project / "params.yaml"), project)
-        wait_for(lambda: len(log.predictions()) == len(good) + len(bad))
+        wait_for(lambda: len(log.predictions()) == len(good) + len(bad) + 1)
     assert {a["model_version"] for a in answers} == {"models:/onenip-widgets-plate/1"} and all(a["prediction_id"] for a in answers)
     rows = {r["id"]: r for r in log.predictions()}
     assert {r["station"] for r in rows.values()} == {"A", "B"} and all(r["image_path"] and r["heatmap_path"] for r in rows.values())

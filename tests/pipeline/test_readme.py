@@ -25,6 +25,7 @@ import requests
 import typer
 
 from pipelines.cli import app
+from tests.conftest import rebind_prefect_console
 from tests.helpers.project import write_params
 from tests.helpers.trees import make_mvtec_tree
 
@@ -81,6 +82,7 @@ def invoke(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, st
     """``onenip ARGS`` in this process (the Prefect test server applies), output from pytest's capture:
     Prefect's log handler keeps the stream it first saw, which a CliRunner closes after each call."""
     capsys.readouterr()
+    rebind_prefect_console(sys.stderr)  # this test's captured stream, not an earlier test's closed one
     try:
         returned = app(args=args, prog_name="onenip", standalone_mode=False)
         code = returned if isinstance(returned, int) else 0  # without standalone mode an exit code is returned
