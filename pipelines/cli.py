@@ -168,13 +168,15 @@ def deploy(
     profile: ProfileOption = None,
     sets: SetOption = None,
 ) -> None:
-    """Register the scheduled 'retrain' deployment with the Prefect server at PREFECT_API_URL."""
-    from pipelines.deployments import DEPLOYMENT_NAME, deploy_retrain
+    """Register the scheduled 'retrain' and 'monitor' deployments with the Prefect server at PREFECT_API_URL."""
+    from pipelines.deployments import DEPLOYMENT_NAME, MONITOR_DEPLOYMENT_NAME, deploy_monitor, deploy_retrain
 
     root, path, cfg, overrides = _project_params(params, profile, sets)
     deployment_id = deploy_retrain(cfg, str(path), pool, root, profile, cron, overrides or None)
+    monitor_id = deploy_monitor(cfg, str(path), pool, root, profile, overrides or None)
     console.print(f"Deployment scheduled-retrain/{DEPLOYMENT_NAME} ({deployment_id}) on work pool {pool!r}, "
-                  f"cron {cron or cfg.pipeline.schedule_cron!r}. Start a worker: prefect worker start -p {pool}")
+                  f"cron {cron or cfg.pipeline.schedule_cron!r}; monitor/{MONITOR_DEPLOYMENT_NAME} ({monitor_id}), "
+                  f"cron {cfg.monitoring.schedule_cron!r}. Start a worker: prefect worker start -p {pool}")
 
 
 @app.command("generalist", rich_help_panel=FEWSHOT)

@@ -114,3 +114,23 @@ def deploy_retrain(
         print_next_steps=False,
     )
     return str(deployment_id)
+
+
+def deploy_monitor(params: Params, params_path: str, work_pool: str, project_root: str | Path, profile: str | None = None,
+                   overrides: dict[str, Any] | None = None) -> str:  # fmt: skip
+    """Register the hourly ``monitor`` deployment with the same work pool as the retrain; returns its id."""
+    from prefect.schedules import Cron
+
+    checkout = Path(__file__).resolve().parents[1]
+    source = monitor.from_source(source=str(checkout), entrypoint="pipelines/flows.py:monitor")
+    deployment_id = source.deploy(
+        name=MONITOR_DEPLOYMENT_NAME,
+        work_pool_name=work_pool,
+        schedule=Cron(params.monitoring.schedule_cron, timezone=params.pipeline.schedule_timezone),
+        parameters={"params_path": params_path, "profile": profile, "project_root": str(Path(project_root).resolve()), "overrides": overrides},
+        description="Drift of the logged traffic against the calibration normals; fails when a check fires.",
+        tags=["onenip", params.data.name, "monitor"],
+        build=False,
+        print_next_steps=False,
+    )
+    return str(deployment_id)

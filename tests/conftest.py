@@ -39,6 +39,15 @@ def prefect_harness() -> Iterator[None]:
         rebind_prefect_console(sys.__stderr__)
 
 
+@pytest.fixture(autouse=True)
+def prefect_console_outlives_capture() -> Iterator[None]:
+    """After each test, Prefect's console handlers write to the process's stderr again, not to the
+    stream a test captured with capsys (closed once the test ends)."""
+    yield
+    if "prefect.logging.handlers" in sys.modules:
+        rebind_prefect_console(sys.__stderr__)
+
+
 def rebind_prefect_console(stream: object) -> None:
     """Point Prefect's console log handlers at ``stream``: each keeps the stream it was created with, and a
     test that captured output (capsys) closes its stream when it ends; the next flow run would log into it."""

@@ -4,6 +4,7 @@ traffic against what the model was calibrated on.
 - ``alarm_rate``: the share of images above their threshold against the false-alarm rate expected from
   the calibration normals (fires when it is ``drift_alarm_factor`` times that rate AND a one-sided
   binomial test says it is beyond chance);
+- ``size``: the share of images with a size no training image has (fires above ``SIZE_SHARE``);
 - ``score``, ``brightness``, ``contrast``, ``sharpness``: a two-sample Kolmogorov-Smirnov test (scipy) of
   the recent values against the reference (calibration normals' scores; the category's training
   images' statistics), firing only when the p-value is below ``drift_p_value`` AND the median moved by
@@ -25,6 +26,8 @@ from onenip.config import MonitoringParams
 from onenip.monitoring.log import PredictionLog, image_statistics, now
 
 IMAGE_STATISTICS = ("brightness", "contrast", "sharpness")
+SIZE_SHARE = 0.05
+"""The ``size`` check fires when more than this share of recent images has a size no training image has."""
 REFERENCE_IMAGES = 100
 """Training images per category whose statistics are the reference (evenly spread)."""
 
@@ -33,11 +36,22 @@ ReferenceScores = Callable[[str, str], "np.ndarray | None"]
 
 
 def reference_image_statistics(train_images: Sequence[Path]) -> dict[str, np.ndarray]:
+    """Brightness, contrast, sharpness (and ``size``: (width, height) rows) of up to ``REFERENCE_IMAGES`` training images."""
     from onenip.data.manifest import decode_image
 
     chosen = [train_images[int(i)] for i in np.linspace(0, len(train_images) - 1, min(len(train_images), REFERENCE_IMAGES)).round()] if train_images else []
-    values = [image_statistics(np.asarray(decode_image(p.read_bytes(), source=str(p)).convert("RGB"))) for p in chosen]
-    return {k: np.asarray([v[k] for v in values]) for k in IMAGE_STATISTICS}
+    pictures = [np.asarray(decode_image(p.read_bytes(), source=str(p)).convert("RGB")) for p in chosen]
+    values = [image_statistics(picture) for picture in pictures]
+    return {**{k: np.asarray([v[k] for v in values]) for k in IMAGE_STATISTICS}, "size": np.asarray([(p.shape[1], p.shape[0]) for p in pictures])}
+
+
+def size_test(rows: Sequence[dict[str, Any]], reference_sizes: np.ndarray, cfg: MonitoringParams) -> dict[str, Any]:
+    """The share of recent images whose size no reference image has (a new camera, a changed crop)."""
+    known = {tuple(int(v) for v in size) for size in reference_sizes}
+    unknown = [r for r in rows if (r["width"], r["height"]) not in known]
+    share = len(unknown) / len(rows)
+    detail = {"unknown_sizes": sorted({f"{r['width']}x{r['height']}" for r in unknown})[:5], "reference_sizes": sorted(f"{w}x{h}" for w, h in known)[:5]}
+    return {"check": "size", "value": share, "limit": SIZE_SHARE, "fired": share > SIZE_SHARE, "detail": json.dumps(detail)}
 
 
 def shift_test(name: str, recent: np.ndarray, reference: np.ndarray, cfg: MonitoringParams) -> dict[str, Any]:
@@ -89,6 +103,8 @@ def check_drift(
             reference = image_reference[category][name]
             if len(reference) >= 2:
                 found.append(shift_test(name, np.asarray([r[name] for r in group], dtype=np.float64), reference, cfg))
+        if len(image_reference[category]["size"]):
+            found.append(size_test(group, image_reference[category]["size"], cfg))
         checks.extend({"category": category, "station": station, **check} for check in found)
     return checks
 

@@ -94,7 +94,9 @@ def predict_files(
         bar.update(len(paths[start : start + batch_size]))
     bar.close()
     csv_path, json_path = out_dir / "predictions.csv", out_dir / "predictions.json"
-    pd.DataFrame(rows, columns=["image_path", "category", "score", "threshold", "is_anomaly", "width", "height", "heatmap"]).to_csv(
+    for row in rows:
+        row["model_version"] = model or None  # what each verdict was judged by, as the served answers say
+    pd.DataFrame(rows, columns=["image_path", "category", "score", "threshold", "is_anomaly", "model_version", "width", "height", "heatmap"]).to_csv(
         csv_path, index=False,
     )
     summary = {

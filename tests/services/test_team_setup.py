@@ -62,6 +62,8 @@ def test_deployment_runs_through_a_worker_against_the_mlflow_server(
     [deployment] = api_post(api, "/deployments/filter", {"deployments": {"name": {"any_": ["weekly-retrain"]}}})
     assert deployment["work_pool_name"] == POOL and deployment["parameters"]["project_root"] == str(project.resolve())
     assert deployment["schedules"][0]["schedule"]["cron"] == "0 3 * * 1"  # pipeline.schedule_cron
+    [monitor] = api_post(api, "/deployments/filter", {"deployments": {"name": {"any_": ["hourly-monitor"]}}})
+    assert monitor["work_pool_name"] == POOL and monitor["schedules"][0]["schedule"]["cron"] == "0 * * * *"  # monitoring.schedule_cron
 
     log = project.parent / "worker.log"
     worker = start([str(BIN / "prefect"), "worker", "start", "-p", POOL, "--limit", "1"], log, env, cwd=project)

@@ -175,5 +175,10 @@ def test_drift_fires_on_darkened_images_and_stays_quiet_on_normal_traffic(tmp_pa
     fired = {(c["station"], c["check"]) for c in checks if c["fired"]}
     assert {station for station, _ in fired} == {"B"}, checks  # the normal station stays quiet
     assert {("B", "alarm_rate"), ("B", "score"), ("B", "brightness"), ("B", "contrast")} <= fired, checks
+    assert ("B", "size") not in fired  # the same 32 x 32 parts
+    log.submit([LoggedPrediction("plate", 0.3, 0.45, False, image(120, size=48, seed=i), station="C") for i in range(25)])
+    log.flush()
+    checks = check_drift(log, MonitoringParams(drift_min_images=20), lambda version, category: calibration, lambda category: sorted(train.glob("*.png")))
+    assert {c["check"] for c in checks if c["fired"] and c["station"] == "C"} == {"size"}, checks  # a new camera's size
     assert json.loads(next(c for c in checks if c["station"] == "B" and c["check"] == "brightness")["detail"])["median_shift_in_std"] < -1
     assert image_statistics(image(30))["brightness"] < image_statistics(image(120))["brightness"]
