@@ -153,13 +153,28 @@ def _open(path: Path) -> Any:
     return Image.open(path).convert("RGB")
 
 
-def bench_serving(uri: str, images: list[Path], requests_count: int, project_root: Path, runtime: str) -> dict[str, Any]:
+def logged_env(uri: str, folder: Path) -> dict[str, str]:
+    """What ``onenip serve`` adds with the prediction log on: the pinned version (its operating point is
+    read from the registry) and a log database + image store, here in a scratch folder."""
+    from mlflow.tracking import MlflowClient
+
+    name, _, alias = uri.removeprefix("models:/").partition("@")
+    pinned = f"models:/{name}/{MlflowClient().get_model_version_by_alias(name, alias).version}" if alias else uri
+    return {"ONENIP_MODEL_URI": pinned, "ONENIP_PREDICTION_LOG": f"sqlite:///{folder / 'predictions.db'}",
+            "ONENIP_PREDICTION_STORE": str(folder / "store"), "ONENIP_PREDICTION_STORE_MB": "2048"}  # fmt: skip
+
+
+def bench_serving(uri: str, images: list[Path], requests_count: int, project_root: Path, runtime: str, log: bool = False) -> dict[str, Any]:
+    """The served model's figures; ``log``: with the prediction log on, as ``onenip serve`` runs it."""
     from concurrent.futures import ThreadPoolExecutor
 
     import requests
 
     port = _free_port()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", "ONENIP_RUNTIME": runtime}
+    scratch = tempfile.TemporaryDirectory()
+    if log:
+        env.update(logged_env(uri, Path(scratch.name)))
     process = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
         cwd=project_root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -220,6 +235,7 @@ def bench_serving(uri: str, images: list[Path], requests_count: int, project_roo
     finally:
         process.terminate()
         process.wait(timeout=30)
+        scratch.cleanup()
 
 
 def main() -> int:
@@ -235,6 +251,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=48, help="single-image requests to the server (per client setting)")
     parser.add_argument("--runtimes", nargs="+", default=["torch", "onnx", "openvino"], choices=["torch", "onnx", "openvino"])
     parser.add_argument("--no-serving", action="store_true", help="predict only")
+    parser.add_argument("--log", action="store_true", help="also serve with the prediction log on (as onenip serve does) and report both")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serve.json")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -279,15 +296,17 @@ def bench_all_champions(args: argparse.Namespace) -> int:
         print(f"== {args.model} (version {version}) on {args.images}", flush=True)
         results.append({"version": version, "category": category} | bench_model(args))
     print()
-    print("| champion | runtime | predict img/s batch 1 / 16 | stages at batch 1 (ms) | served p50 / p95 (ms) | start-up (s) | server peak RSS (MB) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| champion | runtime | predict img/s batch 1 / 16 | stages at batch 1 (ms) | served p50 / p95 (ms) | with the log on | start-up (s) | server peak RSS (MB) |")
+    print("|---|---|---|---|---|---|---|---|")
     for result in results:
         for runtime, entry in result["runtimes"].items():
             serving = entry.get("serving", {})
             stages = ", ".join(f"{k} {v:.1f}" for k, v in entry["stages_ms_batch1"].items())
             served = f"{serving['latency_p50_ms']:.0f} / {serving['latency_p95_ms']:.0f}" if serving else "-"
+            logged = entry.get("serving_logged")
+            with_log = f"{logged['latency_p50_ms']:.0f} / {logged['latency_p95_ms']:.0f}" if logged else "-"
             print(f"| {result['model']} (v{result['version']}) | {runtime} | {entry['images_per_s_batch1']:.1f} / {entry['images_per_s_batch16']:.1f} "
-                  f"| {stages} | {served} | {serving.get('startup_s', float('nan')):.1f} | {serving.get('server_peak_rss_mb', float('nan')):.0f} |")
+                  f"| {stages} | {served} | {with_log} | {serving.get('startup_s', float('nan')):.1f} | {serving.get('server_peak_rss_mb', float('nan')):.0f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"champions": results, "threads": os.environ.get("OMP_NUM_THREADS")}, indent=2))
     print(f"Wrote {args.out}")
@@ -312,6 +331,8 @@ def bench_model(args: argparse.Namespace) -> dict[str, Any]:
         entry = json.loads(worker.stdout.strip().splitlines()[-1])
         if args.model.startswith("models:/") and not args.no_serving:
             entry["serving"] = bench_serving(args.model, images, args.requests, Path.cwd(), runtime)
+            if args.log:
+                entry["serving_logged"] = bench_serving(args.model, images, args.requests, Path.cwd(), runtime, log=True)
         result["runtimes"][runtime] = entry
     names = list(result["runtimes"])
     rows: list[tuple[str, list[str]]] = [

@@ -35,7 +35,7 @@ class ImageStore:
         """Store an (H, W, 3) uint8 image as PNG and its (h, w) heatmap as float16 ``.npz``; returns
         their paths relative to the store. Raises ``StoreFull`` past the cap, ``OSError`` on a full disk."""
         png = io.BytesIO()
-        Image.fromarray(image).save(png, format="PNG")
+        Image.fromarray(image).save(png, format="PNG", compress_level=1)  # lossless and fast: the copy is written beside a served request
         blobs = {f"{day}/{sha256}.png": png.getvalue()}
         if heatmap is not None:
             buffer = io.BytesIO()
