@@ -93,6 +93,23 @@ LABELS = ("defect", "normal", "unsure")
 """An operator's verdict: a real defect, a false alarm / good part, or not sure."""
 
 
+def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+    """WAL: the review page reads while the server writes; synchronous NORMAL: a commit without an fsync each."""
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _lower_priority() -> None:
+    """Nice the calling thread (Linux: a thread has its own nice value), so that on a machine whose cores
+    the scoring uses, the log's work waits for them instead of slowing a request."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):  # not Linux, or not allowed: the writer runs at normal priority
+        pass
+
+
 def now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
@@ -131,6 +148,8 @@ class PredictionLog:
     def __init__(self, url: str, store: ImageStore | None, *, queue_size: int = 256) -> None:
         self.url = url
         self.engine = sa.create_engine(url, pool_pre_ping=True)
+        if self.engine.dialect.name == "sqlite":
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         self.store = store
         self.failures = 0
         self._queue: queue.Queue[LoggedPrediction | None] = queue.Queue(maxsize=queue_size)
@@ -173,6 +192,7 @@ class PredictionLog:
         done.wait(timeout)
 
     def _drain(self) -> None:
+        _lower_priority()  # the copies and the insert use what the scoring leaves of the cores
         while True:
             record = self._queue.get()
             try:
