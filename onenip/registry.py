@@ -524,6 +524,7 @@ def resolve_model(uri: str, params: Params, project_root: str | Path = ".") -> R
 
 
 # -- operating points (onenip.operating_points): the threshold beside a version, not in it ----------
+HISTORY_CHARS = 4500
 THRESHOLD_KEYS = ("threshold", "threshold_how", "threshold_expected_fpr", "threshold_set_by", "threshold_set_at", "threshold_history")
 
 
@@ -545,8 +546,12 @@ def operating_point(version: Any, trained_threshold: float, scores: Any = None) 
 
 def set_operating_point(client: MlflowClient, name: str, version: str, point: OperatingPoint) -> None:
     """Record ``point`` as the version's threshold (the history tag keeps who changed it from what, and when)."""
+    history = list(point.history)
+    while history and len(json.dumps(history)) > HISTORY_CHARS:  # MLflow keeps 5,000 characters a tag
+        history.pop(0)
     values = (point.threshold, point.how, "" if point.expected_fpr is None else point.expected_fpr, point.set_by, point.set_at,
-              json.dumps(point.history))  # fmt: skip
-    for key, value in zip(THRESHOLD_KEYS, values, strict=True):
+              json.dumps(history))  # fmt: skip
+    # the threshold itself last: the record of who set it is written before it takes effect
+    for key, value in reversed(list(zip(THRESHOLD_KEYS, values, strict=True))):
         client.set_model_version_tag(name, version, f"{TAG_PREFIX}{key}", str(value))
 

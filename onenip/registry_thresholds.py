@@ -4,9 +4,9 @@ from ``onenip.registry`` so that the served pyfunc model does not import the who
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 logger = logging.getLogger(__name__)
@@ -29,6 +29,7 @@ class RegistryThreshold:
         self.client = client or MlflowClient()
         self._value: float | None = None
         self._read_at = -float("inf")
+        self._refreshing = threading.Event()
 
     @classmethod
     def from_uri(cls, uri: str, **kwargs: object) -> RegistryThreshold:
@@ -37,10 +38,20 @@ class RegistryThreshold:
         return cls(name, version, **kwargs)  # type: ignore[arg-type]
 
     def __call__(self, category: str) -> float | None:
-        if time.monotonic() - self._read_at >= self.ttl:
-            try:
-                self._value = registered_threshold(self.client, self.name, self.version)
-            except MlflowException as error:
-                logger.warning("threshold of %s/%s not read from the registry (%s): keeping %s", self.name, self.version, error, self._value)
-            self._read_at = time.monotonic()
+        """The current value; the first call reads the registry, later ones refresh it in the background
+        (a slow tracking server never holds up a prediction)."""
+        if self._read_at == -float("inf"):
+            self._refresh()
+        elif time.monotonic() - self._read_at >= self.ttl and not self._refreshing.is_set():
+            self._refreshing.set()
+            threading.Thread(target=self._refresh, name="threshold-refresh", daemon=True).start()
         return self._value
+
+    def _refresh(self) -> None:
+        try:
+            self._value = registered_threshold(self.client, self.name, self.version)
+        except Exception as error:  # noqa: BLE001 - the registry down, a malformed tag: keep the last value
+            logger.warning("threshold of %s/%s not read from the registry (%s): keeping %s", self.name, self.version, error, self._value)
+        finally:
+            self._read_at = time.monotonic()
+            self._refreshing.clear()

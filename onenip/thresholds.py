@@ -5,6 +5,7 @@ leads): the registry's record (``onenip.registry``) and the model's calibration 
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,9 @@ def current_and_set(
         msg = f"{resolved.version} was trained before calibration scores were kept: set the threshold with a value"
         raise OperatingPointError(msg)
     new = threshold_for_fpr(scores, fpr) if fpr is not None else float(value)  # type: ignore[arg-type]
+    if not math.isfinite(new):
+        msg = f"a threshold must be a finite number, got {value}"
+        raise OperatingPointError(msg)
     point = changed(point, new, f"fpr {fpr:g}" if fpr is not None else "value", user, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), scores)
     registry.set_operating_point(client, name, version, point)
     return resolved.version, point

@@ -110,6 +110,11 @@ def _lower_priority() -> None:
         pass
 
 
+def _cut(text: str | None, length: int) -> str | None:
+    """A free-text field at most its column's length (PostgreSQL refuses longer ones); empty -> None."""
+    return (text or "")[:length] or None
+
+
 def now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
@@ -154,6 +159,7 @@ class PredictionLog:
         self.failures = 0
         self._queue: queue.Queue[LoggedPrediction | None] = queue.Queue(maxsize=queue_size)
         self._writer: threading.Thread | None = None
+        self._writer_lock = threading.Lock()
         self._ready = False
 
     def ensure_schema(self) -> None:
@@ -174,9 +180,10 @@ class PredictionLog:
     # -- predictions --------------------------------------------------------------------------------
     def submit(self, records: Sequence[LoggedPrediction]) -> None:
         """Queue records for the background writer; never raises, never blocks."""
-        if self._writer is None:
-            self._writer = threading.Thread(target=self._drain, name="prediction-log", daemon=True)
-            self._writer.start()
+        with self._writer_lock:
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._drain, name="prediction-log", daemon=True)
+                self._writer.start()
         for record in records:
             try:
                 self._queue.put_nowait(record)
@@ -218,7 +225,7 @@ class PredictionLog:
                 self._report(f"prediction {record.id}: copies not stored ({error})")
         self.ensure_schema()
         row = {
-            "id": record.id, "created_at": record.created_at, "station": record.station, "category": record.category,
+            "id": record.id, "created_at": record.created_at, "station": _cut(record.station, 128), "category": record.category,
             "model_version": record.model_version, "threshold": float(record.threshold), "score": float(record.score),
             "is_anomaly": bool(record.is_anomaly), "latency_ms": record.latency_ms, "source": record.source,
             "image_sha256": sha, "image_path": image_path, "heatmap_path": heatmap_path,
@@ -277,8 +284,8 @@ class PredictionLog:
         mask_path = None
         if mask is not None and label == "defect" and mask.any() and self.store is not None:
             mask_path = self.store.put_mask(prediction["created_at"].strftime("%Y-%m-%d"), uuid.uuid4().hex, mask)
-        row = {"prediction_id": prediction_id, "label": label, "defect_type": (defect_type or None) if label == "defect" else None,
-               "comment": comment or None, "mask_path": mask_path, "user": user, "role": role, "created_at": now(),
+        row = {"prediction_id": prediction_id, "label": label, "defect_type": _cut(defect_type, 64) if label == "defect" else None,
+               "comment": _cut(comment, 4000), "mask_path": mask_path, "user": _cut(user, 64), "role": role, "created_at": now(),
                "model_version": prediction["model_version"], "threshold": prediction["threshold"]}  # fmt: skip
         with self.engine.begin() as connection:
             return int(connection.execute(VERDICTS.insert().values(**row)).inserted_primary_key[0])
@@ -301,7 +308,7 @@ class PredictionLog:
 
     def mark_applied(self, verdict_id: int, path: str, data_version: str | None, user: str) -> None:
         with self.engine.begin() as connection:
-            connection.execute(APPLIED.insert().values(verdict_id=verdict_id, path=path, data_version=data_version, user=user, created_at=now()))
+            connection.execute(APPLIED.insert().values(verdict_id=verdict_id, path=path[:512], data_version=data_version, user=_cut(user, 64), created_at=now()))
 
     # -- summaries and drift -------------------------------------------------------------------------------
     def summary(self, category: str, days: float) -> dict[str, Any]:

@@ -83,8 +83,9 @@ def add_user(path: str | Path, name: str, role: str, password: str) -> None:
     users = read_users(path)
     users[name] = {"role": role, "password": hash_password(password)}
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump({"users": users}, sort_keys=True))
-    os.chmod(tmp, 0o600)
+    descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(yaml.safe_dump({"users": users}, sort_keys=True))
     tmp.replace(path)
 
 
@@ -101,9 +102,10 @@ def session_secret(folder: str | Path) -> str:
     path = Path(folder) / ".review-secret"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(".review-secret.tmp")
-        tmp.write_text(secrets.token_hex(32))
-        os.chmod(tmp, 0o600)
+        tmp = path.with_name(f".review-secret.{os.getpid()}.tmp")
+        descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never readable by others, not even briefly
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secrets.token_hex(32))
         tmp.replace(path)
     return path.read_text().strip()
 
@@ -127,4 +129,4 @@ class Sessions:
 
 
 def csrf_ok(expected: str, sent: str | None) -> bool:
-    return bool(sent) and hmac.compare_digest(expected, sent or "")
+    return bool(sent) and hmac.compare_digest(expected.encode(), (sent or "").encode("utf-8", "replace"))

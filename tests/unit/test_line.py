@@ -129,6 +129,7 @@ def test_review_app_refuses_what_it_must_and_writes_nothing(review: tuple[TestCl
     csrf = login(client, "ana", "reviewer-pass")
     assert client.post(f"/item/{ids[0]}/verdict", data={"label": "normal"}).status_code == 403  # no CSRF token
     assert client.post(f"/item/{ids[0]}/verdict", data={"label": "normal", "csrf": "forged"}).status_code == 403
+    assert client.post(f"/item/{ids[0]}/verdict", data={"label": "normal", "csrf": "fälscht"}).status_code == 403
     assert client.post("/item/nope/verdict", data={"label": "normal", "csrf": csrf}).status_code == 404
     assert client.get("/item/nope").status_code == 404
     for path in ("/image/..%2F..%2Freviewers.yaml", "/image/../reviewers.yaml", "/overlay/%2Fetc%2Fpasswd"):
@@ -182,3 +183,34 @@ def test_drift_fires_on_darkened_images_and_stays_quiet_on_normal_traffic(tmp_pa
     assert {c["check"] for c in checks if c["fired"] and c["station"] == "C"} == {"size"}, checks  # a new camera's size
     assert json.loads(next(c for c in checks if c["station"] == "B" and c["check"] == "brightness")["detail"])["median_shift_in_std"] < -1
     assert image_statistics(image(30))["brightness"] < image_statistics(image(120))["brightness"]
+
+
+def test_feedback_leaves_the_data_as_it_was_when_a_later_step_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import onenip.feedback as feedback
+    from onenip.config import Params
+
+    log = make_log(tmp_path)
+    records = [LoggedPrediction("plate", s, 0.5, s > 0.5, image(60 + 40 * i, seed=i), station="A") for i, s in enumerate([0.7, 0.8])]
+    log.submit(records)
+    log.flush()
+    log.add_verdict(records[0].id, "normal", "ana", "reviewer")
+    log.add_verdict(records[1].id, "defect", "ana", "reviewer", "scratch", mask=np.ones((32, 32), bool))
+    params = Params.model_validate({"data": {"name": "widgets"}})
+    folder = tmp_path / "data" / "widgets" / "plate" / "train" / "good"
+    folder.mkdir(parents=True)
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "data").rglob("*"))
+
+    def broken(*args: object) -> str:
+        raise RuntimeError("dvc push: remote unreachable")
+
+    monkeypatch.setattr(feedback, "_validate_and_version", broken)
+    with pytest.raises(feedback.FeedbackError, match="nothing was added .*remote unreachable"):
+        feedback.apply_verdicts(log, params, tmp_path, "plate", "lee")
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "data").rglob("*") if p.is_file()) == [b for b in before if (tmp_path / b).is_file()]
+    assert len(log.unapplied("plate")) == 2  # nothing recorded as applied
+
+    monkeypatch.setattr(feedback, "_validate_and_version", lambda *args: "v2")
+    result = feedback.apply_verdicts(log, params, tmp_path, "plate", "lee")
+    assert result.added == {"train/good": 1, "test/scratch": 1} and result.data_version == "v2"
+    assert not (tmp_path / "data" / "widgets" / "plate" / "ground_truth").exists()  # a mask-less category stays image-level
+    assert log.unapplied("plate") == []
