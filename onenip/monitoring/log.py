@@ -110,6 +110,17 @@ def _lower_priority() -> None:
         pass
 
 
+def _conditions(category: str | None, station: str | None, since: datetime | None, until: datetime | None, anomalous: bool | None) -> list[Any]:
+    conditions = [column == value for column, value in ((PREDICTIONS.c.category, category), (PREDICTIONS.c.station, station)) if value]
+    if since is not None:
+        conditions.append(PREDICTIONS.c.created_at >= since)
+    if until is not None:
+        conditions.append(PREDICTIONS.c.created_at < until)
+    if anomalous is not None:
+        conditions.append(PREDICTIONS.c.is_anomaly == anomalous)
+    return conditions
+
+
 def _cut(text: str | None, length: int) -> str | None:
     """A free-text field at most its column's length (PostgreSQL refuses longer ones); empty -> None."""
     return (text or "")[:length] or None
@@ -241,28 +252,36 @@ class PredictionLog:
             row = connection.execute(sa.select(PREDICTIONS).where(PREDICTIONS.c.id == prediction_id)).mappings().first()
         return None if row is None else dict(row)
 
-    def predictions(
-        self, *, category: str | None = None, station: str | None = None, since: datetime | None = None, until: datetime | None = None,
-        limit: int | None = None,
-    ) -> list[dict[str, Any]]:  # fmt: skip
-        """Logged predictions, newest first, each with its current verdict (``label``, ``defect_type``, ``verdict_user``)."""
+    def _joined(self, *columns: Any) -> Any:
+        """A select of ``columns`` over the predictions, each joined with its newest verdict (if any)."""
         self.ensure_schema()
         latest = (
             sa.select(VERDICTS.c.prediction_id, sa.func.max(VERDICTS.c.id).label("verdict_id")).group_by(VERDICTS.c.prediction_id).subquery()
         )
-        query = (
-            sa.select(PREDICTIONS, VERDICTS.c.label, VERDICTS.c.defect_type, VERDICTS.c.mask_path, VERDICTS.c.user.label("verdict_user"),
-                      VERDICTS.c.id.label("verdict_id"))
-            .select_from(PREDICTIONS.outerjoin(latest, latest.c.prediction_id == PREDICTIONS.c.id).outerjoin(VERDICTS, VERDICTS.c.id == latest.c.verdict_id))
-            .order_by(PREDICTIONS.c.created_at.desc())
-        )  # fmt: skip
-        for column, value in ((PREDICTIONS.c.category, category), (PREDICTIONS.c.station, station)):
-            if value:
-                query = query.where(column == value)
-        if since is not None:
-            query = query.where(PREDICTIONS.c.created_at >= since)
-        if until is not None:
-            query = query.where(PREDICTIONS.c.created_at < until)
+        joined = PREDICTIONS.outerjoin(latest, latest.c.prediction_id == PREDICTIONS.c.id).outerjoin(VERDICTS, VERDICTS.c.id == latest.c.verdict_id)
+        return sa.select(*columns).select_from(joined)
+
+    def predictions(
+        self, *, category: str | None = None, station: str | None = None, since: datetime | None = None, until: datetime | None = None,
+        limit: int | None = None, review: str | None = None, anomalous: bool | None = None, nearest_threshold: bool = False,
+    ) -> list[dict[str, Any]]:  # fmt: skip
+        """Logged predictions with their current verdict (``label``, ``defect_type``, ``mask_path``,
+        ``verdict_user``, ``verdict_id``), newest first or (``nearest_threshold``) nearest their threshold
+        first. ``review``: ``unreviewed`` or a label; ``anomalous``: the model's decision. Filtered, sorted
+        and limited in the database (a week of a line's traffic is a lot of rows)."""
+        query = self._joined(PREDICTIONS, VERDICTS.c.label, VERDICTS.c.defect_type, VERDICTS.c.mask_path,
+                             VERDICTS.c.user.label("verdict_user"), VERDICTS.c.id.label("verdict_id"))  # fmt: skip
+        for condition in _conditions(category, station, since, until, anomalous):
+            query = query.where(condition)
+        if review == "unreviewed":
+            query = query.where(VERDICTS.c.id.is_(None))
+        elif review:
+            query = query.where(VERDICTS.c.label == review)
+        if nearest_threshold:
+            distance = sa.func.abs(PREDICTIONS.c.score - PREDICTIONS.c.threshold) / sa.func.nullif(sa.func.abs(PREDICTIONS.c.threshold), 0)
+            query = query.order_by(distance.asc(), PREDICTIONS.c.created_at.desc())
+        else:
+            query = query.order_by(PREDICTIONS.c.created_at.desc())
         if limit is not None:
             query = query.limit(limit)
         with self.engine.connect() as connection:
@@ -312,16 +331,23 @@ class PredictionLog:
 
     # -- summaries and drift -------------------------------------------------------------------------------
     def summary(self, category: str, days: float) -> dict[str, Any]:
-        """Alarm rate, false-alarm rate among reviewed alarms and misses found, over the last ``days``."""
-        rows = self.predictions(category=category, since=now() - timedelta(days=days))
-        alarms = [r for r in rows if r["is_anomaly"]]
-        reviewed_alarms = [r for r in alarms if r["label"] in ("defect", "normal")]
-        false_alarms = [r for r in reviewed_alarms if r["label"] == "normal"]
-        misses = [r for r in rows if not r["is_anomaly"] and r["label"] == "defect"]
+        """Alarm rate, false-alarm rate among reviewed alarms and misses found, over the last ``days`` (counted in the database)."""
+        alarm, label = PREDICTIONS.c.is_anomaly, VERDICTS.c.label
+        reviewed_label = label.in_(("defect", "normal"))
+
+        def count(condition: Any) -> Any:
+            return sa.func.coalesce(sa.func.sum(sa.case((condition, 1), else_=0)), 0)
+
+        query = self._joined(sa.func.count(), count(alarm), count(sa.and_(alarm, reviewed_label)), count(sa.and_(alarm, label == "normal")),
+                             count(sa.and_(sa.not_(alarm), label == "defect")), count(label.is_not(None)))  # fmt: skip
+        for condition in _conditions(category, None, now() - timedelta(days=days), None, None):
+            query = query.where(condition)
+        with self.engine.connect() as connection:
+            total, alarms, reviewed_alarms, false_alarms, misses, reviewed = (int(v) for v in connection.execute(query).one())
         return {
-            "predictions": len(rows), "alarms": len(alarms), "alarm_rate": len(alarms) / len(rows) if rows else None,
-            "reviewed_alarms": len(reviewed_alarms), "false_alarm_rate": len(false_alarms) / len(reviewed_alarms) if reviewed_alarms else None,
-            "misses_found": len(misses), "reviewed": sum(1 for r in rows if r["label"]),
+            "predictions": total, "alarms": alarms, "alarm_rate": alarms / total if total else None,
+            "reviewed_alarms": reviewed_alarms, "false_alarm_rate": false_alarms / reviewed_alarms if reviewed_alarms else None,
+            "misses_found": misses, "reviewed": reviewed,
         }  # fmt: skip
 
     def record_drift(self, checks: Sequence[dict[str, Any]]) -> None:

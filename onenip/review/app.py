@@ -210,19 +210,13 @@ def _write_routes(app: FastAPI, r: Review) -> None:
 
 
 def queue_items(log: PredictionLog, f: dict[str, str]) -> list[dict[str, Any]]:
-    """Logged predictions matching the filters, nearest the threshold (relative) first."""
-    since = _day(f["since"])
+    """Logged predictions matching the filters, nearest the threshold (relative) first, at most ``QUEUE_LIMIT``."""
     until = _day(f["until"])
-    rows = log.predictions(category=f["category"] or None, station=f["station"] or None, since=since,
-                           until=until + timedelta(days=1) if until else None)  # fmt: skip
-    if f["decision"]:
-        rows = [r for r in rows if r["is_anomaly"] == (f["decision"] == "anomalous")]
-    if f["review"] == "unreviewed":
-        rows = [r for r in rows if not r["label"]]
-    elif f["review"] != "all":
-        rows = [r for r in rows if r["label"] == f["review"]]
-    rows.sort(key=lambda r: abs(r["score"] - r["threshold"]) / max(abs(r["threshold"]), 1e-9))
-    return rows[:QUEUE_LIMIT]
+    return log.predictions(
+        category=f["category"] or None, station=f["station"] or None, since=_day(f["since"]), until=until + timedelta(days=1) if until else None,
+        review=None if f["review"] == "all" else f["review"], anomalous={"anomalous": True, "normal": False}.get(f["decision"]),
+        nearest_threshold=True, limit=QUEUE_LIMIT,
+    )  # fmt: skip
 
 
 def drawn_mask(data_url: str) -> np.ndarray | None:

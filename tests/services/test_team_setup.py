@@ -217,5 +217,10 @@ def test_prediction_log_on_the_team_postgresql(postgres: str, tmp_path: Path) ->
     log.flush()
     (row,) = log.predictions(station="line-1")
     assert row["model_version"] == "models:/m/1" and row["is_anomaly"] and log.failures == 0
+    log.submit([LoggedPrediction("plate", 0.45, 0.5, False, image, None, station="line-1")])
+    log.flush()
     log.add_verdict(row["id"], "normal", "ana", "reviewer", comment="glare")
-    assert log.summary("plate", 1)["false_alarm_rate"] == 1.0
+    assert log.summary("plate", 1) | {} == {"predictions": 2, "alarms": 1, "alarm_rate": 0.5, "reviewed_alarms": 1, "false_alarm_rate": 1.0,
+                                           "misses_found": 0, "reviewed": 1}  # fmt: skip
+    assert [r["score"] for r in log.predictions(nearest_threshold=True)] == [0.45, 0.7]  # the queue's order, in PostgreSQL's SQL
+    assert [r["score"] for r in log.predictions(review="unreviewed")] == [0.45]
