@@ -172,7 +172,7 @@ def bench_serving(uri: str, images: list[Path], requests_count: int, project_roo
 
     port = _free_port()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", "ONENIP_RUNTIME": runtime}
-    scratch = tempfile.TemporaryDirectory()
+    scratch = tempfile.TemporaryDirectory(ignore_cleanup_errors=True)  # the server's workers may still be writing as it stops
     if log:
         env.update(logged_env(uri, Path(scratch.name)))
     process = subprocess.Popen(

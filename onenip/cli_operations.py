@@ -77,7 +77,8 @@ def _print_point(model: str, point: object) -> None:
     from onenip.operating_points import OperatingPoint
 
     assert isinstance(point, OperatingPoint)
-    rate = "-" if point.expected_fpr is None else f"{100 * point.expected_fpr:.2f} % of the held-out training normals"
+    rate = ("unknown (the model was trained before its calibration scores were kept)" if point.expected_fpr is None
+            else f"{100 * point.expected_fpr:.2f} % of the held-out training normals")  # fmt: skip
     console.print(f"{model}: threshold {point.threshold:.6g}, set by {point.how}" + (f" ({point.set_by}, {point.set_at})" if point.set_by else ""))
     console.print(f"expected false-alarm rate: {rate}")
     if point.history:
