@@ -214,3 +214,41 @@ def test_feedback_leaves_the_data_as_it_was_when_a_later_step_fails(tmp_path: Pa
     assert result.added == {"train/good": 1, "test/scratch": 1} and result.data_version == "v2"
     assert not (tmp_path / "data" / "widgets" / "plate" / "ground_truth").exists()  # a mask-less category stays image-level
     assert log.unapplied("plate") == []
+
+
+def test_served_threshold_follows_the_registry_without_holding_up_a_prediction() -> None:
+    import time as clock
+    from types import SimpleNamespace
+
+    from onenip.registry_thresholds import RegistryThreshold
+
+    class Registry:
+        def __init__(self) -> None:
+            self.tags: dict[str, str] = {}
+            self.fail = False
+
+        def get_model_version(self, name: str, version: str) -> SimpleNamespace:
+            if self.fail:
+                raise ConnectionError("tracking server down")
+            return SimpleNamespace(tags=dict(self.tags))
+
+    registry = Registry()
+    source = RegistryThreshold.from_uri("models:/onenip-x-plate/3", ttl=0.05, client=registry)  # type: ignore[arg-type]
+    assert (source.name, source.version) == ("onenip-x-plate", "3")
+    assert source("plate") is None  # nothing set: the trained threshold holds
+    registry.tags["onenip.threshold"] = "0.7"
+    clock.sleep(0.06)
+    source("plate")  # starts a background refresh, answers at once
+    deadline = clock.monotonic() + 5
+    while source("plate") != 0.7:
+        assert clock.monotonic() < deadline
+        clock.sleep(0.02)
+    registry.fail = True
+    registry.tags["onenip.threshold"] = "0.9"
+    clock.sleep(0.2)
+    assert source("plate") == 0.7  # the registry is down: the last value read holds
+    registry.fail, registry.tags["onenip.threshold"] = False, "not a number"
+    clock.sleep(0.2)
+    source("plate")
+    clock.sleep(0.2)
+    assert source("plate") == 0.7  # a malformed tag: still the last good value
