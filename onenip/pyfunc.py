@@ -145,6 +145,7 @@ class OneNIPPyfunc(mlflow.pyfunc.PythonModel):
             msg = f"Batch of {len(images)} images; at most {MAX_BATCH} per request"
             raise _bad_input(msg)
         rows: list[dict[str, Any]] = [{} for _ in images]
+        scored: list[Any] = [None] * len(images)
         groups: dict[str | None, list[int]] = {}
         for i, category in enumerate(categories):
             groups.setdefault(category, []).append(i)
@@ -156,6 +157,7 @@ class OneNIPPyfunc(mlflow.pyfunc.PythonModel):
             except ValueError as error:  # unknown category, bad array shape
                 raise _bad_input(str(error)) from None
             for i, prediction in zip(positions, predictions, strict=True):
+                scored[i] = prediction
                 rows[i] = {
                     "category": prediction.category,
                     "score": prediction.score,
@@ -163,27 +165,23 @@ class OneNIPPyfunc(mlflow.pyfunc.PythonModel):
                     "is_anomaly": prediction.is_anomaly,
                     "model_version": getattr(self, "model_version", None),
                     "prediction_id": None,
-                    "_map": prediction.anomaly_map,
                 }
                 if return_map:
                     rows[i]["anomaly_map"] = prediction.anomaly_map.round(5).tolist()
         if log is not None:
-            self._log(log, images, rows, stations, (time.perf_counter() - started) * 1000 / len(images))
-        for row in rows:
-            del row["_map"]
+            self._log(log, images, scored, rows, stations, (time.perf_counter() - started) * 1000 / len(images))
         return pd.DataFrame(rows)
 
-    def _log(self, log: Any, images: list[Any], rows: list[dict[str, Any]], stations: list[str | None], latency_ms: float) -> None:
-        """Hand every prediction to the log's background writer: never fails, never waits for the database."""
+    def _log(self, log: Any, images: list[Any], predictions: list[Any], rows: list[dict[str, Any]], stations: list[str | None],
+             latency_ms: float) -> None:  # fmt: skip
+        """Hand every prediction to the log's background writer: never fails, never waits for the database;
+        each answer row gets its log id."""
         from onenip.monitoring.log import LoggedPrediction
-        from onenip.serving.base import as_rgb_uint8
 
-        records = []
-        for image, row, station in zip(images, rows, stations, strict=True):
-            record = LoggedPrediction(row["category"], row["score"], row["threshold"], row["is_anomaly"], as_rgb_uint8(image), row["_map"],
-                                      station, row["model_version"], latency_ms)  # fmt: skip
+        records = [LoggedPrediction.of(prediction, image, station=station, model_version=row["model_version"], latency_ms=latency_ms)
+                   for image, prediction, row, station in zip(images, predictions, rows, stations, strict=True)]  # fmt: skip
+        for row, record in zip(rows, records, strict=True):
             row["prediction_id"] = record.id
-            records.append(record)
         log.submit(records)
 
     @staticmethod

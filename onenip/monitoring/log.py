@@ -157,6 +157,14 @@ class LoggedPrediction:
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created_at: datetime = field(default_factory=now)
 
+    @classmethod
+    def of(cls, prediction: Any, image: Any, **fields: Any) -> LoggedPrediction:
+        """The record of a ``serving.Prediction`` of ``image`` (a PIL image or array; kept as RGB uint8)."""
+        from onenip.serving.base import as_rgb_uint8
+
+        return cls(prediction.category, prediction.score, prediction.threshold, prediction.is_anomaly, as_rgb_uint8(image),
+                   prediction.anomaly_map, **fields)  # fmt: skip
+
 
 class PredictionLog:
     """The log's database and store; ``submit`` for predictions (background), the rest synchronous."""

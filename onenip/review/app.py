@@ -72,6 +72,26 @@ class Review:
             return session, fields, self.refuse(403, f"{session[0].name} is a reviewer: only a lead can do this.", session)
         return session, fields, None
 
+    async def lead_action(
+        self, request: Request, action: Callable[[dict[str, str], User], str] | None, heading: str, failed: str, status: int,
+        unknown: str | None = None,
+    ) -> Response:  # fmt: skip
+        """A lead's write (apply, threshold): the checks of ``writer``, then ``action(form, lead)`` off the
+        event loop (GX, DVC, MLflow take seconds: the page stays up for everyone else); any error is a refusal."""
+        session, fields, refusal = await self.writer(request, lead=True)
+        if refusal is not None:
+            return refusal
+        assert session is not None
+        if action is None:
+            return self.refuse(503, "This is not configured for this page.", session)
+        if unknown is not None:
+            return self.refuse(404, unknown, session)
+        try:
+            message = await run_in_threadpool(action, fields, session[0])
+        except Exception as error:  # noqa: BLE001 - nothing was done: say why, keep serving
+            return self.refuse(status, f"{failed}: {error}", session)
+        return self.page("message.html", user=session[0], csrf=session[1], heading=heading, message=message)
+
     def stored_png(self, request: Request, prediction_id: str, overlay: bool) -> Response:
         if self.current(request) is None:
             return Response(status_code=401)
@@ -179,34 +199,19 @@ def _write_routes(app: FastAPI, r: Review) -> None:
 
     @app.post("/threshold/{category}")
     async def threshold(request: Request, category: str) -> Response:
-        session, fields, refusal = await r.writer(request, lead=True)
-        if refusal is not None:
-            return refusal
-        assert session is not None
-        if r.set_threshold is None:
-            return r.refuse(503, "Setting thresholds is not configured for this page.", session)
-        try:
+        def set_it(fields: dict[str, str], lead: User) -> str:
             fpr, value = (float(fields[k]) if fields.get(k, "").strip() else None for k in ("fpr", "value"))
-            message = await run_in_threadpool(r.set_threshold, fields.get("model", ""), fpr, value, session[0])
-        except Exception as error:  # noqa: BLE001 - a bad number, an unknown model, the registry down: nothing was set
-            return r.refuse(400, f"Threshold not set: {error}", session)
-        return r.page("message.html", user=session[0], csrf=session[1], heading=f"{category}: threshold", message=message)
+            return r.set_threshold(fields.get("model", ""), fpr, value, lead)  # type: ignore[misc]
+
+        # a bad number, an unknown model, the registry down: nothing was set
+        return await r.lead_action(request, r.set_threshold and set_it, f"{category}: threshold", "Threshold not set", 400)
 
     @app.post("/apply/{category}")
     async def apply_category(request: Request, category: str) -> Response:
-        session, _, refusal = await r.writer(request, lead=True)
-        if refusal is not None:
-            return refusal
-        assert session is not None
-        if r.apply is None:
-            return r.refuse(503, "Applying verdicts is not configured for this page.", session)
-        if category not in r.log.categories():
-            return r.refuse(404, f"No logged predictions of category {category!r}.", session)
-        try:  # GX, DVC: seconds to minutes, off the event loop so the page stays up for everyone else
-            message = await run_in_threadpool(r.apply, category, session[0])
-        except Exception as error:  # noqa: BLE001 - apply_verdicts removed its copies: say why, keep serving
-            return r.refuse(409, f"Nothing applied: {error}", session)
-        return r.page("message.html", user=session[0], csrf=session[1], heading=f"{category}: verdicts applied", message=message)
+        # apply_verdicts removed its copies on any failure: say why, keep serving
+        action = r.apply and (lambda fields, lead: r.apply(category, lead))  # type: ignore[misc]
+        unknown = None if category in r.log.categories() else f"No logged predictions of category {category!r}."
+        return await r.lead_action(request, action, f"{category}: verdicts applied", "Nothing applied", 409, unknown)
 
 
 def queue_items(log: PredictionLog, f: dict[str, str]) -> list[dict[str, Any]]:

@@ -116,12 +116,9 @@ def predict_files(
 
 def _log(log: Any, images: list[Any], predictions: list[Any], model: str, station: str | None) -> None:
     from onenip.monitoring.log import LoggedPrediction
-    from onenip.serving.base import as_rgb_uint8
 
-    log.submit([
-        LoggedPrediction(p.category, p.score, p.threshold, p.is_anomaly, as_rgb_uint8(image), p.anomaly_map, station, model or None, source="predict")
-        for image, p in zip(images, predictions, strict=True)
-    ])  # fmt: skip
+    log.submit([LoggedPrediction.of(p, image, station=station, model_version=model or None, source="predict")
+                for image, p in zip(images, predictions, strict=True)])  # fmt: skip
 
 
 def _row(path: Path, image: Any, prediction: Any, index: int, heatmap_dir: Path | None) -> dict[str, object]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import io
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,15 +15,11 @@ from pathlib import Path
 import pytest
 import requests
 from PIL import Image
+from tests.helpers.net import free_port
 
 pytestmark = pytest.mark.slow
 MODEL = "models:/onenip-widgets-plate@champion"
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

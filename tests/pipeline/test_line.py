@@ -6,7 +6,6 @@ and watch `monitor` fire on darkened images and stay quiet on normal traffic."""
 from __future__ import annotations
 
 import base64
-import socket
 import threading
 import time
 from pathlib import Path
@@ -22,15 +21,11 @@ from onenip.config import load_params
 from onenip.monitoring.log import open_log
 from tests.pipeline.conftest import write_params
 from tests.pipeline.test_readme import invoke, served
+from tests.helpers.net import free_port
 
 pytestmark = pytest.mark.slow
 MODEL = "models:/onenip-widgets-plate@champion"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(condition, seconds: float = 30.0) -> None:  # noqa: ANN001

@@ -10,7 +10,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from tests.helpers.net import free_port
 
 BIN = Path(sys.executable).parent
 QUIET_ENV = {
@@ -32,11 +32,6 @@ QUIET_ENV = {
     "MKL_NUM_THREADS": "1",
 }
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def service_env(**extra: str) -> dict[str, str]:

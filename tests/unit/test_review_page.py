@@ -4,7 +4,6 @@ and a verdict saved with it; what a reviewer does not see (the lead's buttons)."
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from onenip.monitoring.store import ImageStore
 from onenip.review.app import create_app
 from onenip.review.auth import add_user
 from tests.helpers.browser import chromium_page
+from tests.helpers.net import free_port
 
 
 @pytest.fixture
@@ -34,17 +34,14 @@ def review_server(tmp_path: Path) -> tuple[str, PredictionLog]:
     log.flush()
     users = tmp_path / "reviewers.yaml"
     add_user(users, "ana", "reviewer", "reviewer-pass")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(log, users, "k" * 64, apply=lambda c, u: "applied"), port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(log, users, "k" * 64, apply=lambda c, u: "applied"), port=free_port(), log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started:
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}", log
+    yield f"http://127.0.0.1:{server.config.port}", log
     server.should_exit = True
     thread.join(10)
 
