@@ -43,9 +43,9 @@ def feeds(meta: dict[str, Any]) -> dict[str, np.ndarray]:
 def profile_onnx(folder: Path, meta: dict[str, Any], threads: int, runs: int) -> dict[str, Any]:
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.add_free_dimension_override_by_name("batch", 1)
+    from onenip.runtime import onnx_session_options
+
+    options = onnx_session_options(threads)  # as the product runs the graph
     options.enable_profiling = True
     options.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "ort")
     session = ort.InferenceSession(str(folder / meta["onnx"]), options, providers=["CPUExecutionProvider"])
