@@ -17,7 +17,8 @@ Training families, chosen at random per image by ``AnomalySynthesizer``:
 
 Validation families (``VALIDATION_METHODS``) are never used for training: ``warp`` (a local
 deformation, a dent), ``smudge`` (a blurred, tinted stain) and ``spots`` (small round pits or
-specks). Choices made on validation data (blend weights, smoothing, the epoch) therefore measure how
+specks), the default set; ``missing`` (material broken off) and ``misplaced`` (a part turned and
+moved) can be added (chosen leave-one-category-out, they ranked real defects no better). Choices made on validation data (blend weights, smoothing, the epoch) therefore measure how
 the model transfers to defect types it never saw, not how well it learnt the training synthesis.
 
 Grey images (all channels equal) get grey anomalies: textures and jitter act on intensity only, so
@@ -40,7 +41,7 @@ Modules, one job each:
 
 * ``synthesizer``: ``AnomalySynthesizer`` (method choice, settings, retries, fallback), ``METHODS``,
   ``VALIDATION_METHODS``, ``ALL_METHODS``, ``SynthesisResult``;
-* the methods: ``perlin``, ``cutpaste``, ``cracks``, ``brightness``, ``validation_families`` (warp, smudge, spots);
+* the methods: ``perlin``, ``cutpaste``, ``cracks``, ``brightness``, ``validation_families`` (warp, smudge, spots, missing, misplaced);
 * their ingredients: ``noise`` (Perlin noise), ``textures``, ``colour`` (jitter, grey images), ``foreground``,
   ``draws`` (random numbers from the CPU generator), ``checks`` (``SynthesisError``);
 * ``preview``: ``make_preview_grid``.

@@ -31,7 +31,7 @@ from onenip.synthesis.textures import random_texture, texture_to_uint8
 from onenip.synthesis.validation_families import VALIDATION_ANOMALIES
 
 METHODS: tuple[str, ...] = ("perlin", "cutpaste_patch", "cutpaste_scar", "crack", "brightness")
-VALIDATION_METHODS: tuple[str, ...] = ("warp", "smudge", "spots")
+VALIDATION_METHODS: tuple[str, ...] = ("warp", "smudge", "spots", "missing", "misplaced")
 ALL_METHODS: tuple[str, ...] = METHODS + VALIDATION_METHODS
 
 

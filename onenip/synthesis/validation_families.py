@@ -1,5 +1,7 @@
 """The validation-only methods (``VALIDATION_METHODS``): ``warp`` (a local deformation, a dent), ``smudge``
-(a blurred, tinted stain) and ``spots`` (small round pits or specks).
+(a blurred, tinted stain), ``spots`` (small round pits or specks), ``missing`` (material broken off: a
+jagged hole filled with its surroundings' shade) and ``misplaced`` (a part turned and moved as a whole,
+with a break at its border).
 
 They are never used for training, so choices made on validation data measure how the model transfers to
 defect types it never saw.
@@ -103,9 +105,71 @@ def spots_anomaly(image: Tensor, generator: torch.Generator, foreground: Tensor 
     return mask, torch.where(mask, out.clamp(0, 1), image)
 
 
+def _jagged_region(
+    generator: torch.Generator, foreground: Tensor | None, height: int, width: int, device: torch.device,
+    radius_range: tuple[float, float],
+) -> tuple[Tensor, float, float, float]:
+    """A hard-edged region (H, W) bool whose radius wobbles with the angle (a broken outline), its centre and radius."""
+    short = min(height, width)
+    cy, cx = random_point(generator, foreground, height, width)
+    radius = uniform(generator, *radius_range) * short
+    ys = torch.arange(height, device=device, dtype=torch.float32)[:, None] - cy
+    xs = torch.arange(width, device=device, dtype=torch.float32)[None, :] - cx
+    theta = torch.atan2(ys, xs)
+    outline = torch.ones_like(theta)
+    for k in range(2, 6):
+        outline = outline + uniform(generator, 0.0, 0.35 / (k - 1)) * torch.cos(k * theta + uniform(generator, -math.pi, math.pi))
+    return torch.sqrt(ys**2 + xs**2) < radius * outline.clamp(min=0.3), cy, cx, radius
+
+
+def missing_anomaly(image: Tensor, generator: torch.Generator, foreground: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Validation only: material broken off or a hole: a jagged region whose structure is gone, filled with
+    the smooth shade of its surroundings (darker, as in a cavity), with a thin bright or dark break edge."""
+    from onenip.models.blur import gaussian_smooth
+
+    _, height, width = image.shape
+    region, _, _, radius = _jagged_region(generator, foreground, height, width, image.device, (0.04, 0.12))
+    keep = (~region).to(image.dtype)[None]
+    sigma = max(2.0, 0.6 * radius)
+    # normalised convolution: the blur of the surroundings only, so the fill never sees what was removed
+    shade = gaussian_smooth((image * keep)[:, None], sigma)[:, 0] / gaussian_smooth(keep[:, None], sigma)[:, 0].clamp_min(1e-3)
+    fill = shade * uniform(generator, 0.35, 0.85) + 0.03 * torch.randn(image.shape[-2:], generator=generator).to(image)
+    width_px = randint(generator, 1, 2)
+    grown = F.max_pool2d(region[None, None].float(), 2 * width_px + 1, stride=1, padding=width_px)[0, 0] > 0
+    rim = grown & ~region
+    edge = (image * uniform(generator, 1.3, 1.8)) if uniform(generator, 0, 1) < 0.5 else image * uniform(generator, 0.2, 0.5)
+    out = torch.where(region, fill.clamp(0, 1), torch.where(rim, edge.clamp(0, 1), image))
+    mask = grown.clone()  # the whole broken-off region is the defect, also where its fill happens to match
+    if foreground is not None:
+        mask &= foreground
+    return mask, torch.where(mask, out, image)
+
+
+def misplaced_anomaly(image: Tensor, generator: torch.Generator, foreground: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Validation only: a part turned by 15-60 degrees and moved as a whole, sharp at its border (a loose,
+    shifted or wrongly mounted component), unlike ``warp``, which bends the surface smoothly."""
+    _, height, width = image.shape
+    region, cy, cx, radius = _jagged_region(generator, foreground, height, width, image.device, (0.06, 0.15))
+    ys = torch.arange(height, device=image.device, dtype=torch.float32)[:, None] - cy
+    xs = torch.arange(width, device=image.device, dtype=torch.float32)[None, :] - cx
+    angle = math.radians(uniform(generator, 15, 60)) * (1 if uniform(generator, 0, 1) < 0.5 else -1)
+    heading = uniform(generator, -math.pi, math.pi)
+    shift = uniform(generator, 0.1, 0.4) * radius
+    src_y = cy + math.cos(angle) * ys - math.sin(angle) * xs - shift * math.sin(heading)
+    src_x = cx + math.sin(angle) * ys + math.cos(angle) * xs - shift * math.cos(heading)
+    grid = torch.stack((src_x / (width - 1) * 2 - 1, src_y / (height - 1) * 2 - 1), dim=-1)[None]
+    moved = F.grid_sample(image[None], grid.to(image.dtype), mode="bilinear", padding_mode="reflection", align_corners=True)[0]
+    mask = region.clone()  # the whole part is out of place, also where it happens to look alike
+    if foreground is not None:
+        mask &= foreground
+    return mask, torch.where(mask, moved, image)
+
+
 VALIDATION_ANOMALIES: dict[str, Callable[[Tensor, torch.Generator, Tensor | None], tuple[Tensor, Tensor]]] = {
     "warp": warp_anomaly,
     "smudge": smudge_anomaly,
     "spots": spots_anomaly,
+    "missing": missing_anomaly,
+    "misplaced": misplaced_anomaly,
 }
 """Each validation method's function: ``(image, generator, foreground)`` -> ``(mask, image)``."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from onenip.synthesis import (
@@ -475,3 +477,34 @@ def test_a_letterboxed_images_anomaly_is_made_on_its_content_alone(methods: tupl
     assert torch.equal(made.image[:, :, :20], padded[:, :, :20]) and torch.equal(made.image[:, :, 44:], padded[:, :, 44:])
     with pytest.raises(SynthesisError, match="content mask is empty"):
         synthesizer.on_content(padded, 0, torch.zeros(64, 64, dtype=torch.bool))
+
+
+def striped_image(size: int) -> torch.Tensor:
+    """Fine vertical stripes: structure a hole removes and a turned part breaks."""
+    xs = torch.arange(size, dtype=torch.float32)
+    stripes = 0.5 + 0.3 * torch.sin(xs * 2 * math.pi / 6)
+    return stripes.expand(3, size, size).clone()
+
+
+def test_missing_removes_the_structure_inside_its_region() -> None:
+    image = striped_image(128)
+    for seed in range(4):
+        result = AnomalySynthesizer(methods=("missing",))(image, seed)
+        mask = result.mask[0].bool()
+        inner = (-F.max_pool2d(-mask[None, None].float(), 7, stride=1, padding=3))[0, 0] > 0.5  # away from the break edge
+        assert result.method == "missing" and inner.sum() >= 10
+        # stripes vary by about 0.2 (std); the fill is a smooth shade plus a little grain
+        assert result.image[0][inner].std() < 0.5 * image[0][inner].std()
+        assert result.image[0][inner].mean() < image[0][inner].mean()  # a cavity is darker than the surface
+
+
+def test_misplaced_turns_a_part_so_its_stripes_no_longer_line_up() -> None:
+    image = striped_image(128)
+    for seed in range(4):
+        result = AnomalySynthesizer(methods=("misplaced",))(image, seed)
+        mask = result.mask[0].bool()
+        assert result.method == "misplaced"
+        assert torch.equal(result.image[:, ~mask], image[:, ~mask])
+        # the turned part's stripes are no longer vertical: neighbouring rows differ inside it
+        rows_differ = (result.image[0, 1:] - result.image[0, :-1]).abs()[mask[1:] & mask[:-1]]
+        assert rows_differ.mean() > 0.02
