@@ -33,6 +33,8 @@ def load_rows(folder: Path) -> list[dict[str, Any]]:
             continue
         found = json.loads(path.read_text())
         for row in found if isinstance(found, list) else [found]:
+            if not isinstance(row, dict) or "category" not in row:  # another script's record kept beside the rows
+                continue
             if row.get("per_image") and not Path(row["per_image"]).is_absolute():  # relative to the folder: it can move
                 row["per_image"] = str(folder / row["per_image"])
             rows.append(row)
@@ -59,12 +61,7 @@ def summarise(rows: list[dict[str, Any]], resamples: int) -> dict[str, Any]:
         by_category[row["category"]][_label(row)].append(row)
     summary: dict[str, Any] = {}
     for category, groups in sorted(by_category.items()):
-        fair = {label: found[0] for label, found in groups.items() if not label.startswith("onenip") and found[0]["input"] == "native"}
-        best = {}
-        for metric in COMPARED:
-            valued = {label: row["metrics"].get(metric) for label, row in fair.items() if row["metrics"].get(metric) is not None}
-            if valued:
-                best[metric] = max(valued, key=valued.get)  # type: ignore[arg-type]
+        fair, best = _fair_peers(groups, "native")
         entries = {}
         for label, found in sorted(groups.items(), key=lambda kv: (not kv[0].startswith("onenip"), VARIANT_ORDER.get(kv[1][0]["variant"], 9), kv[0])):
             metrics = {m: [r["metrics"][m] for r in found if r["metrics"].get(m) is not None] for m in COMPARED}
@@ -76,11 +73,28 @@ def summarise(rows: list[dict[str, Any]], resamples: int) -> dict[str, Any]:
                 "peak_rss_mb": float(max(r["peak_rss_mb"] for r in found)),
                 "rule": found[0].get("scoring_rule") if len(found) == 1 else [r.get("scoring_rule") for r in found],
             }
-            if label.startswith("onenip") and best:
-                entry["versus_best_peer"] = _intervals(found, fair, best, resamples)
+            # an onenip row against the peers at ITS input (256 x 256 rows against the peers' 256 x 256 rows);
+            # a category whose own input is 256 x 256 has no separate 256 rows of peers: their native rows are
+            row_fair, row_best = _fair_peers(groups, found[0]["input"])
+            if label.startswith("onenip") and row_best:
+                entry["versus_best_peer"] = _intervals(found, row_fair, row_best, resamples)
             entries[label] = entry
         summary[category] = {"best_fair_peer": best, "rows": entries}
     return summary
+
+
+def _fair_peers(groups: dict[str, list[dict[str, Any]]], size: str) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """The peer rows at input ``size`` (the native rows when no peer ran at that size) and the best of
+    them per metric."""
+    peers = {label: found[0] for label, found in groups.items() if not label.startswith("onenip")}
+    fair = {label: row for label, row in peers.items() if row["input"] == size} or {
+        label: row for label, row in peers.items() if row["input"] == "native"}
+    best = {}
+    for metric in COMPARED:
+        valued = {label: row["metrics"].get(metric) for label, row in fair.items() if row["metrics"].get(metric) is not None}
+        if valued:
+            best[metric] = max(valued, key=valued.get)  # type: ignore[arg-type]
+    return fair, best
 
 
 def _intervals(found: list[dict[str, Any]], fair: dict[str, dict[str, Any]], best: dict[str, str], resamples: int) -> dict[str, Any]:

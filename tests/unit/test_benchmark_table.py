@@ -56,3 +56,14 @@ def test_verdicts_read_the_interval() -> None:
     assert verdict(-0.004, 0.02) == "tie, >= peer"
     assert verdict(-0.02, 0.01) == "tie, < peer"
     assert verdict(-0.05, -0.01) == "behind, < peer"
+
+
+def test_a_256_row_is_compared_with_the_peers_at_256_and_other_records_are_skipped(tmp_path: Path) -> None:
+    _row(tmp_path, "onenip-256", "onenip", "default", 0, 0.6, input_label="256")
+    _row(tmp_path, "patchcore-native", "patchcore", "", 7, 0.1)
+    _row(tmp_path, "patchcore-256", "patchcore", "", 0, 0.6, input_label="256")  # the same maps as onenip's: a tie
+    (tmp_path / "maps-alone.json").write_text(json.dumps({"bottle": {"memory bank": [1, 0.9]}}))  # another script's record
+    rows = summarise(load_rows(tmp_path), resamples=100)["plate"]["rows"]
+    versus = rows["onenip default @256"]["versus_best_peer"]
+    assert {v["peer"] for v in versus.values()} == {"patchcore @256"}
+    assert all(v["low"] == 0 == v["high"] for v in versus.values())
