@@ -45,6 +45,9 @@ class Procedure:
     baseline: tuple[float, ...] | None = None
     margin_se: float = 0.0
     tie_rule: str = "both"
+    refiner_margin_se: float = 0.0
+    """More refiner weight only when it beats the best rule of each smaller refiner weight by more than
+    this many bootstrap SEs of the objective (``validation.refiner_margin_se``; applied before the tie rule)."""
 
 
 def procedures() -> list[Procedure]:
@@ -65,6 +68,9 @@ def procedures() -> list[Procedure]:
         elif allowed[4]:
             for rule in ("both", "score"):
                 found.append(Procedure(f"{subset}, {label}, memory wins ties at {margin:g} SE ({rule})", objective, allowed, MEMORY_ALONE, margin, rule))
+    for refiner in (1.0, 2.0):  # the product's rule with its refiner margin (validation.refiner_margin_se)
+        found.append(Procedure(f"all, mean4, refiner margin {refiner:g} SE, memory wins ties at 2 SE (score)", SCORED, subsets["all"],
+                               MEMORY_ALONE, 2.0, "score", refiner))  # fmt: skip
     return found
 
 
@@ -79,6 +85,8 @@ def _usable(row: dict, allowed: tuple[bool, ...]) -> bool:
 def choose(procedure: Procedure, table: list[dict], maps: RuleMaps) -> dict:
     rows = [r for r in table if _usable(r, procedure.allowed) and r["val"]]
     best = max(rows, key=lambda r: rule_score(r["val"], procedure.objective))
+    if procedure.refiner_margin_se > 0:
+        best = _less_refiner_within_noise(best, rows, maps, procedure)
     if procedure.baseline is None or tuple(best["weights"]) == procedure.baseline:
         return best
     base_rows = [r for r in table if tuple(r["weights"]) == procedure.baseline]
@@ -92,6 +100,17 @@ def choose(procedure: Procedure, table: list[dict], maps: RuleMaps) -> dict:
         total = np.mean([differences[n] for n in procedure.objective], axis=0)
         keep_base = not np.mean(total) > margin * np.std(total, ddof=1) or any(np.mean(d) < -margin * np.std(d, ddof=1) for d in parts)
     return base if keep_base else best
+
+
+def _less_refiner_within_noise(best: dict, rows: list[dict], maps: RuleMaps, procedure: Procedure) -> dict:
+    """As the product's selection: the best rule of the smallest refiner weight whose objective is within
+    ``refiner_margin_se`` paired bootstrap SEs of ``best``'s (``best`` when none is)."""
+    for level in sorted({r["weights"][1] for r in rows if r["weights"][1] < best["weights"][1]}):
+        row = max((r for r in rows if r["weights"][1] == level), key=lambda r: rule_score(r["val"], procedure.objective))
+        total = np.mean([_differences(best, row, maps)[n] for n in procedure.objective], axis=0)
+        if not np.mean(total) > procedure.refiner_margin_se * np.std(total, ddof=1):
+            return row
+    return best
 
 
 _CACHE: dict[tuple, dict[str, np.ndarray]] = {}
