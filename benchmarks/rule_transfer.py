@@ -20,7 +20,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +116,9 @@ class RuleMaps:
     test_masks: np.ndarray | None
     test_boxes: np.ndarray
     """(N, 4) content box (top, left, height, width) of each test image at the test maps' scale."""
+    differences: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    """Paired bootstrap differences between rules on this validation set (``selection_loco``), cached
+    with the maps: a subset of them (``dataclasses.replace``) starts with an empty cache."""
 
     def save(self, path: Path) -> None:
         arrays: dict[str, np.ndarray] = {"category": np.array(self.category), "val_labels": self.val_labels, "val_masks": self.val_masks,

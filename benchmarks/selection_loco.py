@@ -113,20 +113,17 @@ def _less_refiner_within_noise(best: dict, rows: list[dict], maps: RuleMaps, pro
     return best
 
 
-_CACHE: dict[tuple, dict[str, np.ndarray]] = {}
-
-
 def _differences(first: dict, second: dict, maps: RuleMaps) -> dict[str, np.ndarray]:
-    key = (maps.category, _key(first), _key(second))
-    if key not in _CACHE:
+    key = (_key(first), _key(second))
+    if key not in maps.differences:
         factor = SELECTION_DOWNSCALE
 
         def scored(row: dict) -> tuple[np.ndarray, np.ndarray]:
             blended = rule_maps(maps.val_components, tuple(row["weights"]), float(row["smoothing_sigma"]) / factor, maps.val_valid)
             return blended, image_scores(blended, round(int(row["score_pool_size"]) / factor))
 
-        _CACHE[key] = paired_metric_differences(scored(first), scored(second), maps.val_masks, maps.val_labels, BOOTSTRAP)
-    return _CACHE[key]
+        maps.differences[key] = paired_metric_differences(scored(first), scored(second), maps.val_masks, maps.val_labels, BOOTSTRAP)
+    return maps.differences[key]
 
 
 def utility(metrics: dict[str, float]) -> float:

@@ -139,9 +139,8 @@ def missing_anomaly(image: Tensor, generator: torch.Generator, foreground: Tenso
     rim = grown & ~region
     edge = (image * uniform(generator, 1.3, 1.8)) if uniform(generator, 0, 1) < 0.5 else image * uniform(generator, 0.2, 0.5)
     out = torch.where(region, fill.clamp(0, 1), torch.where(rim, edge.clamp(0, 1), image))
-    mask = grown.clone()  # the whole broken-off region is the defect, also where its fill happens to match
-    if foreground is not None:
-        mask &= foreground
+    # the whole broken-off region is the defect, also where its fill happens to match
+    mask = grown if foreground is None else grown & foreground
     return mask, torch.where(mask, out, image)
 
 
@@ -159,9 +158,7 @@ def misplaced_anomaly(image: Tensor, generator: torch.Generator, foreground: Ten
     src_x = cx + math.sin(angle) * ys + math.cos(angle) * xs - shift * math.cos(heading)
     grid = torch.stack((src_x / (width - 1) * 2 - 1, src_y / (height - 1) * 2 - 1), dim=-1)[None]
     moved = F.grid_sample(image[None], grid.to(image.dtype), mode="bilinear", padding_mode="reflection", align_corners=True)[0]
-    mask = region.clone()  # the whole part is out of place, also where it happens to look alike
-    if foreground is not None:
-        mask &= foreground
+    mask = region if foreground is None else region & foreground  # the whole part, also where it happens to look alike
     return mask, torch.where(mask, moved, image)
 
 
