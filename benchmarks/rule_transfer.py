@@ -51,6 +51,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=None, help="train.seed the model was trained with (default: params.yaml's)")
     parser.add_argument("--normalization", default=None, choices=("none", "position", "whitened"),
                         help="score the model with this model.error_normalization instead of its own (statistics and scales recomputed)")
+    parser.add_argument("--statistics-prior", type=float, default=None,
+                        help="score with this model.statistics_prior instead of the model's own (Gaussians, error statistics and scales refitted)")
     parser.add_argument("--prompts", type=int, default=None, help="score with this many stored prompts per category (chosen anew from the fit images)")
     parser.add_argument("--prompt-reduction", default="min", choices=("nearest", "min"), help="with --prompts: model.prompt_reduction")
     parser.add_argument("--out", type=Path, required=True, help="folder for rules.json and the maps (maps-<category>.npz)")
@@ -70,6 +72,8 @@ def main() -> int:
     changes = {}
     if args.normalization and args.normalization != detector.cfg.error_normalization:
         changes["error_normalization"] = args.normalization
+    if args.statistics_prior is not None and args.statistics_prior != detector.cfg.statistics_prior:
+        changes["statistics_prior"] = args.statistics_prior
     if args.prompts:
         changes |= {"prompts": args.prompts, "prompt_reduction": args.prompt_reduction}
     if changes:
@@ -190,7 +194,7 @@ def test_maps(detector: OneNIPDetector, manifest: pd.DataFrame, cache: FeatureCa
 
 
 def variant(detector: OneNIPDetector, changes: dict[str, object]) -> OneNIPDetector:
-    """The same trained network with other ``model`` settings (error normalisation, prompts): a new
+    """The same trained network with other ``model`` settings (error normalisation, statistics prior, prompts): a new
     detector with the saved weights, its statistics, scales and prompts recomputed per category by
     ``collect_category_maps``."""
     cfg = detector.cfg.model_copy(update=changes)
@@ -207,7 +211,7 @@ def collect_category_maps(
     detector: OneNIPDetector, manifest: pd.DataFrame, params: Params, cache: FeatureCache, category: str,
 ) -> RuleMaps:
     """The category's validation set rebuilt as training built it, and its test split, as component maps."""
-    from onenip.training import calibrate_error_statistics, calibrate_scales, prepare_category_data, select_prompts
+    from onenip.training import calibrate_error_statistics, calibrate_scales, fit_gaussians, prepare_category_data, select_prompts
     from onenip.scoring_selection import SELECTION_DOWNSCALE, build_category_validation, validation_components
 
     k = detector.category_index(category)
@@ -218,6 +222,8 @@ def collect_category_maps(
         if "prompts" in detector.metadata["_variant"]:
             chosen = select_prompts(item.fit_features.coarse.float(), detector.cfg.prompts)
             detector.set_prompt(k, item.fit_features.select(chosen).float())
+        if "statistics_prior" in detector.metadata["_variant"]:
+            fit_gaussians(detector, [item])
         calibrate_error_statistics(detector, [item], detector.device)
         calibrate_scales(detector, [item], detector.device)
     validation = build_category_validation(category, item.holdout_images, item.holdout_valid, detector.feature_extractor, params,

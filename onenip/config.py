@@ -154,6 +154,11 @@ class ModelParams(_Section):
     once. Positions and channels that vary on normal images count less."""
     residual_window: int | None = None
     """Prompt residual: only prompt patches within this many fine cells (window side) count; None: all."""
+    statistics_prior: float = Field(10.0, ge=0)
+    """Pseudo-images pulling each grid position's statistics (the Gaussian's mean and covariance, the
+    error maps' mean and spread) towards the ones pooled over all positions: a position few images
+    cover, or one that barely varies on the training normals, is not judged by its own tight statistics
+    alone. 0: each position's own."""
     gaussian_channels: int = Field(100, ge=0)
     """Per-position Gaussian of the training normals' fine features (PaDiM's statistic,
     ``onenip.models.gaussian``): channels of its seeded random subset (PaDiM: 100); 0: no Gaussian map."""

@@ -21,8 +21,6 @@ STATISTICS_IMAGES = 256
 """Training normals per category that the residual statistics are estimated on (evenly spread)."""
 STATISTICS_CHUNK = 16
 """Images per chunk when the residual statistics are summed (bounds the float64 temporaries)."""
-STATISTICS_PRIOR = 10.0
-"""Pseudo-count pulling each position's statistics towards the channel's (few images at a position)."""
 
 
 def error_statistics(
@@ -108,10 +106,10 @@ def calibrate_error_statistics(detector: OneNIPDetector, data: Sequence[Category
                 _, fine_residual = prompt_residual(features.fine, prompt.fine, window=detector.model.residual_window)
                 fine.append(fine_residual.half().cpu())
                 fine_w.append(_cell_weight(valid, fine_residual.shape[-2:], stride // 2, len(chosen), device).cpu())
-        stats = error_statistics(torch.cat(recon), torch.cat(recon_w), STATISTICS_PRIOR, whiten)
+        stats = error_statistics(torch.cat(recon), torch.cat(recon_w), detector.cfg.statistics_prior, whiten)
         detector.set_error_statistics(item.index, "recon", *stats)
         if fine:
-            stats = error_statistics(torch.cat(fine), torch.cat(fine_w), STATISTICS_PRIOR, whiten)
+            stats = error_statistics(torch.cat(fine), torch.cat(fine_w), detector.cfg.statistics_prior, whiten)
             detector.set_error_statistics(item.index, "fine", *stats)
 
 
@@ -155,7 +153,7 @@ def fit_gaussians(detector: OneNIPDetector, data: Sequence[CategoryData]) -> Non
             source = detector.gaussian_source(item.fit_features.select(index))
             valid = None if item.fit_valid is None else item.fit_valid[index].float()
             chunks.append((source, _cell_weight(valid, source.shape[-2:], stride, len(source), torch.device("cpu"))))
-        mean, precision = fit_position_gaussian(chunks, STATISTICS_PRIOR)
+        mean, precision = fit_position_gaussian(chunks, detector.cfg.statistics_prior)
         detector.set_gaussian(item.index, mean.to(detector.device), precision.to(detector.device))
 
 

@@ -100,3 +100,27 @@ def test_without_a_fine_path_the_gaussian_models_the_coarse_grid() -> None:
         detector.set_gaussian(0, *fit_position_gaussian([(source, torch.ones(3, 1, 4, 4))]))
         gaussian = detector.components(detector.extract(images), 0)[3]
     assert gaussian is not None and gaussian.shape == (3, 1, 64, 64) and torch.isfinite(gaussian).all()
+
+
+def test_fitting_uses_the_configured_statistics_prior_and_a_large_one_pools_the_positions() -> None:
+    from types import SimpleNamespace
+
+    from onenip.training.calibration import fit_gaussians
+
+    images = torch.rand(6, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    fitted = {}
+    for prior in (0.0, 1e6):
+        torch.manual_seed(0)
+        cfg = ModelParams.model_validate(TINY_MODEL | {"gaussian_channels": 4, "statistics_prior": prior})
+        detector = OneNIPDetector(cfg, ["plate"], pretrained=False).eval()
+        with torch.no_grad():
+            features = detector.extract(images)
+            fit_gaussians(detector, [SimpleNamespace(fit_features=features, fit_valid=None, index=0)])
+            source = detector.gaussian_source(features)
+        expected = fit_position_gaussian([(source, torch.ones(6, 1, *source.shape[-2:]))], prior=prior)
+        fitted[prior] = (detector.gaussian_mean_0.clone(), detector.gaussian_precision_0.clone())
+        assert torch.allclose(fitted[prior][0], expected[0], atol=1e-5)
+        assert torch.allclose(fitted[prior][1], expected[1], rtol=1e-3, atol=1e-2)
+    own, pooled = fitted[0.0][0], fitted[1e6][0]
+    assert torch.allclose(own.mean(dim=(1, 2)), pooled[:, 0, 0], atol=1e-4)  # the pooled mean, at every position
+    assert pooled.std(dim=(1, 2)).max() < 1e-3 < own.std(dim=(1, 2)).min()

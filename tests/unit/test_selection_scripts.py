@@ -1,12 +1,15 @@
 """The leave-one-category-out scripts' own logic: ``family_transfer.subset`` keeps the normals and one
-family set's anomalies, and ``selection_loco`` applies the refiner margin as the product's selection does."""
+family set's anomalies, ``selection_loco`` applies the refiner margin as the product's selection does, and
+``option_loco`` chooses an option on the other categories only."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 
-from benchmarks import selection_loco
+from benchmarks import option_loco, selection_loco
 from benchmarks.family_transfer import subset
 from benchmarks.rule_transfer import SCORED, RuleMaps
 from benchmarks.selection_loco import Procedure, choose
@@ -41,3 +44,52 @@ def test_more_refiner_weight_must_win_beyond_the_margin(monkeypatch: pytest.Monk
     procedure = Procedure("refiner margin 1", SCORED, (True,) * 5, refiner_margin_se=1.0)
     assert choose(procedure, table, _maps())["weights"][1] == kept_refiner
     assert choose(Procedure("no margin"), table, _maps())["weights"][1] == 0.5
+
+
+def _run(folder, rows: dict[str, tuple[float, float | None, float | None]], variant: str = "statistics") -> str:
+    folder.mkdir()
+    records = [{"method": "onenip", "variant": variant, "input": "native", "category": c,
+                "metrics": {"image_AUROC": i, "pixel_AUROC": p, "pixel_AUPRO": a}} for c, (i, p, a) in rows.items()]  # fmt: skip
+    records.append({"method": "onenip", "variant": variant, "input": "256", "category": "plate", "metrics": {"image_AUROC": 0.0}})
+    (folder / "onenip-plate+tile-seed0.json").write_text(json.dumps(records))
+    return str(folder)
+
+
+def test_an_option_is_chosen_on_the_other_categories_and_reported_on_the_held_out_one(tmp_path) -> None:
+    # variant b is better on plate and cells, worse on tile: held out, each category gets the others' choice
+    a = _run(tmp_path / "a", {"plate": (0.9, 0.9, 0.9), "tile": (0.8, 0.8, 0.8), "cells": (0.7, None, None)})
+    b = _run(tmp_path / "b", {"plate": (1.0, 1.0, 1.0), "tile": (0.6, 0.6, 0.6), "cells": (0.75, None, None)})
+    table = {"a": option_loco.utilities([tmp_path / "a"], "statistics"), "b": option_loco.utilities([tmp_path / "b"], "statistics")}
+    assert table["a"] == pytest.approx({"plate": 0.9, "tile": 0.8, "cells": 0.7})  # the 256 x 256 row is not counted
+    folds = option_loco.leave_one_out(table)
+    assert {c: f["chosen"] for c, f in folds.items()} == {"plate": "a", "tile": "b", "cells": "a"}
+    assert folds["tile"]["utility"] == pytest.approx(0.6) and folds["plate"]["utility"] == pytest.approx(0.9)
+    assert option_loco.utilities([tmp_path / "a"], "default") == {}
+
+
+@pytest.mark.parametrize("kind", ["photo", "pose"])
+def test_a_shifted_copy_changes_the_test_images_and_keeps_masks_with_them(tmp_path, kind: str) -> None:
+    import random
+
+    from PIL import Image
+
+    from benchmarks.shifted_copy import copy_category
+
+    source = tmp_path / "src" / "plate"
+    for folder in ("train/good", "test/good", "test/dent", "ground_truth/dent"):
+        (source / folder).mkdir(parents=True)
+    picture = np.tile(np.linspace(40, 200, 32, dtype=np.uint8), (32, 1))
+    for name in ("train/good/000.png", "test/good/000.png", "test/dent/000.png"):
+        Image.fromarray(picture).save(source / name)
+    mask = np.zeros((32, 32), np.uint8)
+    mask[4:10, 20:28] = 255
+    Image.fromarray(mask).save(source / "ground_truth/dent/000_mask.png")
+    target = tmp_path / "out" / "plate"
+    assert copy_category(source, target, kind, random.Random(0), 1.0) == (2 if kind == "photo" else 3)
+    train, test = (np.asarray(Image.open(target / f"{s}/000.png")) for s in ("train/good", "test/dent"))
+    moved = np.asarray(Image.open(target / "ground_truth/dent/000_mask.png"))
+    assert not np.array_equal(test, picture)
+    if kind == "photo":  # the training image is the original; the mask stays where the defect is
+        assert (target / "train/good/000.png").is_symlink() and np.array_equal(train, picture) and np.array_equal(moved, mask)
+    else:  # every image moved, the mask with it (nearest: still binary)
+        assert not np.array_equal(train, picture) and not np.array_equal(moved, mask) and set(np.unique(moved)) <= {0, 255}
