@@ -53,8 +53,11 @@ def main() -> int:
                         help="score the model with this model.error_normalization instead of its own (statistics and scales recomputed)")
     parser.add_argument("--statistics-prior", type=float, default=None,
                         help="score with this model.statistics_prior instead of the model's own (Gaussians, error statistics and scales refitted)")
+    parser.add_argument("--whitening-ridge", type=float, default=None, help="score with this model.whitening_ridge (error statistics and scales recomputed)")
+    parser.add_argument("--error-std-floor", type=float, default=None, help="score with this model.error_std_floor (error statistics and scales recomputed)")
     parser.add_argument("--prompts", type=int, default=None, help="score with this many stored prompts per category (chosen anew from the fit images)")
     parser.add_argument("--prompt-reduction", default="min", choices=("nearest", "min"), help="with --prompts: model.prompt_reduction")
+    parser.add_argument("--categories", nargs="+", default=None, help="only these of the model's categories (default: all)")
     parser.add_argument("--out", type=Path, required=True, help="folder for rules.json and the maps (maps-<category>.npz)")
     args = parser.parse_args()
 
@@ -74,6 +77,10 @@ def main() -> int:
         changes["error_normalization"] = args.normalization
     if args.statistics_prior is not None and args.statistics_prior != detector.cfg.statistics_prior:
         changes["statistics_prior"] = args.statistics_prior
+    if args.whitening_ridge is not None and args.whitening_ridge != detector.cfg.whitening_ridge:
+        changes["whitening_ridge"] = args.whitening_ridge
+    if args.error_std_floor is not None and args.error_std_floor != detector.cfg.error_std_floor:
+        changes["error_std_floor"] = args.error_std_floor
     if args.prompts:
         changes |= {"prompts": args.prompts, "prompt_reduction": args.prompt_reduction}
     if changes:
@@ -86,7 +93,7 @@ def main() -> int:
     cache = FeatureCache(params.train.cache_dir, detector.feature_extractor, params.model.backbone)
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict[str, object] = {"model": str(args.model), "dropped_test_images": dropped, "categories": {}}
-    for category in detector.categories:
+    for category in args.categories or detector.categories:
         started = time.perf_counter()
         maps = collect_category_maps(detector, manifest, params, cache, category)
         maps.save(args.out / f"maps-{category}.npz")

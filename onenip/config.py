@@ -152,6 +152,14 @@ class ModelParams(_Section):
     the channel's statistics where few images cover a position); ``whitened``, the same after
     decorrelating the channels (their covariance pooled over positions), so correlated channels count
     once. Positions and channels that vary on normal images count less."""
+    whitening_ridge: float = Field(0.01, gt=0)
+    """``whitened`` error maps: added to the channels' residual covariance before it is inverted, as a
+    fraction of its mean variance. Small: directions that barely vary on the training normals count
+    up to ``1 / sqrt(ridge)`` times more, and so does any change of lighting along them."""
+    error_std_floor: float = Field(1e-3, gt=0)
+    """Error maps' z-scores: each per-position spread is at least this fraction of the root mean square
+    over channels, so a channel that hardly varies on the training normals cannot make a slight change
+    (of lighting, say) a huge z-score."""
     residual_window: int | None = None
     """Prompt residual: only prompt patches within this many fine cells (window side) count; None: all."""
     statistics_prior: float = Field(10.0, ge=0)

@@ -24,7 +24,7 @@ STATISTICS_CHUNK = 16
 
 
 def error_statistics(
-    residuals: Tensor, weights: Tensor, prior: float = 10.0, whiten: bool = True, ridge: float = 0.01,
+    residuals: Tensor, weights: Tensor, prior: float = 10.0, whiten: bool = True, ridge: float = 0.01, std_floor: float = 1e-3,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Statistics that turn a residual map into z-scores: ``(mean (C, h, w), whitening (C, C), std (C, h, w))``.
 
@@ -34,7 +34,9 @@ def error_statistics(
     channels' covariance of the centred residual, pooled over positions, with a ``ridge`` of the mean
     variance on the diagonal (identity when ``whiten`` is false): correlated channels (neighbouring
     backbone channels often move together) then count once. ``std``: per position and channel of the
-    whitened residual, shrunk alike. The z-score is ``whitening @ (r - mean) / std``.
+    whitened residual, shrunk alike, and at least ``std_floor`` times the root mean square over channels
+    (a channel that never varies on the training normals would otherwise turn any change into a huge
+    z-score). The z-score is ``whitening @ (r - mean) / std``.
     """
     # Three passes over chunks of images, sums in float64: the residuals stay in their own dtype, so
     # memory is the input plus one chunk (a whole-batch float64 copy of the stride-8 residuals of 256
@@ -72,7 +74,7 @@ def error_statistics(
         squares += (centred.pow(2) * w).sum(0)
     channel_sq = squares.sum(dim=(1, 2)) / total_weight
     second = shrunk(squares, channel_sq)
-    floor = 1e-3 * float(channel_sq.mean().clamp_min(0).sqrt()) + 1e-6
+    floor = std_floor * float(channel_sq.mean().clamp_min(0).sqrt()) + 1e-6
     return mean.float(), whitening.float(), second.clamp_min(0).sqrt().clamp_min(floor).float()
 
 
@@ -106,10 +108,10 @@ def calibrate_error_statistics(detector: OneNIPDetector, data: Sequence[Category
                 _, fine_residual = prompt_residual(features.fine, prompt.fine, window=detector.model.residual_window)
                 fine.append(fine_residual.half().cpu())
                 fine_w.append(_cell_weight(valid, fine_residual.shape[-2:], stride // 2, len(chosen), device).cpu())
-        stats = error_statistics(torch.cat(recon), torch.cat(recon_w), detector.cfg.statistics_prior, whiten)
+        stats = error_statistics(torch.cat(recon), torch.cat(recon_w), detector.cfg.statistics_prior, whiten, detector.cfg.whitening_ridge, detector.cfg.error_std_floor)
         detector.set_error_statistics(item.index, "recon", *stats)
         if fine:
-            stats = error_statistics(torch.cat(fine), torch.cat(fine_w), detector.cfg.statistics_prior, whiten)
+            stats = error_statistics(torch.cat(fine), torch.cat(fine_w), detector.cfg.statistics_prior, whiten, detector.cfg.whitening_ridge, detector.cfg.error_std_floor)
             detector.set_error_statistics(item.index, "fine", *stats)
 
 

@@ -418,6 +418,24 @@ def test_prompt_bank_covers_the_variety_and_each_query_uses_its_nearest_prompt(t
             assert score_maps(one, loaded.scoring["plate"])[1].item() == pytest.approx(scored[i].item(), rel=1e-4, abs=1e-5)
 
 
+def test_the_spread_floor_bounds_the_z_score_of_a_channel_that_never_varied() -> None:
+    from onenip.training import error_statistics
+
+    generator = torch.Generator().manual_seed(1)
+    varying = torch.randn(200, 1, 2, 2, generator=generator)
+    residuals = torch.cat([varying, torch.zeros(200, 1, 2, 2)], dim=1)  # channel 1 is constant on the normals
+    change = torch.tensor([0.0, 0.1])[None, :, None, None].expand(1, 2, 2, 2)  # a slight change of it at test time
+    z = {}
+    for floor in (1e-3, 0.5):
+        for whiten in (False, True):
+            mean, whitening, std = error_statistics(residuals, torch.ones(200, 1, 2, 2), prior=1.0, whiten=whiten, std_floor=floor)
+            z[floor, whiten] = float((torch.einsum("ij,njhw->nihw", whitening, change - mean) / std).norm(dim=1).max())
+    for whiten in (False, True):
+        assert z[1e-3, whiten] > 100  # the default floor: a 0.1 change of a constant channel looks like a 100-sigma defect
+        assert z[0.5, whiten] < z[1e-3, whiten] / 100  # at half the channels' root mean square, a hundredth of that
+    assert z[0.5, False] < 1.0  # without whitening, below one sigma (whitening's ridge still scales the channel up)
+
+
 def test_error_normalisation_is_a_per_position_z_score() -> None:
     from onenip.config import ModelParams
     from onenip.models.scoring import ScoringRule
