@@ -146,27 +146,16 @@ class ModelParams(_Section):
     feature is most similar; ``min``, against every prompt, each network map keeping its per-pixel
     minimum over them (costs one decoder pass per prompt)."""
     error_normalization: Literal["none", "position", "whitened"] = "whitened"
-    """The error maps (reconstruction error and prompt residual): ``none``, the L2 norm of the residual
-    (the paper's reconstruction map); ``position``, the norm of the residual's z-scores against its
-    mean and standard deviation per grid position and channel on the training normals (shrunk towards
-    the channel's statistics where few images cover a position); ``whitened``, the same after
-    decorrelating the channels (their covariance pooled over positions), so correlated channels count
-    once. Positions and channels that vary on normal images count less."""
-    whitening_ridge: float = Field(0.01, gt=0)
-    """``whitened`` error maps: added to the channels' residual covariance before it is inverted, as a
-    fraction of its mean variance. Small: directions that barely vary on the training normals count
-    up to ``1 / sqrt(ridge)`` times more, and so does any change of lighting along them."""
-    error_std_floor: float = Field(1e-3, gt=0)
-    """Error maps' z-scores: each per-position spread is at least this fraction of the root mean square
-    over channels, so a channel that hardly varies on the training normals cannot make a slight change
-    (of lighting, say) a huge z-score."""
+    """Error maps (reconstruction error, prompt residual): ``none``, the residual's L2 norm (the paper's);
+    ``position``, the norm of its z-scores per position and channel on the training normals (shrunk by
+    ``statistics_prior``); ``whitened``, the same with the channels decorrelated (covariance pooled over positions)."""
+    whitening_ridge: float = Field(0.01, gt=0)  # ``whitened``: ridge on the residual covariance, a fraction of its mean variance
+    error_std_floor: float = Field(1e-3, gt=0)  # error z-scores: each spread >= this fraction of the channels' RMS
     residual_window: int | None = None
     """Prompt residual: only prompt patches within this many fine cells (window side) count; None: all."""
-    statistics_prior: float = Field(10.0, ge=0)
-    """Pseudo-images pulling each grid position's statistics (the Gaussian's mean and covariance, the
-    error maps' mean and spread) towards the ones pooled over all positions: a position few images
-    cover, or one that barely varies on the training normals, is not judged by its own tight statistics
-    alone. 0: each position's own."""
+    statistics_prior: float = Field(40.0, ge=0)
+    """Pseudo-images pulling each position's statistics (Gaussian, error z-scores) towards those pooled over
+    positions, so a position that barely varies on the normals is not judged alone (10 until 2026-12-06)."""
     gaussian_channels: int = Field(100, ge=0)
     """Per-position Gaussian of the training normals' fine features (PaDiM's statistic,
     ``onenip.models.gaussian``): channels of its seeded random subset (PaDiM: 100); 0: no Gaussian map."""
