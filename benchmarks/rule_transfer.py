@@ -75,12 +75,10 @@ def main() -> int:
     changes = {}
     if args.normalization and args.normalization != detector.cfg.error_normalization:
         changes["error_normalization"] = args.normalization
-    if args.statistics_prior is not None and args.statistics_prior != detector.cfg.statistics_prior:
-        changes["statistics_prior"] = args.statistics_prior
-    if args.whitening_ridge is not None and args.whitening_ridge != detector.cfg.whitening_ridge:
-        changes["whitening_ridge"] = args.whitening_ridge
-    if args.error_std_floor is not None and args.error_std_floor != detector.cfg.error_std_floor:
-        changes["error_std_floor"] = args.error_std_floor
+    for name in ("statistics_prior", "whitening_ridge", "error_std_floor"):
+        value = getattr(args, name)
+        if value is not None and value != getattr(detector.cfg, name):
+            changes[name] = value
     if args.prompts:
         changes |= {"prompts": args.prompts, "prompt_reduction": args.prompt_reduction}
     if changes:

@@ -88,7 +88,8 @@ def calibrate_error_statistics(detector: OneNIPDetector, data: Sequence[Category
 
     if detector.cfg.error_normalization == "none":
         return
-    whiten = detector.cfg.error_normalization == "whitened"
+    cfg = detector.cfg
+    whiten = cfg.error_normalization == "whitened"
     detector.eval()
     stride = detector.cfg.backbone.feature_stride
     for item in data:
@@ -108,11 +109,10 @@ def calibrate_error_statistics(detector: OneNIPDetector, data: Sequence[Category
                 _, fine_residual = prompt_residual(features.fine, prompt.fine, window=detector.model.residual_window)
                 fine.append(fine_residual.half().cpu())
                 fine_w.append(_cell_weight(valid, fine_residual.shape[-2:], stride // 2, len(chosen), device).cpu())
-        stats = error_statistics(torch.cat(recon), torch.cat(recon_w), detector.cfg.statistics_prior, whiten, detector.cfg.whitening_ridge, detector.cfg.error_std_floor)
-        detector.set_error_statistics(item.index, "recon", *stats)
-        if fine:
-            stats = error_statistics(torch.cat(fine), torch.cat(fine_w), detector.cfg.statistics_prior, whiten, detector.cfg.whitening_ridge, detector.cfg.error_std_floor)
-            detector.set_error_statistics(item.index, "fine", *stats)
+        for which, residuals, weights in (("recon", recon, recon_w), ("fine", fine, fine_w)):
+            if residuals:
+                stats = error_statistics(torch.cat(residuals), torch.cat(weights), cfg.statistics_prior, whiten, cfg.whitening_ridge, cfg.error_std_floor)
+                detector.set_error_statistics(item.index, which, *stats)
 
 
 @torch.no_grad()
