@@ -1,7 +1,8 @@
 """A copy of an MVTec-layout root whose test images were taken under other conditions (a robustness proxy).
 
 ``photo``: every test image (normal and defective alike) under a seeded random gain and gamma, as if the
-line's lighting or exposure drifted after training; the training images are linked unchanged, so a
+line's lighting or exposure drifted after training (``colour``: a white-balance drift; ``sensor``: a
+defocused, noisier camera); the training images are linked unchanged, so a
 model trained on the original root scores the copy (a map that judges each position by tight
 statistics of the training normals should suffer, a nearest-neighbour distance less). ``pose``: every
 image, training and test, turned and shifted at random (masks alike): a product that does not sit in
@@ -30,6 +31,29 @@ def photometric(image: Image.Image, rng: random.Random, strength: float) -> Imag
     return Image.fromarray((np.clip(values**gamma * gain, 0, 1) * 255).round().astype(np.uint8))
 
 
+def colour_cast(image: Image.Image, rng: random.Random, strength: float) -> Image.Image:
+    """A white-balance drift: each channel's own gain in exp(+-0.2), times ``strength``, one draw per image
+    (a grey image becomes tinted). Not among ``model.statistics_jitter``'s changes, which share one gain."""
+    values = np.asarray(image.convert("RGB")).astype(np.float32) / 255.0
+    gains = np.exp(strength * np.array([rng.uniform(-0.2, 0.2) for _ in range(3)], dtype=np.float32))
+    return Image.fromarray((np.clip(values * gains, 0, 1) * 255).round().astype(np.uint8))
+
+
+def sensor(image: Image.Image, rng: random.Random, strength: float) -> Image.Image:
+    """A defocused, noisier camera: Gaussian blur of radius U(0.3, 1.0) pixels and pixel noise of sigma U(0.01, 0.03),
+    times ``strength``, one draw per image (seeded). Not among ``model.statistics_jitter``'s changes."""
+    from PIL import ImageFilter
+
+    blurred = image.filter(ImageFilter.GaussianBlur(strength * rng.uniform(0.3, 1.0)))
+    values = np.asarray(blurred).astype(np.float32) / 255.0
+    noise = np.random.default_rng(rng.randrange(2**32)).normal(0, strength * rng.uniform(0.01, 0.03), values.shape)
+    return Image.fromarray((np.clip(values + noise, 0, 1) * 255).round().astype(np.uint8))
+
+
+TEST_ONLY = {"photo": photometric, "colour": colour_cast, "sensor": sensor}
+"""Kinds that change the test images only (the training images are linked unchanged)."""
+
+
 def posed(image: Image.Image, angle: float, shift: tuple[float, float], resample: int) -> Image.Image:
     return image.rotate(angle, resample=resample, translate=shift, fillcolor=0)
 
@@ -43,14 +67,14 @@ def copy_category(source: Path, target: Path, kind: str, rng: random.Random, str
             out.parent.mkdir(parents=True, exist_ok=True)
             mask = source / "ground_truth" / relative.relative_to(split).parent / f"{path.stem}_mask.png" if split == "test" else None
             mask_out = None if mask is None else target / mask.relative_to(source)
-            if kind == "photo" and split == "train":
+            if kind in TEST_ONLY and split == "train":
                 out = target / relative
                 if not out.exists():
                     os.symlink(path.resolve(), out)
                 continue
             image = Image.open(path)
-            if kind == "photo":
-                photometric(image, rng, strength).save(out)
+            if kind in TEST_ONLY:
+                TEST_ONLY[kind](image, rng, strength).save(out)
                 if mask is not None and mask.exists():
                     mask_out.parent.mkdir(parents=True, exist_ok=True)
                     if not mask_out.exists():
@@ -71,7 +95,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("source", type=Path, help="an MVTec-layout root (category/train, test, ground_truth)")
     parser.add_argument("target", type=Path)
-    parser.add_argument("--kind", choices=("photo", "pose"), default="photo")
+    parser.add_argument("--kind", choices=(*TEST_ONLY, "pose"), default="photo")
     parser.add_argument("--strength", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

@@ -115,10 +115,8 @@ class ModelParams(_Section):
     embed_dim: int = Field(128, ge=8)
     """Transformer width d (paper: 256)."""
     num_heads: int = Field(8, ge=1)
-    num_encoder_layers: int = Field(2, ge=0)
-    """paper: 4"""
-    num_decoder_layers: int = Field(2, ge=1)
-    """paper: 4"""
+    num_encoder_layers: int = Field(2, ge=0)  # paper: 4
+    num_decoder_layers: int = Field(2, ge=1)  # paper: 4
     mlp_ratio: float = Field(4.0, gt=0)
     dropout: float = Field(0.1, ge=0, lt=1)
     neighbor_size: int | tuple[int, int] = 9
@@ -156,6 +154,7 @@ class ModelParams(_Section):
     statistics_prior: float = Field(40.0, ge=0)
     """Pseudo-images pulling each position's statistics (Gaussian, error z-scores) towards those pooled over
     positions, so a position that barely varies on the normals is not judged alone (10 until 2026-12-06)."""
+    statistics_jitter: float = Field(0.0, ge=0)  # those statistics also see fit images under gain and gamma exp(+-this)
     gaussian_channels: int = Field(100, ge=0)
     """Per-position Gaussian of the training normals' fine features (PaDiM's statistic,
     ``onenip.models.gaussian``): channels of its seeded random subset (PaDiM: 100); 0: no Gaussian map."""

@@ -33,6 +33,7 @@ _EXPORTS = {
     "TrainResult": "onenip.training.loop",
     "TrainRun": "onenip.training.loop",
     "build_synthesizer": "onenip.training.pool",
+    "add_jittered_normals": "onenip.training.calibration",
     "calibrate_error_statistics": "onenip.training.calibration",
     "calibrate_scales": "onenip.training.calibration",
     "calibrate_threshold": "onenip.training.calibration",

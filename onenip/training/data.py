@@ -122,6 +122,9 @@ class CategoryData:
     fit_valid: Tensor | None  # (N, 1, H, W) bool where letterboxed
     holdout_images: Tensor
     holdout_valid: Tensor | None
+    jittered: Features | None = None
+    """Fit images again under other lighting (``add_jittered_normals``), for the per-position statistics."""
+    jittered_valid: Tensor | None = None
 
 
 def prepare_category_data(

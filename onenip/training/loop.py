@@ -39,6 +39,7 @@ from onenip.models.scoring import ScoringRule, padded_weights
 from onenip.synthesis.synthesizer import AnomalySynthesizer
 from onenip.training.calibration import (
     STATISTICS_ONLY,
+    add_jittered_normals,
     calibrate_error_statistics,
     calibrate_scales,
     calibrate_threshold,
@@ -233,6 +234,7 @@ def prepare_run(
         detector.set_prompt(item.index, item.fit_features.select(chosen).float())
         prompt_paths[item.name] = [str(item.fit["image_path"].iloc[i]) for i in chosen]
     with stages.stage("fit statistics"):  # frozen features only: fitted once, before any epoch
+        add_jittered_normals(detector, data, params.model.statistics_jitter, cfg.seed)
         fit_gaussians(detector, data)
         fit_memory_banks(detector, data, cfg.seed)
         fit_standardization(detector, data)

@@ -115,7 +115,7 @@ def test_fitting_uses_the_configured_statistics_prior_and_a_large_one_pools_the_
         detector = OneNIPDetector(cfg, ["plate"], pretrained=False).eval()
         with torch.no_grad():
             features = detector.extract(images)
-            fit_gaussians(detector, [SimpleNamespace(fit_features=features, fit_valid=None, index=0)])
+            fit_gaussians(detector, [SimpleNamespace(fit_features=features, fit_valid=None, index=0, jittered=None, jittered_valid=None)])
             source = detector.gaussian_source(features)
         expected = fit_position_gaussian([(source, torch.ones(6, 1, *source.shape[-2:]))], prior=prior)
         fitted[prior] = (detector.gaussian_mean_0.clone(), detector.gaussian_precision_0.clone())

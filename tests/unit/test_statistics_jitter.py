@@ -1,0 +1,58 @@
+"""``model.statistics_jitter``: the per-position statistics also fitted on fit images under other lighting."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+
+from onenip.config import ModelParams
+from onenip.models.detector import OneNIPDetector
+from onenip.training.calibration import add_jittered_normals, fit_gaussians, jittered_images
+from tests.helpers.tiny import TINY_MODEL
+
+
+def test_each_image_gets_one_gain_and_one_gamma_within_the_strength_and_padding_stays() -> None:
+    images = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 0.8 + 0.1
+    valid = torch.ones(5, 1, 16, 16, dtype=torch.bool)
+    valid[:, :, :4] = False
+    out = jittered_images(images, valid, 0.3, torch.Generator().manual_seed(1))
+    assert torch.equal(out[:, :, :4], images[:, :, :4])
+    again = jittered_images(images, valid, 0.3, torch.Generator().manual_seed(1))
+    assert torch.equal(out, again)  # seeded
+    inside = out[:, :, 4:].clamp_min(1e-6).log()
+    for i in range(5):  # log(out) = log(gain) + gamma * log(image): one straight line per image
+        unclipped = out[i, :, 4:].flatten() < 1
+        x, y = images[i, :, 4:].log().flatten()[unclipped], inside[i].flatten()[unclipped]
+        gamma, log_gain = torch.linalg.lstsq(torch.stack([x, torch.ones_like(x)], 1), y[:, None]).solution.flatten()
+        assert torch.allclose(y, log_gain + gamma * x, atol=1e-4)
+        assert abs(float(gamma.log())) <= 0.3 + 1e-4 and abs(float(log_gain)) <= 0.3 + 1e-4
+    assert not torch.allclose(out, images)
+
+
+def _fitted(strength: float, images: torch.Tensor) -> OneNIPDetector:
+    torch.manual_seed(0)
+    cfg = ModelParams.model_validate(TINY_MODEL | {"gaussian_channels": 4, "statistics_jitter": strength})
+    detector = OneNIPDetector(cfg, ["plate"], pretrained=False).eval()
+    with torch.no_grad():
+        item = SimpleNamespace(fit_features=detector.extract(images), fit_valid=None, fit_images=(images * 255).round().to(torch.uint8),
+                               index=0, jittered=None, jittered_valid=None)
+        add_jittered_normals(detector, [item], strength, seed=0)
+        assert (item.jittered is None) == (strength == 0)
+        fit_gaussians(detector, [item])
+    return detector
+
+
+def test_a_change_of_lighting_scores_lower_once_the_gaussian_has_seen_jittered_normals() -> None:
+    generator = torch.Generator().manual_seed(3)
+    base = torch.rand(1, 3, 64, 64, generator=generator) * 0.5 + 0.25
+    images = (base + 0.05 * torch.randn(24, 3, 64, 64, generator=generator)).clamp(0, 1)  # one product, small variation
+    brighter = (images[:4] * 1.25).clamp(0, 1)
+    ratios = {}
+    for strength in (0.0, 0.3):
+        detector = _fitted(strength, images)
+        with torch.no_grad():
+            normal, shifted = (detector.components(detector.extract(x), 0)[3].mean() for x in (images[:4], brighter))
+        ratios[strength] = float(shifted / normal)
+    assert ratios[0.0] > 2.0  # the lighting change alone looks anomalous to the plain Gaussian
+    assert ratios[0.3] < 0.6 * ratios[0.0]
