@@ -154,7 +154,7 @@ class ModelParams(_Section):
     statistics_prior: float = Field(40.0, ge=0)
     """Pseudo-images pulling each position's statistics (Gaussian, error z-scores) towards those pooled over
     positions, so a position that barely varies on the normals is not judged alone (10 until 2026-12-06)."""
-    statistics_jitter: float = Field(0.0, ge=0)  # those statistics also see fit images under gain and gamma exp(+-this)
+    statistics_jitter: float = Field(0.25, ge=0)  # those statistics also see fit images under gain and gamma exp(+-this)
     gaussian_channels: int = Field(100, ge=0)
     """Per-position Gaussian of the training normals' fine features (PaDiM's statistic,
     ``onenip.models.gaussian``): channels of its seeded random subset (PaDiM: 100); 0: no Gaussian map."""

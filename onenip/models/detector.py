@@ -445,7 +445,9 @@ class OneNIPDetector(CategoryIndex, nn.Module):
             )
             raise ModelLoadError(msg)
         geometries = {c: InputGeometry.from_dict(g) for c, g in config["geometries"].items()}
-        detector = cls(ModelParams.model_validate(config["model"]), config["categories"], geometries, pretrained=False)
+        # a model saved before ``statistics_jitter`` existed had its statistics fitted without it
+        model_params = ModelParams.model_validate({"statistics_jitter": 0.0} | config["model"])
+        detector = cls(model_params, config["categories"], geometries, pretrained=False)
         state = load_file(str(weights_path), device=str(map_location))
         expected = detector.state_dict()
         # models saved before the Gaussian, the memory map, the standardisation or the refiner's scale existed

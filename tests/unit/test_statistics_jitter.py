@@ -56,3 +56,16 @@ def test_a_change_of_lighting_scores_lower_once_the_gaussian_has_seen_jittered_n
         ratios[strength] = float(shifted / normal)
     assert ratios[0.0] > 2.0  # the lighting change alone looks anomalous to the plain Gaussian
     assert ratios[0.3] < 0.6 * ratios[0.0]
+
+
+def test_a_model_saved_before_the_setting_existed_says_it_was_fitted_without_jitter(tmp_path) -> None:
+    import json
+
+    cfg = ModelParams.model_validate(TINY_MODEL | {"statistics_jitter": 0.4})
+    folder = OneNIPDetector(cfg, ["plate"], pretrained=False).save(tmp_path / "model")
+    assert OneNIPDetector.load(folder).cfg.statistics_jitter == 0.4
+    config = json.loads((folder / "onenip.json").read_text())
+    del config["model"]["statistics_jitter"]
+    (folder / "onenip.json").write_text(json.dumps(config))
+    assert OneNIPDetector.load(folder).cfg.statistics_jitter == 0.0
+    assert ModelParams().statistics_jitter == 0.25  # while a new model gets the default
