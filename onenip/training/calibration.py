@@ -151,7 +151,7 @@ def add_jittered_normals(detector: OneNIPDetector, data: Sequence[CategoryData],
         images = jittered_images(item.fit_images[index].float() / 255, valid, strength, generator)
         chunks = [extract_features(detector.feature_extractor, images[i : i + STATISTICS_CHUNK], detector.cfg.backbone).half()
                   for i in range(0, len(images), STATISTICS_CHUNK)]  # fmt: skip
-        item.jittered = Features(torch.cat([c.coarse for c in chunks]), None if chunks[0].fine is None else torch.cat([c.fine for c in chunks]))
+        item.jittered = Features.cat(chunks)
         item.jittered_valid = valid
 
 
