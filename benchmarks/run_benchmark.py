@@ -168,6 +168,7 @@ def run_onenip(args: argparse.Namespace) -> list[dict[str, Any]]:
                 "scoring_rule": rules[variant], "input_geometry": detector.geometry(category).to_dict(),
                 "validation_metrics": ((detector.metadata.get("selection") or {}).get("metrics") or {}).get(category),
                 "network_adds": ((detector.metadata.get("selection") or {}).get("network_adds") or {}).get(category),
+                "network_probe": detector.metadata.get("network_probe"),
                 "inference": inference if variant == "default" else None,
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "dropped_test_images": [p for p in dropped if f"/{category}/" in p],

@@ -1,8 +1,7 @@
 """``params.yaml`` -> typed, frozen sections. The only module that reads the YAML.
 
-The CLI, the Prefect flows and the ``dvc.yaml`` stages all call ``load_params`` so there is one
-configuration. Unknown keys fail at load (``extra="forbid"``) so a typo never silently falls back
-to a default.
+The CLI, the Prefect flows and the ``dvc.yaml`` stages all call ``load_params``: one configuration.
+Unknown keys fail at load (``extra="forbid"``): a typo never silently falls back to a default.
 """
 
 from __future__ import annotations
@@ -204,10 +203,12 @@ class SynthesisParams(_Section):
 
 class TrainParams(_Section):
     seed: int = 0
-    network: Literal["onenip", "none"] = "onenip"
+    network: Literal["onenip", "none", "auto"] = "onenip"
     """``onenip``: train the OneNIP network, and the scoring rule may use its maps beside the statistics;
     ``none``: a statistics-only model in about a minute (the per-position Gaussian and the memory bank
-    are fitted, the rule is chosen among them, no network step is taken)."""
+    are fitted, the rule is chosen among them, no network step is taken); ``auto``: train, but stop at the
+    first validation that is not the last and ship statistics only when, on every category, the network
+    adds no more than ``validation.refiner_margin_se`` standard errors over them."""
     epochs: int = Field(8, ge=1)
     batch_size: int = Field(8, ge=1)
     lr: float = Field(4e-4, gt=0)

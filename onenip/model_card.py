@@ -40,6 +40,11 @@ def _metrics_text(metrics: dict[str, float] | None) -> str:
 def network_text(meta: dict[str, Any]) -> str:
     if meta.get("network") == "none":
         return "not trained (statistics only)"
+    probe = meta.get("network_probe") or {}
+    if probe.get("left_out"):
+        adds = ", ".join(f"{c} {a['difference']:+.4f} (SE {a['standard_error']:.4f})" for c, a in probe["network_adds"].items())
+        return (f"OneNIP trained {probe['epoch']} epochs, then left out by `train.network: auto` (statistics only): on "
+                f"validation it added no more than {probe['margin_se']:g} standard error(s) over statistics only ({adds})")
     return f"OneNIP, trained {meta.get('epochs')} epochs, epoch {meta.get('kept_epoch')} kept"
 
 

@@ -128,13 +128,14 @@ def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float | No
 
 
 def log_history(client: MlflowClient, run_id: str, history: list[dict[str, float]], prefix: str = "train_") -> None:
-    """Per-epoch training losses as metric histories (step = epoch)."""
+    """Per-epoch training losses as metric histories (step = epoch); records' non-numbers (``auto``'s
+    network probe, in the model's metadata) are not metrics."""
     now = int(time.time() * 1000)
     items = [
         Metric(f"{prefix}{key}", float(value), now, int(record["epoch"]))
         for record in history
         for key, value in record.items()
-        if key != "epoch"
+        if key != "epoch" and isinstance(value, int | float)
     ]
     for start in range(0, len(items), 500):
         client.log_batch(run_id, metrics=items[start : start + 500])

@@ -136,10 +136,18 @@ class TrainRun:
     synthesizers: dict[str, AnomalySynthesizer] = field(default_factory=dict)
     final_selection: Selection | None = None
     """The last epoch's validation, reused when that epoch is kept."""
+    network_probe: dict[str, Any] | None = None
+    """``train.network: auto``: the first validation's epoch, what the network added there per category,
+    and whether it was left out (training stopped, statistics only)."""
 
     @property
     def epochs(self) -> int:
         return 0 if self.params.train.network == "none" else self.params.train.epochs
+
+    @property
+    def statistics_only(self) -> bool:
+        """No network map may be read: ``train.network: none``, or ``auto`` having left the network out."""
+        return self.epochs == 0 or bool(self.network_probe and self.network_probe["left_out"])
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -184,6 +192,8 @@ def train_onenip(
     run = prepare_run(manifest, params, Path(output_dir), categories, progress, callbacks)
     start_optimizer(run, resume)
     for epoch in range(run.start_epoch, run.epochs):
+        if run.statistics_only:  # ``auto`` left the network out (also before a resume): no step can change the model
+            break
         epoch_start = time.perf_counter()
         synthesis_seconds = refresh_pools(run, epoch, progress)
         record = train_epoch(run, epoch, progress)
@@ -259,6 +269,7 @@ def start_optimizer(run: TrainRun, resume: bool) -> None:
         restored = load_checkpoint(run.checkpoint_dir, run.detector, run.optimizer, run.fingerprint, run.scaler)
         if restored is not None:
             run.start_epoch, run.history, run.best = restored
+            run.network_probe = next((h["network_probe"] for h in run.history if "network_probe" in h), None)
             logger.info("Resuming from epoch %d in %s", run.start_epoch, run.checkpoint_dir)
     run.train_seconds = sum(h.get("seconds", 0.0) for h in run.history)
 
@@ -353,8 +364,13 @@ def validate_epoch(run: TrainRun, epoch: int, record: dict[str, float]) -> None:
     if not run.validations or not ((epoch + 1) % params.validation.every_epochs == 0 or last):
         return
     started = time.perf_counter()
+    probe = params.train.network == "auto" and run.network_probe is None and not last
     with run.stage("validation"):
-        selection = validate(run.detector, run.data, run.validations, params, run.device, final=last)
+        selection = validate(run.detector, run.data, run.validations, params, run.device, final=last or probe)
+    if probe:
+        run.network_probe = network_probe(selection, epoch + 1, params.validation.refiner_margin_se)
+        record["network_probe"] = run.network_probe  # type: ignore[assignment]  # resuming reads it back
+        logger.info("train.network auto, epoch %d: %s", epoch + 1, run.network_probe)
     record["val_score"] = selection.score
     record["validation_seconds"] = time.perf_counter() - started
     run.final_selection = selection if last else None
@@ -366,18 +382,27 @@ def validate_epoch(run: TrainRun, epoch: int, record: dict[str, float]) -> None:
         run.best.top_score = max(run.best.top_score, selection.score)
 
 
+def network_probe(selection: Selection, epoch: int, margin_se: float) -> dict[str, Any]:
+    """``auto``'s verdict at a validation: the network is left out when on no category the chosen rule
+    beats statistics only by more than ``margin_se`` standard errors (a category without validation
+    anomalies gives no evidence for the network)."""
+    adds = {c: dict(a) for c, a in selection.network_adds.items()}
+    earns = [a["difference"] > margin_se * a["standard_error"] and a["network_weight"] > 0 for a in adds.values()]
+    return {"epoch": epoch, "margin_se": margin_se, "network_adds": adds, "left_out": not any(earns)}
+
+
 def keep_best_and_select(run: TrainRun) -> Selection | None:
     """The kept weights (the best epoch's when it is not the last) and the scoring rule chosen for them;
     a statistics-only model's rules never read the untrained network."""
     params, detector = run.params, run.detector
     selection = run.final_selection  # when the last epoch is kept, its validation already chose for these weights
-    if run.best is not None and run.best.epoch != params.train.epochs:
+    if run.best is not None and run.best.epoch != params.train.epochs and not run.statistics_only:
         detector.model.load_state_dict(run.best.state)
         selection = None  # the kept weights need their own calibration and selection
-    if selection is None and run.validations:
+    if (selection is None or run.statistics_only) and run.validations:
         with run.stage("validation"):
-            selection = validate(detector, run.data, run.validations, params, run.device, final=True)
-    if run.epochs == 0:  # statistics only: not even the default of a category too small to validate may read the network
+            selection = validate(detector, run.data, run.validations, params, run.device, final=True, statistics_only=run.statistics_only)
+    if run.statistics_only:  # not even the default of a category too small to validate may read the network
         fallback = statistics_rule(detector, params)
         detector.scoring = {item.name: fallback for item in run.data} if selection is None else {
             name: rule if sum(rule.weights[:3]) == 0 else fallback for name, rule in selection.rules.items()}  # fmt: skip
@@ -389,6 +414,8 @@ def keep_best_and_select(run: TrainRun) -> Selection | None:
 def model_metadata(run: TrainRun, selection: Selection | None) -> dict[str, Any]:
     params = run.params
     kept_epoch = run.epochs if run.best is None or run.best.epoch == params.train.epochs or run.epochs == 0 else run.best.epoch
+    if run.statistics_only:
+        kept_epoch = 0
     return {
         "prompt_paths": run.prompt_paths,
         "threshold_rule": f"quantile {params.eval.threshold_quantile} of held-out training-normal image scores",
@@ -397,6 +424,7 @@ def model_metadata(run: TrainRun, selection: Selection | None) -> dict[str, Any]
         "epochs": run.epochs,
         "kept_epoch": kept_epoch,
         "network": params.train.network,
+        "network_probe": run.network_probe,
         "selection": None if selection is None else {
             "rules": {c: r.to_dict() for c, r in selection.rules.items()}, "score": selection.score,
             "metrics": selection.metrics,
@@ -411,13 +439,14 @@ def model_metadata(run: TrainRun, selection: Selection | None) -> dict[str, Any]
 
 def validate(
     detector: OneNIPDetector, data: Sequence[CategoryData], validations: Sequence[CategoryValidation], params: Params, device: torch.device,
-    *, final: bool = False,
+    *, final: bool = False, statistics_only: bool | None = None,
 ) -> Selection:
     """Calibrate the maps on training normals, then choose the scoring rule on validation data (among the
     statistics' maps only for a statistics-only model, whose network is never computed). ``final``: also
     the rules among the network's maps alone and the statistics' alone, and what the network adds
-    (``restricted_selections``), for the weights that will be kept."""
-    statistics_only = params.train.network == "none"
+    (``restricted_selections``), for the weights that will be kept. ``statistics_only`` defaults to
+    ``train.network: none``."""
+    statistics_only = params.train.network == "none" if statistics_only is None else statistics_only
     needed = [float(ok) for ok in STATISTICS_ONLY] if statistics_only else None
     if not statistics_only:
         calibrate_error_statistics(detector, data, device)

@@ -642,3 +642,70 @@ def test_the_refiner_is_scaled_to_the_reconstruction_errors_range_on_validation(
     assert float(probability.max()) <= 1.0
     plain = train_onenip(manifest, base, tmp_path / "plain", progress=False).detector
     assert float(plain.refiner_scale[0]) == 1.0  # the default: the bare probability
+
+
+def test_auto_keeps_the_network_only_where_it_adds_beyond_the_margin() -> None:
+    from onenip.scoring_selection import Selection
+    from onenip.training.loop import network_probe
+
+    def selection(**adds: tuple[float, float, float]) -> Selection:
+        found = {c: {"difference": d, "standard_error": se, "network_weight": w} for c, (d, se, w) in adds.items()}
+        return Selection({}, 0.0, {}, {}, network_adds=found)
+
+    # one category where the network wins by 3 standard errors keeps it for the whole (unified) group
+    kept = network_probe(selection(a=(0.0, 0.0, 0.0), b=(0.006, 0.002, 0.5)), 4, 1.0)
+    assert kept["left_out"] is False and kept["epoch"] == 4 and kept["network_adds"]["b"]["difference"] == 0.006
+    assert network_probe(selection(a=(0.0, 0.0, 0.0), b=(0.006, 0.002, 0.5)), 4, 3.0)["left_out"] is True  # inside 3 SE
+    assert network_probe(selection(a=(0.001, 0.002, 0.25)), 4, 1.0)["left_out"] is True  # a win inside the noise
+    assert network_probe(selection(), 4, 1.0)["left_out"] is True  # no category could show a gain
+
+
+def test_auto_that_leaves_the_network_out_stops_training_and_ships_statistics_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from onenip.model_card import model_card
+    from onenip.models.onenip import OneNIP
+
+    root = make_mvtec_tree(tmp_path / "tree", ("plate",), n_train=16, n_test_good=2, n_test_bad=2, size=64)
+    manifest = make_manifest(root, progress=False)
+    base = tiny_params(tmp_path, epochs=4, holdout_fraction=0.3, network="auto")
+    # no tiny network can win by a million standard errors: the probe at epoch 2 leaves it out
+    params = base.model_copy(update={"validation": base.validation.model_copy(update={"every_epochs": 2, "refiner_margin_se": 1e6})})
+    result = train_onenip(manifest, params, tmp_path / "run", progress=False)
+    assert [h["epoch"] for h in result.history] == [1, 2]  # epochs 3 and 4 never ran
+    probe = result.history[-1]["network_probe"]
+    assert probe["left_out"] is True and probe["epoch"] == 2 and set(probe["network_adds"]) == {"plate"}
+    assert result.detector.scoring["plate"].weights[:3] == (0.0, 0.0, 0.0)
+    assert all(row["weights"][:3] == [0.0, 0.0, 0.0] for row in result.selection.table["plate"])
+    loaded = OneNIPDetector.load(tmp_path / "run" / "model")
+    assert loaded.metadata["network"] == "auto" and loaded.metadata["kept_epoch"] == 0
+    assert loaded.metadata["network_probe"] == probe
+    assert "left out by `train.network: auto`" in model_card(tmp_path / "run" / "model", "plate")
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the network ran")
+
+    monkeypatch.setattr(OneNIP, "forward", no_network)
+    monkeypatch.setattr(OneNIP, "reconstruct", no_network)
+    # resumed from the checkpoint of epoch 2, the verdict stands: no further step, the same statistics-only model
+    again = train_onenip(manifest, params, tmp_path / "run", progress=False)
+    assert [h["epoch"] for h in again.history] == [1, 2] and again.detector.scoring == result.detector.scoring
+    cache = FeatureCache(params.train.cache_dir, loaded.feature_extractor, params.model.backbone)
+    assert set(evaluate(loaded, manifest, cache, None, num_heatmaps=0, progress=False)) == {"plate"}  # scored without it
+
+
+def test_auto_that_keeps_the_network_trains_the_same_model_as_always(tiny_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from onenip.training import loop
+
+    manifest = make_manifest(tiny_tree, progress=False)
+    base = tiny_params(tmp_path, epochs=2)
+    params = {n: base.model_copy(update={"train": base.train.model_copy(update={"network": n}),
+                                         "validation": base.validation.model_copy(update={"every_epochs": 1})})
+              for n in ("onenip", "auto")}  # fmt: skip
+    probe = loop.network_probe
+    monkeypatch.setattr(loop, "network_probe", lambda *a: {**probe(*a), "left_out": False})
+    always = train_onenip(manifest, params["onenip"], tmp_path / "always", progress=False)
+    auto = train_onenip(manifest, params["auto"], tmp_path / "auto", progress=False)
+    assert [h["epoch"] for h in auto.history] == [1, 2] and auto.history[0]["network_probe"]["epoch"] == 1
+    assert "network_probe" not in auto.history[1]  # one probe only
+    for (name, a), b in zip(always.detector.model.state_dict().items(), auto.detector.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)
+    assert auto.detector.scoring == always.detector.scoring
