@@ -55,6 +55,10 @@ def network_summary(config: dict[str, Any], category: str) -> dict[str, str]:
     tags = {"onenip.scoring_rule": json.dumps(rule), "onenip.network_weight": f"{sum(rule['weights'][:3]):g}"}
     if adds:
         tags["onenip.network_adds"] = f"{adds['difference']:+.4f} (SE {adds['standard_error']:.4f})"
+    probe = (config.get("metadata") or {}).get("network_probe") or {}
+    if probe.get("left_out") and category in probe["network_adds"]:  # ``auto`` left it out: what it added then
+        found = probe["network_adds"][category]
+        tags["onenip.network_adds"] = f"{found['difference']:+.4f} (SE {found['standard_error']:.4f}) at epoch {probe['epoch']}, left out"
     return tags
 
 

@@ -384,10 +384,11 @@ def validate_epoch(run: TrainRun, epoch: int, record: dict[str, float]) -> None:
 
 def network_probe(selection: Selection, epoch: int, margin_se: float) -> dict[str, Any]:
     """``auto``'s verdict at a validation: the network is left out when on no category the chosen rule
-    beats statistics only by more than ``margin_se`` standard errors (a category without validation
-    anomalies gives no evidence for the network)."""
-    adds = {c: dict(a) for c, a in selection.network_adds.items()}
-    earns = [a["difference"] > margin_se * a["standard_error"] and a["network_weight"] > 0 for a in adds.values()]
+    gives its TRAINED maps (reconstruction error, refiner) weight and beats statistics only by more than
+    ``margin_se`` standard errors. The prompt residual needs no training, so a gain that is its alone
+    earns no epochs; a category without validation anomalies gives no evidence for the network."""
+    adds = {c: {**a, "trained_weight": float(sum(selection.rules[c].weights[:2]))} for c, a in selection.network_adds.items()}
+    earns = [a["difference"] > margin_se * a["standard_error"] and a["trained_weight"] > 0 for a in adds.values()]
     return {"epoch": epoch, "margin_se": margin_se, "network_adds": adds, "left_out": not any(earns)}
 
 
@@ -421,7 +422,7 @@ def model_metadata(run: TrainRun, selection: Selection | None) -> dict[str, Any]
         "threshold_rule": f"quantile {params.eval.threshold_quantile} of held-out training-normal image scores",
         "holdout_images": {item.name: len(item.holdout) for item in run.data},
         "train_seconds": run.train_seconds,
-        "epochs": run.epochs,
+        "epochs": run.network_probe["epoch"] if run.statistics_only and run.network_probe else run.epochs,  # trained
         "kept_epoch": kept_epoch,
         "network": params.train.network,
         "network_probe": run.network_probe,

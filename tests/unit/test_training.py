@@ -645,23 +645,29 @@ def test_the_refiner_is_scaled_to_the_reconstruction_errors_range_on_validation(
 
 
 def test_auto_keeps_the_network_only_where_it_adds_beyond_the_margin() -> None:
+    from onenip.models.scoring import ScoringRule
     from onenip.scoring_selection import Selection
     from onenip.training.loop import network_probe
 
-    def selection(**adds: tuple[float, float, float]) -> Selection:
-        found = {c: {"difference": d, "standard_error": se, "network_weight": w} for c, (d, se, w) in adds.items()}
-        return Selection({}, 0.0, {}, {}, network_adds=found)
+    def selection(**adds: tuple[float, float, tuple[float, ...]]) -> Selection:
+        rules = {c: ScoringRule(w, 4.0, 16) for c, (_, _, w) in adds.items()}
+        found = {c: {"difference": d, "standard_error": se, "network_weight": sum(w[:3])} for c, (d, se, w) in adds.items()}
+        return Selection(rules, 0.0, {}, {}, network_adds=found)
 
-    # one category where the network wins by 3 standard errors keeps it for the whole (unified) group
-    kept = network_probe(selection(a=(0.0, 0.0, 0.0), b=(0.006, 0.002, 0.5)), 4, 1.0)
-    assert kept["left_out"] is False and kept["epoch"] == 4 and kept["network_adds"]["b"]["difference"] == 0.006
-    assert network_probe(selection(a=(0.0, 0.0, 0.0), b=(0.006, 0.002, 0.5)), 4, 3.0)["left_out"] is True  # inside 3 SE
-    assert network_probe(selection(a=(0.001, 0.002, 0.25)), 4, 1.0)["left_out"] is True  # a win inside the noise
+    statistics, refiner, residual = (0.0, 0.0, 0.0, 0.5, 0.5), (0.0, 0.5, 0.0, 0.0, 0.5), (0.0, 0.0, 0.5, 0.0, 0.5)
+    # one category where the refiner wins by 3 standard errors keeps the network for the whole (unified) group
+    kept = network_probe(selection(a=(0.0, 0.0, statistics), b=(0.006, 0.002, refiner)), 4, 1.0)
+    assert kept["left_out"] is False and kept["epoch"] == 4 and kept["network_adds"]["b"]["trained_weight"] == 0.5
+    assert network_probe(selection(a=(0.0, 0.0, statistics), b=(0.006, 0.002, refiner)), 4, 3.0)["left_out"] is True  # inside 3 SE
+    assert network_probe(selection(a=(0.001, 0.002, refiner)), 4, 1.0)["left_out"] is True  # a win inside the noise
+    assert network_probe(selection(a=(0.006, 0.002, residual)), 4, 1.0)["left_out"] is True  # the untrained residual's win
     assert network_probe(selection(), 4, 1.0)["left_out"] is True  # no category could show a gain
 
 
 def test_auto_that_leaves_the_network_out_stops_training_and_ships_statistics_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from onenip.model_card import model_card
+    import json
+
+    from onenip.model_card import model_card, network_summary
     from onenip.models.onenip import OneNIP
 
     root = make_mvtec_tree(tmp_path / "tree", ("plate",), n_train=16, n_test_good=2, n_test_bad=2, size=64)
@@ -676,9 +682,11 @@ def test_auto_that_leaves_the_network_out_stops_training_and_ships_statistics_on
     assert result.detector.scoring["plate"].weights[:3] == (0.0, 0.0, 0.0)
     assert all(row["weights"][:3] == [0.0, 0.0, 0.0] for row in result.selection.table["plate"])
     loaded = OneNIPDetector.load(tmp_path / "run" / "model")
-    assert loaded.metadata["network"] == "auto" and loaded.metadata["kept_epoch"] == 0
+    assert loaded.metadata["network"] == "auto" and loaded.metadata["kept_epoch"] == 0 and loaded.metadata["epochs"] == 2
     assert loaded.metadata["network_probe"] == probe
     assert "left out by `train.network: auto`" in model_card(tmp_path / "run" / "model", "plate")
+    tags = network_summary(json.loads((tmp_path / "run" / "model" / "onenip.json").read_text()), "plate")
+    assert tags["onenip.network_weight"] == "0" and tags["onenip.network_adds"].endswith("at epoch 2, left out")
 
     def no_network(*args: object, **kwargs: object) -> None:
         raise AssertionError("the network ran")
