@@ -207,8 +207,8 @@ class TrainParams(_Section):
     """``onenip``: train the OneNIP network, and the scoring rule may use its maps beside the statistics;
     ``none``: a statistics-only model in about a minute (the per-position Gaussian and the memory bank
     are fitted, the rule is chosen among them, no network step is taken); ``auto``: train, but stop at the
-    first validation that is not the last and ship statistics only when, on every category, the network
-    adds no more than ``validation.refiner_margin_se`` standard errors over them."""
+    first validation that is not the last and ship statistics only when on no category a rule weighting
+    its trained maps beats them by more than ``validation.refiner_margin_se`` standard errors."""
     epochs: int = Field(8, ge=1)
     batch_size: int = Field(8, ge=1)
     lr: float = Field(4e-4, gt=0)

@@ -37,12 +37,16 @@ def _metrics_text(metrics: dict[str, float] | None) -> str:
     return " / ".join(f"{metrics[m]:.3f}" if m in metrics else "-" for m in SCORED)
 
 
+def _adds_text(adds: dict[str, float]) -> str:
+    return f"{adds['difference']:+.4f} (SE {adds['standard_error']:.4f})"
+
+
 def network_text(meta: dict[str, Any]) -> str:
     if meta.get("network") == "none":
         return "not trained (statistics only)"
     probe = meta.get("network_probe") or {}
     if probe.get("left_out"):
-        adds = ", ".join(f"{c} {a['difference']:+.4f} (SE {a['standard_error']:.4f})" for c, a in probe["network_adds"].items())
+        adds = ", ".join(f"{c} {_adds_text(a)}" for c, a in probe["network_adds"].items())
         return (f"OneNIP trained {probe['epoch']} epochs, then left out by `train.network: auto` (statistics only): on "
                 f"validation it added no more than {probe['margin_se']:g} standard error(s) over statistics only ({adds})")
     return f"OneNIP, trained {meta.get('epochs')} epochs, epoch {meta.get('kept_epoch')} kept"
@@ -54,11 +58,10 @@ def network_summary(config: dict[str, Any], category: str) -> dict[str, str]:
     adds = ((config.get("metadata") or {}).get("selection") or {}).get("network_adds", {}).get(category)
     tags = {"onenip.scoring_rule": json.dumps(rule), "onenip.network_weight": f"{sum(rule['weights'][:3]):g}"}
     if adds:
-        tags["onenip.network_adds"] = f"{adds['difference']:+.4f} (SE {adds['standard_error']:.4f})"
+        tags["onenip.network_adds"] = _adds_text(adds)
     probe = (config.get("metadata") or {}).get("network_probe") or {}
     if probe.get("left_out") and category in probe["network_adds"]:  # ``auto`` left it out: what it added then
-        found = probe["network_adds"][category]
-        tags["onenip.network_adds"] = f"{found['difference']:+.4f} (SE {found['standard_error']:.4f}) at epoch {probe['epoch']}, left out"
+        tags["onenip.network_adds"] = f"{_adds_text(probe['network_adds'][category])} at epoch {probe['epoch']}, left out"
     return tags
 
 

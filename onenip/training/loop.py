@@ -414,9 +414,7 @@ def keep_best_and_select(run: TrainRun) -> Selection | None:
 
 def model_metadata(run: TrainRun, selection: Selection | None) -> dict[str, Any]:
     params = run.params
-    kept_epoch = run.epochs if run.best is None or run.best.epoch == params.train.epochs or run.epochs == 0 else run.best.epoch
-    if run.statistics_only:
-        kept_epoch = 0
+    kept_epoch = 0 if run.statistics_only else run.epochs if run.best is None or run.best.epoch == params.train.epochs else run.best.epoch
     return {
         "prompt_paths": run.prompt_paths,
         "threshold_rule": f"quantile {params.eval.threshold_quantile} of held-out training-normal image scores",
