@@ -274,3 +274,23 @@ def test_restricted_selections_and_what_the_network_adds() -> None:
     assert selection.restricted["statistics"]["v"]["rule"]["weights"] == [0.0, 0.0, 0.0, 0.0, 1.0]
     adds = selection.network_adds["v"]
     assert adds["network_weight"] == 1.0 and adds["difference"] > 0.3 and 0 < adds["standard_error"] < adds["difference"]
+
+
+def test_a_category_too_small_to_validate_records_a_statistics_rule_that_reads_no_network() -> None:
+    """Its chosen rule is the configured default (the paper's blend), but the rule recorded among the statistics'
+    maps must not read the network: it falls back as a statistics-only model does, to the memory bank alone."""
+    from onenip.scoring_selection import restricted_selections
+
+    tiny = _validation("tiny", normals=2, anomalies=8)
+    maps = [_maps(tiny, True, 0), _maps(tiny, False, 1), None, _maps(tiny, False, 3), _maps(tiny, False, 2)]
+    cfg = ValidationParams(smoothing_sigmas=(0.0,), score_pool_sizes=(1,), weight_step=1.0, min_normals=4)
+    default = ScoringRule((0.5, 0.5, 0.0, 0.0, 0.0), 4.0, 16)
+    selection = select_scoring([(tiny, maps)], cfg, default)
+    restricted_selections([(tiny, maps)], cfg, default, selection)
+    assert selection.rules["tiny"] == default
+    assert selection.restricted["network"]["tiny"]["rule"] == default.to_dict()
+    assert selection.restricted["statistics"]["tiny"]["rule"] == ScoringRule((0.0, 0.0, 0.0, 0.0, 1.0), 4.0, 16).to_dict()
+    without_bank = [*maps[:4], None]
+    selection = select_scoring([(tiny, without_bank)], cfg, default)
+    restricted_selections([(tiny, without_bank)], cfg, default, selection)
+    assert selection.restricted["statistics"]["tiny"]["rule"]["weights"] == [0.0, 0.0, 0.0, 1.0, 0.0]
