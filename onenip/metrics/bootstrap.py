@@ -28,6 +28,14 @@ IMAGE_METRIC = "image_AUROC"
 PIXEL_METRICS = ("pixel_AUROC", "pixel_AP", "pixel_AUPRO")
 
 
+ID_PARTS = 4
+"""An image id's trailing path parts that identify it across dataset copies: category / split / defect / file."""
+
+
+def _image_key(name: object) -> str:
+    return "/".join(Path(str(name)).parts[-ID_PARTS:])
+
+
 def rank_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     """AUROC as the Mann-Whitney statistic from average ranks (ties count half): equal to sklearn's
     ``roc_auc_score``, at a fraction of its overhead for the hundreds of evaluations a bootstrap makes."""
@@ -75,12 +83,18 @@ class PerImage:
         return self.positives is not None
 
     def aligned(self, ids: Sequence[str]) -> PerImage:
-        """The same summary with its images in the order of ``ids`` (each must be one of its ``ids``)."""
+        """The same summary with its images in the order of ``ids`` (each must be one of its ``ids``). Image
+        paths match by their last ``ID_PARTS`` parts (category / split / defect / file): summaries written
+        from two copies of one dataset (another root, a folder of links) compare."""
         if self.ids is None:
             msg = "this summary has no image ids to align by"
             raise ValueError(msg)
-        position = {str(name): i for i, name in enumerate(self.ids)}
-        order = np.array([position[str(name)] for name in ids])
+        position = {_image_key(name): i for i, name in enumerate(self.ids)}
+        missing = [str(name) for name in ids if _image_key(name) not in position]
+        if missing:
+            msg = f"{len(missing)} images are not in this summary, e.g. {missing[0]}"
+            raise ValueError(msg)
+        order = np.array([position[_image_key(name)] for name in ids])
         fields = {k: (v[order] if isinstance(v, np.ndarray) and k != "thresholds" else v) for k, v in self.__dict__.items()}
         return PerImage(**fields)
 

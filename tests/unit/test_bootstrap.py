@@ -62,3 +62,17 @@ def test_paired_intervals_separate_a_better_scorer_and_not_a_copy(tmp_path) -> N
     assert np.array_equal(loaded.scores, good.scores) and np.array_equal(loaded.positives, good.positives)
     with pytest.raises(ValueError, match="same images"):
         paired_differences([good], [PerImage(good.scores[:-1], good.labels[:-1])], 5)
+
+
+def test_summaries_of_two_copies_of_a_dataset_align_by_the_path_below_the_root() -> None:
+    """A run over a folder of links and one over the dataset itself list the same images under other roots."""
+    labels, masks = _images(8)
+    scores, maps = _scorer(np.random.default_rng(3), labels, masks, 0.5)
+    summary = PerImage.from_maps(scores, labels, maps, masks)
+    tails = [f"bottle/test/{'good' if not label else 'broken'}/{i:03d}.png" for i, label in enumerate(labels)]
+    summary.ids = np.array([f"/data/industrial/{t}" for t in tails])
+    other_root = [f"/runs/r/root/{t}" for t in reversed(tails)]
+    aligned = summary.aligned(other_root)
+    assert np.array_equal(aligned.scores, scores[::-1]) and np.array_equal(aligned.positives, summary.positives[::-1])
+    with pytest.raises(ValueError, match="1 images are not in this summary, e.g. /runs/r/root/kolektor/test/good/000.png"):
+        summary.aligned([*other_root[:-1], "/runs/r/root/kolektor/test/good/000.png"])
