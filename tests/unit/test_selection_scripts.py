@@ -93,3 +93,44 @@ def test_a_shifted_copy_changes_the_test_images_and_keeps_masks_with_them(tmp_pa
         assert (target / "train/good/000.png").is_symlink() and np.array_equal(train, picture) and np.array_equal(moved, mask)
     else:  # every image moved, the mask with it (nearest: still binary)
         assert not np.array_equal(train, picture) and not np.array_equal(moved, mask) and set(np.unique(moved)) <= {0, 255}
+
+
+def test_the_small_category_fallback_is_chosen_on_the_other_categories_and_seeds_are_averaged(tmp_path) -> None:
+    """``small_categories.loco``: each held-out category gets the rule best on the others (its own numbers
+    never count), several subsample files of a category are averaged, and ``subsample`` keeps N seeded
+    training images per category with the test split linked."""
+    from benchmarks import small_categories as sc
+
+    names = list(sc.CANDIDATES)
+    good_elsewhere, good_here = names[5], names[4]
+
+    def rules(category: str, bonus: float) -> dict:
+        out = {n: {"image_AUROC": 0.80} for n in names}
+        out[good_elsewhere] = {"image_AUROC": 0.80 + (0.0 if category == "c" else bonus)}
+        out[good_here] = {"image_AUROC": 0.90 if category == "c" else 0.70}
+        return out
+
+    files = []
+    for seed, bonus in ((0, 0.10), (1, 0.02)):
+        path = tmp_path / f"s{seed}.json"
+        path.write_text(json.dumps({"categories": {c: rules(c, bonus) for c in "abc"}}))
+        files.append(path)
+    result = sc.loco(files)
+    assert result["folds"]["c"]["chosen"] == good_elsewhere  # c's own favourite does not count for c
+    assert result["folds"]["c"]["held_out_utility"] == pytest.approx(0.80)
+    assert result["folds"]["a"]["chosen"] == good_elsewhere and result["folds"]["a"]["runs"] == 2
+    assert result["per_category"]["a"][good_elsewhere]["image_AUROC"] == pytest.approx(0.86)  # the mean of 0.90 and 0.82
+    assert "| c | " + good_elsewhere in sc.table(result)
+
+    source = tmp_path / "root"
+    for category in ("plate", "disk"):
+        (source / category / "train" / "good").mkdir(parents=True)
+        (source / category / "test" / "good").mkdir(parents=True)
+        for i in range(30):
+            (source / category / "train" / "good" / f"{i:03d}.png").write_bytes(b"x")
+    sc.subsample(source, tmp_path / "small", 18, 0, None)
+    kept = sorted(p.name for p in (tmp_path / "small" / "plate" / "train" / "good").iterdir())
+    assert len(kept) == 18 and (tmp_path / "small" / "plate" / "test").is_symlink()
+    sc.subsample(source, tmp_path / "again", 18, 0, ["plate"])
+    assert sorted(p.name for p in (tmp_path / "again" / "plate" / "train" / "good").iterdir()) == kept  # seeded
+    assert not (tmp_path / "again" / "disk").exists()
