@@ -195,8 +195,7 @@ class SynthesisParams(_Section):
     min_scale_exp: int = Field(1, ge=0)
     max_scale_exp: int = Field(5, ge=0)
     foreground: Literal["none", "auto"] = "none"
-    pool_size: int = Field(1, ge=1)
-    """Synthetic copies per training image whose features are kept for an epoch."""
+    pool_size: int = Field(1, ge=1)  # synthetic copies per training image whose features are kept for an epoch
     regenerate_every: int = Field(1, ge=0)
     """Epochs between pool regenerations (0: never): 1 gives fresh anomalies every epoch."""
 
@@ -204,11 +203,10 @@ class SynthesisParams(_Section):
 class TrainParams(_Section):
     seed: int = 0
     network: Literal["onenip", "none", "auto"] = "onenip"
-    """``onenip``: train the OneNIP network, and the scoring rule may use its maps beside the statistics;
-    ``none``: a statistics-only model in about a minute (the per-position Gaussian and the memory bank
-    are fitted, the rule is chosen among them, no network step is taken); ``auto``: train, but stop at the
-    first validation that is not the last and ship statistics only when on no category a rule weighting
-    its trained maps beats them by more than ``validation.refiner_margin_se`` standard errors."""
+    """``onenip``: train the network, whose maps the rule may use beside the statistics; ``none``: statistics
+    only in about a minute (Gaussian and memory bank fitted, the rule chosen among them, no network step);
+    ``auto``: train, but ship statistics only from the first validation that is not the last when on no
+    category a rule weighting trained maps beats them by over ``validation.refiner_margin_se`` SEs."""
     epochs: int = Field(8, ge=1)
     batch_size: int = Field(8, ge=1)
     lr: float = Field(4e-4, gt=0)
@@ -286,7 +284,9 @@ class ValidationParams(_Section):
     smoothing_sigmas: tuple[float, ...] = (0.0, 2.0, 4.0, 8.0)
     score_pool_sizes: tuple[int, ...] = (1, 8, 16, 32)
     min_normals: int = Field(4, ge=1)
-    """With fewer held-out normals in a category, the defaults in ``model.scoring`` are kept."""
+    """With fewer held-out normals in a category, validation cannot choose: ``small_category_weights`` hold."""
+    small_category_weights: tuple[float, float, float, float, float] = (0.0, 0.0, 0.0, 0.5, 0.5)
+    """That rule (``model.scoring``'s sigma and pool; maps a model lacks drop out, none left: ``model.scoring``), LOCO on 18-image cuts."""
 
     @field_validator("anomaly_strength")
     @classmethod

@@ -158,15 +158,17 @@ STATISTICS_MAPS = (False, False, False, True, True)
 
 
 def restricted_selections(
-    per_category: Sequence[tuple[CategoryValidation, list[Tensor | None]]], cfg: ValidationParams, default: ScoringRule, selection: Selection,
+    per_category: Sequence[tuple[CategoryValidation, list[Tensor | None]]], cfg: ValidationParams, defaults: dict[str, ScoringRule],
+    selection: Selection,
 ) -> None:
     """Fill ``selection.restricted`` (the rules among the network's maps alone and among the statistics'
-    alone) and ``selection.network_adds`` (the chosen rule against statistics only, with its standard
-    error): what a registered version records about its network."""
+    alone; ``defaults[name]``, reading those maps only, where a category is too small to validate) and
+    ``selection.network_adds`` (the chosen rule against statistics only, with its standard error): what a
+    registered version records about its network."""
     for name, allowed in (("network", NETWORK_MAPS), ("statistics", STATISTICS_MAPS)):
         if not any(c is not None and ok for _, components in per_category for c, ok in zip(components, allowed, strict=False)):
             continue
-        restricted = select_scoring(per_category, cfg, restricted_default(default, allowed, per_category), allowed)
+        restricted = select_scoring(per_category, cfg, defaults[name], allowed)
         selection.restricted[name] = {c: {"rule": r.to_dict(), "metrics": restricted.metrics.get(c, {})} for c, r in restricted.rules.items()}
     statistics = selection.restricted.get("statistics", {})
     for validation, components in per_category:
@@ -185,19 +187,6 @@ def restricted_selections(
                                                validation.labels.numpy(), cfg.refiner_bootstrap)  # fmt: skip
         selection.network_adds[c] = {"difference": difference, "standard_error": error,
                                      "network_weight": float(sum(chosen.weights[:3]))}  # fmt: skip
-
-
-def restricted_default(default: ScoringRule, allowed: Sequence[bool], per_category: Sequence[tuple[CategoryValidation, list[Tensor | None]]]) -> ScoringRule:
-    """The rule of a category too small to validate, among the ``allowed`` maps only: ``default`` where it
-    reads none other, else the last allowed map a model has (the memory bank before the Gaussian) alone,
-    as a statistics-only model falls back (``training.statistics_rule``)."""
-    if all(ok or not w for w, ok in zip(default.weights, allowed, strict=False)):
-        return default
-    present = [i for i, ok in enumerate(allowed) if ok and any(i < len(c) and c[i] is not None for _, c in per_category)]
-    if not present:
-        return default
-    weights = tuple(1.0 if i == present[-1] else 0.0 for i in range(len(default.weights)))
-    return ScoringRule(weights, default.smoothing_sigma, default.score_pool_size)
 
 
 def downscaled(maps: Tensor, factor: int) -> Tensor:

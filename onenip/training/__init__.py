@@ -59,7 +59,7 @@ _EXPORTS = {
     "select_prompt": "onenip.training.data",
     "select_prompts": "onenip.training.data",
     "split_holdout": "onenip.training.data",
-    "statistics_rule": "onenip.training.calibration",
+    "fallback_rule": "onenip.training.calibration",
     "train_epoch": "onenip.training.loop",
     "train_networks": "onenip.training.loop",
     "train_onenip": "onenip.training.loop",

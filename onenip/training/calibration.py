@@ -15,7 +15,7 @@ from onenip.models.detector import OneNIPDetector
 from onenip.models.features import Features
 from onenip.models.gaussian import fit_position_gaussian
 from onenip.models.memory import CANDIDATES_PER_PATCH, kcenter_greedy
-from onenip.models.scoring import ScoringRule
+from onenip.models.scoring import ScoringRule, padded_weights
 from onenip.training.data import CategoryData
 
 STATISTICS_IMAGES = 256
@@ -323,11 +323,21 @@ STATISTICS_ONLY = (False, False, False, True, True)
 """The maps a statistics-only model (``train.network: none``) may use: the Gaussian and the memory bank."""
 
 
-def statistics_rule(detector: OneNIPDetector, params: Params) -> ScoringRule:
-    """A statistics-only model's rule where validation cannot choose: the memory bank alone (the Gaussian
-    without a bank), with the configured smoothing and pooling."""
-    weights = (0.0, 0.0, 0.0, 0.0, 1.0) if detector.has_memory else (0.0, 0.0, 0.0, 1.0, 0.0)
-    return ScoringRule(weights, params.model.scoring.smoothing_sigma, params.model.scoring.score_pool_size)
+def fallback_rule(detector: OneNIPDetector, params: Params, statistics_only: bool = False) -> ScoringRule:
+    """The rule of a category too small to validate: ``validation.small_category_weights`` over the maps the
+    model has (a statistics-only model: not the network's), renormalised, with ``model.scoring``'s smoothing
+    and pooling. None of them there: ``model.scoring`` (a statistics-only model: its memory bank alone, the
+    Gaussian without a bank). The default, Gaussian + memory 0.5 / 0.5, was chosen leave-one-category-out on
+    the five development categories cut to 18 training images (benchmarks/README, "Categories too small")."""
+    scoring = params.model.scoring
+    network = not statistics_only
+    present = (network, network, network and detector.has_fine, detector.has_gaussian, detector.has_memory)
+    weights = [w if ok else 0.0 for w, ok in zip(params.validation.small_category_weights, present, strict=True)]
+    if sum(weights) <= 0 and network:
+        return ScoringRule(padded_weights(scoring.weights), scoring.smoothing_sigma, scoring.score_pool_size)
+    if sum(weights) <= 0:
+        weights = [0.0, 0.0, 0.0, 0.0, 1.0] if detector.has_memory else [0.0, 0.0, 0.0, 1.0, 0.0]
+    return ScoringRule(tuple(w / sum(weights) for w in weights), scoring.smoothing_sigma, scoring.score_pool_size)
 
 
 @torch.no_grad()

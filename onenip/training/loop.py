@@ -47,7 +47,7 @@ from onenip.training.calibration import (
     fit_memory_banks,
     fit_standardization,
     scale_refiner,
-    statistics_rule,
+    fallback_rule,
 )
 from onenip.training.checkpoint import CHECKPOINT_DIR, BestEpoch, fingerprint_of, keeps, load_checkpoint, save_checkpoint
 from onenip.training.data import CategoryData, choose_geometries, prepare_category_data, select_prompts, texture_sources
@@ -404,7 +404,7 @@ def keep_best_and_select(run: TrainRun) -> Selection | None:
         with run.stage("validation"):
             selection = validate(detector, run.data, run.validations, params, run.device, final=True, statistics_only=run.statistics_only)
     if run.statistics_only:  # not even the default of a category too small to validate may read the network
-        fallback = statistics_rule(detector, params)
+        fallback = fallback_rule(detector, params, statistics_only=True)
         detector.scoring = {item.name: fallback for item in run.data} if selection is None else {
             name: rule if sum(rule.weights[:3]) == 0 else fallback for name, rule in selection.rules.items()}  # fmt: skip
     elif selection is not None:
@@ -453,10 +453,13 @@ def validate(
     per_category = [(v, validation_components(detector, v, weights=needed)) for v in validations]
     if not statistics_only and params.model.refiner_scale == "recon_range":
         per_category = [(v, scale_refiner(detector, v.category, components)) for v, components in per_category]
-    default = ScoringRule(padded_weights(params.model.scoring.weights), params.model.scoring.smoothing_sigma, params.model.scoring.score_pool_size)
-    selection = select_scoring(per_category, params.validation, default, STATISTICS_ONLY if statistics_only else None)
+    scoring = params.model.scoring
+    selection = select_scoring(per_category, params.validation, fallback_rule(detector, params, statistics_only),
+                               STATISTICS_ONLY if statistics_only else None)  # fmt: skip
     if final and not statistics_only:
-        restricted_selections(per_category, params.validation, default, selection)
+        paper = ScoringRule(padded_weights(scoring.weights), scoring.smoothing_sigma, scoring.score_pool_size)
+        network = paper if sum(paper.weights[3:]) == 0 else ScoringRule((0.5, 0.5, 0.0, 0.0, 0.0), scoring.smoothing_sigma, scoring.score_pool_size)
+        restricted_selections(per_category, params.validation, {"network": network, "statistics": fallback_rule(detector, params, True)}, selection)
     return selection
 
 

@@ -236,6 +236,9 @@ def test_cached_prompt_encoding_matches_and_follows_changes(tiny_tree: Path, tmp
     manifest = make_manifest(tiny_tree, progress=False)
     params = tiny_params(tmp_path, epochs=1)
     detector = train_onenip(manifest, params, tmp_path / "run", progress=False).detector.eval()
+    from onenip.models.scoring import ScoringRule
+
+    detector.scoring = dict.fromkeys(detector.categories, ScoringRule((0.5, 0.5, 0.0, 0.0, 0.0), 4.0, 16))  # the network's maps (a tiny category falls back to statistics)
     extractor = detector.feature_extractor
     features = Features(torch.randn(3, extractor.num_features, 4, 4), torch.randn(3, extractor.num_fine_features, 8, 8))
     k = 0
@@ -579,9 +582,33 @@ def test_a_statistics_only_model_fits_in_no_epoch_and_never_runs_the_network(tmp
     cache = FeatureCache(params.train.cache_dir, loaded.feature_extractor, params.model.backbone)
     evaluation = evaluate(loaded, manifest, cache, None, num_heatmaps=0, progress=False)  # scoring skips the network too
     assert set(evaluation) == {"plate", "widget"} and all(float(loaded.score_threshold[k]) < float("inf") for k in range(2))
-    # a category too small to validate gets the memory bank alone, never the (untrained) paper blend
+    # a category too small to validate gets validation.small_category_weights (Gaussian + memory), never the
+    # (untrained) paper blend; with network maps asked for there, the memory bank alone
     small = tiny_params(tmp_path, holdout_fraction=0.1, network="none")
-    assert train_onenip(manifest, small, tmp_path / "small", progress=False).detector.scoring["plate"].weights == (0.0, 0.0, 0.0, 0.0, 1.0)
+    assert train_onenip(manifest, small, tmp_path / "small", progress=False).detector.scoring["plate"].weights == (0.0, 0.0, 0.0, 0.5, 0.5)
+    small = small.model_copy(update={"validation": small.validation.model_copy(update={"small_category_weights": (1.0, 0.0, 0.0, 0.0, 0.0)})})
+    assert train_onenip(manifest, small, tmp_path / "small2", progress=False).detector.scoring["plate"].weights == (0.0, 0.0, 0.0, 0.0, 1.0)
+
+
+def test_a_category_too_small_to_validate_gets_the_small_category_rule_over_the_maps_the_model_has(tmp_path: Path) -> None:
+    """2 held-out normals < min_normals: Gaussian + memory (validation.small_category_weights, chosen LOCO on
+    18-image cuts of the five categories); the recorded network-only rule is the paper blend. A model
+    without a memory bank renormalises to the Gaussian alone; with no listed map at all, ``model.scoring``."""
+    from onenip.models.scoring import ScoringRule
+    from onenip.training import fallback_rule
+
+    root = make_mvtec_tree(tmp_path / "tree", ("plate",), n_train=16, n_test_good=2, n_test_bad=2, size=64)
+    params = tiny_params(tmp_path, epochs=1, holdout_fraction=0.1)
+    result = train_onenip(make_manifest(root, progress=False), params, tmp_path / "run", progress=False)
+    scoring = params.model.scoring
+    assert result.detector.scoring["plate"] == ScoringRule((0.0, 0.0, 0.0, 0.5, 0.5), scoring.smoothing_sigma, scoring.score_pool_size)
+    assert result.selection.restricted["network"]["plate"]["rule"]["weights"] == [0.5, 0.5, 0.0, 0.0, 0.0]
+    assert result.selection.restricted["statistics"]["plate"]["rule"]["weights"] == [0.0, 0.0, 0.0, 0.5, 0.5]
+    no_bank = params.model_copy(update={"model": params.model.model_copy(update={"memory_patches": 0})})
+    detector = OneNIPDetector(no_bank.model, ["plate"], pretrained=False)
+    assert fallback_rule(detector, no_bank).weights == (0.0, 0.0, 0.0, 1.0, 0.0)
+    neither = no_bank.model_copy(update={"model": no_bank.model.model_copy(update={"gaussian_channels": 0})})
+    assert fallback_rule(OneNIPDetector(neither.model, ["plate"], pretrained=False), neither).weights == (0.5, 0.5, 0.0, 0.0, 0.0)
 
 
 def test_standardised_features_are_what_the_network_reads_and_reconstructs(tmp_path: Path) -> None:

@@ -269,28 +269,24 @@ def test_restricted_selections_and_what_the_network_adds() -> None:
                            refiner_margin_se=0.0)  # fmt: skip
     per_category = [(data, [recon, noise, None, None, memory])]
     selection = select_scoring(per_category, cfg, ScoringRule())
-    restricted_selections(per_category, cfg, ScoringRule(), selection)
+    restricted_selections(per_category, cfg, {"network": ScoringRule(), "statistics": ScoringRule((0.0, 0.0, 0.0, 0.0, 1.0))}, selection)
     assert selection.restricted["network"]["v"]["rule"]["weights"] == [1.0, 0.0, 0.0, 0.0, 0.0]
     assert selection.restricted["statistics"]["v"]["rule"]["weights"] == [0.0, 0.0, 0.0, 0.0, 1.0]
     adds = selection.network_adds["v"]
     assert adds["network_weight"] == 1.0 and adds["difference"] > 0.3 and 0 < adds["standard_error"] < adds["difference"]
 
 
-def test_a_category_too_small_to_validate_records_a_statistics_rule_that_reads_no_network() -> None:
-    """Its chosen rule is the configured default (the paper's blend), but the rule recorded among the statistics'
-    maps must not read the network: it falls back as a statistics-only model does, to the memory bank alone."""
+def test_a_category_too_small_to_validate_keeps_the_given_rules_and_records_restricted_ones_that_read_their_maps_only() -> None:
+    """Too few held-out normals: the chosen rule is the fallback passed in, and the rules recorded among the
+    network's maps and among the statistics' are the defaults given for each, never one reading the other's maps."""
     from onenip.scoring_selection import restricted_selections
 
     tiny = _validation("tiny", normals=2, anomalies=8)
     maps = [_maps(tiny, True, 0), _maps(tiny, False, 1), None, _maps(tiny, False, 3), _maps(tiny, False, 2)]
     cfg = ValidationParams(smoothing_sigmas=(0.0,), score_pool_sizes=(1,), weight_step=1.0, min_normals=4)
-    default = ScoringRule((0.5, 0.5, 0.0, 0.0, 0.0), 4.0, 16)
-    selection = select_scoring([(tiny, maps)], cfg, default)
-    restricted_selections([(tiny, maps)], cfg, default, selection)
-    assert selection.rules["tiny"] == default
-    assert selection.restricted["network"]["tiny"]["rule"] == default.to_dict()
-    assert selection.restricted["statistics"]["tiny"]["rule"] == ScoringRule((0.0, 0.0, 0.0, 0.0, 1.0), 4.0, 16).to_dict()
-    without_bank = [*maps[:4], None]
-    selection = select_scoring([(tiny, without_bank)], cfg, default)
-    restricted_selections([(tiny, without_bank)], cfg, default, selection)
-    assert selection.restricted["statistics"]["tiny"]["rule"]["weights"] == [0.0, 0.0, 0.0, 1.0, 0.0]
+    fallback, paper = ScoringRule((0.0, 0.0, 0.0, 0.5, 0.5), 4.0, 16), ScoringRule((0.5, 0.5, 0.0, 0.0, 0.0), 4.0, 16)
+    selection = select_scoring([(tiny, maps)], cfg, fallback)
+    restricted_selections([(tiny, maps)], cfg, {"network": paper, "statistics": fallback}, selection)
+    assert selection.rules["tiny"] == fallback and "tiny" not in selection.network_adds
+    assert selection.restricted["network"]["tiny"]["rule"] == paper.to_dict()
+    assert selection.restricted["statistics"]["tiny"]["rule"] == fallback.to_dict()
