@@ -88,7 +88,8 @@ def model_card(model_dir: str | Path, category: str, test_metrics: dict[str, flo
         "",
         "| rule | maps | image AUROC / pixel AUROC / AUPRO / pixel AP |",
         "|---|---|---|",
-        f"| chosen | {_rule_text(rule)} | {_metrics_text((selection.get('metrics') or {}).get(category))} |",
+        f"| {'chosen' if category in (selection.get('metrics') or {}) else 'fallback: too few held-out normals to validate'} | "
+        f"{_rule_text(rule)} | {_metrics_text((selection.get('metrics') or {}).get(category))} |",
     ]
     for name, label in (("network", "network's maps only"), ("statistics", "statistics only (no network)")):
         found = (restricted.get(name) or {}).get(category)

@@ -604,6 +604,10 @@ def test_a_category_too_small_to_validate_gets_the_small_category_rule_over_the_
     assert result.detector.scoring["plate"] == ScoringRule((0.0, 0.0, 0.0, 0.5, 0.5), scoring.smoothing_sigma, scoring.score_pool_size)
     assert result.selection.restricted["network"]["plate"]["rule"]["weights"] == [0.5, 0.5, 0.0, 0.0, 0.0]
     assert result.selection.restricted["statistics"]["plate"]["rule"]["weights"] == [0.0, 0.0, 0.0, 0.5, 0.5]
+    from onenip.model_card import model_card
+
+    card = model_card(tmp_path / "run" / "model", "plate")
+    assert "| fallback: too few held-out normals to validate | 0.5 x " in card and "| chosen |" not in card
     no_bank = params.model_copy(update={"model": params.model.model_copy(update={"memory_patches": 0})})
     detector = OneNIPDetector(no_bank.model, ["plate"], pretrained=False)
     assert fallback_rule(detector, no_bank).weights == (0.0, 0.0, 0.0, 1.0, 0.0)
