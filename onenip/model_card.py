@@ -73,6 +73,7 @@ def model_card(model_dir: str | Path, category: str, test_metrics: dict[str, flo
     rule = config["scoring"][category]
     geometry = config["geometries"][category]
     restricted = selection.get("restricted") or {}
+    validated = selection.get("metrics") or {}
     lines = [
         f"# {category}: model card",
         "",
@@ -88,8 +89,8 @@ def model_card(model_dir: str | Path, category: str, test_metrics: dict[str, flo
         "",
         "| rule | maps | image AUROC / pixel AUROC / AUPRO / pixel AP |",
         "|---|---|---|",
-        f"| {'chosen' if category in (selection.get('metrics') or {}) else 'fallback: too few held-out normals to validate'} | "
-        f"{_rule_text(rule)} | {_metrics_text((selection.get('metrics') or {}).get(category))} |",
+        f"| {'chosen' if category in validated else 'fallback: too few held-out normals to validate'} | {_rule_text(rule)} | "
+        f"{_metrics_text(validated.get(category))} |",
     ]
     for name, label in (("network", "network's maps only"), ("statistics", "statistics only (no network)")):
         found = (restricted.get(name) or {}).get(category)

@@ -337,7 +337,8 @@ def fallback_rule(detector: OneNIPDetector, params: Params, statistics_only: boo
         return ScoringRule(padded_weights(scoring.weights), scoring.smoothing_sigma, scoring.score_pool_size)
     if sum(weights) <= 0:
         weights = [0.0, 0.0, 0.0, 0.0, 1.0] if detector.has_memory else [0.0, 0.0, 0.0, 1.0, 0.0]
-    return ScoringRule(tuple(w / sum(weights) for w in weights), scoring.smoothing_sigma, scoring.score_pool_size)
+    total = sum(weights)
+    return ScoringRule(tuple(w / total for w in weights), scoring.smoothing_sigma, scoring.score_pool_size)
 
 
 @torch.no_grad()
