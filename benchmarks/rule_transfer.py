@@ -55,6 +55,8 @@ def main() -> int:
                         help="score with this model.statistics_prior instead of the model's own (Gaussians, error statistics and scales refitted)")
     parser.add_argument("--statistics-jitter", type=float, default=None,
                         help="score with this model.statistics_jitter (Gaussians, error statistics and scales refitted)")
+    parser.add_argument("--statistics-colour-jitter", type=float, default=None,
+                        help="score with this model.statistics_colour_jitter (Gaussians, error statistics and scales refitted)")
     parser.add_argument("--whitening-ridge", type=float, default=None, help="score with this model.whitening_ridge (error statistics and scales recomputed)")
     parser.add_argument("--error-std-floor", type=float, default=None, help="score with this model.error_std_floor (error statistics and scales recomputed)")
     parser.add_argument("--prompts", type=int, default=None, help="score with this many stored prompts per category (chosen anew from the fit images)")
@@ -77,7 +79,7 @@ def main() -> int:
     changes = {}
     if args.normalization and args.normalization != detector.cfg.error_normalization:
         changes["error_normalization"] = args.normalization
-    for name in ("statistics_prior", "statistics_jitter", "whitening_ridge", "error_std_floor"):
+    for name in ("statistics_prior", "statistics_jitter", "statistics_colour_jitter", "whitening_ridge", "error_std_floor"):
         value = getattr(args, name)
         if value is not None and value != getattr(detector.cfg, name):
             changes[name] = value
@@ -230,8 +232,8 @@ def collect_category_maps(
         if "prompts" in detector.metadata["_variant"]:
             chosen = select_prompts(item.fit_features.coarse.float(), detector.cfg.prompts)
             detector.set_prompt(k, item.fit_features.select(chosen).float())
-        if {"statistics_prior", "statistics_jitter"} & set(detector.metadata["_variant"]):
-            add_jittered_normals(detector, [item], detector.cfg.statistics_jitter, params.train.seed)
+        if {"statistics_prior", "statistics_jitter", "statistics_colour_jitter"} & set(detector.metadata["_variant"]):
+            add_jittered_normals(detector, [item], detector.cfg.statistics_jitter, params.train.seed, detector.cfg.statistics_colour_jitter)
             fit_gaussians(detector, [item])
         calibrate_error_statistics(detector, [item], detector.device)
         calibrate_scales(detector, [item], detector.device)

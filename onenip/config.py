@@ -150,10 +150,9 @@ class ModelParams(_Section):
     error_std_floor: float = Field(1e-3, gt=0)  # error z-scores: each spread >= this fraction of the channels' RMS
     residual_window: int | None = None
     """Prompt residual: only prompt patches within this many fine cells (window side) count; None: all."""
-    statistics_prior: float = Field(40.0, ge=0)
-    """Pseudo-images pulling each position's statistics (Gaussian, error z-scores) towards those pooled over
-    positions, so a position that barely varies on the normals is not judged alone (10 until 2026-12-06)."""
+    statistics_prior: float = Field(40.0, ge=0)  # pseudo-images pulling per-position statistics to the pooled ones
     statistics_jitter: float = Field(0.25, ge=0)  # those statistics also see fit images under gain and gamma exp(+-this)
+    statistics_colour_jitter: float = Field(0.2, ge=0)  # ... and colour fit images under per-channel gains exp(+-this)
     gaussian_channels: int = Field(100, ge=0)
     """Per-position Gaussian of the training normals' fine features (PaDiM's statistic,
     ``onenip.models.gaussian``): channels of its seeded random subset (PaDiM: 100); 0: no Gaussian map."""

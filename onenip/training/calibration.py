@@ -133,34 +133,47 @@ def evenly_spread(count: int, limit: int) -> Tensor:
 
 
 @torch.no_grad()
-def add_jittered_normals(detector: OneNIPDetector, data: Sequence[CategoryData], strength: float, seed: int) -> None:
+def add_jittered_normals(detector: OneNIPDetector, data: Sequence[CategoryData], strength: float, seed: int, colour: float = 0.0) -> None:
     """Per category, up to ``JITTERED_IMAGES`` evenly spread fit images again under a seeded random exposure
     gain and tone-curve gamma, each ``exp(U(-strength, strength))`` (letterbox padding left as it is), their
     features kept on the item (``CategoryData.jittered``). The per-position statistics (Gaussian, error
     z-scores) then count a change of lighting as normal: a position that barely varies on the training
     normals would otherwise turn it into a large z-score over the whole image (benchmarks/README, "Unseen
-    A's signature reproduced"). Nothing to do at ``model.statistics_jitter`` 0."""
+    A's signature reproduced"). On a category of colour images each copy also gets one gain per channel,
+    ``exp(U(-colour, colour))``: a white-balance drift (a grey camera's images never tint, so grey categories
+    get none). Nothing to do when both strengths are 0."""
     from onenip.features import extract_features
 
-    if strength <= 0:
+    if strength <= 0 and colour <= 0:
         return
     for item in data:
         index = evenly_spread(len(item.fit_images), JITTERED_IMAGES)
         generator = torch.Generator().manual_seed(int(seed) * 7919 + 4099 + item.index)
         valid = None if item.fit_valid is None else item.fit_valid[index]
-        images = jittered_images(item.fit_images[index].float() / 255, valid, strength, generator)
+        fit = item.fit_images[index]
+        tint = colour if is_colour(fit) else 0.0
+        images = jittered_images(fit.float() / 255, valid, strength, generator, tint)
         chunks = [extract_features(detector.feature_extractor, images[i : i + STATISTICS_CHUNK], detector.cfg.backbone).half()
                   for i in range(0, len(images), STATISTICS_CHUNK)]  # fmt: skip
         item.jittered = Features.cat(chunks)
         item.jittered_valid = valid
 
 
-def jittered_images(images: Tensor, valid: Tensor | None, strength: float, generator: torch.Generator) -> Tensor:
+def jittered_images(images: Tensor, valid: Tensor | None, strength: float, generator: torch.Generator, colour: float = 0.0) -> Tensor:
     """(N, 3, H, W) images in [0, 1] -> each ``gain * image ** gamma`` (clipped), one gain and one gamma per
-    image drawn from ``exp(U(-strength, strength))``; where ``valid`` (N, 1, H, W) is false, unchanged."""
+    image drawn from ``exp(U(-strength, strength))``, times one gain per channel from ``exp(U(-colour, colour))``
+    when ``colour`` > 0; where ``valid`` (N, 1, H, W) is false, unchanged."""
     gain, gamma = torch.exp((torch.rand(2, len(images), generator=generator) * 2 - 1) * strength)[:, :, None, None, None]
+    if colour > 0:  # drawn after the shared gain and gamma, so those stay what they were without it
+        gain = gain * torch.exp((torch.rand(len(images), 3, generator=generator) * 2 - 1) * colour)[:, :, None, None]
     jittered = (images**gamma * gain).clamp(0, 1)
     return jittered if valid is None else torch.where(valid, jittered, images)
+
+
+def is_colour(images: Tensor) -> bool:
+    """Whether (N, 3, H, W) uint8 images differ between channels anywhere by more than rounding (not grey)."""
+    signed = images.to(torch.int16)
+    return bool(((signed - signed.roll(1, dims=1)).abs() > 2).any())
 
 
 @torch.no_grad()

@@ -244,7 +244,7 @@ def prepare_run(
         detector.set_prompt(item.index, item.fit_features.select(chosen).float())
         prompt_paths[item.name] = [str(item.fit["image_path"].iloc[i]) for i in chosen]
     with stages.stage("fit statistics"):  # frozen features only: fitted once, before any epoch
-        add_jittered_normals(detector, data, params.model.statistics_jitter, cfg.seed)
+        add_jittered_normals(detector, data, params.model.statistics_jitter, cfg.seed, params.model.statistics_colour_jitter)
         fit_gaussians(detector, data)
         fit_memory_banks(detector, data, cfg.seed)
         fit_standardization(detector, data)
