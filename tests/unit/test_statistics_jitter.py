@@ -106,8 +106,9 @@ def test_a_model_saved_before_the_setting_existed_says_it_was_fitted_without_jit
     config = json.loads((folder / "onenip.json").read_text())
     del config["model"]["statistics_jitter"]
     (folder / "onenip.json").write_text(json.dumps(config))
-    del config["model"]["statistics_colour_jitter"]
+    del config["model"]["statistics_colour_jitter"], config["model"]["statistics_prior"]
     (folder / "onenip.json").write_text(json.dumps(config))
     loaded = OneNIPDetector.load(folder).cfg
     assert loaded.statistics_jitter == 0.0 and loaded.statistics_colour_jitter == 0.0
+    assert loaded.statistics_prior == 10.0  # the constant it replaced, not today's default (40)
     assert ModelParams().statistics_jitter == 0.25  # while a new model gets the default
