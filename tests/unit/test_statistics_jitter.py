@@ -42,10 +42,14 @@ def test_colour_adds_one_gain_per_channel_after_the_shared_draws() -> None:
 
 
 def test_only_images_whose_channels_differ_count_as_colour() -> None:
-    grey = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8).expand(4, 3, 8, 8).clone()
+    grey = torch.randint(20, 236, (4, 1, 8, 8), dtype=torch.uint8).expand(4, 3, 8, 8).clone()
     assert not is_colour(grey)
-    grey[2, 0, 3, 3] = (int(grey[2, 0, 3, 3]) + 40) % 256  # one pixel of one image tinted
-    assert is_colour(grey)
+    noisy = grey.clone()
+    noisy[2, 0, 3, 3] += 9  # a compression artefact on one pixel is not colour
+    assert not is_colour(noisy)
+    tinted = grey.clone()
+    tinted[:, 0] += 3  # every pixel a little red
+    assert is_colour(tinted)
 
 
 def _fitted(strength: float, images: torch.Tensor, colour: float = 0.0) -> OneNIPDetector:
