@@ -40,7 +40,7 @@ def server(registered_project: Path) -> Iterator[str]:
         try:
             if requests.get(f"{url}/ping", timeout=2).status_code == 200:
                 break
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # still starting, or too busy to answer within 2 s
             pass
         time.sleep(1)
     else:
@@ -137,7 +137,7 @@ def test_ui_starts_both_interfaces_on_the_project_and_stops_both(registered_proj
                     response = requests.get(url, timeout=2)
                     if response.status_code == 200 and expected in response.text:
                         del pending[url]
-                except requests.ConnectionError:
+                except (requests.ConnectionError, requests.Timeout):  # still starting, or too busy to answer within 2 s
                     pass
             time.sleep(1)
         assert not pending, f"not up: {list(pending)}\n" + (tmp_path / "ui.log").read_text()[-3000:]

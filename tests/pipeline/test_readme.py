@@ -70,7 +70,7 @@ def served(command: str, project: Path) -> Iterator[None]:
             try:
                 if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # still starting, or too busy to answer within 2 s
                 time.sleep(1)
         yield
     finally:
