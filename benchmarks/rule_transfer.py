@@ -32,6 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 DEFAULT_ROOT = REPO.parent / "shared" / "datasets" / "industrial"
+STATISTICS_OPTIONS = ("statistics_prior", "statistics_jitter", "statistics_colour_jitter")
+"""Model options whose change refits the Gaussians as well as the error statistics and scales."""
 
 from onenip.config import Params, ValidationParams  # noqa: E402
 from onenip.data.geometry import InputGeometry  # noqa: E402
@@ -79,7 +81,7 @@ def main() -> int:
     changes = {}
     if args.normalization and args.normalization != detector.cfg.error_normalization:
         changes["error_normalization"] = args.normalization
-    for name in ("statistics_prior", "statistics_jitter", "statistics_colour_jitter", "whitening_ridge", "error_std_floor"):
+    for name in (*STATISTICS_OPTIONS, "whitening_ridge", "error_std_floor"):
         value = getattr(args, name)
         if value is not None and value != getattr(detector.cfg, name):
             changes[name] = value
@@ -232,7 +234,7 @@ def collect_category_maps(
         if "prompts" in detector.metadata["_variant"]:
             chosen = select_prompts(item.fit_features.coarse.float(), detector.cfg.prompts)
             detector.set_prompt(k, item.fit_features.select(chosen).float())
-        if {"statistics_prior", "statistics_jitter", "statistics_colour_jitter"} & set(detector.metadata["_variant"]):
+        if set(STATISTICS_OPTIONS) & set(detector.metadata["_variant"]):
             add_jittered_normals(detector, [item], detector.cfg.statistics_jitter, params.train.seed, detector.cfg.statistics_colour_jitter)
             fit_gaussians(detector, [item])
         calibrate_error_statistics(detector, [item], detector.device)
