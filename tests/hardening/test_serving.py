@@ -8,14 +8,13 @@ import io
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 from PIL import Image
-from tests.helpers.net import free_port
+from tests.helpers.net import free_port, wait_until_up
 
 pytestmark = pytest.mark.slow
 MODEL = "models:/onenip-widgets-plate@champion"
@@ -34,18 +33,11 @@ def server(registered_project: Path) -> Iterator[str]:
         cwd=registered_project / "data", env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        assert process.poll() is None, (registered_project / "serve.log").read_text()[-3000:]
-        try:
-            if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                break
-        except (requests.ConnectionError, requests.Timeout):  # still starting, or too busy to answer within 2 s
-            pass
-        time.sleep(1)
-    else:
+    try:
+        wait_until_up(process, {f"{url}/ping": ""}, registered_project / "serve.log")
+    except AssertionError as error:
         process.kill()
-        pytest.fail("model server did not start: " + (registered_project / "serve.log").read_text()[-3000:])
+        pytest.fail(f"model server did not start: {error}")
     yield url
     process.terminate()
     process.wait(timeout=30)
@@ -128,19 +120,7 @@ def test_ui_starts_both_interfaces_on_the_project_and_stops_both(registered_proj
     checks = {f"http://127.0.0.1:{ports[0]}/api/2.0/mlflow/registered-models/search": "onenip-widgets-plate",
               f"http://127.0.0.1:{ports[1]}/api/health": "true"}  # fmt: skip
     try:
-        deadline = time.monotonic() + 240
-        pending = dict(checks)
-        while pending and time.monotonic() < deadline:
-            assert process.poll() is None, (tmp_path / "ui.log").read_text()[-3000:]
-            for url, expected in list(pending.items()):
-                try:
-                    response = requests.get(url, timeout=2)
-                    if response.status_code == 200 and expected in response.text:
-                        del pending[url]
-                except (requests.ConnectionError, requests.Timeout):  # still starting, or too busy to answer within 2 s
-                    pass
-            time.sleep(1)
-        assert not pending, f"not up: {list(pending)}\n" + (tmp_path / "ui.log").read_text()[-3000:]
+        wait_until_up(process, checks, tmp_path / "ui.log", timeout=240)
         output = (tmp_path / "ui.log").read_text()
         assert f"http://127.0.0.1:{ports[0]}" in output and f"http://127.0.0.1:{ports[1]}" in output
         assert str(registered_project / "mlflow.db") in output.replace("\n", "")  # the project's store, found from data/

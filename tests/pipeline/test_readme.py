@@ -15,17 +15,16 @@ import re
 import shlex
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import requests
 import typer
 
 from pipelines.cli import app
 from tests.conftest import rebind_prefect_console
+from tests.helpers.net import wait_until_up
 from tests.helpers.project import write_params
 from tests.helpers.trees import make_mvtec_tree
 
@@ -64,14 +63,7 @@ def served(command: str, project: Path) -> Iterator[None]:
     log = (project / "serve.log").open("w")
     process = subprocess.Popen([str(bin_dir / "onenip"), *shlex.split(command)[1:]], cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            assert process.poll() is None, (project / "serve.log").read_text()[-3000:]
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
-                    break
-            except (requests.ConnectionError, requests.Timeout):  # still starting, or too busy to answer within 2 s
-                time.sleep(1)
+        wait_until_up(process, {f"http://127.0.0.1:{port}/ping": ""}, project / "serve.log")
         yield
     finally:
         process.terminate()
