@@ -24,9 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-CANDIDATES_PER_PATCH = 16
-"""The coreset is chosen among at most this many sampled patches per bank patch (k-center greedy is
-linear in the candidates per chosen patch)."""
 PAIRS_PER_BLOCK = 1 << 20
 """``nearest_bank_distance`` compares at most this many (query patch, bank patch) pairs at a time in
 eager mode: 4 MB of distances, which stay in cache while they are reduced (2 cores, a batch of 16

@@ -14,7 +14,7 @@ from onenip.config import Params
 from onenip.models.detector import OneNIPDetector
 from onenip.models.features import Features
 from onenip.models.gaussian import fit_position_gaussian
-from onenip.models.memory import CANDIDATES_PER_PATCH, kcenter_greedy
+from onenip.models.memory import kcenter_greedy
 from onenip.models.scoring import ScoringRule, padded_weights
 from onenip.training.data import CategoryData
 
@@ -226,7 +226,7 @@ def fit_gaussians(detector: OneNIPDetector, data: Sequence[CategoryData]) -> Non
 @torch.no_grad()
 def fit_memory_banks(detector: OneNIPDetector, data: Sequence[CategoryData], seed: int) -> None:
     """Per category, PatchCore's memory bank (``onenip.models.memory``) of its fit images: k-center
-    greedy picks ``model.memory_patches`` of a seeded uniform sample (at most ``CANDIDATES_PER_PATCH``
+    greedy picks ``model.memory_patches`` of a seeded uniform sample (at most ``model.memory_candidates``
     per bank patch) of all their locally aware patches, letterbox padding excluded. A category with
     fewer patches than the bank keeps every patch (repeated to fill it). Nothing to do when
     ``model.memory_patches`` is 0."""
@@ -247,7 +247,7 @@ def fit_memory_banks(detector: OneNIPDetector, data: Sequence[CategoryData], see
         counts = [int(cells(start).sum()) for start in starts]
         total = sum(counts)
         generator = torch.Generator().manual_seed(seed * 7919 + item.index)
-        sample = torch.randperm(total, generator=generator)[: size * CANDIDATES_PER_PATCH].sort().values
+        sample = torch.randperm(total, generator=generator)[: size * detector.cfg.memory_candidates].sort().values
         candidates, offset = [], 0
         for start, count in zip(starts, counts, strict=True):
             chunk = item.fit_features.select(slice(start, start + STATISTICS_CHUNK)).float()

@@ -148,3 +148,27 @@ def test_fit_memory_banks_samples_content_patches_only_and_is_seeded() -> None:
     assert torch.equal(detector.memory_bank_0, bank)
     fit_memory_banks(detector, [Item()], seed=1)  # type: ignore[list-item]
     assert not torch.equal(detector.memory_bank_0, bank)
+
+
+def test_more_memory_candidates_cover_the_normal_patches_more_tightly() -> None:
+    from onenip.models.features import Features
+    from onenip.training import fit_memory_banks
+
+    torch.manual_seed(0)
+    radii = {}
+    for candidates in (1, 12):  # 32 x 1 sampled patches are the bank itself; 32 x 12 = all 384 patches
+        params = ModelParams.model_validate(TINY_MODEL | {"memory_candidates": candidates})
+        detector = OneNIPDetector(params, ["tile"], pretrained=False).eval()
+        torch.manual_seed(0)
+        with torch.no_grad():
+            features = detector.extract(torch.rand(6, 3, 64, 64))
+
+        class Item:
+            index, fit_features, fit_valid = 0, Features(features.coarse, features.fine), None
+
+        fit_memory_banks(detector, [Item()], seed=0)  # type: ignore[list-item]
+        patches = detector.memory_embedding(features).permute(0, 2, 3, 1).reshape(-1, detector.memory_bank_0.shape[1])
+        assert len(patches) == 384
+        # the coverage radius: the farthest any normal patch lies from its nearest bank patch
+        radii[candidates] = float((patches[:, None] - detector.memory_bank_0[None]).norm(dim=-1).amin(dim=1).max())
+    assert radii[12] < 0.9 * radii[1], radii
