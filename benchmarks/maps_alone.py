@@ -37,6 +37,9 @@ def main() -> int:
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT)
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
     parser.add_argument("--cache-dir", default=None, help="override train.cache_dir")
+    parser.add_argument("--categories", nargs="+", default=None, help="only these of the model's categories (default: all)")
+    parser.add_argument("--maps", nargs="+", default=None, choices=[name for name, _ in RULES], metavar="NAME",
+                        help=f"only these rows (default: all): {', '.join(repr(name) for name, _ in RULES)}")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
@@ -51,25 +54,30 @@ def main() -> int:
     detector = OneNIPDetector.load(args.model)
     overrides = {"train": {"cache_dir": args.cache_dir}} if args.cache_dir else None
     params = load_params(args.params, overrides=overrides)
-    manifest, _ = drop_leaked_test_images(make_manifest(args.root, detector.categories, progress=False))
+    categories = args.categories or detector.categories
+    unknown = sorted(set(categories) - set(detector.categories))
+    if unknown:
+        parser.error(f"--categories: {unknown} not in the model ({detector.categories})")
+    rules = [(name, weights) for name, weights in RULES if args.maps is None or name in args.maps]
+    manifest, _ = drop_leaked_test_images(make_manifest(args.root, categories, progress=False))
     cache = FeatureCache(params.train.cache_dir, detector.feature_extractor, params.model.backbone)
     chosen = dict(detector.scoring)
-    results: dict[str, dict[str, dict[str, float | None]]] = {c: {} for c in detector.categories}
-    for name, weights in RULES:
-        for category in detector.categories:
+    results: dict[str, dict[str, dict[str, float | None]]] = {c: {} for c in categories}
+    for name, weights in rules:
+        for category in categories:
             rule = chosen[category]
             detector.scoring[category] = rule if weights is None else ScoringRule(weights, rule.smoothing_sigma, rule.score_pool_size)
         try:
-            evaluated = evaluate(detector, manifest, cache, None, detector.categories, num_heatmaps=0, progress=False)
+            evaluated = evaluate(detector, manifest, cache, None, categories, num_heatmaps=0, progress=False)
         except ValueError as error:  # a map this model lacks (no fine path, no Gaussian, no memory bank) cannot be scored alone
             print(f"{name}: not scored ({error})", flush=True)
             continue
-        for category in detector.categories:
+        for category in categories:
             metrics = evaluated[category].metrics
             results[category][name] = {m: metrics.get(m) for m in METRICS}
     detector.scoring = chosen
 
-    names = [name for name, _ in RULES]
+    names = [name for name, _ in rules]
     lines = ["| category | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for category, rows in results.items():
         cells = [" / ".join("-" if rows.get(n, {}).get(m) is None else f"{rows[n][m]:.3f}" for m in METRICS) for n in names]

@@ -160,6 +160,9 @@ class ModelParams(_Section):
     """PatchCore's memory bank (``onenip.models.memory``): patches of the training normals' locally aware
     stride-8 features kept per category by k-center greedy, a fifth map (each patch's distance to the
     nearest of them); 0: no memory map."""
+    memory_jitter: bool = False
+    """The bank's candidates also include the jittered copies' patches (``statistics_jitter``,
+    ``statistics_colour_jitter``): a lighting or white-balance drift then finds normal patches to match."""
     memory_candidates: int = Field(16, ge=1)
     """k-center greedy chooses the bank among a seeded uniform sample of at most this many patches per
     bank patch (its fit time is linear in them; serving cost does not change)."""

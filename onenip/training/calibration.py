@@ -227,32 +227,26 @@ def fit_gaussians(detector: OneNIPDetector, data: Sequence[CategoryData]) -> Non
 def fit_memory_banks(detector: OneNIPDetector, data: Sequence[CategoryData], seed: int) -> None:
     """Per category, PatchCore's memory bank (``onenip.models.memory``) of its fit images: k-center
     greedy picks ``model.memory_patches`` of a seeded uniform sample (at most ``model.memory_candidates``
-    per bank patch) of all their locally aware patches, letterbox padding excluded. A category with
-    fewer patches than the bank keeps every patch (repeated to fill it). Nothing to do when
+    per bank patch) of all their locally aware patches, letterbox padding excluded; with
+    ``model.memory_jitter`` the jittered copies' patches (``add_jittered_normals``) are sampled too. A
+    category with fewer patches than the bank keeps every patch (repeated to fill it). Nothing to do when
     ``model.memory_patches`` is 0."""
     if not detector.has_memory:
         return
     size = detector.cfg.memory_patches
-    backbone = detector.cfg.backbone
-    stride = backbone.fine_stride if detector.has_fine else backbone.feature_stride
     for item in data:
-        starts = range(0, len(item.fit_features), STATISTICS_CHUNK)
-
-        def cells(start: int) -> Tensor:  # (n, h*w) bool: the chunk's patches that hold image content
-            chunk = item.fit_features.select(slice(start, start + STATISTICS_CHUNK))
-            grid = (chunk.fine if chunk.fine is not None else chunk.coarse).shape[-2:]
-            valid = None if item.fit_valid is None else item.fit_valid[start : start + STATISTICS_CHUNK].float()
-            return _cell_weight(valid, grid, stride, len(chunk), torch.device("cpu")).flatten(1) > 0.5
-
-        counts = [int(cells(start).sum()) for start in starts]
-        total = sum(counts)
+        sources = [(item.fit_features, item.fit_valid)]
+        if detector.cfg.memory_jitter and item.jittered is not None:
+            sources.append((item.jittered, item.jittered_valid))
+        chunks = [(features, valid, start) for features, valid in sources for start in range(0, len(features), STATISTICS_CHUNK)]
+        counts = [int(_content_cells(detector, *chunk).sum()) for chunk in chunks]
         generator = torch.Generator().manual_seed(seed * 7919 + item.index)
-        sample = torch.randperm(total, generator=generator)[: size * detector.cfg.memory_candidates].sort().values
+        sample = torch.randperm(sum(counts), generator=generator)[: size * detector.cfg.memory_candidates].sort().values
         candidates, offset = [], 0
-        for start, count in zip(starts, counts, strict=True):
-            chunk = item.fit_features.select(slice(start, start + STATISTICS_CHUNK)).float()
+        for (features, valid, start), count in zip(chunks, counts, strict=True):
+            chunk = features.select(slice(start, start + STATISTICS_CHUNK)).float()
             embedding = detector.memory_embedding(chunk.to(detector.device)).cpu()
-            patches = embedding.flatten(2).transpose(1, 2)[cells(start)]  # (count, C) in image, row, column order
+            patches = embedding.flatten(2).transpose(1, 2)[_content_cells(detector, features, valid, start)]  # (count, C) in image, row, column order
             lo, hi = torch.searchsorted(sample, torch.tensor([offset, offset + count]))
             candidates.append(patches[sample[lo:hi] - offset])
             offset += count
@@ -260,6 +254,15 @@ def fit_memory_banks(detector: OneNIPDetector, data: Sequence[CategoryData], see
         chosen = kcenter_greedy(points, size, generator)
         bank = points[chosen.repeat(-(-size // len(chosen)))[:size]]
         detector.set_memory(item.index, bank.to(detector.device))
+
+
+def _content_cells(detector: OneNIPDetector, features: Features, valid: Tensor | None, start: int) -> Tensor:
+    """(n, h*w) bool: the patches of the chunk of ``STATISTICS_CHUNK`` images from ``start`` that hold image content."""
+    stride = detector.cfg.backbone.fine_stride if detector.has_fine else detector.cfg.backbone.feature_stride
+    chunk = features.select(slice(start, start + STATISTICS_CHUNK))
+    grid = (chunk.fine if chunk.fine is not None else chunk.coarse).shape[-2:]
+    valid = None if valid is None else valid[start : start + STATISTICS_CHUNK].float()
+    return _cell_weight(valid, grid, stride, len(chunk), torch.device("cpu")).flatten(1) > 0.5
 
 
 def _cell_weight(valid: Tensor | None, grid: tuple[int, int] | torch.Size, stride: int, count: int, device: torch.device) -> Tensor:

@@ -172,3 +172,27 @@ def test_more_memory_candidates_cover_the_normal_patches_more_tightly() -> None:
         # the coverage radius: the farthest any normal patch lies from its nearest bank patch
         radii[candidates] = float((patches[:, None] - detector.memory_bank_0[None]).norm(dim=-1).amin(dim=1).max())
     assert radii[12] < 0.9 * radii[1], radii
+
+
+def test_memory_jitter_lets_the_bank_match_normals_under_another_lighting() -> None:
+    from onenip.models.features import Features
+    from onenip.training import fit_memory_banks
+
+    torch.manual_seed(0)
+    images = torch.rand(8, 3, 64, 64) * 0.5 + 0.25
+    far = {}
+    for jitter in (False, True):
+        params = ModelParams.model_validate(TINY_MODEL | {"memory_jitter": jitter})
+        detector = OneNIPDetector(params, ["tile"], pretrained=False).eval()
+        with torch.no_grad():
+            normal, dark = detector.extract(images), detector.extract(images[:4] * 0.4)  # the same normals, darker
+
+        class Item:
+            index, fit_features, fit_valid = 0, Features(normal.coarse, normal.fine), None
+            jittered, jittered_valid = Features(dark.coarse, dark.fine), None  # what add_jittered_normals keeps
+
+        fit_memory_banks(detector, [Item()], seed=0)  # type: ignore[list-item]
+        queries = detector.extract(images[4:] * 0.4)  # other normals under the darker lighting
+        with torch.no_grad():
+            far[jitter] = float(nearest_bank_distance(detector.memory_embedding(queries), detector.memory_bank_0).mean())
+    assert far[True] < 0.8 * far[False], far
