@@ -157,15 +157,10 @@ class ModelParams(_Section):
     """Per-position Gaussian of the training normals' fine features (PaDiM's statistic,
     ``onenip.models.gaussian``): channels of its seeded random subset (PaDiM: 100); 0: no Gaussian map."""
     memory_patches: int = Field(4096, ge=0)
-    """PatchCore's memory bank (``onenip.models.memory``): patches of the training normals' locally aware
-    stride-8 features kept per category by k-center greedy, a fifth map (each patch's distance to the
-    nearest of them); 0: no memory map."""
-    memory_jitter: bool = False
-    """The bank's candidates also include the jittered copies' patches (``statistics_jitter``,
-    ``statistics_colour_jitter``): a lighting or white-balance drift then finds normal patches to match."""
-    memory_candidates: int = Field(16, ge=1)
-    """k-center greedy chooses the bank among a seeded uniform sample of at most this many patches per
-    bank patch (its fit time is linear in them; serving cost does not change)."""
+    """PatchCore's memory bank (``onenip.models.memory``): patches of the training normals' locally aware stride-8
+    features kept per category by k-center greedy, a fifth map (each patch's distance to the nearest); 0: none."""
+    memory_jitter: bool = False  # the bank's candidates include the jittered copies' patches (lighting, white balance)
+    memory_candidates: int = Field(16, ge=1)  # k-center greedy's seeded sample: at most this many patches per bank patch
     scoring: ScoringParams = ScoringParams()
     keep_aspect: bool = True
     """Each category's input keeps the aspect of its training images (about ``input_size**2`` pixels);
