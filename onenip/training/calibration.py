@@ -239,14 +239,15 @@ def fit_memory_banks(detector: OneNIPDetector, data: Sequence[CategoryData], see
         if detector.cfg.memory_jitter and item.jittered is not None:
             sources.append((item.jittered, item.jittered_valid))
         chunks = [(features, valid, start) for features, valid in sources for start in range(0, len(features), STATISTICS_CHUNK)]
-        counts = [int(_content_cells(detector, *chunk).sum()) for chunk in chunks]
+        contents = [_content_cells(detector, *chunk) for chunk in chunks]
+        counts = [int(content.sum()) for content in contents]
         generator = torch.Generator().manual_seed(seed * 7919 + item.index)
         sample = torch.randperm(sum(counts), generator=generator)[: size * detector.cfg.memory_candidates].sort().values
         candidates, offset = [], 0
-        for (features, valid, start), count in zip(chunks, counts, strict=True):
+        for (features, _, start), content, count in zip(chunks, contents, counts, strict=True):
             chunk = features.select(slice(start, start + STATISTICS_CHUNK)).float()
             embedding = detector.memory_embedding(chunk.to(detector.device)).cpu()
-            patches = embedding.flatten(2).transpose(1, 2)[_content_cells(detector, features, valid, start)]  # (count, C) in image, row, column order
+            patches = embedding.flatten(2).transpose(1, 2)[content]  # (count, C) in image, row, column order
             lo, hi = torch.searchsorted(sample, torch.tensor([offset, offset + count]))
             candidates.append(patches[sample[lo:hi] - offset])
             offset += count
