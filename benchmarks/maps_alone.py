@@ -40,6 +40,10 @@ def main() -> int:
     parser.add_argument("--categories", nargs="+", default=None, help="only these of the model's categories (default: all)")
     parser.add_argument("--maps", nargs="+", default=None, choices=[name for name, _ in RULES], metavar="NAME",
                         help=f"only these rows (default: all): {', '.join(repr(name) for name, _ in RULES)}")
+    parser.add_argument("--prompts", type=int, default=None,
+                        help="score with this many stored prompts per category, chosen anew from the fit images (statistics and scales refitted)")
+    parser.add_argument("--prompt-reduction", default="min", choices=("nearest", "min"), help="with --prompts: model.prompt_reduction")
+    parser.add_argument("--seed", type=int, default=None, help="with --prompts: train.seed the model was trained with (its held-out split)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
@@ -61,6 +65,14 @@ def main() -> int:
     rules = [(name, weights) for name, weights in RULES if args.maps is None or name in args.maps]
     manifest, _ = drop_leaked_test_images(make_manifest(args.root, categories, progress=False))
     cache = FeatureCache(params.train.cache_dir, detector.feature_extractor, params.model.backbone)
+    if args.prompts:
+        from benchmarks.rule_transfer import refit_variant, variant
+
+        if args.seed is not None:
+            params = params.model_copy(update={"train": params.train.model_copy(update={"seed": args.seed})})
+        detector = variant(detector, {"prompts": args.prompts, "prompt_reduction": args.prompt_reduction})
+        for category in categories:
+            refit_variant(detector, manifest, params, cache, category)
     chosen = dict(detector.scoring)
     results: dict[str, dict[str, dict[str, float | None]]] = {c: {} for c in categories}
     for name, weights in rules:
@@ -85,7 +97,8 @@ def main() -> int:
     print(f"columns: {' / '.join(METRICS)}\n" + "\n".join(lines))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"model": str(args.model), "metrics": METRICS, "results": results}, indent=2))
+        prompts = {"prompts": args.prompts, "prompt_reduction": args.prompt_reduction} if args.prompts else {}
+        args.out.write_text(json.dumps({"model": str(args.model), **prompts, "metrics": METRICS, "results": results}, indent=2))
     return 0
 
 

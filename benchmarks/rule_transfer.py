@@ -42,6 +42,7 @@ from onenip.models.detector import OneNIPDetector  # noqa: E402
 from onenip.models.blur import masked_gaussian_smooth  # noqa: E402
 from onenip.models.scoring import COMPONENTS, pooled_map  # noqa: E402
 from onenip.scoring_selection import rank_auroc  # noqa: E402
+from onenip.training.data import CategoryData  # noqa: E402
 
 
 def main() -> int:
@@ -218,27 +219,37 @@ def variant(detector: OneNIPDetector, changes: dict[str, object]) -> OneNIPDetec
 
 
 @torch.no_grad()
-def collect_category_maps(
-    detector: OneNIPDetector, manifest: pd.DataFrame, params: Params, cache: FeatureCache, category: str,
-) -> RuleMaps:
-    """The category's validation set rebuilt as training built it, and its test split, as component maps."""
+def refit_variant(detector: OneNIPDetector, manifest: pd.DataFrame, params: Params, cache: FeatureCache, category: str) -> CategoryData:
+    """The category's training data as training prepared it; for a ``variant`` detector, its prompts, statistics and
+    scales first recomputed from that data (a saved model's own are the kept epoch's, left as they are)."""
     from onenip.training import (add_jittered_normals, calibrate_error_statistics, calibrate_scales, fit_gaussians, prepare_category_data,
                                   select_prompts)
-    from onenip.scoring_selection import SELECTION_DOWNSCALE, build_category_validation, validation_components
 
     k = detector.category_index(category)
     train_manifest = manifest[manifest["category"].isin(detector.categories)]
     item = prepare_category_data(train_manifest, params, cache, category, k, detector.geometry(category), False)
-    # the saved statistics and scales are the kept epoch's; recomputed here only for a variant (``variant``)
     if detector.metadata.get("_variant"):
         if "prompts" in detector.metadata["_variant"]:
             chosen = select_prompts(item.fit_features.coarse.float(), detector.cfg.prompts)
             detector.set_prompt(k, item.fit_features.select(chosen).float())
+        # the error statistics count the jittered copies as training does, whatever the variant changes
+        add_jittered_normals(detector, [item], detector.cfg.statistics_jitter, params.train.seed, detector.cfg.statistics_colour_jitter)
         if set(STATISTICS_OPTIONS) & set(detector.metadata["_variant"]):
-            add_jittered_normals(detector, [item], detector.cfg.statistics_jitter, params.train.seed, detector.cfg.statistics_colour_jitter)
             fit_gaussians(detector, [item])
         calibrate_error_statistics(detector, [item], detector.device)
         calibrate_scales(detector, [item], detector.device)
+    return item
+
+
+@torch.no_grad()
+def collect_category_maps(
+    detector: OneNIPDetector, manifest: pd.DataFrame, params: Params, cache: FeatureCache, category: str,
+) -> RuleMaps:
+    """The category's validation set rebuilt as training built it, and its test split, as component maps."""
+    from onenip.scoring_selection import SELECTION_DOWNSCALE, build_category_validation, validation_components
+
+    k = detector.category_index(category)
+    item = refit_variant(detector, manifest, params, cache, category)
     validation = build_category_validation(category, item.holdout_images, item.holdout_valid, detector.feature_extractor, params,
                                            seed=params.train.seed + k)  # fmt: skip
     val = [None if c is None else c[:, 0].numpy() for c in validation_components(detector, validation)]

@@ -134,3 +134,34 @@ def test_the_small_category_fallback_is_chosen_on_the_other_categories_and_seeds
     sc.subsample(source, tmp_path / "again", 18, 0, ["plate"])
     assert sorted(p.name for p in (tmp_path / "again" / "plate" / "train" / "good").iterdir()) == kept  # seeded
     assert not (tmp_path / "again" / "disk").exists()
+
+
+def test_a_variant_refitted_with_the_models_own_settings_reproduces_its_saved_statistics(tmp_path) -> None:
+    """``rule_transfer.refit_variant`` (and ``maps_alone.py --prompts``) recompute a variant's prompts,
+    error statistics and scales: with the model's own settings (one prompt) they must be what training
+    saved, jittered copies counted as training counts them; with four prompts, four are stored."""
+    import torch
+
+    from benchmarks.rule_transfer import refit_variant, variant
+    from onenip.data.manifest import make_manifest
+    from onenip.features import FeatureCache
+    from tests.helpers.trees import make_mvtec_tree
+    from tests.unit.test_training import tiny_params, train_onenip
+
+    root = make_mvtec_tree(tmp_path / "tree", ("plate",), n_train=12, n_test_good=2, n_test_bad=2, size=64)
+    manifest = make_manifest(root, progress=False)
+    params = tiny_params(tmp_path, epochs=1, holdout_fraction=0.3)
+    detector = train_onenip(manifest, params, tmp_path / "run", progress=False).detector.eval()
+    assert detector.cfg.statistics_jitter > 0  # the default: the statistics count jittered copies
+    cache = FeatureCache(params.train.cache_dir, detector.feature_extractor, params.model.backbone)
+    same = variant(detector, {"prompts": 1, "prompt_reduction": "min"})
+    refit_variant(same, manifest, params, cache, "plate")
+    for which in ("recon", "fine"):
+        for saved, refitted in zip(detector.error_statistics(0, which), same.error_statistics(0, which), strict=True):
+            torch.testing.assert_close(refitted, saved)
+    torch.testing.assert_close(same.recon_scale, detector.recon_scale)
+    four = variant(detector, {"prompts": 4, "prompt_reduction": "min"})
+    refit_variant(four, manifest, params, cache, "plate")
+    assert len(four.prompt(0)) == 4 and four.cfg.prompt_reduction == "min"
+    for name, value in detector.model.state_dict().items():  # the same trained network
+        assert torch.equal(four.model.state_dict()[name], value)
