@@ -6,6 +6,9 @@ Times, on random tensors of the real shapes (lite0, 256 px: 192 x 16 x 16 featur
     optimizer);
   * one training step per query (the query and its synthetic copy, batch 8), per (d, layers);
   * inference of the reconstructor + maps per image (no backbone);
+  * one training step (d 128, 2 + 2) in float32, under CPU bfloat16 autocast and compiled by
+    ``torch.compile`` (``--step-variants``: the cheaper steps issue 42 asks about; the first compiled
+    steps, compilation included, timed apart),
   * the frozen backbone per image and one synthetic anomaly per image,
 which together say whether synthetic anomalies should be made on the fly (backbone + synthesis every
 step) or drawn from a pool of cached ones. Prints a table and writes JSON.
@@ -143,10 +146,47 @@ def step_profile(embed_dim: int = 128, layers: int = 2, batch: int = 8, repeats:
     return result
 
 
+def step_variants(embed_dim: int = 128, layers: int = 2, batch: int = 8, repeats: int = 5, fine: int = 152) -> dict[str, float]:
+    """Milliseconds per training step: eager float32, eager under CPU bfloat16 autocast, and
+    ``torch.compile`` (inductor) of the forward; plus the compiled variant's first two steps (compilation)."""
+    grid = (16, 16)
+    queries, prompts, fine_q, fine_p, masks = _step_inputs(batch, grid, fine)
+    result: dict[str, float] = {}
+    for name in ("eager float32", "eager bfloat16 autocast", "torch.compile float32"):
+        model = _build(embed_dim, layers, grid, fine).train()
+        optimizer = torch.optim.AdamW(model.parameters(), 1e-4)
+        forward = torch.compile(model.reconstruct_and_refine) if "compile" in name else model.reconstruct_and_refine
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled="bfloat16" in name)
+
+        def step(forward=forward, autocast=autocast, optimizer=optimizer) -> None:  # noqa: ANN001
+            with autocast:
+                recon, logits, _ = forward(queries, prompts, fine_q, fine_p)
+                loss = onenip_loss(recon.float(), queries, logits.float(), masks, image_pixels=256 * 256)
+            optimizer.zero_grad()
+            loss.total.backward()
+            optimizer.step()
+
+        began = time.perf_counter()
+        step()
+        step()  # the compiled backward's graph is built on the first backward; both first steps count as set-up
+        if "compile" in name:
+            result["torch.compile: first two steps (compilation)"] = (time.perf_counter() - began) * 1000
+        result[name] = _timed(step, repeats) * 1000
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train_cost.json"))
+    parser.add_argument("--step-variants", action="store_true", help="only time one step eager, under bfloat16 autocast and compiled")
     args = parser.parse_args()
+    if args.step_variants:
+        variants = step_variants()
+        print(f"threads: OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}\nOne training step (d 128, 2 + 2, batch 8 + 8 synthetic), ms:")
+        print("| variant | ms |\n|---|---|\n" + "\n".join(f"| {name} | {value:.0f} |" for name, value in variants.items()))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"threads": os.environ["OMP_NUM_THREADS"], "step_variants_ms": variants}, indent=2))
+        return 0
     profile = step_profile()
     rows = [model_costs(d, layers) for d, layers in [(64, 2), (128, 1), (128, 2), (128, 4), (256, 2), (256, 4)]]
     extractor = FeatureExtractor("tf_efficientnet_lite0", pretrained=False)
