@@ -165,3 +165,24 @@ def test_a_variant_refitted_with_the_models_own_settings_reproduces_its_saved_st
     assert len(four.prompt(0)) == 4 and four.cfg.prompt_reduction == "min"
     for name, value in detector.model.state_dict().items():  # the same trained network
         assert torch.equal(four.model.state_dict()[name], value)
+
+
+def test_a_shuffled_prompt_moves_each_fine_block_with_its_coarse_cell() -> None:
+    """``prompt_ablation``'s shuffled prompt: a permutation of the grid cells, the fine grid (twice as
+    fine) moved in 2 x 2 blocks with its coarse cell, so the two grids still describe the same places."""
+    import torch
+
+    from benchmarks.prompt_ablation import _constant, _shuffled
+    from onenip.models.features import Features
+
+    h, w = 3, 4
+    cell = torch.arange(h * w, dtype=torch.float32).view(1, 1, h, w)
+    fine = cell.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3).repeat(1, 2, 1, 1)  # (1, 2, 6, 8)
+    fine[:, 1] += 100 * torch.arange(4.0).view(2, 2).repeat(h, w)  # each block's position inside it, on channel 1
+    shuffled = _shuffled(Features(cell, fine), torch.Generator().manual_seed(0))
+    assert sorted(shuffled.coarse.flatten().tolist()) == list(range(h * w)) and not torch.equal(shuffled.coarse, cell)
+    coarse_up = shuffled.coarse.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+    torch.testing.assert_close(shuffled.fine[:, :1], coarse_up)  # every fine block sits under its own cell
+    torch.testing.assert_close(shuffled.fine[:, 1] - coarse_up[:, 0], 100 * torch.arange(4.0).view(2, 2).repeat(h, w)[None])
+    constant = _constant(Features(cell, fine))
+    assert torch.all(constant.coarse == cell.mean()) and torch.all(constant.fine[:, 0] == fine[:, 0].mean())
