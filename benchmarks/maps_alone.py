@@ -56,8 +56,8 @@ def main() -> int:
     from onenip.models.scoring import ScoringRule
 
     detector = OneNIPDetector.load(args.model)
-    overrides = {"train": {"cache_dir": args.cache_dir}} if args.cache_dir else None
-    params = load_params(args.params, overrides=overrides)
+    train = ({"cache_dir": args.cache_dir} if args.cache_dir else {}) | ({"seed": args.seed} if args.seed is not None else {})
+    params = load_params(args.params, overrides={"train": train} if train else None)
     categories = args.categories or detector.categories
     unknown = sorted(set(categories) - set(detector.categories))
     if unknown:
@@ -68,8 +68,6 @@ def main() -> int:
     if args.prompts:
         from benchmarks.rule_transfer import refit_variant, variant
 
-        if args.seed is not None:
-            params = params.model_copy(update={"train": params.train.model_copy(update={"seed": args.seed})})
         detector = variant(detector, {"prompts": args.prompts, "prompt_reduction": args.prompt_reduction})
         for category in categories:
             refit_variant(detector, manifest, params, cache, category)

@@ -51,12 +51,11 @@ def _constant(prompt: Features) -> Features:
 
 
 def prompt_variants(stored: Features, fit: Features) -> dict[str, Features]:
-    stored = Features(stored.coarse.float(), None if stored.fine is None else stored.fine.float())
+    stored = stored.float()
     far = int((fit.coarse.float() - stored.coarse).flatten(1).pow(2).sum(1).argmax())
-    other = fit.select([far])
     return {
         "stored": stored,
-        "other fit image": Features(other.coarse.float(), None if other.fine is None else other.fine.float()),
+        "other fit image": fit.select([far]).float(),
         "shuffled positions": _shuffled(stored, torch.Generator().manual_seed(0)),
         "constant": _constant(stored),
     }
