@@ -103,7 +103,8 @@ def postgres() -> Iterator[str]:
     subprocess.run([*as_user, str(pg_bin / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-o", options, "-w", "start"],
                    check=True, capture_output=True)  # fmt: skip
     try:
-        for database in ("mlflow", "onenip_predictions"):  # the prediction log has its own database on the same server
+        # the prediction log and the Prefect server have their own databases on the same server
+        for database in ("mlflow", "onenip_predictions", "prefect"):
             subprocess.run([*as_user, str(pg_bin / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "onenip", database],
                            check=True, capture_output=True)  # fmt: skip
         # SQLAlchemy 2.1 would pick the psycopg (3) driver for postgresql://; the driver installed is psycopg2
@@ -134,16 +135,26 @@ def mlflow_server(postgres: str, tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 @pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
-    """``prefect server start`` with its own sqlite database; yields (API URL, env pointing at it)."""
+def prefect_server(postgres: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
+    """``prefect server start`` on its own PostgreSQL database, as a team runs it; yields (API URL, env
+    pointing at it). On its default SQLite (one writer at a time) it answered 503 on a loaded 2-core machine."""
+    pytest.importorskip("asyncpg", reason="Prefect's PostgreSQL driver (asyncpg) is missing")
     folder = tmp_path_factory.mktemp("prefect-server")
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = service_env(PREFECT_HOME=str(folder / "home"), PREFECT_API_URL=api)
+    database = postgres.rsplit("/", 1)[0].replace("+psycopg2", "+asyncpg") + "/prefect"
+    server_env = env | {"PREFECT_API_DATABASE_CONNECTION_URL": database}
     log = folder / "server.log"
-    process = start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"], log, env)
+    process = start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"], log, server_env)
     try:
         wait_until(lambda: requests.get(f"{api}/health", timeout=2).status_code == 200, process, log, "prefect server")
+        import psycopg2
+
+        with contextlib.closing(psycopg2.connect(postgres.replace("+psycopg2", "").rsplit("/", 1)[0] + "/prefect")) as db:
+            cursor = db.cursor()
+            cursor.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'flow_run'")
+            assert cursor.fetchone() == (1,), "the Prefect server did not create its tables in PostgreSQL"
         yield api, env
     finally:
         stop(process)

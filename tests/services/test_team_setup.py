@@ -109,7 +109,12 @@ def test_deployment_runs_through_a_worker_against_the_mlflow_server(
 def test_two_retrains_at_once_promote_one_at_a_time(
     mlflow_server: str, project: Path, tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    """Two machines (two projects, two processes) retrain the same models against one server."""
+    """Two machines (two projects, two processes) retrain the same models against one server.
+
+    Counted from the versions already there, so this test stands on its own when an earlier one failed."""
+    client = client_for(mlflow_server)
+    before = {name: _versions(client, name) for name in MODELS}
+    champions = {name: aliases(client, name).get("champion") if before[name] else None for name in MODELS}
     other = make_project(tmp_path_factory.mktemp("team-b"))
     code = "import json; from pipelines.flows import run_retrain; print(json.dumps(run_retrain('params.yaml', force=True)))"
     processes = []
@@ -121,16 +126,21 @@ def test_two_retrains_at_once_promote_one_at_a_time(
     for process, (out, err) in zip(processes, results, strict=True):
         assert process.returncode == 0, err[-3000:]
         assert {o["status"] for o in json.loads(out.strip().splitlines()[-1]).values()} == {"promoted"}
-    client = client_for(mlflow_server)
     for name in MODELS:
-        versions = {str(v.version): v.tags for v in client.search_model_versions(f"name = '{name}'")}
-        assert sorted(versions) == ["1", "2", "3"]
-        compared = {v: tags["onenip.compared_to"] for v, tags in versions.items() if v != "1"}
-        # serialised: the first promotion compared against 1, the second against the first
-        first = next(v for v, c in compared.items() if c == "1")
-        second = next(v for v in compared if v != first)
+        versions = _versions(client, name)
+        new = {v: tags for v, tags in versions.items() if v not in before[name]}
+        assert len(new) == 2, (sorted(before[name]), sorted(versions))
+        compared = {v: tags.get("onenip.compared_to") for v, tags in new.items()}
+        # serialised: the first promotion compared against the champion before, the second against the first
+        first = next(v for v, c in compared.items() if c == champions[name])
+        second = next(v for v in new if v != first)
         assert compared[second] == first, compared
         assert aliases(client, name) == {"champion": second, "previous": first}
+
+
+def _versions(client: MlflowClient, name: str) -> dict[str, dict[str, str]]:
+    """Version -> tags of a registered model ({} when it is not registered yet)."""
+    return {str(v.version): v.tags for v in client.search_model_versions(f"name = '{name}'")}
 
 
 def test_rollback_and_serving_the_champion_from_the_server(mlflow_server: str, project: Path) -> None:
