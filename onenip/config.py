@@ -119,10 +119,10 @@ class ModelParams(_Section):
     mlp_ratio: float = Field(4.0, gt=0)
     dropout: float = Field(0.1, ge=0, lt=1)
     neighbor_size: int | tuple[int, int] = 9
-    """BLOCKED attention window around each token, in grid cells (rows, cols; one number: square), as
-    the reference's neighbour mask: a token never attends to this window around itself, itself
-    included. Paper: 7 on a 14x14 grid; the reference blocks ``n // 2`` cells each side, so 9 blocks
-    4 each side. It must be smaller than the grid in at least one direction."""
+    """BLOCKED attention window around each token, in grid cells (rows, cols; one number: square), as the
+    reference's neighbour mask: a token never attends to this window around itself, itself included. Paper:
+    7 on 14x14; ``n // 2`` cells each side are blocked. Smaller than the grid in at least one direction."""
+    final_attention_mask: bool = False  # the decoder's last prompt->image attention blocks it too (reference: not)
     feature_jitter_scale: float = Field(20.0, ge=0)
     feature_jitter_prob: float = Field(1.0, ge=0, le=1)
     refiner_dim: int = Field(128, ge=1)

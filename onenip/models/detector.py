@@ -66,6 +66,7 @@ def build_onenip(cfg: ModelParams, in_features: int, fine_features: int, max_gri
         refiner_dim=cfg.refiner_dim,
         fine_features=fine_features,
         residual_window=cfg.residual_window,
+        final_attention_mask=cfg.final_attention_mask,
     )
 
 

@@ -298,6 +298,10 @@ class OneNIP(nn.Module):
         fine_features: channels of the fine (stride 8) features for the refiner's skip path; 0 = the
             paper's refiner on the reconstruction residual alone.
         residual_window: ``prompt_residual`` window in fine cells (None: the whole prompt).
+        final_attention_mask: block the neighbour window in the decoder's final prompt -> image attention
+            too. The reference leaves it unmasked, so prompt token i reads query token i directly and the
+            reconstruction can copy the query (measured: it ignores its prompt); masked, the content at i
+            must come from the prompt stream.
     """
 
     def __init__(
@@ -317,6 +321,7 @@ class OneNIP(nn.Module):
         refiner_dim: int = 128,
         fine_features: int = 0,
         residual_window: int | None = None,
+        final_attention_mask: bool = False,
     ) -> None:
         super().__init__()
         if embed_dim % num_heads:
@@ -330,6 +335,7 @@ class OneNIP(nn.Module):
         self.feature_jitter_prob = feature_jitter_prob
         self.fine_features = fine_features
         self.residual_window = residual_window
+        self.final_attention_mask = final_attention_mask
 
         self.input_proj = nn.Linear(in_features, embed_dim)
         self.pos_embed = LearnedPositionEmbedding2d(self.max_grid, embed_dim)
@@ -396,8 +402,9 @@ class OneNIP(nn.Module):
         mask = self.attention_bias(grid, image_tokens.device)
         for layer in self.decoder:
             prompt_tokens, image_tokens = layer(prompt_tokens, image_tokens, pos, mask)
-        # The reference's final prompt -> image attention has no mask.
-        attended = self.final_prompt_to_image(prompt_tokens + pos, image_tokens + pos, image_tokens)
+        # The reference's final prompt -> image attention has no mask (final_attention_mask adds it).
+        final_mask = mask if self.final_attention_mask else None
+        attended = self.final_prompt_to_image(prompt_tokens + pos, image_tokens + pos, image_tokens, final_mask)
         prompt_tokens = self.final_norm(prompt_tokens + self.final_drop(attended))
         recon = self.output_proj(prompt_tokens)
         return recon.transpose(1, 2).reshape(recon.shape[0], -1, *grid)

@@ -96,6 +96,27 @@ def test_a_query_token_cannot_reach_its_own_reconstruction() -> None:
     assert torch.equal(same, window)
 
 
+def test_final_attention_mask_closes_the_direct_copy_of_the_query() -> None:
+    """The reference's final prompt -> image attention is unmasked: prompt token i reads query token i
+    and can copy it. With ``final_attention_mask`` it cannot: with no encoder layer and the image
+    stream kept query-only (its update from the prompt zeroed), changing query token (1, 1) leaves the
+    reconstruction unchanged wherever (1, 1) lies in the window; unmasked, it changes it there."""
+    query, prompt = torch.randn(1, 12, 4, 4), torch.randn(1, 12, 4, 4)
+    changed = query.clone()
+    changed[..., 1, 1] += 10.0
+    window = torch.zeros(4, 4, dtype=torch.bool)
+    window[0:3, 0:3] = True
+    for masked in (False, True):
+        torch.manual_seed(0)
+        model = tiny_model(num_encoder_layers=0, neighbor_size=(3, 3), final_attention_mask=masked).eval()
+        with torch.no_grad():
+            model.decoder[0].image_to_prompt.v_proj.weight.zero_()
+            model.decoder[0].image_to_prompt.v_proj.bias.zero_()
+        before, after = model.reconstruct(query, prompt), model.reconstruct(changed, prompt)
+        same = (before - after).abs().amax(dim=1)[0] < 1e-5
+        assert torch.equal(same, window) if masked else not same.any()
+
+
 def test_prompt_changes_reconstruction_and_prompts_are_shared() -> None:
     torch.manual_seed(0)
     model = tiny_model().eval()
