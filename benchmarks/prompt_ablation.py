@@ -6,7 +6,9 @@ Prompts: ``stored`` (the model's own), ``other fit image`` (the fit image least 
 them) and ``constant`` (every cell the stored prompt's mean: no spatial information at all). For each,
 the error statistics and scales are refitted as training fits them (``rule_transfer.refit_variant``), and
 the test split is scored by the reconstruction error alone and by the paper blend (the chosen sigma and
-pooling). Prints one line per prompt and writes JSON:
+pooling). ``--controls`` adds what the reconstruction error owes to the network at all: the network's
+reconstruction replaced by the fit images' per-position mean feature map (no network), under the model's
+error normalisation and under the plain error (``none``). Prints one line per row and writes JSON:
 
     OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 .venv/bin/python benchmarks/prompt_ablation.py R/.../model --seed S \\
         --category magnetic_tile --cache-dir C --out prompt-ablation-magnetic_tile.json
@@ -17,6 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -61,6 +65,17 @@ def prompt_variants(stored: Features, fit: Features) -> dict[str, Features]:
     }
 
 
+@contextmanager
+def _reconstruction(model: torch.nn.Module, mean: torch.Tensor | None) -> Iterator[None]:
+    """Within the block, ``model.reconstruct`` returns ``mean`` (1, C, h, w) for every query (None: the network)."""
+    if mean is not None:
+        model.reconstruct = lambda query, prompt, encoded=None: mean.to(query.device, query.dtype).expand(query.shape[0], -1, -1, -1)
+    try:
+        yield
+    finally:
+        model.__dict__.pop("reconstruct", None)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", type=Path, help="a saved model folder (onenip.json + model.safetensors)")
@@ -70,6 +85,7 @@ def main() -> int:
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
     parser.add_argument("--cache-dir", default=None, help="override train.cache_dir")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--controls", action="store_true", help="also the per-position mean reconstruction and the plain error")
     args = parser.parse_args()
 
     from benchmarks.peers import drop_leaked_test_images
@@ -92,19 +108,28 @@ def main() -> int:
     k, chosen = detector.category_index(args.category), detector.scoring[args.category]
     detector.metadata["_variant"] = {"prompt": "replaced"}  # refit the statistics, keep the stored prompt
     item = refit_variant(detector, manifest, params, cache, args.category)
+    stored = detector.prompt(k).float()
+    rows = [(name, prompt, None, RULES) for name, prompt in prompt_variants(stored, item.fit_features).items()]
+    if args.controls:
+        mean = item.fit_features.coarse.float().mean(dim=0, keepdim=True)
+        normalisation = detector.cfg.error_normalization
+        rows += [(f"per-position mean ({normalisation})", stored, mean, RULES[:1]),
+                 ("network (plain error)", stored, None, RULES[:1]), ("per-position mean (plain error)", stored, mean, RULES[:1])]
     results: dict[str, dict[str, dict[str, float | None]]] = {}
-    for name, prompt in prompt_variants(detector.prompt(k), item.fit_features).items():
+    for name, prompt, mean_map, rules in rows:
+        if "plain error" in name:
+            detector.cfg = detector.cfg.model_copy(update={"error_normalization": "none"})
         detector.set_prompt(k, prompt)
-        with torch.no_grad():
+        with _reconstruction(detector.model, mean_map), torch.no_grad():
             calibrate_error_statistics(detector, [item], detector.device)
             calibrate_scales(detector, [item], detector.device)
-        results[name] = {}
-        for rule, weights in RULES:
-            detector.scoring[args.category] = ScoringRule(weights, chosen.smoothing_sigma, chosen.score_pool_size)
-            metrics = evaluate(detector, manifest, cache, None, [args.category], num_heatmaps=0, progress=False)[args.category].metrics
-            results[name][rule] = {m: metrics.get(m) for m in METRICS}
+            results[name] = {}
+            for rule, weights in rules:
+                detector.scoring[args.category] = ScoringRule(weights, chosen.smoothing_sigma, chosen.score_pool_size)
+                metrics = evaluate(detector, manifest, cache, None, [args.category], num_heatmaps=0, progress=False)[args.category].metrics
+                results[name][rule] = {m: metrics.get(m) for m in METRICS}
         cells = "; ".join(f"{rule} " + " / ".join(f"{v:.3f}" for v in row.values() if v is not None) for rule, row in results[name].items())
-        print(f"{args.category}, {name} prompt: {cells}", flush=True)
+        print(f"{args.category}, {name}{' prompt' if mean_map is None and 'plain' not in name else ''}: {cells}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"model": str(args.model), "category": args.category, "seed": args.seed, "metrics": METRICS,
                                     "results": results}, indent=1))  # fmt: skip

@@ -186,3 +186,25 @@ def test_a_shuffled_prompt_moves_each_fine_block_with_its_coarse_cell() -> None:
     torch.testing.assert_close(shuffled.fine[:, 1] - coarse_up[:, 0], 100 * torch.arange(4.0).view(2, 2).repeat(h, w)[None])
     constant = _constant(Features(cell, fine))
     assert torch.all(constant.coarse == cell.mean()) and torch.all(constant.fine[:, 0] == fine[:, 0].mean())
+
+
+def test_the_mean_reconstruction_control_replaces_the_network_only_inside_its_block() -> None:
+    """``prompt_ablation --controls``: inside the block every query's reconstruction is the given mean map
+    (whatever the query and prompt), and the network's own reconstruction is back after it."""
+    import torch
+
+    from benchmarks.prompt_ablation import _reconstruction
+    from onenip.models.onenip import OneNIP
+
+    torch.manual_seed(0)
+    model = OneNIP(in_features=6, max_grid=(4, 4), embed_dim=8, num_heads=2, num_encoder_layers=1, num_decoder_layers=1,
+                   neighbor_size=(3, 3), refiner_dim=4).eval()  # fmt: skip
+    query, prompt, mean = torch.randn(3, 6, 4, 4), torch.randn(1, 6, 4, 4), torch.randn(1, 6, 4, 4)
+    with torch.no_grad():
+        network = model.reconstruct(query, prompt)
+        with _reconstruction(model, mean):
+            inside = model(query, prompt).recon_features
+        after = model.reconstruct(query, prompt)
+    torch.testing.assert_close(inside, mean.expand(3, -1, -1, -1))
+    torch.testing.assert_close(after, network)
+    assert not torch.allclose(network, inside)
