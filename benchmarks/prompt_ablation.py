@@ -108,17 +108,16 @@ def main() -> int:
     k, chosen = detector.category_index(args.category), detector.scoring[args.category]
     detector.metadata["_variant"] = {"prompt": "replaced"}  # refit the statistics, keep the stored prompt
     item = refit_variant(detector, manifest, params, cache, args.category)
-    stored = detector.prompt(k).float()
-    rows = [(name, prompt, None, RULES) for name, prompt in prompt_variants(stored, item.fit_features).items()]
+    stored, own = detector.prompt(k).float(), detector.cfg.error_normalization
+    # (name, printed label, prompt, reconstruction replaced by this mean map or None, error normalisation, rules)
+    rows = [(name, f"{name} prompt", prompt, None, own, RULES) for name, prompt in prompt_variants(stored, item.fit_features).items()]
     if args.controls:
         mean = item.fit_features.coarse.float().mean(dim=0, keepdim=True)
-        normalisation = detector.cfg.error_normalization
-        rows += [(f"per-position mean ({normalisation})", stored, mean, RULES[:1]),
-                 ("network (plain error)", stored, None, RULES[:1]), ("per-position mean (plain error)", stored, mean, RULES[:1])]
+        rows += [(name, name, stored, mean_map, normalisation, RULES[:1]) for name, mean_map, normalisation in (
+            (f"per-position mean ({own})", mean, own), ("network (plain error)", None, "none"), ("per-position mean (plain error)", mean, "none"))]
     results: dict[str, dict[str, dict[str, float | None]]] = {}
-    for name, prompt, mean_map, rules in rows:
-        if "plain error" in name:
-            detector.cfg = detector.cfg.model_copy(update={"error_normalization": "none"})
+    for name, label, prompt, mean_map, normalisation, rules in rows:
+        detector.cfg = detector.cfg.model_copy(update={"error_normalization": normalisation})
         detector.set_prompt(k, prompt)
         with _reconstruction(detector.model, mean_map), torch.no_grad():
             calibrate_error_statistics(detector, [item], detector.device)
@@ -129,7 +128,7 @@ def main() -> int:
                 metrics = evaluate(detector, manifest, cache, None, [args.category], num_heatmaps=0, progress=False)[args.category].metrics
                 results[name][rule] = {m: metrics.get(m) for m in METRICS}
         cells = "; ".join(f"{rule} " + " / ".join(f"{v:.3f}" for v in row.values() if v is not None) for rule, row in results[name].items())
-        print(f"{args.category}, {name}{' prompt' if mean_map is None and 'plain' not in name else ''}: {cells}", flush=True)
+        print(f"{args.category}, {label}: {cells}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"model": str(args.model), "category": args.category, "seed": args.seed, "metrics": METRICS,
                                     "results": results}, indent=1))  # fmt: skip

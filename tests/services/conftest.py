@@ -139,19 +139,18 @@ def prefect_server(postgres: str, tmp_path_factory: pytest.TempPathFactory) -> I
     """``prefect server start`` on its own PostgreSQL database, as a team runs it; yields (API URL, env
     pointing at it). On its default SQLite (one writer at a time) it answered 503 on a loaded 2-core machine."""
     pytest.importorskip("asyncpg", reason="Prefect's PostgreSQL driver (asyncpg) is missing")
+    psycopg2 = pytest.importorskip("psycopg2", reason="the PostgreSQL driver (pip install -e '.[team]') is missing")
     folder = tmp_path_factory.mktemp("prefect-server")
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = service_env(PREFECT_HOME=str(folder / "home"), PREFECT_API_URL=api)
-    database = postgres.rsplit("/", 1)[0].replace("+psycopg2", "+asyncpg") + "/prefect"
-    server_env = env | {"PREFECT_API_DATABASE_CONNECTION_URL": database}
+    database = postgres.rsplit("/", 1)[0] + "/prefect"  # postgresql+psycopg2://...; the server's driver is asyncpg
+    server_env = env | {"PREFECT_API_DATABASE_CONNECTION_URL": database.replace("+psycopg2", "+asyncpg")}
     log = folder / "server.log"
     process = start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"], log, server_env)
     try:
         wait_until(lambda: requests.get(f"{api}/health", timeout=2).status_code == 200, process, log, "prefect server")
-        import psycopg2
-
-        with contextlib.closing(psycopg2.connect(postgres.replace("+psycopg2", "").rsplit("/", 1)[0] + "/prefect")) as db:
+        with contextlib.closing(psycopg2.connect(database.replace("+psycopg2", ""))) as db:
             cursor = db.cursor()
             cursor.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'flow_run'")
             assert cursor.fetchone() == (1,), "the Prefect server did not create its tables in PostgreSQL"
