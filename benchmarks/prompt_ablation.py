@@ -112,7 +112,8 @@ def main() -> int:
     # (name, printed label, prompt, reconstruction replaced by this mean map or None, error normalisation, rules)
     rows = [(name, f"{name} prompt", prompt, None, own, RULES) for name, prompt in prompt_variants(stored, item.fit_features).items()]
     if args.controls:
-        mean = item.fit_features.coarse.float().mean(dim=0, keepdim=True)
+        # in the space the network reconstructs (``model.feature_standardization``; raw features by default)
+        mean = detector.network_input(k, item.fit_features.coarse.float().mean(dim=0, keepdim=True))
         rows += [(name, name, stored, mean_map, normalisation, RULES[:1]) for name, mean_map, normalisation in (
             (f"per-position mean ({own})", mean, own), ("network (plain error)", None, "none"), ("per-position mean (plain error)", mean, "none"))]
     results: dict[str, dict[str, dict[str, float | None]]] = {}

@@ -143,7 +143,8 @@ class OneNIPDetector(CategoryIndex, nn.Module):
             self.register_buffer(f"prompt_{k}", torch.zeros(bank, extractor.num_features, h, w))
             # statistics of the error maps' residuals on training normals (mean 0, std 1: the raw errors)
             # per-channel standardisation of the coarse features the network reads (identity unless fitted)
-            self.register_buffer(f"coarse_mean_{k}", torch.zeros(extractor.num_features, 1, 1))
+            mean_grid = (h, w) if cfg.feature_standardization == "position" else (1, 1)
+            self.register_buffer(f"coarse_mean_{k}", torch.zeros(extractor.num_features, *mean_grid))
             self.register_buffer(f"coarse_std_{k}", torch.ones(extractor.num_features, 1, 1))
             self.register_buffer(f"recon_mean_{k}", torch.zeros(extractor.num_features, h, w))
             self.register_buffer(f"recon_whiten_{k}", torch.eye(extractor.num_features))
@@ -284,13 +285,14 @@ class OneNIPDetector(CategoryIndex, nn.Module):
         return [gaussian, memory]
 
     def network_input(self, k: int, coarse: Tensor) -> Tensor:
-        """Coarse features as the network reads them: standardised per channel with category k's statistics
-        (``model.feature_standardization``; the identity otherwise)."""
+        """Coarse features as the network reads them: standardised per channel (and centred per position)
+        with category k's statistics (``model.feature_standardization``; the identity otherwise)."""
         mean, std = getattr(self, f"coarse_mean_{k}"), getattr(self, f"coarse_std_{k}")
         return (coarse - mean.to(coarse.dtype)) / std.to(coarse.dtype)
 
     def set_standardization(self, k: int, mean: Tensor, std: Tensor) -> None:
-        getattr(self, f"coarse_mean_{k}").copy_(mean.reshape(-1, 1, 1))
+        buffer = getattr(self, f"coarse_mean_{k}")  # (C, 1, 1), or (C, h, w) centred per position
+        buffer.copy_(mean.reshape(buffer.shape))
         getattr(self, f"coarse_std_{k}").copy_(std.reshape(-1, 1, 1))
 
     def encode_prompt(self, k: int, prompt: Tensor) -> Tensor:

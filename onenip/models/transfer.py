@@ -52,10 +52,14 @@ class OneNIPTransfer(nn.Module):
 
     def standardized(self, coarse: Tensor) -> Tensor:
         """As the network reads a category's features (``model.feature_standardization``): standardised per
-        channel, here with the k prompts' statistics (the new category has no other data)."""
-        if self.detector.cfg.feature_standardization == "none":
+        channel, here with the k prompts' statistics (the new category has no other data); ``position``
+        centres each position on the prompts' mean there when there are at least two."""
+        mode = self.detector.cfg.feature_standardization
+        if mode == "none":
             return coarse
         mean = self.prompt_coarse.mean(dim=(0, 2, 3))[:, None, None]
+        if mode == "position" and len(self.prompt_coarse) > 1:
+            mean = self.prompt_coarse.mean(dim=0)
         std = self.prompt_coarse.std(dim=(0, 2, 3))[:, None, None].clamp_min(1e-6)
         return (coarse - mean) / std
 

@@ -180,24 +180,33 @@ def is_colour(images: Tensor) -> bool:
 
 @torch.no_grad()
 def fit_standardization(detector: OneNIPDetector, data: Sequence[CategoryData]) -> None:
-    """Per category, the mean and standard deviation of each coarse channel over its fit images (content
-    cells only) that the network's inputs and targets are standardised with
-    (``model.feature_standardization: category``); nothing to do otherwise."""
-    if detector.cfg.feature_standardization == "none":
+    """Per category, the statistics the network's inputs and targets are standardised with
+    (``model.feature_standardization``; nothing to do for ``none``), over its fit images' content cells:
+    each coarse channel's mean (``category``) or mean per grid position (``position``, a position no fit
+    image covers takes the channel's mean), and each channel's standard deviation around that mean."""
+    mode = detector.cfg.feature_standardization
+    if mode == "none":
         return
     stride = detector.cfg.backbone.feature_stride
     for item in data:
-        total = torch.zeros((), dtype=torch.float64)
-        sums = squares = None
+        total = sums = squares = None  # per position: weight, weighted sum, weighted sum of squares
         for start in range(0, len(item.fit_features), STATISTICS_CHUNK):
             coarse = item.fit_features.coarse[start : start + STATISTICS_CHUNK].double()
             valid = None if item.fit_valid is None else item.fit_valid[start : start + STATISTICS_CHUNK].float()
             weight = _cell_weight(valid, coarse.shape[-2:], stride, len(coarse), torch.device("cpu")).double()
-            part, part_sq = (coarse * weight).sum(dim=(0, 2, 3)), (coarse.pow(2) * weight).sum(dim=(0, 2, 3))
-            sums, squares = (part, part_sq) if sums is None else (sums + part, squares + part_sq)
-            total = total + weight.sum()
-        mean = sums / total
-        std = (squares / total - mean.pow(2)).clamp_min(0).sqrt().clamp_min(1e-3 * float(mean.abs().mean()) + 1e-6)
+            parts = (weight.sum(dim=0), (coarse * weight).sum(dim=0), (coarse.pow(2) * weight).sum(dim=0))
+            total, sums, squares = parts if sums is None else (total + parts[0], sums + parts[1], squares + parts[2])
+        channel_mean = sums.sum(dim=(1, 2)) / total.sum()
+        if mode == "position":
+            covered = total > 0
+            mean = torch.where(covered, sums / total.clamp_min(1e-12), channel_mean[:, None, None])
+            # the squared deviations from each position's own mean, summed over positions
+            spread = (squares - sums.pow(2) / total.clamp_min(1e-12)).clamp_min(0) * covered
+        else:
+            mean = channel_mean
+            spread = squares - total * channel_mean[:, None, None].pow(2)
+        variance = spread.sum(dim=(1, 2)).clamp_min(0) / total.sum()
+        std = variance.sqrt().clamp_min(1e-3 * float(channel_mean.abs().mean()) + 1e-6)
         detector.set_standardization(item.index, mean.float().to(detector.device), std.float().to(detector.device))
 
 

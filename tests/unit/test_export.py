@@ -18,8 +18,18 @@ from tests.helpers.tiny import TINY_MODEL
 
 @pytest.fixture(scope="module")
 def detector() -> OneNIPDetector:
+    return _fitted_detector("category")
+
+
+@pytest.fixture(scope="module")
+def position_detector() -> OneNIPDetector:
+    """The network reads features centred per grid position (``model.feature_standardization: position``)."""
+    return _fitted_detector("position")
+
+
+def _fitted_detector(standardization: str) -> OneNIPDetector:
     torch.manual_seed(0)
-    cfg = ModelParams.model_validate(TINY_MODEL | {"prompts": 2})
+    cfg = ModelParams.model_validate(TINY_MODEL | {"prompts": 2, "feature_standardization": standardization})
     geometries = {"plate": InputGeometry(64, 64, False), "strip": InputGeometry(32, 96, True)}
     model = OneNIPDetector(cfg, ["plate", "strip"], geometries, pretrained=False).eval()
     for k in range(2):  # prompts and statistics that are not the identity, so every buffer matters
@@ -30,7 +40,8 @@ def detector() -> OneNIPDetector:
         mean, whiten, std = model.error_statistics(k, "recon")
         mean.normal_(0, 0.1), whiten.add_(0.05 * torch.randn_like(whiten)), std.uniform_(0.5, 2)
         channels = model.feature_extractor.num_features  # the network reads standardised features
-        model.set_standardization(k, torch.randn(channels) * 0.1, torch.rand(channels) + 0.5)
+        mean_shape = model.network_input(k, model.prompt(k).coarse).shape[1:] if standardization == "position" else (channels,)
+        model.set_standardization(k, torch.randn(mean_shape) * 0.1, torch.rand(channels) + 0.5)
     # a fitted Gaussian on "strip" (random SPD precisions), weighted there: the graph carries the fourth map
     mean = torch.randn_like(model.gaussian_mean_1)
     factor = torch.randn(model.gaussian_precision_1.shape) * 0.1
@@ -47,9 +58,10 @@ def images(geometry: InputGeometry, n: int, seed: int) -> torch.Tensor:
     return torch.rand(n, 3, geometry.height, geometry.width, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("category", ["plate", "strip"])
-def test_onnx_graph_equals_torch(detector: OneNIPDetector, category: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("standardization", "category"), [("category", "plate"), ("category", "strip"), ("position", "strip")])
+def test_onnx_graph_equals_torch(standardization: str, category: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     pytest.importorskip("onnxruntime")
+    detector = request.getfixturevalue("detector" if standardization == "category" else "position_detector")
     export_category(detector, category, tmp_path)
     info, graph = load_export(tmp_path, "onnx")
     geometry = detector.geometry(category)

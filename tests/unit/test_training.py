@@ -615,20 +615,25 @@ def test_a_category_too_small_to_validate_gets_the_small_category_rule_over_the_
     assert fallback_rule(OneNIPDetector(neither.model, ["plate"], pretrained=False), neither).weights == (0.5, 0.5, 0.0, 0.0, 0.0)
 
 
-def test_standardised_features_are_what_the_network_reads_and_reconstructs(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["category", "position"])
+def test_standardised_features_are_what_the_network_reads_and_reconstructs(tmp_path: Path, mode: str) -> None:
     from onenip.models.onenip import OneNIP
 
     root = make_mvtec_tree(tmp_path / "tree", ("plate",), n_train=8, n_test_good=2, n_test_bad=2, size=64)
     manifest = make_manifest(root, progress=False)
     base = tiny_params(tmp_path, epochs=1)
-    params = base.model_copy(update={"model": base.model.model_copy(update={"feature_standardization": "category"})})
+    params = base.model_copy(update={"model": base.model.model_copy(update={"feature_standardization": mode})})
     detector = train_onenip(manifest, params, tmp_path / "run", progress=False).detector.eval()
     item = training.prepare_category_data(manifest, params, FeatureCache(params.train.cache_dir, detector.feature_extractor,
                                           params.model.backbone), "plate", 0, detector.geometry("plate"), False)  # fmt: skip
     coarse = item.fit_features.coarse.float()
     standardised = detector.network_input(0, coarse)
-    # per channel over the fit images: mean 0 and standard deviation 1 (float16 cache, float64 sums)
-    torch.testing.assert_close(standardised.mean(dim=(0, 2, 3)), torch.zeros(coarse.shape[1]), atol=2e-3, rtol=0)
+    # per channel over the fit images: mean 0 and standard deviation 1 (float16 cache, float64 sums);
+    # centred per position, every position's mean is 0 too (an output of 0 is the per-position mean)
+    mean_dims = (0,) if mode == "position" else (0, 2, 3)
+    torch.testing.assert_close(standardised.mean(dim=mean_dims), torch.zeros_like(coarse.mean(dim=mean_dims)), atol=2e-3, rtol=0)
+    if mode == "category":  # a position's own mean is not zero: what ``position`` removes
+        assert standardised.mean(dim=0).abs().amax() > 0.1
     torch.testing.assert_close(standardised.std(dim=(0, 2, 3), correction=0), torch.ones(coarse.shape[1]), atol=2e-3, rtol=0)
     # the map is the reconstruction error of the standardised features
     features = item.holdout_features.float()

@@ -42,3 +42,21 @@ def test_score_is_the_maximum_of_the_smoothed_map(detector: OneNIPDetector) -> N
     torch.testing.assert_close(out.pred_score, out.anomaly_map.flatten(1).amax(dim=1))
     with pytest.raises(ValueError, match="Unknown category 'plate'"):
         model.category_index("plate")
+
+
+@torch.no_grad()
+def test_a_position_centred_network_reads_features_centred_on_the_prompts() -> None:
+    """``feature_standardization: position`` centres each position on the k prompts' mean there; with one
+    prompt that mean would be the prompt itself (and its spread zero), so the channel mean stands in."""
+    torch.manual_seed(0)
+    detector = OneNIPDetector(ModelParams.model_validate(TINY_MODEL | {"feature_standardization": "position"}), ["plate"], pretrained=False).eval()
+    prompts, queries = _features(detector, 3, 5), _features(detector, 2, 6)
+    centred = OneNIPTransfer(detector, "gear", prompts).standardized(prompts.coarse)
+    torch.testing.assert_close(centred.mean(dim=0), torch.zeros_like(centred[0]), atol=1e-5, rtol=0)
+    single = OneNIPTransfer(detector, "gear", prompts.select([0]))
+    one = single.standardized(queries.coarse)
+    assert torch.isfinite(one).all() and one.abs().amax() < 100
+    own = single.standardized(prompts.coarse[:1])  # channel-centred: the prompt keeps its own pattern
+    torch.testing.assert_close(own.mean(dim=(0, 2, 3)), torch.zeros(one.shape[1]), atol=1e-5, rtol=0)
+    assert own.abs().amax() > 0.1
+    assert torch.isfinite(single.recon_error(queries)).all()
