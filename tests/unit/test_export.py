@@ -40,8 +40,8 @@ def _fitted_detector(standardization: str) -> OneNIPDetector:
         mean, whiten, std = model.error_statistics(k, "recon")
         mean.normal_(0, 0.1), whiten.add_(0.05 * torch.randn_like(whiten)), std.uniform_(0.5, 2)
         channels = model.feature_extractor.num_features  # the network reads standardised features
-        mean_shape = model.network_input(k, model.prompt(k).coarse).shape[1:] if standardization == "position" else (channels,)
-        model.set_standardization(k, torch.randn(mean_shape) * 0.1, torch.rand(channels) + 0.5)
+        mean = torch.randn(getattr(model, f"coarse_mean_{k}").shape) * 0.1  # (C, 1, 1), or (C, h, w) per position
+        model.set_standardization(k, mean, torch.rand(channels) + 0.5)
     # a fitted Gaussian on "strip" (random SPD precisions), weighted there: the graph carries the fourth map
     mean = torch.randn_like(model.gaussian_mean_1)
     factor = torch.randn(model.gaussian_precision_1.shape) * 0.1
