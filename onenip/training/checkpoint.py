@@ -23,8 +23,13 @@ logger = logging.getLogger(__name__)
 
 
 CHECKPOINT_DIR = "checkpoint"
-CHECKPOINT_WEIGHTS = "last.safetensors"
+CHECKPOINT_WEIGHTS = "last.safetensors"  # the one weights file of checkpoints written before epoch-named files
 CHECKPOINT_STATE = "last.json"
+
+
+def weights_name(epoch: int) -> str:
+    """Each epoch's weights get their own file, so the state file always points at a complete one."""
+    return f"epoch-{epoch:04d}.safetensors"
 
 
 def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -84,7 +89,9 @@ def save_checkpoint(
     best: BestEpoch | None = None,
     scaler: torch.amp.GradScaler | None = None,
 ) -> None:
-    """Atomic: the weights file is renamed into place before the JSON that points at its epoch.
+    """Atomic at every instant: this epoch's weights go to a file of their own, then the JSON that
+    names them replaces the last one, then older weights are removed. A kill anywhere in between
+    leaves the previous (or this) epoch loadable, never weights and state of two epochs.
     ``scaler`` (CUDA AMP): its loss scale and growth tracker, so a resumed run scales and skips steps
     as the uninterrupted one would."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -92,16 +99,19 @@ def save_checkpoint(
     best_state = {} if best is None else {f"best.{k}": v for k, v in best.state.items()}
     optim_tensors, optim_meta = _flatten_optimizer(optimizer)
     atomic_save_safetensors(
-        {**model_state, **best_state, **optim_tensors}, folder / CHECKPOINT_WEIGHTS, metadata={"epoch": str(epoch)},
+        {**model_state, **best_state, **optim_tensors}, folder / weights_name(epoch), metadata={"epoch": str(epoch)},
     )
     state = {
-        "epoch": epoch, "history": history, "optimizer": optim_meta, "fingerprint": fingerprint,
+        "weights": weights_name(epoch), "epoch": epoch, "history": history, "optimizer": optim_meta, "fingerprint": fingerprint,
         "best": None if best is None else {"epoch": best.epoch, "score": best.score, "top_score": best.top_score},
         "grad_scaler": None if scaler is None else {k: v for k, v in scaler.state_dict().items()},
     }
     tmp = folder / f".{CHECKPOINT_STATE}.tmp"
     tmp.write_text(json.dumps(state))
     tmp.replace(folder / CHECKPOINT_STATE)
+    for stale in [*folder.glob("epoch-*.safetensors"), folder / CHECKPOINT_WEIGHTS]:
+        if stale.name != weights_name(epoch):
+            stale.unlink(missing_ok=True)
 
 
 def load_checkpoint(
@@ -110,13 +120,17 @@ def load_checkpoint(
 ) -> tuple[int, list[dict[str, float]], BestEpoch | None] | None:
     """Restore the last complete epoch (and ``scaler``'s state when it was saved); ``None`` when there
     is no usable checkpoint for this config."""
-    weights, meta_path = folder / CHECKPOINT_WEIGHTS, folder / CHECKPOINT_STATE
-    if not weights.is_file() or not meta_path.is_file():
+    meta_path = folder / CHECKPOINT_STATE
+    if not meta_path.is_file():
         return None
     try:
         meta = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, OSError) as error:
         logger.warning("Checkpoint state %s is unreadable (%s); starting over", meta_path, error)
+        return None
+    weights = folder / Path(str(meta.get("weights", CHECKPOINT_WEIGHTS))).name
+    if not weights.is_file():
+        logger.warning("Checkpoint weights %s are missing; starting over", weights)
         return None
     if meta.get("fingerprint") != fingerprint:
         logger.warning("Checkpoint in %s is from other params or data; starting over", folder)
@@ -131,7 +145,7 @@ def load_checkpoint(
         logger.warning("Checkpoint weights %s are unreadable (%s); starting over", weights, error)
         return None
     if weights_epoch != meta["epoch"]:
-        # killed between the two renames of save_checkpoint: never mix weights and state of two epochs
+        # a state file that names weights of another epoch: never mix two epochs
         logger.warning("Checkpoint files in %s disagree on the epoch; starting over", folder)
         return None
     model_state = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}

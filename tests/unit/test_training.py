@@ -525,6 +525,35 @@ def test_a_checkpoint_keeps_the_amp_loss_scale(tmp_path: Path) -> None:
     assert training.load_checkpoint(tmp_path / "cpu", detector, optimizer, "fp", torch.amp.GradScaler("cpu")) is not None
 
 
+def test_a_kill_while_a_checkpoint_is_written_leaves_the_previous_epoch_resumable(tmp_path: Path, monkeypatch) -> None:
+    """SIGTERM can land between writing an epoch's weights and renaming the state file that names
+    them (it did in CI); the run must resume from the previous epoch with that epoch's weights, not
+    start over and not mix two epochs."""
+    detector = OneNIPDetector(Params.model_validate(TINY).model, ["plate"], pretrained=False)
+    optimizer = torch.optim.AdamW(detector.model.parameters(), lr=1e-3)
+    training.save_checkpoint(tmp_path, detector, optimizer, 1, [{"epoch": 1.0}], "fp")
+    saved = {k: v.clone() for k, v in detector.model.state_dict().items()}
+    with torch.no_grad():
+        for value in detector.model.parameters():
+            value.add_(1.0)
+    real_replace = Path.replace
+
+    def killed_before_the_state_lands(self: Path, target):  # noqa: ANN001
+        if Path(target).name == "last.json":
+            raise KeyboardInterrupt  # the signal, at the worst moment
+        return real_replace(self, target)
+
+    monkeypatch.setattr(Path, "replace", killed_before_the_state_lands)
+    with pytest.raises(KeyboardInterrupt):
+        training.save_checkpoint(tmp_path, detector, optimizer, 2, [{"epoch": 1.0}, {"epoch": 2.0}], "fp")
+    monkeypatch.undo()
+    restored = training.load_checkpoint(tmp_path, detector, optimizer, "fp")
+    assert restored is not None and restored[0] == 1
+    assert all(torch.equal(detector.model.state_dict()[k], v) for k, v in saved.items())
+    training.save_checkpoint(tmp_path, detector, optimizer, 2, [{"epoch": 1.0}, {"epoch": 2.0}], "fp")
+    assert sorted(f.name for f in tmp_path.glob("*.safetensors")) == ["epoch-0002.safetensors"]  # older weights removed
+
+
 def test_an_anomalous_test_image_without_a_mask_beside_masked_ones_is_refused_by_name(tmp_path: Path) -> None:
     """An all-zero stand-in mask would count that defect as normal pixels and lower every pixel metric."""
     root = make_mvtec_tree(tmp_path / "data", categories=("plate",), n_train=4, n_test_good=2, n_test_bad=2, size=64)
