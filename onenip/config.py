@@ -130,7 +130,7 @@ class ModelParams(_Section):
     """Normal prompts stored per category (paper: 1). With more, each query is reconstructed from the
     ONE stored prompt most similar to it (cosine of grid-mean features); chosen to cover the category's
     variety (k-center greedy from the most typical image)."""
-    feature_standardization: Literal["none", "category", "position"] = "position"
+    feature_standardization: Literal["none", "category", "position"] = "none"
     """``category``: the network reads and reconstructs each category's coarse features standardised per
     channel (mean and standard deviation over its fit images); ``position``: less each grid position's
     mean, so an output of zero is the per-position mean; the paper's network reads raw features."""

@@ -448,9 +448,8 @@ class OneNIPDetector(CategoryIndex, nn.Module):
             )
             raise ModelLoadError(msg)
         geometries = {c: InputGeometry.from_dict(g) for c, g in config["geometries"].items()}
-        # a model saved before these settings existed had its statistics fitted without jitter, at a prior of 10,
-        # and its network read raw features
-        before = {"statistics_prior": 10.0, "statistics_jitter": 0.0, "statistics_colour_jitter": 0.0, "feature_standardization": "none"}
+        # a model saved before these settings existed had its statistics fitted without jitter, at a prior of 10
+        before = {"statistics_prior": 10.0, "statistics_jitter": 0.0, "statistics_colour_jitter": 0.0}
         model_params = ModelParams.model_validate(before | config["model"])
         detector = cls(model_params, config["categories"], geometries, pretrained=False)
         state = load_file(str(weights_path), device=str(map_location))

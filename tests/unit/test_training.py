@@ -682,24 +682,6 @@ def test_standardised_features_are_what_the_network_reads_and_reconstructs(tmp_p
     torch.testing.assert_close(loaded.network_input(0, coarse), detector.network_input(0, coarse))
 
 
-def test_a_model_saved_before_position_centring_was_the_default_loads_as_it_was_trained(tmp_path: Path) -> None:
-    """Registered models from before ``feature_standardization`` existed have no such key: their network
-    read raw features (one mean per channel in the file), and they must load and score as before."""
-    import json
-
-    cfg = Params.model_validate(TINY).model.model_copy(update={"feature_standardization": "none"})
-    detector = OneNIPDetector(cfg, ["plate"], pretrained=False).eval()
-    folder = detector.save(tmp_path / "model")
-    config = json.loads((folder / "onenip.json").read_text())
-    del config["model"]["feature_standardization"]
-    (folder / "onenip.json").write_text(json.dumps(config))
-    assert Params.model_validate(TINY).model.feature_standardization == "position"  # today's default
-    loaded = OneNIPDetector.load(folder)
-    assert loaded.cfg.feature_standardization == "none"
-    for name, value in detector.state_dict().items():
-        torch.testing.assert_close(loaded.state_dict()[name], value)
-
-
 def test_the_refiner_is_scaled_to_the_reconstruction_errors_range_on_validation(tmp_path: Path) -> None:
     """model.refiner_scale: recon_range blends the refiner as the reference does, its probability times the
     midpoint of the reconstruction error's range (the reference's test set; here the validation set)."""

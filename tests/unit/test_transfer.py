@@ -15,10 +15,8 @@ from tests.helpers.tiny import TINY_MODEL
 
 @pytest.fixture(scope="module")
 def detector() -> OneNIPDetector:
-    # raw features (the paper's network): what the network reads does not depend on which prompts are
-    # held, so k prompts' map is exactly the minimum of the single-prompt maps
     torch.manual_seed(0)
-    return OneNIPDetector(ModelParams.model_validate(TINY_MODEL | {"feature_standardization": "none"}), ["plate"], pretrained=False).eval()
+    return OneNIPDetector(ModelParams.model_validate(TINY_MODEL), ["plate"], pretrained=False).eval()
 
 
 def _features(detector: OneNIPDetector, count: int, seed: int) -> Features:
