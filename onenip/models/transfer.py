@@ -57,9 +57,10 @@ class OneNIPTransfer(nn.Module):
         mode = self.detector.cfg.feature_standardization
         if mode == "none":
             return coarse
-        mean = self.prompt_coarse.mean(dim=(0, 2, 3))[:, None, None]
         if mode == "position" and len(self.prompt_coarse) > 1:
             mean = self.prompt_coarse.mean(dim=0)
+        else:
+            mean = self.prompt_coarse.mean(dim=(0, 2, 3))[:, None, None]
         std = self.prompt_coarse.std(dim=(0, 2, 3))[:, None, None].clamp_min(1e-6)
         return (coarse - mean) / std
 

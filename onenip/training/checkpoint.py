@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor
 
 from onenip.config import Params
@@ -138,9 +137,9 @@ def load_checkpoint(
     from safetensors import SafetensorError, safe_open
 
     try:
-        tensors = load_file(str(weights))
-        with safe_open(str(weights), framework="pt") as handle:
+        with safe_open(str(weights), framework="pt") as handle:  # one read: its epoch and its tensors
             weights_epoch = int((handle.metadata() or {}).get("epoch", -1))
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     except (SafetensorError, OSError, ValueError) as error:
         logger.warning("Checkpoint weights %s are unreadable (%s); starting over", weights, error)
         return None
