@@ -8,7 +8,8 @@ import torch
 
 from onenip.config import ModelParams
 from onenip.models.detector import OneNIPDetector
-from onenip.training.calibration import add_jittered_normals, fit_gaussians, is_colour, jittered_images
+from onenip.data.photometric import is_colour, jittered_images
+from onenip.training.calibration import add_jittered_normals, fit_gaussians
 from tests.helpers.tiny import TINY_MODEL
 
 
