@@ -5,7 +5,10 @@ anomalies of the validation families; no test image) and chooses the rule twice.
 (the default): with the current smoothing (a normalised blur of the content, ``masked_gaussian_smooth``)
 and with the former one (blur everything, then zero the padding); only letterboxed categories can differ.
 ``--compare strength``: with the validation anomalies faded as ``validation.anomaly_strength`` says and at
-full strength. The test columns are a record: nothing is chosen from them. Prints a table and writes JSON:
+full strength. ``--compare jittered``: without and with ``validation.jittered_normals`` (each held-out
+normal again under the statistics' photometric jitter, as a normal). ``--test-root`` scores the rules on
+other test sets too (``shifted_copy.py``'s drifted copies). The test columns are a record: nothing is
+chosen from them. Prints a table and writes JSON:
 
     OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 .venv/bin/python benchmarks/selection_smoothing.py R/.../model --cache-dir C --out R/smoothing.json
     OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 .venv/bin/python benchmarks/selection_smoothing.py R/.../model --compare strength --out R/strength.json
@@ -53,7 +56,9 @@ def main() -> int:
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
     parser.add_argument("--cache-dir", default=None, help="override train.cache_dir")
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--compare", choices=("smoothing", "strength"), default="smoothing")
+    parser.add_argument("--compare", choices=("smoothing", "strength", "jittered"), default="smoothing")
+    parser.add_argument("--seed", type=int, default=None, help="train.seed the model was trained with (its held-out split)")
+    parser.add_argument("--test-root", type=Path, nargs="+", default=[], help="more roots whose test splits score the rules too")
     args = parser.parse_args()
 
     import torch
@@ -64,16 +69,18 @@ def main() -> int:
     from onenip.evaluation import evaluate
     from onenip.features import FeatureCache
     from onenip.models.detector import OneNIPDetector
-    from onenip.models.scoring import ScoringRule, padded_weights
     from onenip.training import prepare_category_data
+    from onenip.training.calibration import fallback_rule
     from onenip.scoring_selection import build_category_validation, select_scoring, validation_components
 
     detector = OneNIPDetector.load(args.model).eval()
     overrides = {"train": {"cache_dir": args.cache_dir}} if args.cache_dir else None
     params = load_params(args.params, overrides=overrides)
+    if args.seed is not None:
+        params = params.model_copy(update={"train": params.train.model_copy(update={"seed": args.seed})})
     full = make_manifest(args.root, detector.categories, progress=False)
     cache = FeatureCache(params.train.cache_dir, detector.feature_extractor, params.model.backbone)
-    default = ScoringRule(padded_weights(params.model.scoring.weights), params.model.scoring.smoothing_sigma, params.model.scoring.score_pool_size)
+    default = fallback_rule(detector, params)
 
     def rebuilt(variant: Params) -> list:  # noqa: ANN202
         per_category = []
@@ -88,31 +95,39 @@ def main() -> int:
     if args.compare == "smoothing":
         shared = rebuilt(params)
         variants = [("content-only blur (now)", shared, params, None), ("blur, then mask (before)", shared, params, former_smoothing)]
+    elif args.compare == "jittered":
+        jittered = params.model_copy(update={"validation": params.validation.model_copy(update={"jittered_normals": True})})
+        variants = [("held-out normals (before)", rebuilt(params), params, None),
+                    ("and their jittered copies", rebuilt(jittered), jittered, None)]  # fmt: skip
     else:
         full_strength = params.model_copy(update={"validation": params.validation.model_copy(update={"anomaly_strength": (1.0, 1.0)})})
         low, high = params.validation.anomaly_strength
         variants = [(f"strength {low:g}-{high:g} (params)", rebuilt(params), params, None),
                     ("full strength", rebuilt(full_strength), full_strength, None)]  # fmt: skip
     stored = dict(detector.scoring)
-    manifest, _ = drop_leaked_test_images(full)
+    tests = {"test": drop_leaked_test_images(full)[0]}
+    for root in args.test_root:
+        found = [c for c in detector.categories if (root / c).is_dir()]
+        tests[root.name] = drop_leaked_test_images(make_manifest(root, found, progress=False))[0]
     report: dict[str, dict[str, object]] = {}
     for name, per_category, variant, context in variants:
         with context() if context else _nothing():
             selection = select_scoring(per_category, variant.validation, default)
             detector.scoring = dict(selection.rules)
-            evaluated = evaluate(detector, manifest, cache, None, detector.categories, num_heatmaps=0, progress=False)
+            evaluated = {split: evaluate(detector, manifest, cache, None, sorted(set(manifest["category"])), num_heatmaps=0, progress=False)
+                         for split, manifest in tests.items()}  # fmt: skip
         report[name] = {
             category: {"rule": selection.rules[category].to_dict(), "validation": selection.metrics.get(category, {}),
-                       "test": {m: evaluated[category].metrics.get(m) for m in METRICS}}  # fmt: skip
+                       **{split: {m: found[category].metrics.get(m) for m in METRICS} for split, found in evaluated.items() if category in found}}
             for category in detector.categories
-        }
+        }  # fmt: skip
     detector.scoring = stored
     print(f"| category | {args.compare} | rule (weights, sigma, pool) | validation score | test " + " / ".join(METRICS) + " |\n|---|---|---|---|---|")
     for name, rows in report.items():
         for category, row in rows.items():
             rule, found = row["rule"], row["validation"]  # type: ignore[index]
             score = sum(found.get(m, 0.0) for m in METRICS) / len(METRICS) if found else float("nan")  # type: ignore[union-attr]
-            test = " / ".join(f"{row['test'][m]:.4f}" for m in METRICS)  # type: ignore[index]
+            test = "; ".join(f"{split} " + " / ".join(f"{row[split][m]:.4f}" for m in METRICS) for split in tests if split in row)  # type: ignore[index]
             print(f"| {category} | {name} | {rule['weights']}, {rule['smoothing_sigma']}, {rule['score_pool_size']} | {score:.4f} | {test} |")  # type: ignore[index]
     print(f"stored rule: { {c: r.to_dict() for c, r in stored.items()} }")
     if args.out:

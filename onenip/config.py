@@ -198,6 +198,8 @@ class SynthesisParams(_Section):
     pool_size: int = Field(1, ge=1)  # synthetic copies per training image whose features are kept for an epoch
     regenerate_every: int = Field(1, ge=0)
     """Epochs between pool regenerations (0: never): 1 gives fresh anomalies every epoch."""
+    jittered_fraction: float = Field(0.0, ge=0, le=1)
+    """Synthetic copies made on the image under the statistics' lighting / white-balance jitter (still restored to its clean features)."""
 
 
 class TrainParams(_Section):
@@ -212,11 +214,9 @@ class TrainParams(_Section):
     lr: float = Field(4e-4, gt=0)
     """AdamW learning rate (paper: 1e-4 for 1000 epochs on GPUs)."""
     weight_decay: float = Field(1e-4, ge=0)
-    clip_grad_norm: float = Field(0.1, gt=0)
-    """paper: 0.1"""
+    clip_grad_norm: float = Field(0.1, gt=0)  # paper: 0.1
     warmup_epochs: int = Field(1, ge=0)
-    dice_weight: float = Field(0.5, ge=0)
-    """paper: 0.5"""
+    dice_weight: float = Field(0.5, ge=0)  # paper: 0.5
     holdout_fraction: float = Field(0.1, ge=0, lt=1)
     """Training normals held out for calibration (recon scale, threshold); never test images."""
     min_holdout: int = Field(2, ge=1)
@@ -248,12 +248,13 @@ class ValidationParams(_Section):
     hardly told the rules apart; faint ones are where the maps differ. ``[1, 1]``: full strength.
     OneNIP's choice only: the generalist's onboarding and gate keep full strength, where its validation
     AUROCs (about 0.8 with k prompts) are far from that ceiling."""
+    jittered_normals: bool = False
+    """Each held-out normal also under the statistics' lighting (and, colour images, white-balance) jitter, as a normal:
+    a map that fires on a drifted normal loses. ``model.statistics_jitter`` / ``statistics_colour_jitter`` set the strength."""
     every_epochs: int = Field(2, ge=1)
-    """Validate after every n-th epoch (and the last). Validation does not change training (every
-    epoch reseeds), so with the last epoch kept the model is the same as with every epoch validated."""
+    """Validate after every n-th epoch (and the last); validation does not change training (every epoch reseeds)."""
     epoch_tolerance: float = Field(0.02, ge=0)
-    """The latest validated epoch whose score is within this of the best score is kept (the
-    maximum of noisy scores would favour an early, undertrained epoch)."""
+    """The latest validated epoch scoring within this of the best is kept (the noisy maximum favours an early epoch)."""
     weight_step: float = Field(0.25, gt=0, le=1)
     """Candidate blend weights: the simplex of (recon, refiner, residual) in steps of this size."""
     max_refiner_weight: float = Field(0.5, ge=0, le=1)
@@ -268,8 +269,7 @@ class ValidationParams(_Section):
     the validation images): as for the generalist's trained head (``generalist.trained_margin_se``),
     the part trained on synthetic anomalies must win beyond the noise. 0: the plain highest score."""
     refiner_every_family: bool = False
-    """That rule must moreover score at least as high on each validation family alone (held-out normals
-    against that family's anomalies), as ``generalist.trained_every_family`` asks of the trained head."""
+    """That rule must also score at least as high on each validation family alone (``generalist.trained_every_family``)."""
     refiner_bootstrap: int = Field(50, ge=2)
     """Bootstrap resamples for that standard error (and the anchor's)."""
     anchor: Literal["memory", "none"] = "memory"

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from onenip.config import Params, ValidationParams
+from onenip.data.photometric import is_colour, jittered_images
 from onenip.features import extract_features
 from onenip.models.features import Features
 from onenip.metrics.bootstrap import PerImage, paired_differences, rank_auroc
@@ -110,10 +111,31 @@ def build_category_validation(
             if valid is not None:
                 valids.append(valid[i : i + 1])
             methods.append(str(result.method))
+    if cfg.jittered_normals:
+        drifted = jittered_normals(images, valid, params, seed)
+        if drifted is not None:
+            pictures.append(drifted)
+            masks.append(torch.zeros(len(drifted), 1, height, width, dtype=torch.bool))
+            valids += [valid] if valid is not None else []
+            methods += [JITTERED_NORMAL] * len(drifted)
     batch = torch.cat(pictures)
     features = extract_features(extractor, batch, params.model.backbone, params.train.feature_batch_size).half()
-    labels = torch.cat([torch.zeros(len(normals)), torch.ones(len(batch) - len(normals))]).long()
+    labels = torch.tensor([m not in ("normal", JITTERED_NORMAL) for m in methods]).long()
     return CategoryValidation(category, features, labels, torch.cat(masks), torch.cat(valids) if valids else None, methods)
+
+
+JITTERED_NORMAL = "jittered normal"
+
+
+def jittered_normals(images: Tensor, valid: Tensor | None, params: Params, seed: int) -> Tensor | None:
+    """The held-out normals (uint8) again under the statistics' seeded photometric jitter, in [0, 1]; None when
+    both strengths are 0. Its own generator: the validation anomalies stay those drawn without it."""
+    model = params.model
+    colour = model.statistics_colour_jitter if is_colour(images) else 0.0
+    if model.statistics_jitter <= 0 and colour <= 0:
+        return None
+    generator = torch.Generator().manual_seed(int(seed) * 7919 + 211)
+    return jittered_images(images.float() / 255, valid, model.statistics_jitter, generator, colour)
 
 
 def candidate_rules(

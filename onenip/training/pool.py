@@ -11,6 +11,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from onenip.config import Params, SynthesisParams
+from onenip.data.photometric import is_colour, jittered_images
 from onenip.features import extract_features
 from onenip.models.features import Features
 from onenip.models.loss import area_pool_masks
@@ -27,6 +28,31 @@ def build_synthesizer(cfg: SynthesisParams, texture_images: Sequence[Tensor] = (
         texture=TextureSettings(images=list(texture_images) or None),
         acceptance=AcceptanceSettings(foreground=cfg.foreground),
     )
+
+
+@dataclass
+class DriftDraws:
+    """Which synthetic copies are made on a photometrically jittered image (``synthesis.jittered_fraction``), and
+    the jitter: the statistics' strengths (``model.statistics_jitter``, ``statistics_colour_jitter`` on colour
+    categories). Its own generator, so the anomalies drawn are those drawn without it."""
+
+    fraction: float
+    strength: float
+    colour: float
+    generator: torch.Generator
+
+    @classmethod
+    def for_pool(cls, data: CategoryData, params: Params, seed: int, generation: int) -> DriftDraws:
+        model = params.model
+        colour = model.statistics_colour_jitter if params.synthesis.jittered_fraction > 0 and is_colour(data.fit_images) else 0.0
+        generator = torch.Generator().manual_seed(int(seed) * 6007 + generation * 7727 + data.index)
+        return cls(params.synthesis.jittered_fraction, model.statistics_jitter, colour, generator)
+
+    def maybe(self, image: Tensor, valid: Tensor | None) -> Tensor:
+        """(3, H, W) in [0, 1] -> the image, or with probability ``fraction`` its jittered copy."""
+        if self.fraction <= 0 or float(torch.rand((), generator=self.generator)) >= self.fraction:
+            return image
+        return jittered_images(image[None], valid, self.strength, self.generator, self.colour)[0]
 
 
 @dataclass
@@ -86,12 +112,14 @@ class SyntheticPool:
             bar.update(len(pending))
             pending.clear()
 
+        drift = DriftDraws.for_pool(data, params, seed, generation)
         for i in chosen:
             image = data.fit_images[i].float() / 255
             foreground = None if data.fit_valid is None else data.fit_valid[i, 0]
             for _ in range(k):
+                source = drift.maybe(image, None if data.fit_valid is None else data.fit_valid[i : i + 1])
                 # a letterboxed image's anomaly is made on its content, sized as on an unpadded image
-                result = synthesizer(image, generator) if foreground is None else synthesizer.on_content(image, generator, foreground)
+                result = synthesizer(source, generator) if foreground is None else synthesizer.on_content(source, generator, foreground)
                 pending.append(result.image)
                 masks.append(area_pool_masks(result.mask[None], refiner_size)[0].half())
                 if len(pending) == batch_size:

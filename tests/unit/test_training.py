@@ -782,3 +782,41 @@ def test_auto_that_keeps_the_network_trains_the_same_model_as_always(tiny_tree: 
     for (name, a), b in zip(always.detector.model.state_dict().items(), auto.detector.model.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, msg=name)
     assert auto.detector.scoring == always.detector.scoring
+
+
+def test_jittered_fraction_draws_the_same_anomalies_on_relit_images(monkeypatch: pytest.MonkeyPatch) -> None:
+    """synthesis.jittered_fraction: that share of the synthetic copies is made on the image under the statistics'
+    lighting jitter (one gain and gamma per copy); the anomalies and their masks are those drawn without it."""
+    import onenip.training.pool as pool_module
+    from onenip.data.geometry import InputGeometry
+    from onenip.training.data import CategoryData
+
+    seen: list[torch.Tensor] = []
+
+    def fake_features(extractor, batch, backbone, batch_size):  # noqa: ANN001, ANN202
+        seen.append(batch.clone())
+        return Features(torch.zeros(len(batch), 1, 2, 2), None)
+
+    monkeypatch.setattr(pool_module, "extract_features", fake_features)
+    ys, xs = torch.meshgrid(torch.linspace(0, 1, 64), torch.linspace(0, 1, 64), indexing="ij")
+    images = ((ys + xs) / 2 * 180 + 30).to(torch.uint8).expand(6, 3, 64, 64).contiguous()
+    data = CategoryData("c", 0, InputGeometry(64, 64), pd.DataFrame(), pd.DataFrame(), Features(torch.zeros(6, 1, 2, 2), None),
+                        Features(torch.zeros(0, 1, 2, 2), None), images, None, images[:0], None)  # fmt: skip
+    base = load_params(Path(__file__).resolve().parents[2] / "params.yaml")
+    pools = {}
+    for fraction in (0.0, 1.0):
+        params = base.model_copy(update={"synthesis": base.synthesis.model_copy(update={"jittered_fraction": fraction, "methods": ("perlin",)})})
+        synthesizer = training.build_synthesizer(params.synthesis)
+        pools[fraction] = training.SyntheticPool.build(data, synthesizer, None, params, seed=4, progress=False)  # type: ignore[arg-type]
+    assert torch.equal(pools[0.0].masks, pools[1.0].masks)  # the same anomalies where they are
+    plain, relit = torch.cat(seen[: len(seen) // 2]), torch.cat(seen[len(seen) // 2 :])
+    outside = pools[0.0].masks.float().sum((1, 2, 3)) == 0
+    clean = images.float() / 255
+    strength = base.model.statistics_jitter
+    for i in range(6):  # away from the anomaly each relit copy is gain * image ** gamma, its own draw within the strength
+        keep = (relit[i] < 0.999) & (plain[i] - clean[i]).abs().lt(1e-6) if not bool(outside[i]) else relit[i] < 0.999
+        x, y = clean[i][keep].log(), relit[i][keep].clamp_min(1e-6).log()
+        gamma, log_gain = torch.linalg.lstsq(torch.stack([x, torch.ones_like(x)], 1), y[:, None]).solution.flatten()
+        assert torch.allclose(y, log_gain + gamma * x, atol=1e-3)
+        assert abs(float(gamma.log())) <= strength + 1e-3 and abs(float(log_gain)) <= strength + 1e-3
+        assert abs(float(gamma) - 1) + abs(float(log_gain)) > 1e-3  # drifted

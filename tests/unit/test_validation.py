@@ -290,3 +290,37 @@ def test_a_category_too_small_to_validate_keeps_the_given_rules_and_records_rest
     assert selection.rules["tiny"] == fallback and "tiny" not in selection.network_adds
     assert selection.restricted["network"]["tiny"]["rule"] == paper.to_dict()
     assert selection.restricted["statistics"]["tiny"]["rule"] == fallback.to_dict()
+
+
+def test_jittered_normals_add_drifted_copies_as_normals_and_leave_the_rest_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    """validation.jittered_normals: each held-out normal again under the statistics' lighting jitter, labelled
+    normal with an empty mask; the clean normals and the synthetic anomalies are those drawn without it."""
+    from pathlib import Path
+
+    from onenip.config import load_params
+
+    seen: list[torch.Tensor] = []
+
+    def fake_features(extractor, batch, backbone, batch_size):  # noqa: ANN001, ANN202
+        seen.append(batch.clone())
+        return Features(torch.zeros(len(batch), 1, 2, 2), None)
+
+    monkeypatch.setattr(onenip.scoring_selection, "extract_features", fake_features)
+    ys, xs = torch.meshgrid(torch.linspace(0, 1, 64), torch.linspace(0, 1, 64), indexing="ij")
+    grey = ((ys + xs) / 2 * 200 + 20).to(torch.uint8).expand(5, 3, 64, 64).contiguous()
+    repo = Path(__file__).resolve().parents[2] / "params.yaml"
+    built = {}
+    for on in (False, True):
+        params = load_params(repo, overrides={"validation": {"jittered_normals": on, "anomalies_per_image": 2}})
+        built[on] = onenip.scoring_selection.build_category_validation("c", grey, None, None, params, seed=3)  # type: ignore[arg-type]
+    plain, drifted = built[False], built[True]
+    assert (plain.num_normals, drifted.num_normals) == (5, 10) and int(drifted.labels.sum()) == int(plain.labels.sum()) == 10
+    assert torch.equal(seen[1][: len(seen[0])], seen[0])  # the same clean normals and anomalies
+    copies = seen[1][len(seen[0]) :]
+    assert drifted.methods[-5:] == ["jittered normal"] * 5 and not drifted.masks[-5:].any()
+    normals = grey.float() / 255
+    assert all(not torch.allclose(c, n, atol=1e-3) for c, n in zip(copies, normals, strict=True))  # each copy drifted
+    assert torch.allclose(copies[:, 0], copies[:, 1]) and torch.allclose(copies[:, 1], copies[:, 2])  # a grey image stays grey
+    strength = params.model.statistics_jitter  # gain and gamma within exp(+-strength): the mean moves at most that far
+    ratio = copies.mean((1, 2, 3)) / normals.mean((1, 2, 3))
+    assert ((ratio > 0.5 * float(np.exp(-strength))) & (ratio < 1.5 * float(np.exp(strength)))).all()
