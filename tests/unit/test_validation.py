@@ -209,11 +209,8 @@ def test_paired_bootstrap_of_the_score_difference() -> None:
     assert whole["pixel_AUPRO"] == pytest.approx(pixel_aupro(noise, masks), abs=0.01)
 
 
-def test_validation_anomalies_are_faded_by_the_configured_strength(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pathlib import Path
-
-    from onenip.config import load_params
-
+def _record_feature_batches(monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor]:
+    """The images validation sends to the backbone, recorded (the features are zeros)."""
     seen: list[torch.Tensor] = []
 
     def fake_features(extractor, batch, backbone, batch_size):  # noqa: ANN001, ANN202
@@ -221,6 +218,15 @@ def test_validation_anomalies_are_faded_by_the_configured_strength(monkeypatch: 
         return Features(torch.zeros(len(batch), 1, 2, 2), None)
 
     monkeypatch.setattr(onenip.scoring_selection, "extract_features", fake_features)
+    return seen
+
+
+def test_validation_anomalies_are_faded_by_the_configured_strength(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pathlib import Path
+
+    from onenip.config import load_params
+
+    seen = _record_feature_batches(monkeypatch)
     ys, xs = torch.meshgrid(torch.linspace(0, 1, 96), torch.linspace(0, 1, 96), indexing="ij")
     images = (torch.stack([ys, xs, (ys + xs) / 2]) * 200 + 20).to(torch.uint8).expand(4, 3, 96, 96).contiguous()
     repo = Path(__file__).resolve().parents[2] / "params.yaml"
@@ -299,13 +305,7 @@ def test_jittered_normals_add_drifted_copies_as_normals_and_leave_the_rest_as_it
 
     from onenip.config import load_params
 
-    seen: list[torch.Tensor] = []
-
-    def fake_features(extractor, batch, backbone, batch_size):  # noqa: ANN001, ANN202
-        seen.append(batch.clone())
-        return Features(torch.zeros(len(batch), 1, 2, 2), None)
-
-    monkeypatch.setattr(onenip.scoring_selection, "extract_features", fake_features)
+    seen = _record_feature_batches(monkeypatch)
     ys, xs = torch.meshgrid(torch.linspace(0, 1, 64), torch.linspace(0, 1, 64), indexing="ij")
     grey = ((ys + xs) / 2 * 200 + 20).to(torch.uint8).expand(5, 3, 64, 64).contiguous()
     repo = Path(__file__).resolve().parents[2] / "params.yaml"
