@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from onenip.config import Params, ValidationParams
-from onenip.data.photometric import is_colour, jittered_images
+from onenip.data.photometric import jittered_images, tint_strength
 from onenip.features import extract_features
 from onenip.models.features import Features
 from onenip.metrics.bootstrap import PerImage, paired_differences, rank_auroc
@@ -131,7 +131,7 @@ def jittered_normals(images: Tensor, valid: Tensor | None, params: Params, seed:
     """The held-out normals (uint8) again under the statistics' seeded photometric jitter, in [0, 1]; None when
     both strengths are 0. Its own generator: the validation anomalies stay those drawn without it."""
     model = params.model
-    colour = model.statistics_colour_jitter if is_colour(images) else 0.0
+    colour = tint_strength(images, model.statistics_colour_jitter)
     if model.statistics_jitter <= 0 and colour <= 0:
         return None
     generator = torch.Generator().manual_seed(int(seed) * 7919 + 211)

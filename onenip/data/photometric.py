@@ -31,3 +31,8 @@ def is_colour(images: Tensor) -> bool:
     16 evenly spread images, so the int16 copy stays small."""
     signed = images[evenly_spread(len(images), 16)].to(torch.int16)
     return float((signed - signed.roll(1, dims=1)).abs().amax(1).float().mean()) > 1.0
+
+
+def tint_strength(images: Tensor, colour: float) -> float:
+    """``colour`` for uint8 (N, 3, H, W) colour images, 0 for grey ones (a grey camera never tints); the check is skipped at 0."""
+    return colour if colour > 0 and is_colour(images) else 0.0

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from onenip.config import Params
-from onenip.data.photometric import evenly_spread, is_colour, jittered_images  # noqa: F401 (re-exported)
+from onenip.data.photometric import evenly_spread, jittered_images, tint_strength
 from onenip.models.detector import OneNIPDetector
 from onenip.models.features import Features
 from onenip.models.gaussian import fit_position_gaussian
@@ -148,7 +148,7 @@ def add_jittered_normals(detector: OneNIPDetector, data: Sequence[CategoryData],
         generator = torch.Generator().manual_seed(int(seed) * 7919 + 4099 + item.index)
         valid = None if item.fit_valid is None else item.fit_valid[index]
         fit = item.fit_images[index]
-        tint = colour if is_colour(fit) else 0.0
+        tint = tint_strength(fit, colour)
         images = jittered_images(fit.float() / 255, valid, strength, generator, tint)
         chunks = [extract_features(detector.feature_extractor, images[i : i + STATISTICS_CHUNK], detector.cfg.backbone).half()
                   for i in range(0, len(images), STATISTICS_CHUNK)]  # fmt: skip

@@ -11,7 +11,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from onenip.config import Params, SynthesisParams
-from onenip.data.photometric import is_colour, jittered_images
+from onenip.data.photometric import jittered_images, tint_strength
 from onenip.features import extract_features
 from onenip.models.features import Features
 from onenip.models.loss import area_pool_masks
@@ -44,7 +44,7 @@ class DriftDraws:
     @classmethod
     def for_pool(cls, data: CategoryData, params: Params, seed: int, generation: int) -> DriftDraws:
         model = params.model
-        colour = model.statistics_colour_jitter if params.synthesis.jittered_fraction > 0 and is_colour(data.fit_images) else 0.0
+        colour = tint_strength(data.fit_images, model.statistics_colour_jitter) if params.synthesis.jittered_fraction > 0 else 0.0
         generator = torch.Generator().manual_seed(int(seed) * 6007 + generation * 7727 + data.index)
         return cls(params.synthesis.jittered_fraction, model.statistics_jitter, colour, generator)
 
